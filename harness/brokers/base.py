@@ -1,0 +1,216 @@
+"""What every broker backend offers, and the errors it raises.
+
+A :class:`Broker` is a running (or stoppable) MQTT broker that a lesson talks
+to. It knows nothing about pytest: it is a context manager that starts in
+``__enter__`` and leaves nothing behind in ``__exit__``, so it can be used from
+a script, a benchmark or a fixture alike.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+#: What a backend can do to its broker; lessons declare what they need.
+RESTART = "restart"  #: stop() / start() / restart()
+CONFIG = "config"  #: the harness chose the configuration files (ACL, persistence)
+LOG = "log"  #: the broker's log can be read
+
+
+class BrokerError(RuntimeError):
+    """Something went wrong with a broker; the message says what to do."""
+
+
+class BrokerStartError(BrokerError):
+    """The broker did not come up. The message quotes its own log lines."""
+
+
+class BrokerUnavailable(BrokerError):
+    """No backend can provide a broker on this machine."""
+
+
+class CapabilityMissing(BrokerError):
+    """The backend cannot do what a test asked (restart an external broker...)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def mqtt_ping(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Return whether a real MQTT CONNECT to ``host:port`` is accepted within ``timeout``.
+
+    This is the readiness test: a port that accepts TCP is not yet a broker.
+    """
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"lab-ping-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+    )
+    try:
+        client.connect(host, port, keepalive=5)
+    except OSError:
+        return False
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            client.loop(timeout=0.05)
+            if client.is_connected():
+                return True
+        return False
+    finally:
+        client.disconnect()
+        client.loop(timeout=0.05)
+        client.socket_close() if client.socket() else None
+
+
+class Broker(ABC):
+    """A broker the lab can talk to.
+
+    :ivar backend: ``"local"``, ``"docker"`` or ``"external"``.
+    :ivar variant: the configuration variant (``"open"``, ``"acl+persistent"``...).
+    :ivar host: address clients connect to.
+    :ivar port: port clients connect to.
+    :ivar capabilities: subset of {``RESTART``, ``CONFIG``, ``LOG``}.
+    :ivar ready_seconds: how long the last start took until a CONNECT succeeded.
+    """
+
+    backend: str = "abstract"
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(self, variant: str = "open") -> None:
+        self.variant = variant
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.ready_seconds: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    @abstractmethod
+    def start(self) -> None:
+        """Start the broker and return once it accepts an MQTT CONNECT."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the broker gracefully (it saves persistent state), then forcefully."""
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same files."""
+        self.require(RESTART)
+        self.stop()
+        self.start()
+
+    def kill(self) -> None:
+        """End the broker abruptly, without saving (a crash)."""
+        raise CapabilityMissing(f"the {self.backend} backend cannot kill its broker")
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the broker and remove everything it used. Safe to call twice."""
+
+    @abstractmethod
+    def is_running(self) -> bool:
+        """Whether the broker process or container is alive."""
+
+    def __enter__(self) -> Broker:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what tests look at -------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def config_files(self) -> dict[str, Path]:
+        """The configuration files in use, by name (empty when unknown)."""
+        return {}
+
+    def log(self) -> str:
+        """The broker's log so far."""
+        raise CapabilityMissing(f"the {self.backend} backend cannot read the broker's log")
+
+    def log_lines(self) -> list[str]:
+        return self.log().splitlines()
+
+    def log_mark(self) -> int:
+        """A position in the log; pass it to :meth:`wait_for_log` to ignore older lines."""
+        return len(self.log_lines()) if LOG in self.capabilities else 0
+
+    def wait_for_log(self, pattern: str, timeout: float = 5.0, since: int = 0) -> str:
+        """Wait until a log line matches the regular expression ``pattern``.
+
+        :param since: a :meth:`log_mark`; lines before it are ignored.
+        :returns: the first matching line.
+        :raises AssertionError: with the recent log, when no line matched in time.
+        """
+        self.require(LOG)
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.log_lines()[since:]
+            for line in lines:
+                if regex.search(line):
+                    return line
+            if time.monotonic() >= deadline:
+                tail = "\n".join("    " + line for line in lines[-15:]) or "    (no lines)"
+                raise AssertionError(
+                    f"the broker never logged a line matching {pattern!r} within {timeout}s; "
+                    f"its last lines were:\n{tail}"
+                )
+            time.sleep(0.02)
+
+    def require(self, *capabilities: str) -> None:
+        """Raise :class:`CapabilityMissing` unless the backend has all ``capabilities``."""
+        missing = sorted(set(capabilities) - self.capabilities)
+        if missing:
+            raise CapabilityMissing(
+                f"the {self.backend} backend cannot {', '.join(_VERBS[m] for m in missing)} "
+                f"for {self.url}"
+            )
+
+    def health(self) -> str:
+        """One line on the broker's state, for failure messages."""
+        if not self.is_running():
+            return f"the {self.backend} broker at {self.url} is NOT running (it exited or was killed)"
+        return f"the {self.backend} broker at {self.url} is running"
+
+    def tail(self, n: int = 20) -> str:
+        """The last ``n`` log lines, indented, or a note when there is no log."""
+        if LOG not in self.capabilities:
+            return "    (this backend has no broker log)"
+        lines = self.log_lines()[-n:]
+        return "\n".join("    " + line for line in lines) or "    (empty log)"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.variant} {self.url}>"
+
+
+_VERBS = {
+    RESTART: "stop, start or restart the broker",
+    CONFIG: "choose the broker's configuration (ACL, persistence)",
+    LOG: "read the broker's log",
+}
+
+
+def format_log(lines: Iterable[str], limit: int = 25) -> str:
+    """Indent the last ``limit`` lines for an error message."""
+    lines = list(lines)[-limit:]
+    return "\n".join("    " + line for line in lines) or "    (the broker printed nothing)"

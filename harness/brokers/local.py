@@ -1,0 +1,229 @@
+"""The local backend: the ``mosquitto`` executable as a child process.
+
+The broker listens on a free 127.0.0.1 port and writes its log to a file that
+tests can read. It is started in a session of its own, so a Ctrl-C in the
+terminal reaches only pytest, which then stops every broker in order; an
+``atexit`` hook stops any broker a crashed caller forgot.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from harness import config as broker_config
+from harness.brokers.base import (
+    CONFIG,
+    LOG,
+    RESTART,
+    Broker,
+    BrokerStartError,
+    BrokerUnavailable,
+    format_log,
+    free_port,
+    mqtt_ping,
+)
+
+INSTALL_HINT = (
+    "install it with your package manager (Debian/Ubuntu: `sudo apt-get install -y mosquitto`, "
+    "macOS: `brew install mosquitto`), or use --broker-backend=docker, "
+    "or point the lab at a running broker with --broker-url mqtt://HOST:PORT"
+)
+_LIVE: set[LocalMosquitto] = set()
+
+
+def find_mosquitto(executable: str | None = None) -> str | None:
+    """Path of the mosquitto executable (also looked for in /usr/sbin), or None."""
+    name = executable or os.environ.get("MQTT_LAB_MOSQUITTO", "mosquitto")
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+class LocalMosquitto(Broker):
+    """Mosquitto running as a child process of this Python process.
+
+    :param variant: configuration variant from ``docker/variants``.
+    :param port: port to listen on; ``None`` picks a free one.
+    :param executable: the mosquitto binary (default: found on PATH or /usr/sbin).
+    :param workdir: folder for config, data and log; default a fresh temp folder
+        that :meth:`close` removes.
+    :param extra_config: more configuration lines for this broker only.
+    :param start_timeout: seconds to wait for the first accepted CONNECT.
+
+    Example::
+
+        with LocalMosquitto("persistent") as broker:
+            print(broker.url)
+    """
+
+    backend = "local"
+    capabilities = frozenset({RESTART, CONFIG, LOG})
+
+    def __init__(
+        self,
+        variant: str = "open",
+        *,
+        port: int | None = None,
+        executable: str | None = None,
+        workdir: Path | None = None,
+        extra_config: str = "",
+        start_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(variant)
+        found = find_mosquitto(executable)
+        if found is None:
+            raise BrokerUnavailable(
+                f"the local backend needs the `mosquitto` executable, which is not installed: "
+                f"{INSTALL_HINT}"
+            )
+        broker_config.parse_variant(variant)
+        self.executable = found
+        self._fixed_port = port
+        self._owns_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mqtt-lab-broker-"))
+        self.workdir.chmod(0o755)
+        self.extra_config = extra_config
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.rendered: broker_config.RenderedConfig | None = None
+        self.log_path = self.workdir / "mosquitto.log"
+        self._log_chunks: list[str] = []
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        if self.is_running():
+            return
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            port = self.port or self._fixed_port or free_port()
+            try:
+                self._start_on(port)
+                return
+            except BrokerStartError as error:
+                # A free port can be taken by someone else between our check
+                # and mosquitto's bind; try another one unless it was fixed.
+                if "Address already in use" not in str(error) or attempt == attempts - 1:
+                    raise
+                self.port = 0
+
+    def _start_on(self, port: int) -> None:
+        self.rendered = broker_config.render(
+            self.variant, self.workdir, port=port, extra=self.extra_config
+        )
+        self.port = port
+        self._archive_log()
+        started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [self.executable, "-c", str(self.rendered.main_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.workdir,
+            )
+        _LIVE.add(self)
+        deadline = started + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.process = None
+                raise BrokerStartError(self._start_failure(f"exited at start with status {code}"))
+            if mqtt_ping(self.host, port, timeout=0.5):
+                self.ready_seconds = time.monotonic() - started
+                return
+            time.sleep(0.01)
+        self._terminate()
+        raise BrokerStartError(
+            self._start_failure(f"did not accept an MQTT CONNECT within {self.start_timeout}s")
+        )
+
+    def _start_failure(self, what: str) -> str:
+        lines = self._current_log().splitlines()
+        advice = "check the configuration files listed above"
+        if any("Address already in use" in line for line in lines):
+            advice = (
+                f"port {self.port} is taken by another program: stop it "
+                f"(`ss -ltnp 'sport = :{self.port}'` shows which), or let the harness pick a free port"
+            )
+        elif any("Error" in line for line in lines):
+            advice = "the broker rejected its configuration; the error is in its log above"
+        files = "\n".join(f"    {p}" for p in (self.rendered.files.values() if self.rendered else []))
+        return (
+            f"mosquitto ({self.executable}, variant {self.variant!r}, port {self.port}) {what}.\n"
+            f"  configuration files:\n{files}\n"
+            f"  broker log:\n{format_log(lines)}\n"
+            f"  what to do: {advice}"
+        )
+
+    def stop(self) -> None:
+        self._terminate()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def _terminate(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+    def close(self) -> None:
+        self._terminate()
+        self.process = None
+        _LIVE.discard(self)
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- what tests look at -------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def config_files(self) -> dict[str, Path]:
+        return self.rendered.files if self.rendered else {}
+
+    def _current_log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _archive_log(self) -> None:
+        """Keep the log of the previous run when the broker restarts."""
+        text = self._current_log()
+        if text:
+            self._log_chunks.append(text)
+        self.log_path.unlink(missing_ok=True)
+
+    def log(self) -> str:
+        return "".join(self._log_chunks) + self._current_log()
+
+
+@atexit.register
+def _stop_forgotten_brokers() -> None:
+    for broker in list(_LIVE):
+        broker.close()

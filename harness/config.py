@@ -1,0 +1,148 @@
+"""Broker configurations: the files in ``docker/`` turned into a runnable broker folder.
+
+Every broker the lab starts, local or in a container, runs the same files:
+``docker/mosquitto.conf`` (the base), ``docker/acl`` and one or more
+``docker/variants/<name>.conf`` fragments. This module copies them into a
+fresh folder laid out like the container's ``/mosquitto`` tree::
+
+    <root>/config/mosquitto.conf      base, listener rewritten to the chosen port
+    <root>/config/acl                 copied unchanged
+    <root>/config/conf.d/<name>.conf  one file per variant fragment
+    <root>/data/                      persistence location (writable by anyone)
+
+The container mounts ``<root>/config`` and ``<root>/data`` at ``/mosquitto/...``;
+the local backend instead rewrites the ``/mosquitto/`` prefix to ``<root>/``.
+Nothing else in the configuration differs between backends.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
+CONTAINER_ROOT = "/mosquitto"
+_LISTENER = re.compile(r"^\s*listener\s+\d+.*$", re.MULTILINE)
+
+
+class BrokerConfigError(ValueError):
+    """A broker variant or configuration file that cannot be used."""
+
+
+def available_variants(docker_dir: Path = DOCKER_DIR) -> list[str]:
+    """Names of the variant fragments shipped in ``docker/variants``."""
+    return sorted(p.stem for p in (docker_dir / "variants").glob("*.conf"))
+
+
+def parse_variant(variant: str, docker_dir: Path = DOCKER_DIR) -> tuple[str, ...]:
+    """Split ``"acl+persistent"`` into its fragments, checking each one exists.
+
+    :param variant: one fragment name or several joined with ``+``.
+    :raises BrokerConfigError: naming the unknown fragment and the known ones.
+    """
+    parts = tuple(p.strip() for p in variant.split("+") if p.strip())
+    known = available_variants(docker_dir)
+    unknown = [p for p in parts if p not in known]
+    if not parts or unknown:
+        raise BrokerConfigError(
+            f"unknown broker variant {variant!r}: {', '.join(unknown) or 'empty name'} "
+            f"is not one of {', '.join(known)} (files in {docker_dir / 'variants'})"
+        )
+    return parts
+
+
+@dataclass(frozen=True)
+class RenderedConfig:
+    """A broker folder ready to start.
+
+    :param root: the folder standing for ``/mosquitto``.
+    :param variant: the variant name it was built from (``"acl+persistent"``).
+    :param port: the port in the listener line.
+    """
+
+    root: Path
+    variant: str
+    port: int
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def main_file(self) -> Path:
+        return self.config_dir / "mosquitto.conf"
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """Every configuration file in use, by its path relative to ``config/``."""
+        return {
+            str(p.relative_to(self.config_dir)): p
+            for p in sorted(self.config_dir.rglob("*"))
+            if p.is_file()
+        }
+
+    def text(self) -> str:
+        """All configuration files concatenated, each under a ``# ==> name`` header."""
+        return "\n".join(f"# ==> {name}\n{p.read_text()}" for name, p in self.files.items())
+
+
+def render(
+    variant: str,
+    root: Path,
+    *,
+    port: int,
+    bind_address: str | None = "127.0.0.1",
+    local_paths: bool = True,
+    docker_dir: Path = DOCKER_DIR,
+    extra: str = "",
+) -> RenderedConfig:
+    """Build a broker folder for ``variant`` under ``root``.
+
+    :param port: the port of the single listener.
+    :param bind_address: the address to listen on, or ``None`` for all
+        interfaces (container with port mapping).
+    :param local_paths: rewrite ``/mosquitto/`` to ``root`` (local backend);
+        ``False`` keeps container paths (docker backend).
+    :param extra: configuration lines appended as ``conf.d/zz-extra.conf``,
+        for a test that needs one more option.
+    """
+    fragments = parse_variant(variant, docker_dir)
+    config_dir = root / "config"
+    conf_d = config_dir / "conf.d"
+    data_dir = root / "data"
+    if root.exists():
+        shutil.rmtree(config_dir, ignore_errors=True)
+    conf_d.mkdir(parents=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Mosquitto drops root privileges to the `mosquitto` user, which must be
+    # able to write its database here, in the container and locally alike.
+    data_dir.chmod(0o777)
+
+    def localise(text: str) -> str:
+        return text.replace(f"{CONTAINER_ROOT}/", f"{root}/") if local_paths else text
+
+    base = (docker_dir / "mosquitto.conf").read_text()
+    listener = f"listener {port} {bind_address}" if bind_address else f"listener {port}"
+    if not _LISTENER.search(base):
+        raise BrokerConfigError(f"{docker_dir / 'mosquitto.conf'} has no 'listener' line")
+    base = _LISTENER.sub(listener, base, count=1)
+    (config_dir / "mosquitto.conf").write_text(localise(base))
+    acl = docker_dir / "acl"
+    if acl.exists():
+        shutil.copyfile(acl, config_dir / "acl")
+    for name in fragments:
+        text = (docker_dir / "variants" / f"{name}.conf").read_text()
+        (conf_d / f"{name}.conf").write_text(localise(text))
+    if extra:
+        (conf_d / "zz-extra.conf").write_text(localise(extra))
+    for path in config_dir.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    config_dir.chmod(0o755)
+    root.chmod(0o755)
+    return RenderedConfig(root=root, variant="+".join(fragments), port=port)

@@ -1,0 +1,180 @@
+"""How every factory program finds and joins the broker.
+
+Settings come from the environment, as in the Virtual Factory sandbox
+(``VF_BROKER_HOST``, ``VF_BROKER_PORT``...), and every program accepts the same
+command-line flags to override them. The lab's test harness starts programs
+with these variables set, so a student's program that reads them connects to
+the broker under test.
+
+=====================  ============  =========================================
+variable               default       meaning
+=====================  ============  =========================================
+``VF_BROKER_HOST``     ``localhost`` broker address
+``VF_BROKER_PORT``     ``1884``      broker port (docker compose maps 1884)
+``VF_MQTT_PROTOCOL``   ``5``         ``5`` or ``3.1.1``
+``VF_USERNAME``        (none)        username, if the broker wants one
+``VF_PASSWORD``        (none)        password
+``VF_TLS_CA``          (none)        CA file: turns TLS on
+``VF_TLS_CERT``        (none)        client certificate (mutual TLS)
+``VF_TLS_KEY``         (none)        client key
+``VF_TOPIC_ROOT``      ``factory``   first topic level of the namespace
+=====================  ============  =========================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from dataclasses import dataclass, field, replace
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where the broker is and how to talk to it."""
+
+    host: str = "localhost"
+    port: int = 1884
+    protocol: str = "5"
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    topic_root: str = "factory"
+    keepalive: int = field(default=30)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> BrokerSettings:
+        env = os.environ if env is None else env
+        port = env.get("VF_BROKER_PORT", "1884")
+        if not port.isdigit():
+            raise ValueError(f"VF_BROKER_PORT must be a port number, not {port!r}")
+        protocol = env.get("VF_MQTT_PROTOCOL", "5")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"VF_MQTT_PROTOCOL must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        return cls(
+            host=env.get("VF_BROKER_HOST", "localhost"),
+            port=int(port),
+            protocol=protocol,
+            username=env.get("VF_USERNAME") or None,
+            password=env.get("VF_PASSWORD") or None,
+            tls_ca=env.get("VF_TLS_CA") or None,
+            tls_cert=env.get("VF_TLS_CERT") or None,
+            tls_key=env.get("VF_TLS_KEY") or None,
+            topic_root=env.get("VF_TOPIC_ROOT", "factory"),
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BrokerSettings:
+        """Environment settings, overridden by the flags of :func:`add_arguments`."""
+        settings = cls.from_env()
+        overrides = {
+            name: getattr(args, name)
+            for name in ("host", "port", "protocol", "username", "password", "topic_root")
+            if getattr(args, name, None) is not None
+        }
+        return replace(settings, **overrides)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the common connection flags (each defaults to its ``VF_*`` variable)."""
+    group = parser.add_argument_group("broker connection (defaults from VF_* variables)")
+    group.add_argument("--host", help="broker host (VF_BROKER_HOST, default localhost)")
+    group.add_argument("--port", type=int, help="broker port (VF_BROKER_PORT, default 1884)")
+    group.add_argument(
+        "--protocol", choices=sorted(PROTOCOLS), help="MQTT version (VF_MQTT_PROTOCOL, default 5)"
+    )
+    group.add_argument("--username", help="username (VF_USERNAME)")
+    group.add_argument("--password", help="password (VF_PASSWORD)")
+    group.add_argument(
+        "--topic-root", help="first topic level (VF_TOPIC_ROOT, default 'factory')"
+    )
+
+
+def make_client(
+    client_id: str,
+    settings: BrokerSettings,
+    *,
+    clean_start: bool = True,
+    session_expiry: int | None = None,
+    will: tuple[str, bytes | str, int, bool] | None = None,
+) -> mqtt.Client:
+    """A configured, not yet connected paho client (callback API version 2).
+
+    :param clean_start: start a fresh session (MQTT 5 clean start / 3.1.1 clean
+        session).
+    :param session_expiry: MQTT 5 session expiry interval in seconds; for 3.1.1 a
+        persistent session is simply ``clean_start=False``.
+    :param will: Last Will as ``(topic, payload, qos, retain)``.
+    """
+    protocol = PROTOCOLS[settings.protocol]
+    kwargs: dict[str, object] = {}
+    if protocol != mqtt.MQTTv5:
+        kwargs["clean_session"] = clean_start
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs
+    )
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls_ca:
+        client.tls_set(ca_certs=settings.tls_ca, certfile=settings.tls_cert, keyfile=settings.tls_key)
+    if will:
+        topic, payload, qos, retain = will
+        client.will_set(topic, payload, qos=qos, retain=retain)
+    client._lab_clean_start = clean_start  # type: ignore[attr-defined]
+    client._lab_session_expiry = session_expiry  # type: ignore[attr-defined]
+    return client
+
+
+def connect(client: mqtt.Client, settings: BrokerSettings, timeout: float = 10.0) -> None:
+    """Connect and start the network loop; return once the CONNACK accepted us.
+
+    :raises ConnectionError: with the broker's reason when it refused, or a hint
+        about VF_BROKER_HOST / VF_BROKER_PORT when nothing answered.
+    """
+    accepted = threading.Event()
+    outcome: dict[str, object] = {}
+    previous = client.on_connect
+
+    def on_connect(c, userdata, flags, reason_code, properties):  # noqa: ANN001
+        outcome["reason"] = reason_code
+        accepted.set()
+        if previous is not None:
+            previous(c, userdata, flags, reason_code, properties)
+
+    client.on_connect = on_connect
+    kwargs: dict[str, object] = {}
+    if client.protocol == mqtt.MQTTv5:
+        kwargs["clean_start"] = client._lab_clean_start  # type: ignore[attr-defined]
+        expiry = client._lab_session_expiry  # type: ignore[attr-defined]
+        if expiry is not None:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = expiry
+            kwargs["properties"] = props
+    try:
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive, **kwargs)
+    except OSError as error:
+        raise ConnectionError(
+            f"cannot reach the MQTT broker at {settings.host}:{settings.port} ({error}); "
+            "is it running? Set VF_BROKER_HOST / VF_BROKER_PORT (or --host / --port) to where it is."
+        ) from error
+    client.loop_start()
+    if not accepted.wait(timeout):
+        client.loop_stop()
+        raise ConnectionError(
+            f"the broker at {settings.host}:{settings.port} did not answer CONNECT within {timeout}s"
+        )
+    # Later reconnects call the caller's own handler directly.
+    client.on_connect = previous
+    reason = outcome["reason"]
+    if getattr(reason, "is_failure", False):
+        client.loop_stop()
+        raise ConnectionError(f"the broker at {settings.host}:{settings.port} refused us: {reason}")

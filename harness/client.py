@@ -1,0 +1,420 @@
+"""A paho-mqtt client that records what it receives and waits for it without guessing.
+
+:class:`RecordingClient` wraps a paho-mqtt 2.x client (callback API version 2).
+It keeps every message it receives, with the details a lesson asserts on
+(QoS, retain flag, dup flag, MQTT 5 properties), and offers waits with a
+deadline instead of sleeps::
+
+    client = RecordingClient(host, port, client_id="retain-check")
+    client.connect()
+    client.subscribe("factory/state/#", qos=1)
+    msg = client.wait_for_message("factory/state/press")
+    assert msg.retain
+
+To prove that a message did *not* arrive, :meth:`RecordingClient.sync` makes a
+round trip through the broker: the broker handles one client's packets in
+order, so once our own marker message comes back, everything it had queued
+for us before it has arrived too.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+SYNC_PREFIX = "lab/sync"
+
+Matcher = str | Callable[["ReceivedMessage"], bool] | None
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One PUBLISH as the client received it."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+    properties: dict[str, Any] = field(default_factory=dict)
+    received_at: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The payload parsed as JSON (raises ``ValueError`` with the payload when it is not)."""
+        try:
+            return json.loads(self.payload)
+        except ValueError as error:
+            raise ValueError(f"payload on {self.topic} is not JSON: {self.payload[:200]!r}") from error
+
+    def describe(self) -> str:
+        flags = f"q{self.qos}{' retained' if self.retain else ''}{' dup' if self.dup else ''}"
+        body = self.text if len(self.payload) <= 80 else self.text[:77] + "..."
+        return f"{self.topic} [{flags}] {body}"
+
+
+class MQTTTimeout(AssertionError):
+    """An awaited MQTT event did not happen before the deadline."""
+
+
+def _matcher(what: Matcher) -> Callable[[ReceivedMessage], bool]:
+    if what is None:
+        return lambda m: True
+    if isinstance(what, str):
+        return lambda m: mqtt.topic_matches_sub(what, m.topic)
+    return what
+
+
+def _describe_matcher(what: Matcher) -> str:
+    if what is None:
+        return "any message"
+    if isinstance(what, str):
+        return f"a message matching {what!r}"
+    return f"a message satisfying {getattr(what, '__name__', 'the predicate')}"
+
+
+class RecordingClient:
+    """A connected MQTT client for experiments.
+
+    :param host: broker address.
+    :param port: broker port.
+    :param client_id: client identifier; unique per test on a shared broker.
+    :param protocol: ``"5"`` or ``"3.1.1"``.
+    :param clean_start: MQTT 5 clean start / MQTT 3.1.1 clean session.
+    :param session_expiry: MQTT 5 session expiry interval (seconds).
+    :param will: Last Will as ``(topic, payload, qos, retain)``.
+    :param describe_broker: returns a line about the broker's health, added to
+        timeout messages (so a killed broker reads as such, not as a lost message).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str | None = None,
+        *,
+        protocol: str = "5",
+        clean_start: bool = True,
+        session_expiry: int | None = None,
+        will: tuple[str, bytes | str, int, bool] | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        describe_broker: Callable[[], str] | None = None,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        self.host, self.port = host, port
+        self.client_id = client_id or f"lab-{uuid.uuid4().hex[:10]}"
+        self.protocol = protocol
+        self.clean_start = clean_start
+        self.session_expiry = session_expiry
+        self.keepalive = keepalive
+        self._describe_broker = describe_broker
+        kwargs: dict[str, Any] = {}
+        if protocol == "3.1.1":
+            kwargs["clean_session"] = clean_start
+        self.paho = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=PROTOCOLS[protocol],
+            **kwargs,
+        )
+        if username:
+            self.paho.username_pw_set(username, password)
+        if will:
+            topic, payload, qos, retain = will
+            self.paho.will_set(topic, _encode(payload), qos=qos, retain=retain)
+        self.messages: list[ReceivedMessage] = []
+        self.connack: dict[str, Any] = {}
+        self.disconnects: list[ReasonCode | int] = []
+        self._cond = threading.Condition()
+        self._connected = False
+        self._suback: dict[int, list[ReasonCode]] = {}
+        self._sync_count = 0
+        self.paho.on_connect = self._on_connect
+        self.paho.on_disconnect = self._on_disconnect
+        self.paho.on_message = self._on_message
+        self.paho.on_subscribe = self._on_subscribe
+        self.paho.on_unsubscribe = self._on_subscribe
+
+    # -- paho callbacks (network thread) ----------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        with self._cond:
+            self.connack = {
+                "reason_code": reason_code,
+                "session_present": bool(flags.session_present),
+                "properties": _properties(properties),
+            }
+            self._connected = not reason_code.is_failure
+            self._cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        with self._cond:
+            self._connected = False
+            self.disconnects.append(reason_code)
+            self._cond.notify_all()
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+        record = ReceivedMessage(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            qos=msg.qos,
+            retain=bool(msg.retain),
+            dup=bool(msg.dup),
+            properties=_properties(getattr(msg, "properties", None)),
+            received_at=time.monotonic(),
+        )
+        with self._cond:
+            self.messages.append(record)
+            self._cond.notify_all()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+        with self._cond:
+            self._suback[mid] = list(reason_codes)
+            self._cond.notify_all()
+
+    # -- connection ---------------------------------------------------------
+    def connect(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Connect, start the network loop, and wait for the CONNACK.
+
+        :returns: ``{"reason_code", "session_present", "properties"}``.
+        :raises ConnectionError: when refused or unreachable, saying why.
+        """
+        kwargs: dict[str, Any] = {}
+        if self.protocol == "5":
+            kwargs["clean_start"] = self.clean_start
+            if self.session_expiry is not None:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.session_expiry
+                kwargs["properties"] = props
+        with self._cond:
+            self.connack = {}
+        try:
+            self.paho.connect(self.host, self.port, keepalive=self.keepalive, **kwargs)
+        except OSError as error:
+            raise ConnectionError(
+                f"{self.client_id} cannot reach the broker at {self.host}:{self.port}: {error}. "
+                f"{self._broker_note()}"
+            ) from error
+        self.paho.loop_start()
+        with self._cond:
+            if not self._cond.wait_for(lambda: bool(self.connack), timeout):
+                raise ConnectionError(
+                    f"{self.client_id} got no CONNACK from {self.host}:{self.port} within {timeout}s. "
+                    f"{self._broker_note()}"
+                )
+            connack = dict(self.connack)
+        if connack["reason_code"].is_failure:
+            raise ConnectionError(f"the broker refused {self.client_id}: {connack['reason_code']}")
+        return connack
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def disconnect(self) -> None:
+        """Send DISCONNECT (the Last Will is discarded) and stop the network loop."""
+        try:
+            if self._connected:
+                self.paho.disconnect()
+                with self._cond:
+                    self._cond.wait_for(lambda: not self._connected, 2.0)
+        finally:
+            self.paho.loop_stop()
+
+    def drop(self) -> None:
+        """Close the socket without DISCONNECT, as a crash would: the broker sends our Last Will."""
+        self.paho.loop_stop()
+        sock = self.paho.socket()
+        if sock is not None:
+            sock.close()
+        self._connected = False
+
+    # -- talking --------------------------------------------------------------
+    def subscribe(
+        self,
+        topic: str,
+        qos: int = 0,
+        *,
+        no_local: bool = False,
+        retain_as_published: bool = False,
+        retain_handling: int = 0,
+        timeout: float = 5.0,
+    ) -> list[ReasonCode]:
+        """Subscribe and wait for the SUBACK; return its reason codes (granted QoS or failure)."""
+        if self.protocol == "5":
+            options = SubscribeOptions(
+                qos=qos,
+                noLocal=no_local,
+                retainAsPublished=retain_as_published,
+                retainHandling=retain_handling,
+            )
+            result, mid = self.paho.subscribe(topic, options=options)
+        else:
+            result, mid = self.paho.subscribe(topic, qos)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"{self.client_id} could not send SUBSCRIBE {topic!r}: {result}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._suback, timeout):
+                raise MQTTTimeout(
+                    f"{self.client_id} subscribed to {topic!r} but got no SUBACK within {timeout}s. "
+                    f"{self._broker_note()}"
+                )
+            return self._suback.pop(mid)
+
+    def unsubscribe(self, topic: str, timeout: float = 5.0) -> None:
+        result, mid = self.paho.unsubscribe(topic)
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._suback, timeout):
+                raise MQTTTimeout(f"{self.client_id} got no UNSUBACK for {topic!r} within {timeout}s")
+            self._suback.pop(mid)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str | dict | list | None = b"",
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        properties: Properties | None = None,
+        timeout: float = 5.0,
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish and wait until paho has sent it (QoS 0) or the broker acknowledged it (QoS 1/2).
+
+        A ``dict`` or ``list`` payload is sent as JSON.
+        """
+        info = self.paho.publish(topic, _encode(payload), qos=qos, retain=retain, properties=properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(
+                f"{self.client_id} could not publish to {topic!r}: {mqtt.error_string(info.rc)}. "
+                f"{self._broker_note()}"
+            )
+        try:
+            info.wait_for_publish(timeout)
+        except RuntimeError as error:
+            raise ConnectionError(f"{self.client_id} lost its connection publishing to {topic!r}") from error
+        if not info.is_published():
+            raise MQTTTimeout(
+                f"{self.client_id} published to {topic!r} at QoS {qos} but it was not "
+                f"{'acknowledged' if qos else 'sent'} within {timeout}s. {self._broker_note()}"
+            )
+        return info
+
+    # -- what arrived --------------------------------------------------------
+    def received(self, what: Matcher = None) -> list[ReceivedMessage]:
+        """Messages received so far that match a topic filter or predicate (no waiting)."""
+        match = _matcher(what)
+        with self._cond:
+            return [m for m in self.messages if match(m) and not _is_sync(m)]
+
+    def clear(self) -> None:
+        """Forget the messages received so far."""
+        with self._cond:
+            self.messages.clear()
+
+    def wait_for_messages(self, count: int, what: Matcher = None, timeout: float = 5.0) -> list[ReceivedMessage]:
+        """Wait until ``count`` matching messages have arrived (counting earlier ones); return them."""
+        match = _matcher(what)
+
+        def found() -> list[ReceivedMessage]:
+            return [m for m in self.messages if not _is_sync(m) and match(m)]
+
+        with self._cond:
+            if self._cond.wait_for(lambda: len(found()) >= count, timeout):
+                return found()[:count]
+            got = found()
+        raise MQTTTimeout(
+            f"{self.client_id} waited {timeout}s for {count} × {_describe_matcher(what)} "
+            f"but received {len(got)}.\n{self._near_misses()}{self._broker_note()}"
+        )
+
+    def wait_for_message(self, what: Matcher = None, timeout: float = 5.0) -> ReceivedMessage:
+        """Wait for the first message matching a topic filter or predicate (earlier ones count)."""
+        return self.wait_for_messages(1, what, timeout)[0]
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Round trip through the broker: afterwards, every message it queued for us earlier has arrived.
+
+        Subscribes (once) to ``lab/sync/<client id>/#``, publishes a marker
+        there and waits for it to come back.
+        """
+        base = f"{SYNC_PREFIX}/{self.client_id}"
+        if self._sync_count == 0:
+            codes = self.subscribe(f"{base}/#", qos=1, timeout=timeout)
+            if codes and codes[0].is_failure:
+                raise ConnectionError(f"{self.client_id} may not subscribe to {base}/#: {codes[0]}")
+        self._sync_count += 1
+        marker = f"{base}/{self._sync_count}"
+        self.publish(marker, b"sync", qos=1, timeout=timeout)
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: any(m.topic == marker for m in self.messages), timeout
+            ):
+                raise MQTTTimeout(
+                    f"{self.client_id}'s round trip through the broker did not come back within "
+                    f"{timeout}s. {self._broker_note()}"
+                )
+
+    def assert_nothing_received(self, what: Matcher = None, timeout: float = 5.0, why: str = "") -> None:
+        """After a :meth:`sync` round trip, assert that no matching message has arrived."""
+        self.sync(timeout)
+        got = self.received(what)
+        assert not got, (
+            f"{self.client_id} expected no {_describe_matcher(what).removeprefix('a ')} "
+            f"but received {len(got)}:\n" + "\n".join("    " + m.describe() for m in got[:5])
+            + (f"\n{why}" if why else "")
+        )
+
+    # -- helpers -------------------------------------------------------------
+    def _near_misses(self) -> str:
+        others = [m for m in self.messages if not _is_sync(m)]
+        if not others:
+            return "  It received nothing at all.\n"
+        lines = "\n".join("    " + m.describe() for m in others[-8:])
+        return f"  It received instead ({len(others)} in all, last shown):\n{lines}\n"
+
+    def _broker_note(self) -> str:
+        return f"({self._describe_broker()})" if self._describe_broker else ""
+
+    def __repr__(self) -> str:
+        return f"<RecordingClient {self.client_id} MQTT {self.protocol} {self.host}:{self.port}>"
+
+
+def _is_sync(message: ReceivedMessage) -> bool:
+    return message.topic.startswith(SYNC_PREFIX + "/")
+
+
+def _encode(payload: bytes | str | dict | list | None) -> bytes:
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _properties(properties: Properties | None) -> dict[str, Any]:
+    if properties is None:
+        return {}
+    try:
+        return {k: v for k, v in properties.json().items() if v not in (None, [], "")}
+    except (AttributeError, TypeError):
+        return {}

@@ -1,0 +1,278 @@
+"""Lesson 03 — Retained messages: the last known state, waiting for whoever asks.
+
+An MQTT broker normally forwards a message to the clients subscribed *right
+now* and then forgets it. A client that subscribes a second later has missed
+it. For most factory traffic that is right: a temperature reading from a
+minute ago is history, and the next one is on its way.
+
+Some facts, though, stay true until they change: *the press is running*,
+*the oven is online*. A dashboard that opens at 09:00 should not wait until
+the press changes state at 11:30 to learn that it is running. So the
+publisher sets the **retain flag**, and the broker keeps the message:
+
+* The broker stores **one** retained message per topic: each new retained
+  publish replaces the previous one. It is a *last value*, not a history.
+* Every new subscription whose filter matches the topic gets the stored
+  message at once, with the **retain flag set**, so the receiver knows it is
+  stored state and not news. Wildcard filters get every matching topic.
+* Subscribers that were already there get the publish live, and then the
+  retain flag is **cleared** (MQTT 3.1.1 §3.3.1.3, MQTT 5 §3.3.1.3), unless an
+  MQTT 5 subscriber asked for *retain as published*.
+* A retained publish with an **empty payload** deletes the stored message.
+  That is how you retire a device that will never come back.
+* MQTT 5 adds **retain handling** to a subscription: 0 = send retained
+  messages at every subscribe, 1 = only when the subscription is new,
+  2 = never.
+* Retained messages live in the broker's memory. They survive a broker
+  restart only when the broker persists them (Mosquitto: ``persistence
+  true``); otherwise the restarted broker knows nothing.
+
+In the virtual factory, ``factory/state/<device>`` and
+``factory/status/<device>`` are retained; telemetry is not.
+
+Pitfalls:
+
+* Retaining telemetry: a late subscriber then takes a stale reading for a
+  live one, with nothing but the retain flag to warn it.
+* Forgetting to clear: a decommissioned machine stays "running" forever on
+  every new dashboard.
+* Expecting history: a late subscriber sees only the last state, never the
+  states in between.
+
+Run it: ``pytest labs/03_retained.py -v``. Each experiment publishes device
+state JSON (``schemas/state.schema.json``) and checks what a subscriber sees.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness.brokers import CONFIG, RESTART
+from harness.schemas import validate
+
+pytestmark = pytest.mark.lesson(3)
+
+PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
+
+
+def device_state(device_id: str, state: str, produced: int = 0) -> dict:
+    """A device-state payload as the factory's devices publish it (checked against its schema)."""
+    payload = {
+        "ts": time.time(),
+        "device_id": device_id,
+        "kind": "press",
+        "state": state,
+        "setpoints": {"temperature": 180.0},
+        "counters": {
+            "produced": produced,
+            "alarms_raised": 0,
+            "commands_accepted": 0,
+            "commands_rejected": 0,
+        },
+    }
+    return validate("state", payload)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("qos", [0, 1, 2], ids=lambda q: f"qos{q}")
+def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, protocol, qos):
+    topic = f"{topic_root}/state/press-01"
+    sent = device_state("press-01", "running", produced=42)
+    publisher = mqtt_client(protocol=protocol)
+    publisher.publish(topic, sent, qos=qos, retain=True)
+    publisher.disconnect()
+
+    dashboard = mqtt_client(protocol=protocol)
+    dashboard.subscribe(topic, qos=2)
+    message = dashboard.wait_for_message(topic, timeout=2)
+
+    assert message.retain, (
+        "The dashboard subscribed after the publisher had left, and still got the state: that is "
+        "the broker delivering its stored copy. Such a delivery must carry the retain flag, so the "
+        "receiver can tell stored state from live news; it arrived with retain=0."
+    )
+    received = validate("state", message.payload)
+    assert received == sent, (
+        f"The broker must hand back the retained message exactly as published; it sent {received}"
+    )
+    assert message.qos == qos, (
+        f"A message is delivered at the lower of the publish QoS ({qos}) and the subscription QoS "
+        f"(2), so QoS {qos} was expected; it came at QoS {message.qos}."
+    )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topic_root, protocol):
+    topic = f"{topic_root}/state/press-01"
+    publisher = mqtt_client(protocol=protocol)
+    for state in ("running", "stopped", "fault"):
+        publisher.publish(topic, device_state("press-01", state), qos=1, retain=True)
+
+    dashboard = mqtt_client(protocol=protocol)
+    dashboard.subscribe(topic, qos=1)
+    dashboard.sync()
+    received = dashboard.received(topic)
+
+    assert len(received) == 1, (
+        f"Three retained states were published to {topic}, but a broker keeps only one retained "
+        f"message per topic, each replacing the one before. The late subscriber got "
+        f"{len(received)}: {[m.json()['state'] for m in received]}."
+    )
+    assert validate("state", received[0].payload)["state"] == "fault", (
+        "The retained message is the *last* one published (fault), not the first or any other."
+    )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protocol):
+    topic = f"{topic_root}/state/press-retired"
+    publisher = mqtt_client(protocol=protocol)
+    publisher.publish(topic, device_state("press-retired", "stopped"), qos=1, retain=True)
+    publisher.publish(topic, b"", qos=1, retain=True)
+
+    dashboard = mqtt_client(protocol=protocol)
+    dashboard.subscribe(topic, qos=1)
+    dashboard.assert_nothing_received(
+        topic,
+        why="A retained publish with an empty payload deletes the stored message: a new "
+        "subscriber must find nothing, as if the device never existed.",
+    )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_retain_flag_marks_stored_messages_not_live_ones(mqtt_client, topic_root, protocol):
+    topic = f"{topic_root}/state/conveyor-01"
+    live_watcher = mqtt_client(protocol=protocol)
+    live_watcher.subscribe(topic, qos=1)
+
+    publisher = mqtt_client(protocol=protocol)
+    publisher.publish(topic, device_state("conveyor-01", "running"), qos=1, retain=True)
+    live = live_watcher.wait_for_message(topic)
+
+    late_watcher = mqtt_client(protocol=protocol)
+    late_watcher.subscribe(topic, qos=1)
+    stored = late_watcher.wait_for_message(topic)
+
+    assert not live.retain, (
+        "A subscriber that was already subscribed gets the publish as live news, so the broker "
+        "clears the retain flag when forwarding it (MQTT §3.3.1.3); it arrived with retain=1."
+    )
+    assert stored.retain, (
+        "A subscriber that arrives later gets the broker's stored copy, which must carry the "
+        "retain flag; it arrived with retain=0."
+    )
+
+
+def test_retain_as_published_keeps_the_flag_on_live_messages(mqtt_client, topic_root):
+    topic = f"{topic_root}/state/oven-01"
+    bridge = mqtt_client(protocol="5")
+    bridge.subscribe(topic, qos=1, retain_as_published=True)
+    plain = mqtt_client(protocol="5")
+    plain.subscribe(topic, qos=1)
+
+    publisher = mqtt_client(protocol="5")
+    publisher.publish(topic, device_state("oven-01", "running"), qos=1, retain=True)
+
+    assert bridge.wait_for_message(topic).retain, (
+        "With the MQTT 5 subscription option retain-as-published, the broker forwards the "
+        "retain flag as the publisher set it, even live (bridges need this to copy retained "
+        "state onwards); it arrived with retain=0."
+    )
+    assert not plain.wait_for_message(topic).retain, (
+        "Without retain-as-published, a live message reaches current subscribers with the "
+        "retain flag cleared; it arrived with retain=1."
+    )
+
+
+@pytest.mark.parametrize(
+    ("retain_handling", "at_first", "at_again"),
+    [
+        pytest.param(0, 1, 1, id="0-send-at-every-subscribe"),
+        pytest.param(1, 1, 0, id="1-send-only-for-a-new-subscription"),
+        pytest.param(2, 0, 0, id="2-never-send"),
+    ],
+)
+def test_retain_handling_decides_when_stored_state_is_sent(
+    mqtt_client, topic_root, retain_handling, at_first, at_again
+):
+    topic = f"{topic_root}/state/packer-01"
+    publisher = mqtt_client(protocol="5")
+    publisher.publish(topic, device_state("packer-01", "running"), qos=1, retain=True)
+
+    dashboard = mqtt_client(protocol="5")
+    dashboard.subscribe(topic, qos=1, retain_handling=retain_handling)
+    dashboard.sync()
+    first = len(dashboard.received(topic))
+    dashboard.subscribe(topic, qos=1, retain_handling=retain_handling)
+    dashboard.sync()
+    again = len(dashboard.received(topic)) - first
+
+    meaning = {
+        0: "0 means: send the stored message at every SUBSCRIBE, even a repeated one",
+        1: "1 means: send it only when the subscription did not exist yet",
+        2: "2 means: never send stored messages for this subscription",
+    }[retain_handling]
+    assert (first, again) == (at_first, at_again), (
+        f"Retain handling {meaning}. Expected {at_first} retained message(s) at the first "
+        f"subscribe and {at_again} at the repeated one; got {first} and {again}."
+    )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_wildcard_subscription_receives_every_matching_retained_topic(
+    mqtt_client, topic_root, protocol
+):
+    devices = ["press-01", "conveyor-01", "oven-01"]
+    publisher = mqtt_client(protocol=protocol)
+    for device in devices:
+        publisher.publish(f"{topic_root}/state/{device}", device_state(device, "running"), 1, True)
+    status = {"ts": time.time(), "device_id": "press-01", "status": "online"}
+    publisher.publish(f"{topic_root}/status/press-01", status, qos=1, retain=True)
+
+    dashboard = mqtt_client(protocol=protocol)
+    dashboard.subscribe(f"{topic_root}/state/+", qos=1)
+    dashboard.sync()
+    got = sorted(validate("state", m.payload)["device_id"] for m in dashboard.received())
+
+    assert got == sorted(devices), (
+        f"A new subscription to {topic_root}/state/+ must receive the stored state of every "
+        f"device whose topic matches the filter (and nothing else, such as status topics): "
+        f"expected {sorted(devices)}, got {got}."
+    )
+    assert all(m.retain for m in dashboard.received()), "Stored messages carry the retain flag."
+
+
+@pytest.mark.broker_needs(RESTART, CONFIG)
+@pytest.mark.parametrize(
+    ("variant", "survives"),
+    [pytest.param("persistent", True, id="persistence-on"), pytest.param("open", False, id="persistence-off")],
+)
+def test_retained_state_survives_restart_only_with_persistence(
+    broker_factory, mqtt_client, topic_root, variant, survives
+):
+    broker = broker_factory(variant)
+    topic = f"{topic_root}/state/press-01"
+    publisher = mqtt_client(broker=broker)
+    publisher.publish(topic, device_state("press-01", "running"), qos=1, retain=True)
+    publisher.disconnect()
+
+    broker.restart()
+
+    dashboard = mqtt_client(broker=broker)
+    dashboard.subscribe(topic, qos=1)
+    dashboard.sync()
+    kept = dashboard.received(topic)
+    if survives:
+        assert len(kept) == 1 and kept[0].retain, (
+            "With `persistence true` Mosquitto writes retained messages to its database when it "
+            "stops and reloads them at start, so the state published before the restart must "
+            f"still be there; the late subscriber got {len(kept)} message(s)."
+        )
+        assert validate("state", kept[0].payload)["state"] == "running"
+    else:
+        assert not kept, (
+            "Without persistence, retained messages live only in the broker's memory: after a "
+            f"restart a new subscriber must find nothing, but it got {len(kept)} message(s)."
+        )

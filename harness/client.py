@@ -61,7 +61,9 @@ class ReceivedMessage:
         try:
             return json.loads(self.payload)
         except ValueError as error:
-            raise ValueError(f"payload on {self.topic} is not JSON: {self.payload[:200]!r}") from error
+            raise ValueError(
+                f"payload on {self.topic} is not JSON: {self.payload[:200]!r}"
+            ) from error
 
     def describe(self) -> str:
         flags = f"q{self.qos}{' retained' if self.retain else ''}{' dup' if self.dup else ''}"
@@ -155,7 +157,7 @@ class RecordingClient:
         self.paho.on_unsubscribe = self._on_subscribe
 
     # -- paho callbacks (network thread) ----------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cond:
             self.connack = {
                 "reason_code": reason_code,
@@ -165,13 +167,13 @@ class RecordingClient:
             self._connected = not reason_code.is_failure
             self._cond.notify_all()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cond:
             self._connected = False
             self.disconnects.append(reason_code)
             self._cond.notify_all()
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         record = ReceivedMessage(
             topic=msg.topic,
             payload=bytes(msg.payload),
@@ -185,7 +187,7 @@ class RecordingClient:
             self.messages.append(record)
             self._cond.notify_all()
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._cond:
             self._suback[mid] = list(reason_codes)
             self._cond.notify_all()
@@ -280,10 +282,12 @@ class RecordingClient:
             return self._suback.pop(mid)
 
     def unsubscribe(self, topic: str, timeout: float = 5.0) -> None:
-        result, mid = self.paho.unsubscribe(topic)
+        _result, mid = self.paho.unsubscribe(topic)
         with self._cond:
             if not self._cond.wait_for(lambda: mid in self._suback, timeout):
-                raise MQTTTimeout(f"{self.client_id} got no UNSUBACK for {topic!r} within {timeout}s")
+                raise MQTTTimeout(
+                    f"{self.client_id} got no UNSUBACK for {topic!r} within {timeout}s"
+                )
             self._suback.pop(mid)
 
     def publish(
@@ -300,7 +304,9 @@ class RecordingClient:
 
         A ``dict`` or ``list`` payload is sent as JSON.
         """
-        info = self.paho.publish(topic, _encode(payload), qos=qos, retain=retain, properties=properties)
+        info = self.paho.publish(
+            topic, _encode(payload), qos=qos, retain=retain, properties=properties
+        )
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(
                 f"{self.client_id} could not publish to {topic!r}: {mqtt.error_string(info.rc)}. "
@@ -309,7 +315,9 @@ class RecordingClient:
         try:
             info.wait_for_publish(timeout)
         except RuntimeError as error:
-            raise ConnectionError(f"{self.client_id} lost its connection publishing to {topic!r}") from error
+            raise ConnectionError(
+                f"{self.client_id} lost its connection publishing to {topic!r}"
+            ) from error
         if not info.is_published():
             raise MQTTTimeout(
                 f"{self.client_id} published to {topic!r} at QoS {qos} but it was not "
@@ -329,7 +337,9 @@ class RecordingClient:
         with self._cond:
             self.messages.clear()
 
-    def wait_for_messages(self, count: int, what: Matcher = None, timeout: float = 5.0) -> list[ReceivedMessage]:
+    def wait_for_messages(
+        self, count: int, what: Matcher = None, timeout: float = 5.0
+    ) -> list[ReceivedMessage]:
         """Wait until ``count`` matching messages have arrived (counting earlier ones); return them."""
         match = _matcher(what)
 
@@ -372,13 +382,16 @@ class RecordingClient:
                     f"{timeout}s. {self._broker_note()}"
                 )
 
-    def assert_nothing_received(self, what: Matcher = None, timeout: float = 5.0, why: str = "") -> None:
+    def assert_nothing_received(
+        self, what: Matcher = None, timeout: float = 5.0, why: str = ""
+    ) -> None:
         """After a :meth:`sync` round trip, assert that no matching message has arrived."""
         self.sync(timeout)
         got = self.received(what)
         assert not got, (
             f"{self.client_id} expected no {_describe_matcher(what).removeprefix('a ')} "
-            f"but received {len(got)}:\n" + "\n".join("    " + m.describe() for m in got[:5])
+            f"but received {len(got)}:\n"
+            + "\n".join("    " + m.describe() for m in got[:5])
             + (f"\n{why}" if why else "")
         )
 

@@ -11,6 +11,9 @@ Fixtures
 ``topic_root``        a topic root no other test uses, such as ``lab/3f9a1c2b/factory``
 ``broker_env``        ``broker_env(broker, topic_root)``: ``VF_*`` variables for a subprocess
 ``lab_seed``          the run's random seed (``--lab-seed``)
+
+and, from :mod:`harness.factory_fixtures`, ``device``, ``factory``,
+``observer_capture`` and ``solution``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from harness.brokers import (
 )
 from harness.brokers.base import format_log
 from harness.client import RecordingClient
+
+#: the factory fixtures (device, factory, observer_capture) come with the broker ones
+pytest_plugins = ["harness.factory_fixtures"]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
 ENV_URL = "MQTT_LAB_BROKER_URL"
@@ -170,7 +176,11 @@ class BrokerPool:
     def start(self, variant: str = "open", **options: Any) -> Broker:
         """Start a dedicated broker (closed by :meth:`close` or the caller)."""
         broker = make_broker(
-            self.backend, variant, url=self.config.getoption("--broker-url"), **self._options(), **options
+            self.backend,
+            variant,
+            url=self.config.getoption("--broker-url"),
+            **self._options(),
+            **options,
         )
         self._all.append(broker)
         try:

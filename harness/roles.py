@@ -104,7 +104,9 @@ class RoleProcess:
         lines = self.output().splitlines()[-30:]
         shown = "\n".join("    " + line for line in lines) or "    (it printed nothing)"
         status = (
-            f"it exited with status {self.returncode}" if self.returncode is not None else "it is still running"
+            f"it exited with status {self.returncode}"
+            if self.returncode is not None
+            else "it is still running"
         )
         return (
             f"the {self.role} role ({self.name}) {what}; {status}.\n"

@@ -120,7 +120,9 @@ class Solution:
                     f"lesson needs; add it under [roles.{role}.options] in {self.path}. "
                     f"It declares: {', '.join(sorted(spec.options)) or 'none'}."
                 )
-            argv += [_fill(part, {**values, option: value}, self, role) for part in spec.options[option]]
+            argv += [
+                _fill(part, {**values, option: value}, self, role) for part in spec.options[option]
+            ]
         return argv
 
     def ready_line(self, role: str, **values: Any) -> str | None:
@@ -166,7 +168,9 @@ def load(path: str | Path | None = None) -> Solution:
     name = meta.get("name") or path.parent.name
     roles_data = data.get("roles")
     if not isinstance(roles_data, dict) or not roles_data:
-        raise ManifestError(f"{where}: no [roles.<name>] tables; at least [roles.device] is expected")
+        raise ManifestError(
+            f"{where}: no [roles.<name>] tables; at least [roles.device] is expected"
+        )
     roles: dict[str, Role] = {}
     for role_name, spec in roles_data.items():
         if not isinstance(spec, dict) or "command" not in spec:
@@ -187,7 +191,9 @@ def load(path: str | Path | None = None) -> Solution:
     for key, relative in (data.get("files") or {}).items():
         file_path = (path.parent / relative).resolve()
         if not file_path.exists():
-            raise ManifestError(f"{where}: [files] {key} = {relative!r} does not exist ({file_path})")
+            raise ManifestError(
+                f"{where}: [files] {key} = {relative!r} does not exist ({file_path})"
+            )
         files[key] = file_path
     return Solution(path=path, name=name, roles=roles, files=files)
 

@@ -247,7 +247,10 @@ def test_wildcard_subscription_receives_every_matching_retained_topic(
 @pytest.mark.broker_needs(RESTART, CONFIG)
 @pytest.mark.parametrize(
     ("variant", "survives"),
-    [pytest.param("persistent", True, id="persistence-on"), pytest.param("open", False, id="persistence-off")],
+    [
+        pytest.param("persistent", True, id="persistence-on"),
+        pytest.param("open", False, id="persistence-off"),
+    ],
 )
 def test_retained_state_survives_restart_only_with_persistence(
     broker_factory, mqtt_client, topic_root, variant, survives

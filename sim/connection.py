@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 
@@ -59,7 +59,9 @@ class BrokerSettings:
             raise ValueError(f"VF_BROKER_PORT must be a port number, not {port!r}")
         protocol = env.get("VF_MQTT_PROTOCOL", "5")
         if protocol not in PROTOCOLS:
-            raise ValueError(f"VF_MQTT_PROTOCOL must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+            raise ValueError(
+                f"VF_MQTT_PROTOCOL must be one of {', '.join(PROTOCOLS)}, not {protocol!r}"
+            )
         return cls(
             host=env.get("VF_BROKER_HOST", "localhost"),
             port=int(port),
@@ -94,9 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--username", help="username (VF_USERNAME)")
     group.add_argument("--password", help="password (VF_PASSWORD)")
-    group.add_argument(
-        "--topic-root", help="first topic level (VF_TOPIC_ROOT, default 'factory')"
-    )
+    group.add_argument("--topic-root", help="first topic level (VF_TOPIC_ROOT, default 'factory')")
 
 
 def make_client(
@@ -125,7 +125,9 @@ def make_client(
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls_ca:
-        client.tls_set(ca_certs=settings.tls_ca, certfile=settings.tls_cert, keyfile=settings.tls_key)
+        client.tls_set(
+            ca_certs=settings.tls_ca, certfile=settings.tls_cert, keyfile=settings.tls_key
+        )
     if will:
         topic, payload, qos, retain = will
         client.will_set(topic, payload, qos=qos, retain=retain)
@@ -144,7 +146,7 @@ def connect(client: mqtt.Client, settings: BrokerSettings, timeout: float = 10.0
     outcome: dict[str, object] = {}
     previous = client.on_connect
 
-    def on_connect(c, userdata, flags, reason_code, properties):  # noqa: ANN001
+    def on_connect(c, userdata, flags, reason_code, properties):
         outcome["reason"] = reason_code
         accepted.set()
         if previous is not None:

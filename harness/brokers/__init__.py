@@ -69,7 +69,9 @@ def resolve_backend(requested: str, url: str | None = None) -> str:
     raise BrokerUnavailable(NO_BACKEND)
 
 
-def make_broker(backend: str, variant: str = "open", *, url: str | None = None, **options) -> Broker:
+def make_broker(
+    backend: str, variant: str = "open", *, url: str | None = None, **options
+) -> Broker:
     """A (not yet started) broker of the given concrete backend."""
     if backend == "local":
         from harness.brokers.local import LocalMosquitto

@@ -189,7 +189,9 @@ class Broker(ABC):
     def health(self) -> str:
         """One line on the broker's state, for failure messages."""
         if not self.is_running():
-            return f"the {self.backend} broker at {self.url} is NOT running (it exited or was killed)"
+            return (
+                f"the {self.backend} broker at {self.url} is NOT running (it exited or was killed)"
+            )
         return f"the {self.backend} broker at {self.url} is running"
 
     def tail(self, n: int = 20) -> str:

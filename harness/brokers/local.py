@@ -159,7 +159,9 @@ class LocalMosquitto(Broker):
             )
         elif any("Error" in line for line in lines):
             advice = "the broker rejected its configuration; the error is in its log above"
-        files = "\n".join(f"    {p}" for p in (self.rendered.files.values() if self.rendered else []))
+        files = "\n".join(
+            f"    {p}" for p in (self.rendered.files.values() if self.rendered else [])
+        )
         return (
             f"mosquitto ({self.executable}, variant {self.variant!r}, port {self.port}) {what}.\n"
             f"  configuration files:\n{files}\n"

@@ -1,0 +1,259 @@
+"""Fixtures that run a solution's factory programs: ``device``, ``factory``, ``observer_capture``.
+
+Loaded by :mod:`harness.plugin`. The solution under test comes from
+``--solution PATH`` (default: the lab's reference solution, ``solution.toml``).
+
+``device("press")``            start one device; returns when its ``online`` status is seen
+``factory()``                  start every device kind and a controller
+``observer_capture()``         a client recording all traffic under the test's topic root
+``solution``                   the loaded manifest
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from harness.brokers.base import Broker
+from harness.client import ReceivedMessage, RecordingClient
+from harness.factory import DEVICE_KINDS, DeviceHandle, FactoryLauncher
+from harness.roles import RoleError, RoleProcess
+from harness.schemas import PayloadError, validate_message
+from harness.solution import ManifestError, Solution, load
+
+ENV_SOLUTION = "MQTT_LAB_SOLUTION"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mqtt-factory-lab")
+    group.addoption(
+        "--solution",
+        default=os.environ.get(ENV_SOLUTION),
+        metavar="PATH",
+        help="solution manifest (solution.toml, or its folder) whose programs the lessons run "
+        f"(default: ${ENV_SOLUTION} or the lab's reference solution)",
+    )
+    group.addoption(
+        "--time-scale",
+        type=float,
+        default=60.0,
+        help="plant seconds per wall-clock second for simulated devices (default 60)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        config.stash[_SOLUTION_KEY] = load(config.getoption("--solution"))
+    except ManifestError as error:
+        raise pytest.UsageError(f"--solution: {error}") from error
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    solution = config.stash.get(_SOLUTION_KEY, None)
+    return f"mqtt-factory-lab: solution {solution.name!r} ({solution.path})" if solution else None
+
+
+_SOLUTION_KEY = pytest.StashKey[Solution]()
+_LAUNCHERS_KEY = pytest.StashKey[list[FactoryLauncher]]()
+
+
+@pytest.fixture(scope="session")
+def solution(pytestconfig: pytest.Config) -> Solution:
+    """The solution under test (``--solution``), already checked."""
+    return pytestconfig.stash[_SOLUTION_KEY]
+
+
+@pytest.fixture
+def factory_launcher(
+    request: pytest.FixtureRequest, solution: Solution, topic_root: str, lab_seed: int
+) -> Iterator[Callable[..., FactoryLauncher]]:
+    """``factory_launcher(broker=None, topic_root=None, protocol="5")``: a launcher whose programs
+    all stop when the test ends."""
+    launchers: list[FactoryLauncher] = []
+    request.node.stash[_LAUNCHERS_KEY] = launchers
+
+    def make(
+        broker: Broker | None = None, root: str | None = None, protocol: str = "5"
+    ) -> FactoryLauncher:
+        target = broker if broker is not None else request.getfixturevalue("broker")
+        for launcher in launchers:
+            if (
+                launcher.broker is target
+                and launcher.topic_root == (root or topic_root)
+                and launcher.protocol == protocol
+            ):
+                return launcher
+        launcher = FactoryLauncher(
+            solution,
+            target,
+            root or topic_root,
+            seed=lab_seed,
+            time_scale=request.config.getoption("--time-scale"),
+            protocol=protocol,
+        )
+        launchers.append(launcher)
+        return launcher
+
+    yield make
+    for launcher in launchers:
+        launcher.close()
+
+
+@pytest.fixture
+def device(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., DeviceHandle]:
+    """Start a device of the solution: ``device("press", anomaly=True)``.
+
+    :param kind: press, conveyor, robot_arm, oven, packer or environment.
+    :param device_id: id in its topics (default ``<kind>-NN``).
+    :param client_id: MQTT client id (default: the id plus a random suffix).
+    :param anomaly: inject out-of-range values (manifest option ``anomaly``).
+    :param crash_after: end abruptly after this many seconds (option ``crash_after``).
+    :param broker: another broker than the shared one.
+    Returns once the device's retained ``online`` status is on the broker.
+    """
+
+    def start(
+        kind: str = "press",
+        device_id: str | None = None,
+        *,
+        broker: Broker | None = None,
+        **kw: Any,
+    ) -> DeviceHandle:
+        return _or_fail(lambda: factory_launcher(broker).start_device(kind, device_id, **kw))
+
+    return start
+
+
+@dataclass
+class Factory:
+    """A running factory: devices by id and the controller."""
+
+    launcher: FactoryLauncher
+    devices: dict[str, DeviceHandle]
+    controller: RoleProcess | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def topic_root(self) -> str:
+        return self.launcher.topic_root
+
+
+@pytest.fixture
+def factory(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., Factory]:
+    """Start a whole factory: ``factory(kinds=("press", "conveyor"), controller=True)``.
+
+    :param kinds: device kinds to start, one device each (default: all six).
+    :param controller: start the controller role too.
+    :param controller_session: ``clean`` or ``persistent``.
+    :param rules: a controller rule ``SOURCE/SENSOR=TARGET`` (default: the solution's).
+    :param anomaly: start the devices with injected anomalies.
+    """
+
+    def start(
+        kinds: Iterable[str] = DEVICE_KINDS,
+        *,
+        controller: bool = True,
+        controller_session: str = "clean",
+        controller_id: str | None = None,
+        rules: str | None = None,
+        anomaly: bool = False,
+        broker: Broker | None = None,
+    ) -> Factory:
+        launcher = factory_launcher(broker)
+
+        def launch() -> Factory:
+            devices = {}
+            for kind in kinds:
+                handle = launcher.start_device(kind, kind.replace("_", "-"), anomaly=anomaly)
+                devices[handle.device_id] = handle
+            role = None
+            if controller:
+                role = launcher.start_role(
+                    "controller",
+                    controller_id or f"controller-{launcher.topic_root.split('/')[1]}",
+                    options={"rules": rules},
+                    session=controller_session,
+                )
+            return Factory(launcher, devices, role)
+
+        return _or_fail(launch)
+
+    return start
+
+
+class ObserverCapture(RecordingClient):
+    """A client subscribed to everything under a topic root, checking it against the schemas."""
+
+    topic_root: str = "factory"
+
+    def by_kind(self) -> Counter[str]:
+        """Message counts per topic kind (telemetry, alarms, state...)."""
+        counts: Counter[str] = Counter()
+        for message in self.received():
+            parts = message.topic[len(self.topic_root) + 1 :].split("/")
+            counts[parts[0]] += 1
+        return counts
+
+    def invalid(self) -> list[tuple[ReceivedMessage, str]]:
+        """Every received message that breaks its schema, with the reason."""
+        bad = []
+        for message in self.received():
+            try:
+                validate_message(message.topic, message.payload, root=self.topic_root)
+            except PayloadError as error:
+                bad.append((message, str(error)))
+        return bad
+
+    def assert_all_valid(self) -> int:
+        """Assert every message validates against its schema; return how many were checked."""
+        bad = self.invalid()
+        assert not bad, (
+            f"{len(bad)} of {len(self.received())} messages break their JSON Schema:\n"
+            + "\n".join(f"  {m.topic}: {reason}" for m, reason in bad[:10])
+        )
+        return len(self.received())
+
+
+@pytest.fixture
+def observer_capture(
+    request: pytest.FixtureRequest, topic_root: str
+) -> Iterator[Callable[..., ObserverCapture]]:
+    """``observer_capture(broker=None, root=None)``: record all traffic under the topic root (QoS 1)."""
+    captures: list[ObserverCapture] = []
+
+    def make(broker: Broker | None = None, root: str | None = None) -> ObserverCapture:
+        target = broker if broker is not None else request.getfixturevalue("broker")
+        capture = ObserverCapture(target.host, target.port, describe_broker=target.health)
+        capture.topic_root = root or topic_root
+        captures.append(capture)
+        capture.connect()
+        capture.subscribe(f"{capture.topic_root}/#", qos=1)
+        return capture
+
+    yield make
+    for capture in captures:
+        capture.disconnect()
+
+
+def _or_fail(start: Callable[[], Any]) -> Any:
+    try:
+        return start()
+    except (RoleError, ManifestError) as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On failure, attach what each factory program printed."""
+    report = yield
+    if report.failed:
+        for launcher in item.stash.get(_LAUNCHERS_KEY, []):
+            for name, output in launcher.outputs().items():
+                tail = "\n".join(output.splitlines()[-25:]) or "(no output)"
+                report.sections.append((f"program {name}", tail))
+    return report

@@ -22,12 +22,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.brokers.base import BrokerError
+
 DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 CONTAINER_ROOT = "/mosquitto"
 _LISTENER = re.compile(r"^\s*listener\s+\d+.*$", re.MULTILINE)
 
 
-class BrokerConfigError(ValueError):
+class BrokerConfigError(BrokerError, ValueError):
     """A broker variant or configuration file that cannot be used."""
 
 

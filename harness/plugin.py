@@ -153,15 +153,23 @@ class BrokerPool:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self._backend: str | None = None
+        self._unavailable: BrokerUnavailable | None = None
         self._shared: dict[str, Broker] = {}
         self._all: list[Broker] = []
 
     @property
     def backend(self) -> str:
+        """The concrete backend; decided once per process (a missing one is reported once too)."""
+        if self._unavailable is not None:
+            raise self._unavailable
         if self._backend is None:
-            self._backend = resolve_backend(
-                self.config.getoption("--broker-backend"), self.config.getoption("--broker-url")
-            )
+            try:
+                self._backend = resolve_backend(
+                    self.config.getoption("--broker-backend"), self.config.getoption("--broker-url")
+                )
+            except BrokerUnavailable as error:
+                self._unavailable = error
+                raise
         return self._backend
 
     def _options(self) -> dict[str, Any]:
@@ -211,12 +219,15 @@ class BrokerPool:
 
 
 def _broker_or_fail(start: Callable[[], Broker]) -> Broker:
+    """Start a broker, turning a harness error into one clean failure message."""
     try:
         return start()
     except BrokerUnavailable as error:
-        pytest.fail(str(error), pytrace=False)
+        message = str(error)
     except BrokerError as error:
-        pytest.fail(f"the broker could not start:\n{error}", pytrace=False)
+        message = f"the broker could not start:\n{error}"
+    # Outside the except block, so the report shows the advice once, without a chained traceback.
+    pytest.fail(message, pytrace=False)
 
 
 def _skip_unless_configurable(pool: BrokerPool, variant: str, extra_config: str) -> None:

@@ -14,12 +14,15 @@ import atexit
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from harness.brokers.local import die_with_parent
 
 _LIVE: set[RoleProcess] = set()
 
@@ -51,18 +54,28 @@ class RoleProcess:
         self.command = list(command)
         self.env = dict(env if env is not None else os.environ)
         self.cwd = cwd
-        fd, path = tempfile.mkstemp(prefix=f"mqtt-lab-{role}-", suffix=".log")
-        os.close(fd)
-        self.output_path = Path(path)
+        self.output_path: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
 
     def start(self) -> RoleProcess:
         """Start the program. :raises RoleError: when it cannot be run at all."""
+        if not self.command or not self._executable_exists(self.command[0]):
+            raise RoleError(
+                f"the {self.role} role ({self.name}) could not be started: "
+                f"{self.command[0] if self.command else 'an empty command'!r} is not an executable "
+                f"program (looked on PATH and relative to {self.cwd or os.getcwd()}).\n"
+                f"  command: {shlex.join(self.command)}\n"
+                f"  what to do: check the command in the solution manifest (is the program "
+                f"installed, is the path right?)"
+            )
+        fd, path = tempfile.mkstemp(prefix=f"mqtt-lab-{self.role}-", suffix=".log")
+        os.close(fd)
+        self.output_path = Path(path)
         try:
             with open(self.output_path, "wb") as out:
                 self.process = subprocess.Popen(
-                    self.command,
+                    [*die_with_parent(), *self.command],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -81,6 +94,12 @@ class RoleProcess:
         _LIVE.add(self)
         return self
 
+    def _executable_exists(self, program: str) -> bool:
+        if os.sep in program:
+            candidate = Path(self.cwd or Path.cwd()) / program
+            return candidate.is_file() and os.access(candidate, os.X_OK)
+        return shutil.which(program, path=self.env.get("PATH")) is not None
+
     # -- state -----------------------------------------------------------
     @property
     def pid(self) -> int | None:
@@ -95,6 +114,8 @@ class RoleProcess:
 
     def output(self) -> str:
         """Everything the program printed so far (stdout and stderr)."""
+        if self.output_path is None:
+            return ""
         try:
             return self.output_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -178,7 +199,8 @@ class RoleProcess:
     def close(self) -> None:
         """Stop the program and remove its output file."""
         self.stop()
-        self.output_path.unlink(missing_ok=True)
+        if self.output_path is not None:
+            self.output_path.unlink(missing_ok=True)
 
     def __enter__(self) -> RoleProcess:
         return self.start()

@@ -47,6 +47,11 @@ def resolve_backend(requested: str, url: str | None = None) -> str:
         raise BrokerUnavailable(f"unknown broker backend {requested!r}; choose one of {BACKENDS}")
     if url and requested in ("auto", "external"):
         return "external"
+    if url:
+        raise BrokerUnavailable(
+            f"--broker-url {url} asks for an external broker but --broker-backend is {requested!r}: "
+            "drop one of them (the backend may also come from $MQTT_LAB_BROKER_BACKEND)"
+        )
     if requested == "external":
         raise BrokerUnavailable("--broker-backend=external needs --broker-url mqtt://HOST:PORT")
     if requested == "local":

@@ -53,6 +53,7 @@ class ExternalBroker(Broker):
                 self.ready_seconds = time.monotonic() - started
                 self._reachable = True
                 return
+            time.sleep(0.05)  # poll interval: a refused connection returns at once
         raise BrokerStartError(
             f"no MQTT broker accepted a CONNECT at {self.url} within {self.start_timeout}s: "
             "check that it runs and that --broker-url is right (it must allow anonymous clients)"

@@ -37,6 +37,17 @@ INSTALL_HINT = (
 _LIVE: set[LocalMosquitto] = set()
 
 
+def die_with_parent() -> list[str]:
+    """A command prefix that makes the child get SIGTERM if this process dies (Linux).
+
+    ``setpriv --pdeathsig`` (util-linux) sets the parent-death signal and then
+    runs the command, so even a ``kill -9`` of pytest leaves no broker behind.
+    Elsewhere the prefix is empty and teardown plus ``atexit`` do the work.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 def find_mosquitto(executable: str | None = None) -> str | None:
     """Path of the mosquitto executable (also looked for in /usr/sbin), or None."""
     name = executable or os.environ.get("MQTT_LAB_MOSQUITTO", "mosquitto")
@@ -118,15 +129,19 @@ class LocalMosquitto(Broker):
                 self.port = 0
 
     def _start_on(self, port: int) -> None:
-        self.rendered = broker_config.render(
-            self.variant, self.workdir, port=port, extra=self.extra_config
-        )
+        extra = self.extra_config
+        if os.geteuid() == 0:
+            # Started as root, mosquitto would switch to the `mosquitto` user, which
+            # may not reach a private temp folder (its ACL file, its database) and
+            # loses the parent-death signal below. Root stays root for a test broker.
+            extra = "user root\n" + extra
+        self.rendered = broker_config.render(self.variant, self.workdir, port=port, extra=extra)
         self.port = port
         self._archive_log()
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [self.executable, "-c", str(self.rendered.main_file)],
+                [*die_with_parent(), self.executable, "-c", str(self.rendered.main_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -362,6 +362,9 @@ def test_a_lesson_run_without_mosquitto_tells_the_student_what_to_do(
     assert "Traceback" not in run.output, (
         f"a missing broker is the student's setup, not a bug: advice, no traceback; {run.explain()}"
     )
+    assert "During handling of the above exception" not in run.output, (
+        f"the advice is printed once, without a chained exception; {run.explain()}"
+    )
 
 
 # -- starting: taken ports and broken configurations ----------------------------------

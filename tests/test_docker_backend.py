@@ -1,0 +1,248 @@
+"""The docker backend: Mosquitto in a container behaves like the local broker.
+
+The tests that start containers need a Docker engine. CI provides one, with an
+image built offline from the installed mosquitto::
+
+    bash .ci/with-docker-engine.sh .venv/bin/pytest tests/test_docker_backend.py -v
+
+Elsewhere they run when Docker runs (with the pinned eclipse-mosquitto image)
+and are skipped, saying so, when no engine answers. The first three tests
+need no engine: they check how the backend is chosen and configured.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.brokers.base import BrokerError, BrokerStartError, mqtt_ping
+from harness.brokers.docker import (
+    DEFAULT_IMAGE,
+    IMAGE_ENV,
+    LABEL,
+    NETWORK_ENV,
+    PID_LABEL,
+    DockerMosquitto,
+    docker_available,
+)
+from harness.client import RecordingClient
+
+NO_ENGINE = "no Docker engine answers: run under .ci/with-docker-engine.sh or start Docker"
+
+
+# -- without an engine -------------------------------------------------------------
+def test_image_and_network_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI swaps in its offline image and host networking through two variables."""
+    monkeypatch.delenv(IMAGE_ENV, raising=False)
+    monkeypatch.delenv(NETWORK_ENV, raising=False)
+    default = DockerMosquitto("open")
+    default.close()
+    assert (default.image, default.network) == (DEFAULT_IMAGE, "bridge"), (
+        f"without {IMAGE_ENV}/{NETWORK_ENV} the backend should run the pinned {DEFAULT_IMAGE} "
+        f"on a bridge network, not {default.image} on {default.network}"
+    )
+    monkeypatch.setenv(IMAGE_ENV, "example/mosquitto:test")
+    monkeypatch.setenv(NETWORK_ENV, "host")
+    chosen = DockerMosquitto("acl+persistent")
+    chosen.close()
+    assert (chosen.image, chosen.network) == ("example/mosquitto:test", "host")
+    explicit = DockerMosquitto("open", image="other/mosquitto:1", network="bridge")
+    explicit.close()
+    assert (explicit.image, explicit.network) == ("other/mosquitto:1", "bridge"), (
+        "arguments must win over the environment"
+    )
+    assert not explicit.workdir.exists(), "close() must remove the broker's temp folder"
+
+
+def test_unknown_network_mode_names_the_choices() -> None:
+    with pytest.raises(BrokerError, match=r"'overlay'.*bridge, host"):
+        DockerMosquitto("open", network="overlay")
+
+
+def test_unreachable_engine_is_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Backend auto-selection asks this first, so it must answer quickly and never raise."""
+    socket = tmp_path / "no-engine-here.sock"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{socket}")
+    answer = docker_available(timeout=2)
+    assert answer is not True, f"nothing listens on {socket}, yet docker_available() said True"
+    assert str(socket) in answer, f"the reason should name where it looked: {answer!r}"
+
+
+# -- with an engine ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def docker_engine() -> None:
+    answer = docker_available()
+    if answer is not True:
+        pytest.skip(f"{NO_ENGINE} ({answer})")
+
+
+@pytest.fixture
+def start_broker(docker_engine: None) -> Iterator[Callable[..., DockerMosquitto]]:
+    """``start_broker(variant, **options)``: a running container, removed after the test."""
+    brokers: list[DockerMosquitto] = []
+
+    def start(variant: str = "open", **options: Any) -> DockerMosquitto:
+        broker = DockerMosquitto(variant, **options)
+        brokers.append(broker)
+        broker.start()
+        return broker
+
+    yield start
+    for broker in brokers:
+        broker.close()
+
+
+def _client(broker: DockerMosquitto, name: str) -> RecordingClient:
+    client = RecordingClient(
+        broker.host,
+        broker.port,
+        f"docker-{name}-{uuid.uuid4().hex[:6]}",
+        describe_broker=broker.health,
+    )
+    client.connect()
+    return client
+
+
+def _engine_containers(ids: list[str]) -> list[str]:
+    """Which of these container ids the engine still knows (running or not)."""
+    from testcontainers.core.docker_client import DockerClient
+
+    client = DockerClient().client
+    try:
+        found = client.containers.list(all=True, filters={"label": f"{PID_LABEL}={os.getpid()}"})
+        return [c.id for c in found if c.id in ids]
+    finally:
+        client.close()
+
+
+def test_open_broker_relays_messages(
+    start_broker: Callable[..., DockerMosquitto], topic_root: str
+) -> None:
+    broker = start_broker("open")
+    assert broker.ready_seconds is not None and broker.ready_seconds < broker.start_timeout
+    assert broker.wait_for_log(r"mosquitto version \S+ running", timeout=1)
+    subscriber = _client(broker, "sub")
+    publisher = _client(broker, "pub")
+    try:
+        subscriber.subscribe(f"{topic_root}/telemetry/#", qos=1)
+        publisher.publish(f"{topic_root}/telemetry/press-01/temp", {"value": 21.5}, qos=1)
+        message = subscriber.wait_for_message(f"{topic_root}/telemetry/#")
+    finally:
+        subscriber.disconnect()
+        publisher.disconnect()
+    assert message.json() == {"value": 21.5}, (
+        f"the container at {broker.url} relayed {message.describe()} instead of the reading sent"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variant", "kept"),
+    [("persistent", True), ("open", False)],
+    ids=["persistent-keeps", "open-forgets"],
+)
+def test_restart_keeps_retained_only_with_persistence(
+    start_broker: Callable[..., DockerMosquitto], topic_root: str, variant: str, kept: bool
+) -> None:
+    """``docker stop`` sends SIGTERM, so Mosquitto saves its database into the mounted data folder."""
+    broker = start_broker(variant)
+    topic = f"{topic_root}/state/press-01"
+    publisher = _client(broker, "retainer")
+    publisher.publish(topic, {"state": "running"}, qos=1, retain=True)
+    publisher.disconnect()
+    port, first = broker.port, broker.container_id
+
+    broker.restart()
+
+    assert broker.port == port, f"a restart must keep the port ({port}), clients reconnect to it"
+    assert broker.container_id != first, "restart should run a new container on the same files"
+    late = _client(broker, "late")
+    try:
+        late.subscribe(topic, qos=1)
+        if kept:
+            message = late.wait_for_message(topic)
+            assert message.retain and message.json() == {"state": "running"}, (
+                f"after a restart of the {variant!r} broker the late subscriber got "
+                f"{message.describe()}"
+            )
+        else:
+            late.assert_nothing_received(
+                topic, why=f"the {variant!r} variant has persistence off: a restart forgets"
+            )
+    finally:
+        late.disconnect()
+    assert "mosquitto version" in broker.log() and broker.log().count(" running") >= 2, (
+        "log() should hold the lines of both containers, the first one's before the restart"
+    )
+
+
+def test_broken_config_fails_with_the_broker_log(docker_engine: None) -> None:
+    broker = DockerMosquitto("open", extra_config="this_option_does_not_exist 1\n")
+    with pytest.raises(BrokerStartError) as caught, broker:
+        pytest.fail("a configuration with an unknown option must not start")
+    message = str(caught.value)
+    assert 'Unknown configuration variable "this_option_does_not_exist"' in message, (
+        f"the error should quote Mosquitto's own complaint, got:\n{message}"
+    )
+    assert broker.image in message and "what to do" in message, message
+    assert not _engine_containers(broker.container_ids), "the failed container was left behind"
+
+
+def test_missing_image_says_how_to_get_one(docker_engine: None) -> None:
+    """No such image locally and none in any registry: the error must name it and the ways out."""
+    image = f"mqtt-factory-lab/no-such-image:{uuid.uuid4().hex[:8]}"
+    broker = DockerMosquitto("open", image=image)
+    with pytest.raises(BrokerStartError) as caught, broker:
+        pytest.fail(f"{image} does not exist, yet a broker started")
+    message = str(caught.value)
+    assert image in message and "docker pull" in message and IMAGE_ENV in message, message
+    assert not broker.container_ids, "no container can have been created without an image"
+
+
+def test_kill_ends_the_broker_without_saving(
+    start_broker: Callable[..., DockerMosquitto],
+) -> None:
+    broker = start_broker("persistent")
+    broker.kill()
+    assert not broker.is_running(), "after docker kill the container must no longer run"
+    assert "NOT running" in broker.health()
+    assert not mqtt_ping(broker.host, broker.port, timeout=0.5), "a killed broker still answered"
+    assert "terminating" not in broker.log(), (
+        "SIGKILL gives Mosquitto no chance to log its shutdown (or save its database)"
+    )
+    broker.start()
+    assert mqtt_ping(broker.host, broker.port), "start() after kill() should bring it back"
+
+
+def test_close_leaves_no_labelled_container(docker_engine: None) -> None:
+    with DockerMosquitto("acl+persistent") as broker:
+        broker.restart()
+        ids = list(broker.container_ids)
+        assert _engine_containers(ids) == [broker.container_id], (
+            "while running, exactly the current container should exist "
+            f"(labelled {LABEL}=1, {PID_LABEL}={os.getpid()})"
+        )
+        workdir = broker.workdir
+    assert len(ids) == 2
+    assert not _engine_containers(ids), "close() must remove every container the broker ran"
+    assert not workdir.exists(), f"close() must remove the rendered configuration in {workdir}"
+
+
+def test_taken_port_is_named_in_the_error(docker_engine: None) -> None:
+    """A fixed port is not retried: the error must say which one is taken."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        broker = DockerMosquitto("open", port=port)
+        with pytest.raises(BrokerStartError) as caught, broker:
+            pytest.fail(f"port {port} is in use, yet a broker started on it")
+    message = str(caught.value)
+    assert f"port {port} is taken" in message, message

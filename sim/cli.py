@@ -1,0 +1,279 @@
+"""Publish and subscribe from the command line, like ``mosquitto_pub`` / ``mosquitto_sub``.
+
+::
+
+    $ python -m sim.cli pub --client-id dashboard --qos 1 \\
+          --topic factory/commands/dashboard/conveyor --message '{"command":"stop","reason":"manual"}'
+    $ python -m sim.cli pub --topic factory/state/press --retain --null     # clear a retained message
+    $ python -m sim.cli sub --topic 'factory/telemetry/+/temperature' --count 5 -v
+
+Both print ``ready <client id>`` on stdout once connected (``sub``: once the
+broker acknowledged the subscription, so a message published after that line
+is received); ``--no-ready`` leaves it out for piping. ``pub`` returns once
+the broker acknowledged the message (QoS 1/2) or it was sent (QoS 0).
+
+``sub`` prints the payload of each message (``-v``: topic and payload;
+``--json``: ``{"ts", "topic", "qos", "retain", "payload"}`` per line).
+
+Exit status
+-----------
+== ===========================================================================
+0  done: published and acknowledged; ``sub`` received ``--count`` messages, or
+   was stopped (Ctrl-C, SIGTERM, or ``--timeout`` when no ``--count`` was given)
+1  the broker is unreachable or refused the connection
+2  wrong command-line arguments
+3  timeout: ``--timeout`` seconds passed before ``--count`` messages arrived
+   (``sub``), or before the broker acknowledged the message (``pub``)
+4  the broker refused: PUBACK / SUBACK with a failure reason code (MQTT 5
+   "Not authorized" is 135; a refused MQTT 3.1.1 subscription is 128)
+== ===========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from sim.connection import BrokerSettings, add_arguments, connect, make_client
+from sim.observer import message_record
+
+log = logging.getLogger("cli")
+
+EXIT_OK = 0
+EXIT_CONNECT = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_REFUSED = 4
+
+
+def _stop_on_signals() -> list[int]:
+    """The SIGTERM / SIGINT received so far (the handler only appends, it takes no lock)."""
+    received: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, frame: received.append(sig))
+    return received
+
+
+def _describe_code(code: object) -> str:
+    value = getattr(code, "value", code)
+    return f"{code} ({value})"
+
+
+# -- pub ---------------------------------------------------------------------------
+
+
+def pub(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    """Publish one message and wait for its acknowledgement."""
+    payload = b"" if args.null else args.message.encode()
+    client_id = args.client_id or f"cli-pub-{uuid.uuid4().hex[:8]}"
+    client = make_client(client_id, settings)
+    acked = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def on_publish(c, userdata, mid, reason_code, properties) -> None:
+        outcome["reason"] = reason_code
+        acked.set()
+
+    client.on_publish = on_publish
+    try:
+        connect(client, settings)
+    except ConnectionError as error:
+        log.error("%s", error)
+        return EXIT_CONNECT
+    try:
+        if not args.no_ready:
+            print(f"ready {client_id}", flush=True)
+        info = client.publish(args.topic, payload, qos=args.qos, retain=args.retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.error("could not send the message: %s", mqtt.error_string(info.rc))
+            return EXIT_CONNECT
+        what = "acknowledged" if args.qos else "sent"
+        if not acked.wait(args.timeout):
+            log.error(
+                "the message to %s was not %s within %.1fs", args.topic, what, args.timeout
+            )
+            return EXIT_TIMEOUT
+        reason = outcome.get("reason")
+        if getattr(reason, "is_failure", False):
+            log.error("the broker refused the message to %s: %s", args.topic, _describe_code(reason))
+            return EXIT_REFUSED
+        log.info(
+            "published %d bytes to %s (QoS %d%s): %s%s",
+            len(payload), args.topic, args.qos, ", retained" if args.retain else "", what,
+            f" ({reason})" if args.qos and settings.protocol == "5" else "",
+        )
+        return EXIT_OK
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# -- sub ---------------------------------------------------------------------------
+
+
+@dataclass
+class _SubState:
+    received: int = 0
+    refused: str | None = None
+    ready: bool = False
+
+
+def sub(args: argparse.Namespace, settings: BrokerSettings) -> int:
+    """Subscribe and print messages until --count, --timeout or a signal."""
+    signals = _stop_on_signals()
+    client_id = args.client_id or f"cli-sub-{uuid.uuid4().hex[:8]}"
+    client = make_client(client_id, settings)
+    out_lock = threading.Lock()
+    subscribed = threading.Event()
+    done = threading.Event()
+    state = _SubState()
+
+    def emit(text: str) -> None:
+        with out_lock:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    def on_connect(c, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            return
+        if c.protocol == mqtt.MQTTv5:
+            c.subscribe([(t, SubscribeOptions(qos=args.qos)) for t in args.topic])
+        else:
+            c.subscribe([(t, args.qos) for t in args.topic])
+
+    def on_subscribe(c, userdata, mid, reason_codes, properties) -> None:
+        refused = [
+            f"{topic}: {_describe_code(code)}"
+            for topic, code in zip(args.topic, reason_codes, strict=False)
+            if code.is_failure
+        ]
+        if refused:
+            state.refused = "; ".join(refused)
+        elif not state.ready:
+            state.ready = True
+            if not args.no_ready:
+                emit(f"ready {client_id}")  # before the retained messages that follow
+        subscribed.set()
+
+    def on_message(c, userdata, message: mqtt.MQTTMessage) -> None:
+        if done.is_set():
+            return
+        if args.json:
+            emit(json.dumps(message_record(message)))
+        else:
+            text = message.payload.decode("utf-8", errors="replace")
+            emit(f"{message.topic} {text}" if args.verbose else text)
+        state.received += 1
+        if args.count is not None and state.received >= args.count:
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    try:
+        connect(client, settings)
+    except ConnectionError as error:
+        log.error("%s", error)
+        return EXIT_CONNECT
+    try:
+        if not subscribed.wait(10.0):
+            log.error("no SUBACK within 10s")
+            return EXIT_TIMEOUT
+        if state.refused:
+            log.error("the broker refused the subscription: %s", state.refused)
+            return EXIT_REFUSED
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        while not signals and not done.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                if args.count is not None:
+                    log.error(
+                        "timeout: %d of %d messages within %.1fs",
+                        state.received, args.count, args.timeout,
+                    )
+                    return EXIT_TIMEOUT
+                return EXIT_OK
+            done.wait(0.1 if deadline is None else min(0.1, deadline - now))
+        return EXIT_OK
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# -- command line --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.cli",
+        description="Publish or subscribe from the command line (like mosquitto_pub/_sub).",
+        epilog="Exit status: 0 done, 1 broker unreachable, 2 bad arguments, 3 timeout, "
+        "4 refused by the broker (PUBACK/SUBACK failure reason code).",
+    )
+    commands = parser.add_subparsers(dest="action", required=True, metavar="{pub,sub}")
+
+    p = commands.add_parser("pub", help="publish one message")
+    p.add_argument("--topic", "-t", required=True, help="topic to publish to")
+    body = p.add_mutually_exclusive_group(required=True)
+    body.add_argument("--message", "-m", help="payload (an empty string is a zero-length one)")
+    body.add_argument(
+        "--null", "-n", action="store_true", help="zero-length payload (with --retain: clears)"
+    )
+    p.add_argument("--qos", "-q", type=int, choices=(0, 1, 2), default=0, help="QoS (default 0)")
+    p.add_argument("--retain", "-r", action="store_true", help="ask the broker to retain it")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the ack (default 10)"
+    )
+
+    s = commands.add_parser("sub", help="subscribe and print messages")
+    s.add_argument(
+        "--topic", "-t", action="append", required=True, help="topic filter (repeatable)"
+    )
+    s.add_argument("--qos", "-q", type=int, choices=(0, 1, 2), default=0, help="QoS (default 0)")
+    s.add_argument("--count", "-C", type=int, help="exit 0 after N messages")
+    s.add_argument(
+        "--timeout",
+        "-W",
+        type=float,
+        help="give up after S seconds (exit 3 if --count messages did not arrive)",
+    )
+    s.add_argument("--json", action="store_true", help="print JSON lines")
+    s.add_argument("--verbose", "-v", action="store_true", help="print the topic too")
+
+    for command in (p, s):
+        command.add_argument("--client-id", "-i", help="client id (default cli-pub/sub-<random>)")
+        command.add_argument(
+            "--no-ready", action="store_true", help="do not print the 'ready <id>' line"
+        )
+        add_arguments(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format=f"cli {args.action}: %(message)s"
+    )
+    if args.action == "sub" and args.count is not None and args.count < 1:
+        parser.error("--count must be at least 1")
+    try:
+        settings = BrokerSettings.from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    return pub(args, settings) if args.action == "pub" else sub(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

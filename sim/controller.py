@@ -1,0 +1,360 @@
+"""The factory's controller: reacts to alarms by commanding other machines.
+
+::
+
+    $ python -m sim.controller --rule press/temperature=conveyor --session persistent
+    ready controller
+
+It subscribes to ``<root>/alarms/#`` at QoS 1. Each rule ``SOURCE/SENSOR=TARGET``
+means: when device SOURCE raises an alarm on SENSOR, send ``stop`` to TARGET;
+when that alarm clears, send ``start`` to TARGET. Commands go to
+``<root>/commands/<controller id>/<target>`` (QoS 1, not retained), so the
+device and anyone watching knows who sent them, and the ACL lets a command
+publisher write only under its own id. A target stopped by several alarms is
+restarted only when the last of them has cleared.
+
+Every decision is published as a decision event on
+``<root>/events/<controller id>`` (QoS 1) and logged on stderr, as text or as
+JSON lines (``--log-format json``), so its logic can be checked from outside.
+
+``--session persistent`` is the lesson on sessions: the controller keeps its
+client id, connects with clean start off (MQTT 3.1.1: clean session off) and,
+on MQTT 5, a session expiry of ``--session-expiry`` seconds. While it is
+offline the broker queues the QoS 1 alarms for it and delivers them when it
+reconnects; it acts on them then. With ``--session clean`` those alarms are
+lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from sim.connection import BrokerSettings, add_arguments, connect, make_client
+from sim.topics import Topics
+
+log = logging.getLogger("controller")
+
+DEFAULT_RULE = "press/temperature=conveyor"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When ``source``'s ``sensor`` alarm is raised, stop ``target``; when cleared, start it."""
+
+    source: str
+    sensor: str
+    target: str
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        """``"press/temperature=conveyor"`` → ``Rule("press", "temperature", "conveyor")``.
+
+        :raises ValueError: explaining the expected form.
+        """
+        left, sep, target = text.partition("=")
+        source, slash, sensor = left.partition("/")
+        parts = (source.strip(), sensor.strip(), target.strip())
+        if not sep or not slash or not all(parts) or any(
+            c in p for p in parts for c in "/+#"
+        ):
+            raise ValueError(
+                f"rule {text!r} is not of the form SOURCE/SENSOR=TARGET "
+                f"(for example {DEFAULT_RULE!r}); names may not contain '/', '+' or '#'"
+            )
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.source}/{self.sensor}={self.target}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record; a decision record carries the decision event."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        decision = getattr(record, "decision", None)
+        if decision is not None:
+            entry["decision"] = decision
+        return json.dumps(entry, separators=(",", ":"))
+
+
+class Controller:
+    """The controller's logic and its MQTT client.
+
+    :param controller_id: client id, and the ``<publisher>`` level of its command topics.
+    :param rules: what to do for which alarm.
+    :param settings: where the broker is.
+    :param persistent: keep the session (and its queued alarms) across disconnections.
+    :param session_expiry: MQTT 5 session expiry for a persistent session, in seconds.
+    """
+
+    def __init__(
+        self,
+        controller_id: str,
+        rules: Sequence[Rule],
+        settings: BrokerSettings,
+        *,
+        persistent: bool = False,
+        session_expiry: int = 3600,
+    ) -> None:
+        self.controller_id = controller_id
+        self.rules = list(rules)
+        self.settings = settings
+        self.topics = Topics(settings.topic_root)
+        self.alarm_filter = f"{self.topics.root}/alarms/#"
+        self.persistent = persistent
+        #: alarms currently holding each target stopped, as "source/sensor"
+        self.holding: dict[str, set[str]] = {rule.target: set() for rule in self.rules}
+        self.subscribed = threading.Event()
+        self.failed: str | None = None
+        self._lock = threading.Lock()
+        self.client = make_client(
+            controller_id,
+            settings,
+            clean_start=not persistent,
+            session_expiry=session_expiry if persistent and settings.protocol == "5" else None,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    # -- MQTT --------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect and subscribe. :raises ConnectionError: when the broker is unreachable."""
+        connect(self.client, self.settings)
+
+    def stop(self) -> None:
+        """Disconnect cleanly. A persistent session stays on the broker and keeps queueing."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            return
+        session = "the broker resumed the previous one" if flags.session_present else "a new one"
+        log.info(
+            "connected as %s (%s session: %s); subscribing to %s",
+            self.controller_id, "persistent" if self.persistent else "clean", session,
+            self.alarm_filter,
+        )
+        # Subscribe on every connect: a clean session forgets subscriptions.
+        client.subscribe(self.alarm_filter, qos=1)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        code = reason_codes[0]
+        if code.is_failure:
+            self.failed = f"the broker refused the subscription to {self.alarm_filter}: {code}"
+            log.error("%s", self.failed)
+        self.subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code != 0:
+            log.warning("disconnected (%s); paho reconnects", reason_code)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        try:
+            self.handle_alarm(message.topic, message.payload)
+        except Exception:  # a bad message must never stop the controller
+            log.exception("could not handle the message on %s", message.topic)
+
+    # -- logic -------------------------------------------------------------------
+    def handle_alarm(self, topic: str, payload: bytes) -> list[dict[str, Any]]:
+        """Act on one alarm message; return the decision events published."""
+        parts = topic.split("/")
+        root_len = len(self.topics.root.split("/"))
+        if len(parts) != root_len + 3:
+            log.warning("ignoring %s: not <root>/alarms/<device>/<sensor>", topic)
+            return []
+        device, sensor = parts[root_len + 1], parts[root_len + 2]
+        try:
+            alarm = json.loads(payload)
+            state = alarm["state"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring %s: payload is not an alarm: %r", topic, payload[:200])
+            return []
+        if state not in ("raised", "cleared"):
+            log.warning("ignoring %s: alarm state %r is neither raised nor cleared", topic, state)
+            return []
+        decisions = []
+        for rule in self.rules:
+            if (rule.source, rule.sensor) == (device, sensor):
+                decision = self._decide(rule, topic, alarm, state)
+                if decision is not None:
+                    decisions.append(decision)
+        return decisions
+
+    def _decide(
+        self, rule: Rule, topic: str, alarm: dict[str, Any], state: str
+    ) -> dict[str, Any] | None:
+        key = f"{rule.source}/{rule.sensor}"
+        with self._lock:
+            holding = self.holding.setdefault(rule.target, set())
+            if state == "raised":
+                holding.add(key)
+                command = "stop"
+                reason = f"{key} alarm raised{_detail(alarm)}: stop {rule.target}"
+            else:
+                holding.discard(key)
+                if holding:
+                    log.info(
+                        "%s alarm cleared, but %s stays stopped: still raised: %s",
+                        key, rule.target, ", ".join(sorted(holding)),
+                    )
+                    return None
+                command = "start"
+                reason = f"{key} alarm cleared{_detail(alarm)}: start {rule.target}"
+        now = time.time()
+        command_payload = {
+            "command": command,
+            "reason": reason,
+            "ts": now,
+            "command_id": f"{self.controller_id}-{uuid.uuid4().hex[:12]}",
+            "issued_by": self.controller_id,
+        }
+        command_topic = self.topics.command(self.controller_id, rule.target)
+        self.client.publish(command_topic, json.dumps(command_payload), qos=1)
+        event = {
+            "ts": now,
+            "controller_id": self.controller_id,
+            "event": "decision",
+            "trigger": {
+                "topic": topic, "device_id": rule.source, "sensor": rule.sensor, "state": state
+            },
+            "action": {"device_id": rule.target, "command": command},
+            "reason": reason,
+            "command_id": command_payload["command_id"],
+            "command_topic": command_topic,
+        }
+        self.client.publish(self.topics.events(self.controller_id), json.dumps(event), qos=1)
+        log.info("decision: %s -> %s %s (%s)", key, command, rule.target, reason,
+                 extra={"decision": event})
+        return event
+
+
+def _detail(alarm: dict[str, Any]) -> str:
+    """`` (value 97.2, limits ..95)`` when the alarm says so, else nothing."""
+    value = alarm.get("value")
+    if not isinstance(value, int | float):
+        return ""
+    low, high = alarm.get("low"), alarm.get("high")
+    limits = f"{'' if low is None else low}..{'' if high is None else high}"
+    return f" (value {value}, limits {limits})"
+
+
+def _stop_on_signals() -> list[int]:
+    """The SIGTERM / SIGINT received so far (the list grows when one arrives).
+
+    The handler only appends: setting a ``threading.Event`` from a signal
+    handler can deadlock if the signal lands while the main thread holds the
+    event's lock.
+    """
+    received: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, frame: received.append(sig))
+    return received
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.controller",
+        description="React to alarms: stop a machine while another one is in alarm, restart it "
+        "when the alarm clears.",
+    )
+    parser.add_argument(
+        "--rule",
+        action="append",
+        metavar="SOURCE/SENSOR=TARGET",
+        help=f"alarm on SOURCE's SENSOR raised: stop TARGET; cleared: start it "
+        f"(repeatable; default {DEFAULT_RULE})",
+    )
+    parser.add_argument(
+        "--client-id",
+        default="controller",
+        help="client id, also the publisher level of command topics (default controller)",
+    )
+    parser.add_argument(
+        "--session",
+        choices=("clean", "persistent"),
+        default="clean",
+        help="persistent: keep the session so alarms published while we are offline are "
+        "delivered when we reconnect (default clean)",
+    )
+    parser.add_argument(
+        "--session-expiry",
+        type=int,
+        default=3600,
+        help="MQTT 5 session expiry in seconds for --session persistent (default 3600)",
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="stderr log format"
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rules = [Rule.parse(text) for text in (args.rule or [DEFAULT_RULE])]
+        settings = BrokerSettings.from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if args.log_format == "json"
+        else logging.Formatter("%(asctime)s controller %(levelname)s %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+    signals = _stop_on_signals()
+
+    controller = Controller(
+        args.client_id,
+        rules,
+        settings,
+        persistent=args.session == "persistent",
+        session_expiry=args.session_expiry,
+    )
+    log.info("rules: %s", ", ".join(str(r) for r in rules))
+    try:
+        controller.start()
+    except ConnectionError as error:
+        log.error("%s", error)
+        return 1
+    try:
+        if not controller.subscribed.wait(10.0):
+            log.error("no SUBACK for %s within 10s", controller.alarm_filter)
+            return 1
+        if controller.failed:
+            return 1
+        print(f"ready {args.client_id}", flush=True)
+        while not signals:
+            time.sleep(0.1)
+        log.info("stopping (signal %d)", signals[0])
+        return 0
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

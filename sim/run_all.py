@@ -1,0 +1,605 @@
+"""Start a whole factory as child processes, and stop every one of them.
+
+::
+
+    $ python -m sim.run_all --anomaly --controller-session persistent
+    run_all: started observer as pid 4242
+    ...
+    ready run_all
+
+The programs are the lab's own: the observer first (so it sees everything),
+then the controller, then one device of each kind (``press``, ``conveyor``,
+``robot_arm``, ``oven``, ``packer``, ``environment``; the device id and the
+client id are the kind's name, which is what ``docker/acl`` expects). Each is
+waited for until it prints its ``ready <id>`` line; one that exits first or
+stays silent past ``--ready-timeout`` stops the start with an error naming it
+and quoting its output.
+
+Everything the children print is forwarded, prefixed with their name
+(``press      | ...``). Ctrl-C, SIGTERM or the end of ``--duration`` stops
+them in order: devices first (the observer still sees them go offline), then
+the controller, then the observer; each gets SIGTERM, some seconds to finish,
+then SIGKILL. A child that crashes meanwhile is reported and the rest of the
+factory keeps running, as a real plant would.
+
+Exit status: 0 after a normal stop, 1 when the factory could not start.
+
+:class:`Component` is the reusable part: one program as a child process, with
+its output kept line by line, a wait for its ready line or any other line,
+and a stop that always ends it. The tests use it for every program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from sim.connection import BrokerSettings, add_arguments
+
+log = logging.getLogger("run_all")
+
+DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
+READY = re.compile(r"^ready (\S+)\s*$")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_LIVE: set[Component] = set()
+
+#: ``echo(component_name, stream_name, line)``: where a child's lines go as they arrive
+Echo = Callable[[str, str, str], None]
+
+
+class ComponentError(RuntimeError):
+    """A program exited, or never became ready, or never printed what was awaited.
+
+    The message names the program and quotes its last output.
+    """
+
+
+class Component:
+    """One program of the factory running as a child process.
+
+    :param name: what to call it in messages (``press``, ``controller``).
+    :param module: the module to run with ``python -m`` (``sim.device``).
+    :param args: its command-line arguments.
+    :param env: its environment (default: ours). The project root is added to
+        ``PYTHONPATH`` so ``sim`` is importable from any working directory.
+    :param echo: called with every line it prints, as it arrives.
+    :param python: the interpreter (default: the one running this code).
+
+    Example::
+
+        with Component("observer", "sim.observer", ["--json"], env=env) as observer:
+            observer.wait_ready()
+            line = observer.wait_for_line(r'"topic": "factory/state/press"')
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str] = (),
+        *,
+        env: Mapping[str, str] | None = None,
+        echo: Echo | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.name = name
+        self.command = [python, "-m", module, *args]
+        env = dict(os.environ if env is None else env)
+        paths = [str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.env = env
+        self.echo = echo
+        self.process: subprocess.Popen[str] | None = None
+        self.ready_id: str | None = None
+        self._lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._cond = threading.Condition()
+        self._readers: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> Component:
+        """Start the program (in a session of its own, so Ctrl-C reaches only us).
+
+        :raises ComponentError: when it cannot be run at all.
+        """
+        try:
+            self.process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self.env,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise ComponentError(
+                f"{self.name} could not be started: {error} (command: {shlex.join(self.command)})"
+            ) from error
+        _LIVE.add(self)
+        streams = (("stdout", self.process.stdout), ("stderr", self.process.stderr))
+        for stream_name, stream in streams:
+            reader = threading.Thread(
+                target=self._read,
+                args=(stream_name, stream),
+                name=f"{self.name}-{stream_name}",
+                daemon=True,
+            )
+            reader.start()
+            self._readers.append(reader)
+        return self
+
+    def _read(self, stream_name: str, stream: TextIO) -> None:
+        for raw in stream:
+            line = raw.rstrip("\n")
+            with self._cond:
+                self._lines[stream_name].append(line)
+                if stream_name == "stdout" and self.ready_id is None:
+                    match = READY.match(line)
+                    if match:
+                        self.ready_id = match.group(1)
+                self._cond.notify_all()
+            if self.echo is not None:
+                try:
+                    self.echo(self.name, stream_name, line)
+                except (OSError, ValueError):
+                    # Our own output is gone (a closed pipe): keep draining the
+                    # child's, or it would block on a full pipe.
+                    self.echo = None
+        stream.close()
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """Ask the program to stop (SIGTERM), wait ``timeout`` s, then SIGKILL it.
+
+        :returns: its exit status (negative: the signal that ended it), or None
+            when it was never started.
+        """
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s ignored SIGTERM for %.1fs: killing it", self.name, timeout)
+                process.kill()
+                process.wait()
+        self._join_readers()
+        _LIVE.discard(self)
+        return process.returncode
+
+    def kill(self) -> None:
+        """End the program at once with SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def signal(self, signum: int) -> None:
+        """Send a signal (if it is still running)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        """Wait for the program to end by itself; return its exit status.
+
+        :raises ComponentError: with its output when it is still running at the deadline.
+        """
+        if self.process is None:
+            raise ComponentError(f"{self.name} was never started")
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired as error:
+            raise ComponentError(self.describe(f"did not exit within {timeout}s")) from error
+        self._join_readers()
+        _LIVE.discard(self)
+        return code
+
+    def _join_readers(self) -> None:
+        # After the process is gone the pipes reach EOF quickly, unless a
+        # grandchild still holds them; never hang on that.
+        for reader in self._readers:
+            reader.join(timeout=2.0)
+
+    def __enter__(self) -> Component:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def lines(self, stream: str = "stdout") -> list[str]:
+        """Lines printed so far on ``stream`` (``"stdout"`` or ``"stderr"``)."""
+        with self._cond:
+            return list(self._lines[stream])
+
+    def output(self, last: int = 30) -> str:
+        """The last lines of both streams, indented, for error messages."""
+        with self._cond:
+            out = [f"    {line}" for line in self._lines["stdout"][-last:]]
+            err = [f"    {line}" for line in self._lines["stderr"][-last:]]
+        return (
+            "  stdout:\n" + ("\n".join(out) or "    (nothing)") + "\n"
+            "  stderr:\n" + ("\n".join(err) or "    (nothing)")
+        )
+
+    def describe(self, what: str) -> str:
+        code = self.returncode
+        status = "it is still running" if code is None else f"it exited with status {code}"
+        return (
+            f"{self.name} {what}; {status}.\n"
+            f"  command: {shlex.join(self.command)}\n{self.output()}"
+        )
+
+    # -- waiting -------------------------------------------------------------------
+    def _finished_reading(self) -> bool:
+        return self.process is not None and self.process.poll() is not None and not any(
+            reader.is_alive() for reader in self._readers
+        )
+
+    def wait_ready(self, timeout: float = 15.0, abort: Callable[[], bool] | None = None) -> str:
+        """Wait for the ``ready <id>`` line on stdout; return the id.
+
+        :param abort: stop waiting (ComponentError) as soon as this returns True.
+        :raises ComponentError: if it exits first, or the deadline passes.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.ready_id is None:
+                if self._finished_reading():
+                    raise ComponentError(self.describe("exited before printing its 'ready' line"))
+                if abort is not None and abort():
+                    raise ComponentError(f"start of {self.name} interrupted")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ComponentError(
+                        self.describe(f"did not print its 'ready' line within {timeout}s")
+                    )
+                self._cond.wait(min(remaining, 0.1))
+            return self.ready_id
+
+    def wait_for_line(
+        self,
+        pattern: str | re.Pattern[str] | Callable[[str], bool],
+        timeout: float = 5.0,
+        *,
+        stream: str = "stdout",
+        since: int = 0,
+    ) -> str:
+        """Wait for a line matching a regular expression (searched) or predicate.
+
+        :param since: ignore the first ``since`` lines (``len(component.lines())``
+            taken earlier).
+        :raises ComponentError: with the output, if the deadline passes or the
+            program ends without printing it.
+        """
+        if callable(pattern) and not isinstance(pattern, re.Pattern):
+            matches = pattern
+        else:
+            regex = re.compile(pattern)
+            matches = lambda line: regex.search(line) is not None  # noqa: E731
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self._lines[stream][since:]:
+                    if matches(line):
+                        return line
+                if self._finished_reading():
+                    raise ComponentError(
+                        self.describe(
+                            f"ended without printing a line matching {pattern!r} on {stream}"
+                        )
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ComponentError(
+                        self.describe(
+                            f"did not print a line matching {pattern!r} on {stream} "
+                            f"within {timeout}s"
+                        )
+                    )
+                self._cond.wait(min(remaining, 0.1))
+
+    def __repr__(self) -> str:
+        return f"<Component {self.name} pid={self.pid}>"
+
+
+@atexit.register
+def _stop_forgotten_components() -> None:
+    for component in list(_LIVE):
+        component.stop(timeout=2.0)
+
+
+# -- the factory -------------------------------------------------------------------
+
+
+def connection_flags(args: argparse.Namespace) -> list[str]:
+    """The connection flags given to us, to hand on to every child.
+
+    Flags not given are left out, so children read the same ``VF_*`` variables.
+    """
+    flags: list[str] = []
+    for name in ("host", "port", "protocol", "username", "password", "topic_root"):
+        value = getattr(args, name, None)
+        if value is not None:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
+    """``(name, module, args)`` of every program, in start order."""
+    common = connection_flags(args)
+    programs: list[tuple[str, str, list[str]]] = []
+    if not args.no_observer:
+        observer_args = ["--client-id", args.observer_id, *common]
+        if args.observer_json:
+            observer_args.append("--json")
+        if args.stats_interval:
+            observer_args += ["--stats-interval", str(args.stats_interval)]
+        programs.append(("observer", "sim.observer", observer_args))
+    programs.append(
+        (
+            "controller",
+            "sim.controller",
+            ["--client-id", args.controller_id, "--session", args.controller_session, *common],
+        )
+    )
+    for kind in args.devices:
+        device_args = [
+            "--device", kind,
+            "--device-id", kind,
+            "--client-id", kind,
+            "--seed", str(args.seed),
+            "--time-scale", str(args.time_scale),
+        ]
+        if args.rate is not None:
+            device_args += ["--rate", str(args.rate)]
+        if args.anomaly:
+            device_args.append("--anomaly")
+        programs.append((kind, "sim.device", device_args + common))
+    return programs
+
+
+class Factory:
+    """The running programs, started in order and stopped in reverse groups."""
+
+    def __init__(self, args: argparse.Namespace, echo: Echo) -> None:
+        self.args = args
+        self.echo = echo
+        self.components: list[Component] = []
+        self.reported_exits: set[str] = set()
+
+    def start(self, abort: Callable[[], bool]) -> None:
+        """Start everything; the observer and controller first, then all devices together.
+
+        :raises ComponentError: naming the first program that failed.
+        """
+        programs = plan(self.args)
+        first = [p for p in programs if p[1] != "sim.device"]
+        devices = [p for p in programs if p[1] == "sim.device"]
+        for group in (first, devices):
+            started = []
+            for name, module, argv in group:
+                if abort():
+                    raise ComponentError("start interrupted")
+                component = Component(name, module, argv, echo=self.echo).start()
+                self.components.append(component)
+                started.append(component)
+                log.info("started %s as pid %d", name, component.pid)
+            deadline = time.monotonic() + self.args.ready_timeout
+            for component in started:
+                remaining = max(0.0, deadline - time.monotonic())
+                component.wait_ready(remaining, abort=abort)
+                log.info("%s is ready", component.name)
+
+    def check(self) -> int:
+        """Report children that ended by themselves; return how many are still running."""
+        running = 0
+        for component in self.components:
+            code = component.returncode
+            if code is None:
+                running += 1
+            elif component.name not in self.reported_exits:
+                self.reported_exits.add(component.name)
+                log.warning(
+                    "%s (pid %d) exited by itself with status %s; the rest keeps running",
+                    component.name, component.pid, code,
+                )
+        return running
+
+    def stop(self, timeout: float) -> None:
+        """Devices first, then controller, then observer; SIGTERM, wait, SIGKILL.
+
+        Members of a group get SIGTERM together, so the whole stop takes about
+        one ``timeout`` at worst per group, not one per program.
+        """
+        groups = [
+            [c for c in self.components if c.name not in ("controller", "observer")],
+            [c for c in self.components if c.name == "controller"],
+            [c for c in self.components if c.name == "observer"],
+        ]
+        for group in groups:
+            for component in group:
+                component.signal(signal.SIGTERM)
+            for component in group:
+                code = component.stop(timeout)
+                log.info("%s stopped (status %s)", component.name, code)
+
+
+#: one line at a time on our stdout/stderr, whichever thread writes it
+_OUTPUT_LOCK = threading.Lock()
+
+
+def _write_line(out: TextIO, line: str) -> None:
+    with _OUTPUT_LOCK:
+        out.write(line + "\n")
+        out.flush()
+
+
+class _LockedStreamHandler(logging.StreamHandler):
+    """Our log lines take the same lock as the children's forwarded lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with _OUTPUT_LOCK:
+            super().emit(record)
+
+
+def _make_echo(width: int) -> Echo:
+    def echo(name: str, stream_name: str, line: str) -> None:
+        _write_line(sys.stdout if stream_name == "stdout" else sys.stderr, f"{name:<{width}} | {line}")
+
+    return echo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.run_all",
+        description="Run the whole virtual factory: observer, controller and one device of each "
+        "kind, until Ctrl-C, SIGTERM or --duration.",
+        epilog="Exit status: 0 after a normal stop, 1 if a program failed to start "
+        "(the error names it and shows its output).",
+    )
+    parser.add_argument("--anomaly", action="store_true", help="devices inject out-of-range values")
+    parser.add_argument(
+        "--controller-session",
+        choices=("clean", "persistent"),
+        default="clean",
+        help="the controller's MQTT session (persistent: alarms queued while it is down "
+        "are delivered when it comes back)",
+    )
+    parser.add_argument("--controller-id", default="controller", help="the controller's client id")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="seed handed to every device (default 1)"
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="simulated seconds per real second (default 1)",
+    )
+    parser.add_argument(
+        "--rate", type=float, help="telemetry rate per device in Hz (default: the device's)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        help="stop everything after this many seconds (default: run until stopped)",
+    )
+    parser.add_argument(
+        "--devices",
+        type=lambda text: [k.strip() for k in text.split(",") if k.strip()],
+        default=list(DEVICE_KINDS),
+        help=f"comma-separated device kinds to run (default: {','.join(DEVICE_KINDS)})",
+    )
+    parser.add_argument("--no-observer", action="store_true", help="do not start the observer")
+    parser.add_argument("--observer-id", default="observer", help="the observer's client id")
+    parser.add_argument("--observer-json", action="store_true", help="observer prints JSON lines")
+    parser.add_argument(
+        "--stats-interval",
+        type=float,
+        default=0.0,
+        help="observer prints a stats table every S seconds (default: only at exit)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=20.0,
+        help="seconds each group of programs has to print its ready line (default 20)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a program has to exit after SIGTERM before it is killed (default 5)",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = [k for k in args.devices if k not in DEVICE_KINDS]
+    if unknown:
+        parser.error(
+            f"unknown device kind(s) {', '.join(unknown)}; choose from {', '.join(DEVICE_KINDS)}"
+        )
+    handler = _LockedStreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("run_all: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    try:
+        settings = BrokerSettings.from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    # The handler only appends: setting a threading.Event from a signal handler
+    # can deadlock if the signal lands while the main thread holds its lock.
+    signals: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, frame: signals.append(sig))
+
+    width = max(len(name) for name, _, _ in plan(args))
+    factory = Factory(args, _make_echo(width))
+    code = 0
+    try:
+        log.info(
+            "starting the factory on %s:%s (MQTT %s, topic root %r)",
+            settings.host, settings.port, settings.protocol, settings.topic_root,
+        )
+        try:
+            factory.start(lambda: bool(signals))
+        except ComponentError as error:
+            if signals:
+                log.info("stopped during start")
+                return 0
+            log.error("the factory could not start: %s", error)
+            code = 1
+            return code
+        _write_line(sys.stdout, "ready run_all")
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while not signals:
+            wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if wait <= 0:
+                log.info("--duration %.1fs reached", args.duration)
+                break
+            time.sleep(wait)
+            if factory.check() == 0:
+                log.error("every program has exited; stopping")
+                code = 1
+                break
+        return code
+    finally:
+        log.info("stopping the factory")
+        factory.stop(args.stop_timeout)
+        log.info("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""``python -m sim.controller``: alarms in, commands and decision events out.
+
+A test client plays the devices: it publishes alarms the way a device would
+and watches ``<root>/commands/#`` and ``<root>/events/#`` for the controller's
+reaction. The session tests stop the controller, publish while it is away and
+start it again, which is the persistent-session lesson in miniature.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from harness.client import RecordingClient
+from harness.schemas import validate
+from sim.run_all import Component
+
+StartController = Callable[..., Component]
+
+
+@pytest.fixture
+def controller_id() -> str:
+    return f"ctl-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def run_controller(broker, mqtt_client) -> Iterator[StartController]:
+    """``run_controller(controller_id, env, *args)``: start ``python -m sim.controller``.
+
+    Afterwards every controller is stopped, then its session is removed from the
+    shared broker (connecting with clean start discards a persistent session).
+    """
+    started: list[Component] = []
+    ids: set[str] = set()
+
+    def start(cid: str, env: dict[str, str], *args: str, name: str = "controller") -> Component:
+        component = Component(name, "sim.controller", ["--client-id", cid, *args], env=env)
+        started.append(component.start())
+        ids.add(cid)
+        return component
+
+    yield start
+    for component in started:
+        component.stop()
+    for cid in ids:
+        mqtt_client(cid, clean_start=True)
+
+
+def alarm(device: str, sensor: str, state: str, value: float) -> dict:
+    return {
+        "ts": time.time(),
+        "device_id": device,
+        "sensor": sensor,
+        "state": state,
+        "value": value,
+        "low": None,
+        "high": 95.0,
+        "severity": "critical",
+        "message": f"{sensor} {state}",
+    }
+
+
+def watcher(mqtt_client, topic_root: str, protocol: str = "5") -> RecordingClient:
+    client = mqtt_client(protocol=protocol)
+    client.subscribe(f"{topic_root}/commands/#", qos=1)
+    client.subscribe(f"{topic_root}/events/#", qos=1)
+    return client
+
+
+def commands(client: RecordingClient, topic_root: str) -> list[tuple[str, str]]:
+    """(topic, command) of every command seen so far, in order."""
+    return [(m.topic, m.json()["command"]) for m in client.received(f"{topic_root}/commands/#")]
+
+
+def test_raised_alarm_stops_target_and_cleared_alarm_starts_it(
+    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id
+):
+    watch = watcher(mqtt_client, topic_root)
+    controller = run_controller(
+        controller_id, broker_env(broker, topic_root), "--log-format", "json"
+    )
+    assert controller.wait_ready() == controller_id
+    command_topic = f"{topic_root}/commands/{controller_id}/conveyor"
+    events_topic = f"{topic_root}/events/{controller_id}"
+    alarm_topic = f"{topic_root}/alarms/press/temperature"
+
+    watch.publish(alarm_topic, alarm("press", "temperature", "raised", 97.5), qos=1)
+    stop = watch.wait_for_message(command_topic)
+    assert stop.qos == 1 and not stop.retain, "commands are QoS 1 and never retained"
+    payload = validate("command", stop.payload)
+    assert payload["command"] == "stop", (
+        f"the default rule press/temperature=conveyor stops the conveyor; got {payload}"
+    )
+    assert payload["issued_by"] == controller_id
+    decision = validate("decision", watch.wait_for_message(events_topic).payload)
+    assert decision["trigger"] == {
+        "topic": alarm_topic, "device_id": "press", "sensor": "temperature", "state": "raised"
+    }
+    assert decision["action"] == {"device_id": "conveyor", "command": "stop"}
+    assert decision["controller_id"] == controller_id
+
+    watch.publish(alarm_topic, alarm("press", "temperature", "cleared", 80.0), qos=1)
+    watch.wait_for_messages(2, command_topic)
+    assert commands(watch, topic_root) == [(command_topic, "stop"), (command_topic, "start")]
+    second = validate("decision", watch.wait_for_messages(2, events_topic)[1].payload)
+    assert second["action"]["command"] == "start" and second["trigger"]["state"] == "cleared"
+
+    # Every decision is also in the log, as JSON lines with --log-format json.
+    logged = controller.wait_for_line(r'"decision"', stream="stderr")
+    entry = json.loads(logged)
+    assert entry["decision"]["action"] == {"device_id": "conveyor", "command": "stop"}
+
+
+def test_rules_hold_a_target_until_every_alarm_has_cleared(
+    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id
+):
+    watch = watcher(mqtt_client, topic_root)
+    controller = run_controller(
+        controller_id, broker_env(broker, topic_root),
+        "--rule", "press/temperature=packer", "--rule", "oven/temperature=packer",
+    )
+    controller.wait_ready()
+    packer = f"{topic_root}/commands/{controller_id}/packer"
+
+    # An alarm no rule mentions changes nothing...
+    watch.publish(f"{topic_root}/alarms/press/vibration", alarm("press", "vibration", "raised", 9), 1)
+    # ...each rule's alarm stops the packer...
+    watch.publish(f"{topic_root}/alarms/press/temperature",
+                  alarm("press", "temperature", "raised", 99), 1)
+    watch.publish(f"{topic_root}/alarms/oven/temperature",
+                  alarm("oven", "temperature", "raised", 260), 1)
+    # ...and it restarts only when the last of them clears.
+    watch.publish(f"{topic_root}/alarms/press/temperature",
+                  alarm("press", "temperature", "cleared", 80), 1)
+    watch.publish(f"{topic_root}/alarms/oven/temperature",
+                  alarm("oven", "temperature", "cleared", 200), 1)
+
+    watch.wait_for_messages(3, packer)
+    watch.sync()
+    controller.wait_for_line("stays stopped: still raised: oven/temperature", stream="stderr")
+    assert commands(watch, topic_root) == [(packer, "stop"), (packer, "stop"), (packer, "start")], (
+        "expected stop (press), stop (oven), then start only after both cleared; "
+        "the vibration alarm matches no rule"
+    )
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_persistent_session_acts_on_alarms_queued_while_offline(
+    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id, protocol
+):
+    env = broker_env(broker, topic_root, protocol)
+    watch = watcher(mqtt_client, topic_root)
+    first = run_controller(controller_id, env, "--session", "persistent")
+    first.wait_ready()
+    assert first.stop() == 0, first.describe("should exit 0 on SIGTERM")
+
+    # The controller is offline; its session (and subscription) lives on in the broker.
+    watch.publish(f"{topic_root}/alarms/press/temperature",
+                  alarm("press", "temperature", "raised", 98.0), qos=1)
+
+    second = run_controller(controller_id, env, "--session", "persistent", name="again")
+    second.wait_ready()
+    stop = watch.wait_for_message(f"{topic_root}/commands/{controller_id}/conveyor", timeout=10)
+    assert stop.json()["command"] == "stop", (
+        "the alarm raised while the controller was offline was queued in its persistent "
+        "session (QoS 1) and delivered at reconnect; the controller should have acted on it"
+    )
+    second.wait_for_line("the broker resumed the previous one", stream="stderr")
+
+
+def test_clean_session_loses_alarms_published_while_offline(
+    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id
+):
+    env = broker_env(broker, topic_root)
+    watch = watcher(mqtt_client, topic_root)
+    first = run_controller(controller_id, env, "--session", "clean")
+    first.wait_ready()
+    first.stop()
+    alarm_topic = f"{topic_root}/alarms/press/temperature"
+    watch.publish(alarm_topic, alarm("press", "temperature", "raised", 98.0), qos=1)
+
+    second = run_controller(controller_id, env, "--session", "clean", name="again")
+    second.wait_ready()
+    watch.publish(alarm_topic, alarm("press", "temperature", "cleared", 70.0), qos=1)
+    conveyor = f"{topic_root}/commands/{controller_id}/conveyor"
+    watch.wait_for_message(conveyor)
+    watch.sync()
+    assert commands(watch, topic_root) == [(conveyor, "start")], (
+        "with a clean session nothing was queued while the controller was offline: the "
+        "'raised' alarm is lost and only the later 'cleared' is acted on"
+    )

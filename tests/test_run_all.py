@@ -1,0 +1,163 @@
+"""``python -m sim.run_all``: the whole factory starts, runs and stops without leftovers.
+
+A factory that leaves a simulator running after Ctrl-C poisons the next
+lesson (its retained messages and client ids are still on the broker), so
+these tests record every child's PID and check that each one is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.brokers.base import free_port
+from sim.run_all import DEVICE_KINDS, PROJECT_ROOT, Component
+
+STARTED = re.compile(r"^run_all: started (\S+) as pid (\d+)$")
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of a live (non-zombie) process, or None when it is gone.
+
+    Comparing it later tells our process from a new one that reused the PID.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def children(lines: list[str]) -> dict[str, int]:
+    """The ``started <name> as pid <n>`` lines run_all logged, as {name: pid}."""
+    return {m.group(1): int(m.group(2)) for m in map(STARTED.match, lines) if m}
+
+
+def assert_all_gone(started: dict[str, tuple[int, str | None]]) -> None:
+    left = {
+        name: pid
+        for name, (pid, when) in started.items()
+        if when is not None and start_time(pid) == when
+    }
+    assert not left, f"run_all left these programs running after it exited: {left}"
+
+
+@pytest.fixture
+def run_all() -> Iterator[list[Component]]:
+    """run_all processes started by a test; stopped (and so their children) afterwards."""
+    started: list[Component] = []
+    yield started
+    for component in started:
+        component.stop(timeout=15)
+
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="PID checks read /proc (Linux)"
+)
+
+
+def test_factory_starts_then_stops_cleanly_even_after_a_crash(
+    broker, broker_env, topic_root, mqtt_client, run_all
+):
+    watch = mqtt_client()
+    watch.subscribe(f"{topic_root}/status/+", qos=1)
+    factory = Component(
+        "run_all", "sim.run_all", ["--time-scale", "10", "--stop-timeout", "5"],
+        env=broker_env(broker, topic_root),
+    ).start()
+    run_all.append(factory)
+    assert factory.wait_ready(timeout=40) == "run_all"
+
+    pids = children(factory.lines("stderr"))
+    assert set(pids) == {"observer", "controller", *DEVICE_KINDS}, (
+        f"run_all should start the observer, the controller and one device per kind: {pids}"
+    )
+    for name, pid in pids.items():
+        assert parent_of(pid) == factory.pid, f"{name} (pid {pid}) is not a child of run_all"
+    started = {name: (pid, start_time(pid)) for name, pid in pids.items()}
+    for kind in DEVICE_KINDS:
+        status = watch.wait_for_message(
+            lambda m, k=kind: m.topic.endswith(f"/status/{k}") and m.json()["status"] == "online"
+        )
+        assert status.json()["device_id"] == kind
+
+    # A device crashes: run_all reports it and keeps the rest running.
+    os.kill(pids["press"], signal.SIGKILL)
+    factory.wait_for_line(r"press \(pid \d+\) exited by itself", stream="stderr", timeout=10)
+    assert factory.is_running(), factory.describe("should survive the crash of one device")
+
+    factory.signal(signal.SIGTERM)
+    assert factory.wait(30) == 0, factory.describe("should exit 0 after SIGTERM")
+    assert_all_gone(started)
+    for kind in DEVICE_KINDS:
+        if kind == "press":
+            continue
+        watch.wait_for_message(
+            lambda m, k=kind: m.topic.endswith(f"/status/{k}") and m.json()["status"] == "offline"
+        )
+    stopped = [line for line in factory.lines("stderr") if "stopped (status" in line]
+    order = [line.split()[1] for line in stopped]
+    assert order.index("controller") > max(order.index(k) for k in DEVICE_KINDS if k != "press")
+    assert order[-1] == "observer", f"devices stop first, the observer last: {order}"
+
+
+def test_ctrl_c_stops_everything(broker, broker_env, topic_root, run_all):
+    factory = Component(
+        "run_all", "sim.run_all", ["--devices", "conveyor,oven", "--no-observer"],
+        env=broker_env(broker, topic_root),
+    ).start()
+    run_all.append(factory)
+    factory.wait_ready(timeout=40)
+    pids = children(factory.lines("stderr"))
+    assert set(pids) == {"controller", "conveyor", "oven"}
+    started = {name: (pid, start_time(pid)) for name, pid in pids.items()}
+    factory.signal(signal.SIGINT)
+    assert factory.wait(30) == 0, factory.describe("should exit 0 after Ctrl-C (SIGINT)")
+    assert_all_gone(started)
+
+
+def test_duration_ends_the_run(broker, broker_env, topic_root, run_all):
+    factory = Component(
+        "run_all", "sim.run_all", ["--devices", "press", "--no-observer", "--duration", "0.5"],
+        env=broker_env(broker, topic_root),
+    ).start()
+    run_all.append(factory)
+    factory.wait_ready(timeout=40)
+    started = {n: (p, start_time(p)) for n, p in children(factory.lines("stderr")).items()}
+    assert factory.wait(30) == 0, factory.describe("should stop by itself after --duration")
+    assert any("--duration" in line for line in factory.lines("stderr"))
+    assert_all_gone(started)
+
+
+def test_a_component_that_cannot_start_is_named_with_its_output(topic_root):
+    port = free_port()  # no broker here: the first programs cannot connect
+    env = dict(os.environ, VF_BROKER_HOST="127.0.0.1", VF_BROKER_PORT=str(port))
+    result = subprocess.run(
+        [sys.executable, "-m", "sim.run_all", "--topic-root", topic_root, "--ready-timeout", "20"],
+        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1, f"expected exit 1, got {result.returncode}\n{result.stderr}"
+    assert "observer exited before printing its 'ready' line" in result.stderr, result.stderr
+    assert f"cannot reach the MQTT broker at 127.0.0.1:{port}" in result.stderr, (
+        "the error should quote the failing program's own output"
+    )
+    pids = children(result.stderr.splitlines())
+    assert "observer" in pids
+    for name, pid in pids.items():
+        assert start_time(pid) is None, f"{name} (pid {pid}) still runs after run_all gave up"

@@ -170,6 +170,12 @@ class Controller:
             log.warning("disconnected (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        if message.retain:
+            # Alarms are events, never retained: a retained one is stale history
+            # that would stop a machine again at every reconnect.
+            log.warning("ignoring the retained message on %s: alarms are not retained",
+                        message.topic)
+            return
         try:
             self.handle_alarm(message.topic, message.payload)
         except Exception:  # a bad message must never stop the controller
@@ -244,19 +250,18 @@ class Controller:
             "command_topic": command_topic,
         }
         self.client.publish(self.topics.events(self.controller_id), json.dumps(event), qos=1)
-        log.info("decision: %s -> %s %s (%s)", key, command, rule.target, reason,
-                 extra={"decision": event})
+        log.info("decision: %s", reason, extra={"decision": event})
         return event
 
 
 def _detail(alarm: dict[str, Any]) -> str:
-    """`` (value 97.2, limits ..95)`` when the alarm says so, else nothing."""
-    value = alarm.get("value")
-    if not isinstance(value, int | float):
-        return ""
-    low, high = alarm.get("low"), alarm.get("high")
-    limits = f"{'' if low is None else low}..{'' if high is None else high}"
-    return f" (value {value}, limits {limits})"
+    """`` (value 97.2, high 95.0)``: what the alarm says about its value and limits."""
+    parts = [
+        f"{name} {alarm[name]}"
+        for name in ("value", "low", "high")
+        if isinstance(alarm.get(name), int | float) and not isinstance(alarm.get(name), bool)
+    ]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _stop_on_signals() -> list[int]:

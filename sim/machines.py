@@ -343,12 +343,10 @@ class Machine:
         self._produced = 0.0
         self._sensors = {
             spec.name: _SensorState(
-                spec, spec.target(self.setpoints), rng=random.Random(f"{seed}/{kind}/{spec.name}")
+                spec, self._target(spec), rng=random.Random(f"{seed}/{kind}/{spec.name}")
             )
             for spec in self.spec.sensors
         }
-        for sensor in self._sensors.values():
-            sensor.value = self._target(sensor.spec)
         self._anomaly_rng = random.Random(f"{seed}/{kind}/anomaly")
         self.excursion: Excursion | None = (
             self._plan_excursion(self.schedule.first) if anomaly else None

@@ -20,9 +20,13 @@ Everything the children print is forwarded, prefixed with their name
 them in order: devices first (the observer still sees them go offline), then
 the controller, then the observer; each gets SIGTERM, some seconds to finish,
 then SIGKILL. A child that crashes meanwhile is reported and the rest of the
-factory keeps running, as a real plant would.
+factory keeps running, as a real plant would. SIGHUP (a closed terminal)
+stops it the same way. Only SIGKILL of run_all itself cannot be caught; the
+children, in sessions of their own, would then keep running: find them with
+``pgrep -af 'sim.device|sim.controller|sim.observer'`` and stop them by PID.
 
-Exit status: 0 after a normal stop, 1 when the factory could not start.
+Exit status: 0 after a normal stop, 1 when the factory could not start (or
+every program had exited by itself).
 
 :class:`Component` is the reusable part: one program as a child process, with
 its output kept line by line, a wait for its ready line or any other line,
@@ -561,8 +565,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     # The handler only appends: setting a threading.Event from a signal handler
     # can deadlock if the signal lands while the main thread holds its lock.
+    # SIGHUP too: the children run in sessions of their own, so a closed
+    # terminal would not reach them, and dying of it would orphan them.
     signals: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda sig, frame: signals.append(sig))
 
     width = max(len(name) for name, _, _ in plan(args))

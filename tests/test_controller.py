@@ -193,3 +193,26 @@ def test_clean_session_loses_alarms_published_while_offline(
         "with a clean session nothing was queued while the controller was offline: the "
         "'raised' alarm is lost and only the later 'cleared' is acted on"
     )
+
+
+def test_retained_alarm_is_stale_and_ignored(
+    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id
+):
+    watch = watcher(mqtt_client, topic_root)
+    alarm_topic = f"{topic_root}/alarms/press/temperature"
+    # Someone wrongly retained an alarm; every new subscriber would get it at once.
+    watch.publish(alarm_topic, alarm("press", "temperature", "raised", 99.0), qos=1, retain=True)
+    try:
+        controller = run_controller(controller_id, broker_env(broker, topic_root))
+        controller.wait_ready()
+        controller.wait_for_line("ignoring the retained message", stream="stderr")
+        watch.publish(alarm_topic, alarm("press", "temperature", "cleared", 70.0), qos=1)
+        conveyor = f"{topic_root}/commands/{controller_id}/conveyor"
+        watch.wait_for_message(conveyor)
+        watch.sync()
+        assert commands(watch, topic_root) == [(conveyor, "start")], (
+            "the retained 'raised' alarm is history, not news: the controller must not stop "
+            "the conveyor for it, only react to the live 'cleared'"
+        )
+    finally:
+        watch.publish(alarm_topic, b"", qos=1, retain=True)  # remove the retained alarm

@@ -136,8 +136,10 @@ class AlarmMonitor:
     def _cleared_message(self, value: float) -> str:
         h = self.hysteresis
         if self.low is not None and self.high is not None:
-            where = (f"between {self.low + h:g} and {self.high - h:g} "
-                     f"(limits {self.low:g}..{self.high:g}, hysteresis {h:g})")
+            where = (
+                f"between {self.low + h:g} and {self.high - h:g} "
+                f"(limits {self.low:g}..{self.high:g}, hysteresis {h:g})"
+            )
         elif self.high is not None:
             where = f"at or below {self.high - h:g} (high limit {self.high:g} - hysteresis {h:g})"
         else:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -68,9 +67,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
+from sim.runtime import (
+    broker_settings,
+    interrupt_on_sigterm,
+    print_ready,
+    setup_logging,
+    write_line,
+)
 from sim.topics import Topics
 
 log = logging.getLogger("bad_actor")
@@ -170,14 +175,14 @@ class Peer:
     def _wait_ack(self, mid: int, what: str, timeout: float = 5.0) -> Any:
         with self._cond:
             if not self._cond.wait_for(lambda: mid in self._acks, timeout):
-                raise ProofError(f"{self.client_id} got no acknowledgement for {what} in {timeout}s")
+                raise ProofError(
+                    f"{self.client_id} got no acknowledgement for {what} in {timeout}s"
+                )
             return self._acks.pop(mid)
 
     def subscribe(self, topic: str, qos: int) -> ReasonCode:
-        if self.client.protocol == mqtt.MQTTv5:
-            result, mid = self.client.subscribe(topic, options=SubscribeOptions(qos=qos))
-        else:
-            result, mid = self.client.subscribe(topic, qos)
+        # For MQTT 5, paho turns the QoS into SubscribeOptions(qos=...) itself.
+        result, mid = self.client.subscribe(topic, qos)
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise ProofError(f"{self.client_id} could not send SUBSCRIBE {topic}: {result}")
         return self._wait_ack(mid, f"SUBSCRIBE {topic}")[0]
@@ -198,7 +203,9 @@ class Peer:
         with self._cond:
             return len(self.messages)
 
-    def received(self, since: int, match: Callable[[mqtt.MQTTMessage], bool]) -> list[mqtt.MQTTMessage]:
+    def received(
+        self, since: int, match: Callable[[mqtt.MQTTMessage], bool]
+    ) -> list[mqtt.MQTTMessage]:
         with self._cond:
             return [m for m in self.messages[since:] if match(m)]
 
@@ -288,11 +295,15 @@ class BadActor:
         )
         if seen:
             return self.report(
-                attempt, "allowed", None,
+                attempt,
+                "allowed",
+                None,
                 f"{ack}; the probe {self.probe.client_id}, subscribed to the topic, received it",
             )
         return self.report(
-            attempt, "dropped", None,
+            attempt,
+            "dropped",
+            None,
             f"{ack}, but the probe {self.probe.client_id}, subscribed to the topic, never "
             f"received it: our round trip on {own} and the probe's on {probe_rt} both came "
             "back first, so the broker dropped it silently",
@@ -323,7 +334,9 @@ class BadActor:
 
             else:
                 return self.report(
-                    attempt, "allowed", code.value,
+                    attempt,
+                    "allowed",
+                    code.value,
                     f"{granted}; no witness message exists for this filter, so delivery "
                     "was not checked",
                 )
@@ -331,12 +344,16 @@ class BadActor:
             seen = self.bad.received(mark, matches)
             if seen:
                 return self.report(
-                    attempt, "allowed", code.value,
+                    attempt,
+                    "allowed",
+                    code.value,
                     f"{granted}, and {witness} arrived ({len(seen)} message(s), "
                     f"first {seen[0].topic})",
                 )
             return self.report(
-                attempt, "dropped", code.value,
+                attempt,
+                "dropped",
+                code.value,
                 f"{granted}, but {witness} never arrived: our round trip on {own} came back "
                 "first, so the broker filters what this subscription delivers by read "
                 "permission",
@@ -368,8 +385,12 @@ def default_attempts(
         "kind": device,
         "state": "stopped",
         "setpoints": {},
-        "counters": {"produced": 0, "alarms_raised": 0, "commands_accepted": 0,
-                     "commands_rejected": 0},
+        "counters": {
+            "produced": 0,
+            "alarms_raised": 0,
+            "commands_accepted": 0,
+            "commands_rejected": 0,
+        },
         "reason": f"forged by {client_id} ({nonce})",
     }
     telemetry = {
@@ -381,21 +402,41 @@ def default_attempts(
         "seq": int(nonce[:8], 16),
     }
     return [
-        Attempt("impersonate-controller", "publish", topics.command(impersonate, device), qos,
-                payload=dump(command), why=f"send commands as {impersonate}"),
-        Attempt("overwrite-state", "publish", topics.state(device), qos, retain=True,
-                payload=dump(state), why=f"replace {device}'s retained state"),
-        Attempt("fake-telemetry", "publish", topics.telemetry(device, "temperature"), qos,
-                payload=dump(telemetry), why=f"publish readings as {device}"),
+        Attempt(
+            "impersonate-controller",
+            "publish",
+            topics.command(impersonate, device),
+            qos,
+            payload=dump(command),
+            why=f"send commands as {impersonate}",
+        ),
+        Attempt(
+            "overwrite-state",
+            "publish",
+            topics.state(device),
+            qos,
+            retain=True,
+            payload=dump(state),
+            why=f"replace {device}'s retained state",
+        ),
+        Attempt(
+            "fake-telemetry",
+            "publish",
+            topics.telemetry(device, "temperature"),
+            qos,
+            payload=dump(telemetry),
+            why=f"publish readings as {device}",
+        ),
         Attempt("subscribe-everything", "subscribe", "#", qos, why="read every topic"),
         Attempt("subscribe-sys", "subscribe", "$SYS/#", qos, why="read the broker's internals"),
-        Attempt("subscribe-other-private", "subscribe", f"{SYNC_PREFIX}/{probe_id}/#", qos,
-                why=f"read {probe_id}'s private space"),
+        Attempt(
+            "subscribe-other-private",
+            "subscribe",
+            f"{SYNC_PREFIX}/{probe_id}/#",
+            qos,
+            why=f"read {probe_id}'s private space",
+        ),
     ]
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,9 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 when every attempt ran; 1 when the broker is unreachable or a "
         "round trip failed.",
     )
-    parser.add_argument("--client-id", default="bad-actor", help="our client id (default bad-actor)")
     parser.add_argument(
-        "--probe-id", help="the witness client's id (default <client id>-probe); it also plays "
+        "--client-id", default="bad-actor", help="our client id (default bad-actor)"
+    )
+    parser.add_argument(
+        "--probe-id",
+        help="the witness client's id (default <client id>-probe); it also plays "
         "the 'other client' whose lab/sync space we try to read",
     )
     parser.add_argument("--device", default="press", help="the device to attack (default press)")
@@ -416,7 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--impersonate", default="controller", help="whose commands to forge (default controller)"
     )
     parser.add_argument(
-        "--qos", type=int, choices=(0, 1, 2), default=1,
+        "--qos",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
         help="QoS of the attempts (default 1: MQTT 5 then answers with a reason code)",
     )
     parser.add_argument(
@@ -429,18 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        settings = BrokerSettings.from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="bad_actor: %(message)s")
+    settings = broker_settings(parser, args)
+    setup_logging("bad_actor: %(message)s")
     # A short run: SIGTERM interrupts it like Ctrl-C, and both disconnect cleanly.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     probe_id = args.probe_id or f"{args.client_id}-probe"
     actor = BadActor(settings, args.client_id, probe_id)
     attempts = default_attempts(
-        Topics(settings.topic_root), args.client_id, probe_id,
-        device=args.device, impersonate=args.impersonate, qos=args.qos,
+        Topics(settings.topic_root),
+        args.client_id,
+        probe_id,
+        device=args.device,
+        impersonate=args.impersonate,
+        qos=args.qos,
     )
     try:
         actor.connect()
@@ -449,15 +497,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         actor.close()
         return 1
     try:
-        print(f"ready {args.client_id}", flush=True)
+        print_ready(args.client_id)
         for attempt in attempts:
             log.info("trying to %s: %s %s", attempt.why, attempt.action, attempt.topic)
             report = actor.run(attempt)
             if args.json:
-                print(report.json(), flush=True)
+                write_line(report.json())
                 log.info("%s", report.readable())
             else:
-                print(report.readable(), flush=True)
+                write_line(report.readable())
         return 0
     except ProofError as error:
         log.error("cannot prove the outcome: %s", error)

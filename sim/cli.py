@@ -34,19 +34,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
 from sim.observer import message_record
+from sim.runtime import StopSignals, broker_settings, print_ready, setup_logging, write_line
 
 log = logging.getLogger("cli")
 
@@ -55,14 +53,6 @@ EXIT_CONNECT = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_REFUSED = 4
-
-
-def _stop_on_signals() -> list[int]:
-    """The SIGTERM / SIGINT received so far (the handler only appends, it takes no lock)."""
-    received: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda sig, frame: received.append(sig))
-    return received
 
 
 def _describe_code(code: object) -> str:
@@ -93,24 +83,28 @@ def pub(args: argparse.Namespace, settings: BrokerSettings) -> int:
         return EXIT_CONNECT
     try:
         if not args.no_ready:
-            print(f"ready {client_id}", flush=True)
+            print_ready(client_id)
         info = client.publish(args.topic, payload, qos=args.qos, retain=args.retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.error("could not send the message: %s", mqtt.error_string(info.rc))
             return EXIT_CONNECT
         what = "acknowledged" if args.qos else "sent"
         if not acked.wait(args.timeout):
-            log.error(
-                "the message to %s was not %s within %.1fs", args.topic, what, args.timeout
-            )
+            log.error("the message to %s was not %s within %.1fs", args.topic, what, args.timeout)
             return EXIT_TIMEOUT
         reason = outcome.get("reason")
         if getattr(reason, "is_failure", False):
-            log.error("the broker refused the message to %s: %s", args.topic, _describe_code(reason))
+            log.error(
+                "the broker refused the message to %s: %s", args.topic, _describe_code(reason)
+            )
             return EXIT_REFUSED
         log.info(
             "published %d bytes to %s (QoS %d%s): %s%s",
-            len(payload), args.topic, args.qos, ", retained" if args.retain else "", what,
+            len(payload),
+            args.topic,
+            args.qos,
+            ", retained" if args.retain else "",
+            what,
             f" ({reason})" if args.qos and settings.protocol == "5" else "",
         )
         return EXIT_OK
@@ -129,28 +123,19 @@ class _SubState:
     ready: bool = False
 
 
-def sub(args: argparse.Namespace, settings: BrokerSettings) -> int:
+def sub(args: argparse.Namespace, settings: BrokerSettings, stop: StopSignals) -> int:
     """Subscribe and print messages until --count, --timeout or a signal."""
-    signals = _stop_on_signals()
     client_id = args.client_id or f"cli-sub-{uuid.uuid4().hex[:8]}"
     client = make_client(client_id, settings)
-    out_lock = threading.Lock()
     subscribed = threading.Event()
     done = threading.Event()
     state = _SubState()
 
-    def emit(text: str) -> None:
-        with out_lock:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
-
     def on_connect(c, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             return
-        if c.protocol == mqtt.MQTTv5:
-            c.subscribe([(t, SubscribeOptions(qos=args.qos)) for t in args.topic])
-        else:
-            c.subscribe([(t, args.qos) for t in args.topic])
+        # For MQTT 5, paho turns each QoS into SubscribeOptions(qos=...) itself.
+        c.subscribe([(t, args.qos) for t in args.topic])
 
     def on_subscribe(c, userdata, mid, reason_codes, properties) -> None:
         refused = [
@@ -163,17 +148,17 @@ def sub(args: argparse.Namespace, settings: BrokerSettings) -> int:
         elif not state.ready:
             state.ready = True
             if not args.no_ready:
-                emit(f"ready {client_id}")  # before the retained messages that follow
+                print_ready(client_id)  # before the retained messages that follow
         subscribed.set()
 
     def on_message(c, userdata, message: mqtt.MQTTMessage) -> None:
         if done.is_set():
             return
         if args.json:
-            emit(json.dumps(message_record(message)))
+            write_line(json.dumps(message_record(message)))
         else:
             text = message.payload.decode("utf-8", errors="replace")
-            emit(f"{message.topic} {text}" if args.verbose else text)
+            write_line(f"{message.topic} {text}" if args.verbose else text)
         state.received += 1
         if args.count is not None and state.received >= args.count:
             done.set()
@@ -193,18 +178,14 @@ def sub(args: argparse.Namespace, settings: BrokerSettings) -> int:
         if state.refused:
             log.error("the broker refused the subscription: %s", state.refused)
             return EXIT_REFUSED
-        deadline = None if args.timeout is None else time.monotonic() + args.timeout
-        while not signals and not done.is_set():
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                if args.count is not None:
-                    log.error(
-                        "timeout: %d of %d messages within %.1fs",
-                        state.received, args.count, args.timeout,
-                    )
-                    return EXIT_TIMEOUT
-                return EXIT_OK
-            done.wait(0.1 if deadline is None else min(0.1, deadline - now))
+        if not stop.wait(args.timeout, until=done) and args.count is not None:
+            log.error(
+                "timeout: %d of %d messages within %.1fs",
+                state.received,
+                args.count,
+                args.timeout,
+            )
+            return EXIT_TIMEOUT
         return EXIT_OK
     finally:
         client.disconnect()
@@ -263,16 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format=f"cli {args.action}: %(message)s"
-    )
+    setup_logging(f"cli {args.action}: %(message)s")
     if args.action == "sub" and args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
-    try:
-        settings = BrokerSettings.from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
-    return pub(args, settings) if args.action == "pub" else sub(args, settings)
+    settings = broker_settings(parser, args)
+    if args.action == "pub":
+        return pub(args, settings)
+    with StopSignals() as stop:
+        return sub(args, settings, stop)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
+from sim.runtime import StopSignals, broker_settings, print_ready, setup_logging
 from sim.topics import Topics
 
 log = logging.getLogger("controller")
@@ -66,9 +66,7 @@ class Rule:
         left, sep, target = text.partition("=")
         source, slash, sensor = left.partition("/")
         parts = (source.strip(), sensor.strip(), target.strip())
-        if not sep or not slash or not all(parts) or any(
-            c in p for p in parts for c in "/+#"
-        ):
+        if not sep or not slash or not all(parts) or any(c in p for p in parts for c in "/+#"):
             raise ValueError(
                 f"rule {text!r} is not of the form SOURCE/SENSOR=TARGET "
                 f"(for example {DEFAULT_RULE!r}); names may not contain '/', '+' or '#'"
@@ -152,7 +150,9 @@ class Controller:
         session = "the broker resumed the previous one" if flags.session_present else "a new one"
         log.info(
             "connected as %s (%s session: %s); subscribing to %s",
-            self.controller_id, "persistent" if self.persistent else "clean", session,
+            self.controller_id,
+            "persistent" if self.persistent else "clean",
+            session,
             self.alarm_filter,
         )
         # Subscribe on every connect: a clean session forgets subscriptions.
@@ -173,8 +173,9 @@ class Controller:
         if message.retain:
             # Alarms are events, never retained: a retained one is stale history
             # that would stop a machine again at every reconnect.
-            log.warning("ignoring the retained message on %s: alarms are not retained",
-                        message.topic)
+            log.warning(
+                "ignoring the retained message on %s: alarms are not retained", message.topic
+            )
             return
         try:
             self.handle_alarm(message.topic, message.payload)
@@ -222,7 +223,9 @@ class Controller:
                 if holding:
                     log.info(
                         "%s alarm cleared, but %s stays stopped: still raised: %s",
-                        key, rule.target, ", ".join(sorted(holding)),
+                        key,
+                        rule.target,
+                        ", ".join(sorted(holding)),
                     )
                     return None
                 command = "start"
@@ -242,7 +245,10 @@ class Controller:
             "controller_id": self.controller_id,
             "event": "decision",
             "trigger": {
-                "topic": topic, "device_id": rule.source, "sensor": rule.sensor, "state": state
+                "topic": topic,
+                "device_id": rule.source,
+                "sensor": rule.sensor,
+                "state": state,
             },
             "action": {"device_id": rule.target, "command": command},
             "reason": reason,
@@ -262,19 +268,6 @@ def _detail(alarm: dict[str, Any]) -> str:
         if isinstance(alarm.get(name), int | float) and not isinstance(alarm.get(name), bool)
     ]
     return f" ({', '.join(parts)})" if parts else ""
-
-
-def _stop_on_signals() -> list[int]:
-    """The SIGTERM / SIGINT received so far (the list grows when one arrives).
-
-    The handler only appends: setting a ``threading.Event`` from a signal
-    handler can deadlock if the signal lands while the main thread holds the
-    event's lock.
-    """
-    received: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda sig, frame: received.append(sig))
-    return received
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,45 +313,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rules = [Rule.parse(text) for text in (args.rule or [DEFAULT_RULE])]
-        settings = BrokerSettings.from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
+    settings = broker_settings(parser, args)
+    setup_logging(
         JsonFormatter()
         if args.log_format == "json"
-        else logging.Formatter("%(asctime)s controller %(levelname)s %(message)s")
+        else "%(asctime)s controller %(levelname)s %(message)s"
     )
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-
-    signals = _stop_on_signals()
-
-    controller = Controller(
-        args.client_id,
-        rules,
-        settings,
-        persistent=args.session == "persistent",
-        session_expiry=args.session_expiry,
-    )
-    log.info("rules: %s", ", ".join(str(r) for r in rules))
-    try:
-        controller.start()
-    except ConnectionError as error:
-        log.error("%s", error)
-        return 1
-    try:
-        if not controller.subscribed.wait(10.0):
-            log.error("no SUBACK for %s within 10s", controller.alarm_filter)
+    with StopSignals() as stop:
+        controller = Controller(
+            args.client_id,
+            rules,
+            settings,
+            persistent=args.session == "persistent",
+            session_expiry=args.session_expiry,
+        )
+        log.info("rules: %s", ", ".join(str(r) for r in rules))
+        try:
+            controller.start()
+        except ConnectionError as error:
+            log.error("%s", error)
             return 1
-        if controller.failed:
-            return 1
-        print(f"ready {args.client_id}", flush=True)
-        while not signals:
-            time.sleep(0.1)
-        log.info("stopping (signal %d)", signals[0])
-        return 0
-    finally:
-        controller.stop()
+        try:
+            if not controller.subscribed.wait(10.0):
+                log.error("no SUBACK for %s within 10s", controller.alarm_filter)
+                return 1
+            if controller.failed:
+                return 1
+            print_ready(args.client_id)
+            stop.wait()
+            log.info("stopping (signal %d)", stop.signum)
+            return 0
+        finally:
+            controller.stop()
 
 
 if __name__ == "__main__":

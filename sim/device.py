@@ -53,7 +53,6 @@ import logging
 import os
 import queue
 import re
-import signal
 import sys
 import threading
 import time
@@ -67,6 +66,7 @@ from sim.alarms import RAISED, AlarmChange, AlarmPanel
 from sim.commands import Command, CommandRejected, parse_command
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
 from sim.machines import KINDS, AnomalySchedule, Machine, TransitionRefused
+from sim.runtime import StopSignals, print_ready, setup_logging
 from sim.topics import QOS, RETAINED, Topics
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -156,8 +156,12 @@ class DeviceCore:
 
     def status(self, status: str, reason: str) -> Outgoing:
         """The retained status message: ``online``/``connected`` or ``offline``/..."""
-        payload = {"ts": self.clock(), "device_id": self.device_id, "status": status,
-                   "reason": reason}
+        payload = {
+            "ts": self.clock(),
+            "device_id": self.device_id,
+            "status": status,
+            "reason": reason,
+        }
         return self._out("status", self.topics.status(self.device_id), payload)
 
     def will(self) -> tuple[str, bytes, int, bool]:
@@ -176,15 +180,19 @@ class DeviceCore:
         readings = self.machine.step(dt_plant)
         now = self.clock()
         out = [
-            self._out("telemetry", self.topics.telemetry(self.device_id, r.sensor), {
-                "ts": now,
-                "device_id": self.device_id,
-                "sensor": r.sensor,
-                "value": r.value,
-                "unit": r.unit,
-                "seq": self.seq,
-                "plant_time": round(self.machine.plant_time, 3),
-            })
+            self._out(
+                "telemetry",
+                self.topics.telemetry(self.device_id, r.sensor),
+                {
+                    "ts": now,
+                    "device_id": self.device_id,
+                    "sensor": r.sensor,
+                    "value": r.value,
+                    "unit": r.unit,
+                    "seq": self.seq,
+                    "plant_time": round(self.machine.plant_time, 3),
+                },
+            )
             for r in readings.values()
         ]
         self.seq += 1
@@ -209,7 +217,8 @@ class DeviceCore:
         """Answer one message from the command topic: the new state, or an error event."""
         if retained:
             return self._reject(
-                topic, payload,
+                topic,
+                payload,
                 "the command arrived as a retained message; commands must not be retained "
                 "(the device would obey them again on every reconnect), so it is ignored: clear "
                 "it by publishing an empty retained message to that topic",
@@ -225,8 +234,13 @@ class DeviceCore:
         self.machine.counters.commands_accepted += 1
         publisher = command.issued_by or _publisher(topic)
         self.reason = command.reason or f"{command.describe()} from {publisher}"
-        log.info("obeyed %s from %s (%s); now %s", command.describe(), publisher,
-                 command.reason or "no reason given", self.machine.state)
+        log.info(
+            "obeyed %s from %s (%s); now %s",
+            command.describe(),
+            publisher,
+            command.reason or "no reason given",
+            self.machine.state,
+        )
         return [self.state()]
 
     def _apply(self, command: Command) -> None:
@@ -306,24 +320,24 @@ class DeviceRunner:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.inbox.put(_Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if self._setup_done and not getattr(reason, "is_failure", False):
             self.inbox.put(_RECONNECTED)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if self._setup_done and not self._closing:
             log.warning("lost the broker connection (%s); paho will reconnect", reason)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any,
-                      properties: Any) -> None:
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
         with self._suback_cond:
             self._subacks[mid] = list(reason_codes)
             self._suback_cond.notify_all()
-
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        self.inbox.put(_STOP)
 
     # -- steps ------------------------------------------------------------------
     def publish(self, message: Outgoing, wait: float | None = None) -> None:
@@ -368,26 +382,31 @@ class DeviceRunner:
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         # Installed before connecting: a stop request during start-up is honoured
         # (gracefully) as soon as the device is online, instead of killing it.
-        signal.signal(signal.SIGTERM, self._request_stop)
-        signal.signal(signal.SIGINT, self._request_stop)
-        try:
-            connect(self.client, self.settings)
-            self.subscribe()
-        except ConnectionError as error:
-            log.error("%s", error)
-            self.client.loop_stop()
-            return 1
-        self.announce()
-        self._setup_done = True
-        log.info(
-            "%s (%s) online at %s:%s under %r: seed %s, time scale %g, %g rounds/s%s",
-            self.device_id, args.device, self.settings.host, self.settings.port,
-            self.topics.root, args.seed, args.time_scale, args.rate,
-            ", anomalies on" if args.anomaly else "",
-        )
-        print(f"ready {self.device_id}", flush=True)
-        self.loop()
-        return self.shutdown()
+        with StopSignals(wake=lambda signum: self.inbox.put(_STOP)):
+            try:
+                connect(self.client, self.settings)
+                self.subscribe()
+            except ConnectionError as error:
+                log.error("%s", error)
+                self.client.loop_stop()
+                return 1
+            self.announce()
+            self._setup_done = True
+            log.info(
+                "%s (%s) online at %s:%s under %r: seed %s, time scale %g, %g rounds/s%s",
+                self.device_id,
+                args.device,
+                self.settings.host,
+                self.settings.port,
+                self.topics.root,
+                args.seed,
+                args.time_scale,
+                args.rate,
+                ", anomalies on" if args.anomaly else "",
+            )
+            print_ready(self.device_id)
+            self.loop()
+            return self.shutdown()
 
     def loop(self) -> None:
         """Tick on schedule, answer commands as they come, until a stop or deadline."""
@@ -432,8 +451,9 @@ class DeviceRunner:
 
     def crash(self) -> None:
         """Vanish like a pulled plug: no offline status, no DISCONNECT, so the will goes out."""
-        log.warning("--crash-after %gs: exiting abruptly, without DISCONNECT",
-                    self.args.crash_after)
+        log.warning(
+            "--crash-after %gs: exiting abruptly, without DISCONNECT", self.args.crash_after
+        )
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stdout.flush()
@@ -481,30 +501,70 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Prints 'ready <device id>' on stdout once online and subscribed; logs go to "
         "stderr. SIGTERM or Ctrl-C: publish offline, disconnect, exit 0.",
     )
-    parser.add_argument("--device", required=True, choices=KINDS, metavar="KIND",
-                        help=f"kind of machine: {', '.join(KINDS)}")
-    parser.add_argument("--device-id", type=_device_id, metavar="ID",
-                        help="name in topics and payloads (default: the kind)")
+    parser.add_argument(
+        "--device",
+        required=True,
+        choices=KINDS,
+        metavar="KIND",
+        help=f"kind of machine: {', '.join(KINDS)}",
+    )
+    parser.add_argument(
+        "--device-id",
+        type=_device_id,
+        metavar="ID",
+        help="name in topics and payloads (default: the kind)",
+    )
     parser.add_argument("--client-id", help="MQTT client id (default: the device id)")
-    parser.add_argument("--seed", type=int, default=1,
-                        help="seed for noise, drift and anomalies; same seed, same values "
-                        "(default 1)")
-    parser.add_argument("--time-scale", type=_positive, default=1.0, metavar="X",
-                        help="plant seconds per wall second (default 1; 60 = a minute a second)")
-    parser.add_argument("--rate", type=_positive, default=1.0, metavar="HZ",
-                        help="telemetry rounds per wall second (default 1)")
-    parser.add_argument("--duration", type=_positive, metavar="S",
-                        help="run S wall seconds, then shut down gracefully (default: forever)")
-    parser.add_argument("--crash-after", type=_non_negative, metavar="S",
-                        help="after S wall seconds, die abruptly without DISCONNECT (exit "
-                        f"{CRASH_EXIT_CODE}), so the broker publishes the Last Will")
-    parser.add_argument("--anomaly", action="store_true",
-                        help="now and then push a sensor out of range (raises alarms)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text",
-                        help="stderr log format (default text)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        help="stderr log level (default INFO)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seed for noise, drift and anomalies; same seed, same values (default 1)",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=_positive,
+        default=1.0,
+        metavar="X",
+        help="plant seconds per wall second (default 1; 60 = a minute a second)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive,
+        default=1.0,
+        metavar="HZ",
+        help="telemetry rounds per wall second (default 1)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive,
+        metavar="S",
+        help="run S wall seconds, then shut down gracefully (default: forever)",
+    )
+    parser.add_argument(
+        "--crash-after",
+        type=_non_negative,
+        metavar="S",
+        help="after S wall seconds, die abruptly without DISCONNECT (exit "
+        f"{CRASH_EXIT_CODE}), so the broker publishes the Last Will",
+    )
+    parser.add_argument(
+        "--anomaly",
+        action="store_true",
+        help="now and then push a sensor out of range (raises alarms)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="stderr log format (default text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="stderr log level (default INFO)",
+    )
     add_arguments(parser)
     return parser
 
@@ -530,16 +590,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str, level: str, device_id: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter(device_id))
-    else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s {device_id}: %(message)s")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    setup_logging(
+        JsonFormatter(device_id)
+        if log_format == "json"
+        else f"%(asctime)s %(levelname)s {device_id}: %(message)s",
+        level,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

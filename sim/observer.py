@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -43,9 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
+from sim.runtime import StopSignals, broker_settings, print_ready, setup_logging, write_line
 
 log = logging.getLogger("observer")
 
@@ -192,7 +191,6 @@ class Observer:
         self.subscribed = threading.Event()
         self.failed: str | None = None
         self.ready_printed = False
-        self._out_lock = threading.Lock()
         self.client = make_client(client_id, settings)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
@@ -206,19 +204,15 @@ class Observer:
         self.client.loop_stop()
 
     def print(self, text: str) -> None:
-        with self._out_lock:
-            self.out.write(text + "\n")
-            self.out.flush()
+        write_line(text, self.out)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             return
         self.subscribed.clear()
         log.info("connected; subscribing to %s at QoS %d", ", ".join(self.filters), self.qos)
-        if client.protocol == mqtt.MQTTv5:
-            client.subscribe([(f, SubscribeOptions(qos=self.qos)) for f in self.filters])
-        else:
-            client.subscribe([(f, self.qos) for f in self.filters])
+        # For MQTT 5, paho turns each QoS into SubscribeOptions(qos=...) itself.
+        client.subscribe([(f, self.qos) for f in self.filters])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [
@@ -233,7 +227,7 @@ class Observer:
             # Printed here, in the network thread, so that it comes before the
             # retained messages that follow the SUBACK.
             self.ready_printed = True
-            self.print(f"ready {self.client_id}")
+            print_ready(self.client_id, self.out)
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
@@ -251,14 +245,6 @@ class Observer:
             self.print(json.dumps({"stats": snapshot}))
         else:
             self.print(format_stats(snapshot))
-
-
-def _stop_on_signals() -> list[int]:
-    """The SIGTERM / SIGINT received so far (the handler only appends, it takes no lock)."""
-    received: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda sig, frame: received.append(sig))
-    return received
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,58 +283,48 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        settings = BrokerSettings.from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
+    settings = broker_settings(parser, args)
     if args.count is not None and args.count < 1:
         parser.error("--count must be at least 1")
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s observer %(levelname)s %(message)s",
-    )
+    setup_logging("%(asctime)s observer %(levelname)s %(message)s")
     client_id = args.client_id or f"observer-{uuid.uuid4().hex[:8]}"
     filters = args.topic or [f"{settings.topic_root}/#"]
-    signals = _stop_on_signals()
-    observer = Observer(
-        client_id, settings, filters, qos=args.qos, as_json=args.json, count=args.count
-    )
-    try:
-        observer.start()
-    except ConnectionError as error:
-        log.error("%s", error)
+    with StopSignals() as stop:
+        observer = Observer(
+            client_id, settings, filters, qos=args.qos, as_json=args.json, count=args.count
+        )
+        try:
+            observer.start()
+        except ConnectionError as error:
+            log.error("%s", error)
+            return 1
+        try:
+            return watch(observer, args, stop)
+        finally:
+            observer.stop()
+            if not args.no_summary:
+                observer.report(final=True)
+
+
+def watch(observer: Observer, args: argparse.Namespace, stop: StopSignals) -> int:
+    """Wait for the SUBACK, then print statistics on time until a stop, --count or --timeout."""
+    if not observer.subscribed.wait(10.0):
+        log.error("no SUBACK within 10s")
         return 1
-    code = 0
-    try:
-        if not observer.subscribed.wait(10.0):
-            log.error("no SUBACK within 10s")
-            return 1
-        if observer.failed:
-            return 1
-        started = time.monotonic()
-        deadline = None if args.timeout is None else started + args.timeout
-        next_stats = started + args.stats_interval if args.stats_interval > 0 else None
-        while not signals and not observer.done.is_set():
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                if args.count is not None:
-                    log.warning(
-                        "--timeout %.1fs passed after %d of %d messages",
-                        args.timeout, observer.received, args.count,
-                    )
-                    code = EXIT_TIMEOUT
-                break
-            if next_stats is not None and now >= next_stats:
-                observer.report()
-                next_stats += args.stats_interval
-            wake = min(t for t in (deadline, next_stats, now + 0.1) if t is not None)
-            observer.done.wait(max(0.0, wake - now))
-        return code
-    finally:
-        observer.stop()
-        if not args.no_summary:
-            observer.report(final=True)
+    if observer.failed:
+        return 1
+    finished = stop.wait(
+        args.timeout, until=observer.done, every=args.stats_interval, tick=observer.report
+    )
+    if not finished and args.count is not None:
+        log.warning(
+            "--timeout %.1fs passed after %d of %d messages",
+            args.timeout,
+            observer.received,
+            args.count,
+        )
+        return EXIT_TIMEOUT
+    return 0
 
 
 if __name__ == "__main__":

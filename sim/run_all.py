@@ -28,9 +28,10 @@ children, in sessions of their own, would then keep running: find them with
 Exit status: 0 after a normal stop, 1 when the factory could not start (or
 every program had exited by itself).
 
-:class:`Component` is the reusable part: one program as a child process, with
-its output kept line by line, a wait for its ready line or any other line,
-and a stop that always ends it. The tests use it for every program.
+:class:`Component` is one program as a child process: its lines forwarded as
+they arrive and kept for error messages, a wait for its ready line, and a stop
+that always ends it. (The tests start programs with the harness's
+``RoleProcess`` instead: the reference solution must not depend on the harness.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import argparse
 import atexit
 import logging
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -50,12 +50,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sim.connection import BrokerSettings, add_arguments
+from sim.connection import add_arguments
+from sim.runtime import (
+    READY,
+    StopSignals,
+    broker_settings,
+    print_ready,
+    setup_logging,
+    write_line,
+)
 
 log = logging.getLogger("run_all")
 
 DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
-READY = re.compile(r"^ready (\S+)\s*$")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _LIVE: set[Component] = set()
 
@@ -64,7 +71,7 @@ Echo = Callable[[str, str, str], None]
 
 
 class ComponentError(RuntimeError):
-    """A program exited, or never became ready, or never printed what was awaited.
+    """A program could not start, exited, or never became ready.
 
     The message names the program and quotes its last output.
     """
@@ -83,9 +90,11 @@ class Component:
 
     Example::
 
-        with Component("observer", "sim.observer", ["--json"], env=env) as observer:
+        observer = Component("observer", "sim.observer", ["--json"], echo=echo).start()
+        try:
             observer.wait_ready()
-            line = observer.wait_for_line(r'"topic": "factory/state/press"')
+        finally:
+            observer.stop()
     """
 
     def __init__(
@@ -190,43 +199,16 @@ class Component:
         _LIVE.discard(self)
         return process.returncode
 
-    def kill(self) -> None:
-        """End the program at once with SIGKILL, as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
     def signal(self, signum: int) -> None:
         """Send a signal (if it is still running)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 10.0) -> int:
-        """Wait for the program to end by itself; return its exit status.
-
-        :raises ComponentError: with its output when it is still running at the deadline.
-        """
-        if self.process is None:
-            raise ComponentError(f"{self.name} was never started")
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired as error:
-            raise ComponentError(self.describe(f"did not exit within {timeout}s")) from error
-        self._join_readers()
-        _LIVE.discard(self)
-        return code
 
     def _join_readers(self) -> None:
         # After the process is gone the pipes reach EOF quickly, unless a
         # grandchild still holds them; never hang on that.
         for reader in self._readers:
             reader.join(timeout=2.0)
-
-    def __enter__(self) -> Component:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- state -------------------------------------------------------------------
     @property
@@ -236,14 +218,6 @@ class Component:
     @property
     def returncode(self) -> int | None:
         return self.process.poll() if self.process else None
-
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def lines(self, stream: str = "stdout") -> list[str]:
-        """Lines printed so far on ``stream`` (``"stdout"`` or ``"stderr"``)."""
-        with self._cond:
-            return list(self._lines[stream])
 
     def output(self, last: int = 30) -> str:
         """The last lines of both streams, indented, for error messages."""
@@ -259,14 +233,15 @@ class Component:
         code = self.returncode
         status = "it is still running" if code is None else f"it exited with status {code}"
         return (
-            f"{self.name} {what}; {status}.\n"
-            f"  command: {shlex.join(self.command)}\n{self.output()}"
+            f"{self.name} {what}; {status}.\n  command: {shlex.join(self.command)}\n{self.output()}"
         )
 
     # -- waiting -------------------------------------------------------------------
     def _finished_reading(self) -> bool:
-        return self.process is not None and self.process.poll() is not None and not any(
-            reader.is_alive() for reader in self._readers
+        return (
+            self.process is not None
+            and self.process.poll() is not None
+            and not any(reader.is_alive() for reader in self._readers)
         )
 
     def wait_ready(self, timeout: float = 15.0, abort: Callable[[], bool] | None = None) -> str:
@@ -289,48 +264,6 @@ class Component:
                     )
                 self._cond.wait(min(remaining, 0.1))
             return self.ready_id
-
-    def wait_for_line(
-        self,
-        pattern: str | re.Pattern[str] | Callable[[str], bool],
-        timeout: float = 5.0,
-        *,
-        stream: str = "stdout",
-        since: int = 0,
-    ) -> str:
-        """Wait for a line matching a regular expression (searched) or predicate.
-
-        :param since: ignore the first ``since`` lines (``len(component.lines())``
-            taken earlier).
-        :raises ComponentError: with the output, if the deadline passes or the
-            program ends without printing it.
-        """
-        if callable(pattern) and not isinstance(pattern, re.Pattern):
-            matches = pattern
-        else:
-            regex = re.compile(pattern)
-            matches = lambda line: regex.search(line) is not None  # noqa: E731
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self._lines[stream][since:]:
-                    if matches(line):
-                        return line
-                if self._finished_reading():
-                    raise ComponentError(
-                        self.describe(
-                            f"ended without printing a line matching {pattern!r} on {stream}"
-                        )
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ComponentError(
-                        self.describe(
-                            f"did not print a line matching {pattern!r} on {stream} "
-                            f"within {timeout}s"
-                        )
-                    )
-                self._cond.wait(min(remaining, 0.1))
 
     def __repr__(self) -> str:
         return f"<Component {self.name} pid={self.pid}>"
@@ -378,11 +311,16 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     )
     for kind in args.devices:
         device_args = [
-            "--device", kind,
-            "--device-id", kind,
-            "--client-id", kind,
-            "--seed", str(args.seed),
-            "--time-scale", str(args.time_scale),
+            "--device",
+            kind,
+            "--device-id",
+            kind,
+            "--client-id",
+            kind,
+            "--seed",
+            str(args.seed),
+            "--time-scale",
+            str(args.time_scale),
         ]
         if args.rate is not None:
             device_args += ["--rate", str(args.rate)]
@@ -435,9 +373,27 @@ class Factory:
                 self.reported_exits.add(component.name)
                 log.warning(
                     "%s (pid %d) exited by itself with status %s; the rest keeps running",
-                    component.name, component.pid, code,
+                    component.name,
+                    component.pid,
+                    code,
                 )
         return running
+
+    def watch(self, stop: StopSignals, duration: float | None) -> int:
+        """Keep an eye on the children until a stop signal or the end of ``duration``.
+
+        :returns: 0, or 1 when every program has exited by itself.
+        """
+        all_exited = threading.Event()
+
+        def check() -> None:
+            if self.check() == 0:
+                log.error("every program has exited; stopping")
+                all_exited.set()
+
+        if not stop.wait(duration, until=all_exited, every=0.2, tick=check):
+            log.info("--duration %.1fs reached", duration)
+        return 1 if all_exited.is_set() else 0
 
     def stop(self, timeout: float) -> None:
         """Devices first, then controller, then observer; SIGTERM, wait, SIGKILL.
@@ -458,27 +414,12 @@ class Factory:
                 log.info("%s stopped (status %s)", component.name, code)
 
 
-#: one line at a time on our stdout/stderr, whichever thread writes it
-_OUTPUT_LOCK = threading.Lock()
-
-
-def _write_line(out: TextIO, line: str) -> None:
-    with _OUTPUT_LOCK:
-        out.write(line + "\n")
-        out.flush()
-
-
-class _LockedStreamHandler(logging.StreamHandler):
-    """Our log lines take the same lock as the children's forwarded lines."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with _OUTPUT_LOCK:
-            super().emit(record)
-
-
 def _make_echo(width: int) -> Echo:
     def echo(name: str, stream_name: str, line: str) -> None:
-        _write_line(sys.stdout if stream_name == "stdout" else sys.stderr, f"{name:<{width}} | {line}")
+        # write_line takes the lock our log lines take too: whole lines only.
+        write_line(
+            f"{name:<{width}} | {line}", sys.stdout if stream_name == "stdout" else sys.stderr
+        )
 
     return echo
 
@@ -556,55 +497,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"unknown device kind(s) {', '.join(unknown)}; choose from {', '.join(DEVICE_KINDS)}"
         )
-    handler = _LockedStreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("run_all: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    try:
-        settings = BrokerSettings.from_args(args)
-    except ValueError as error:
-        parser.error(str(error))
-    # The handler only appends: setting a threading.Event from a signal handler
-    # can deadlock if the signal lands while the main thread holds its lock.
+    setup_logging("run_all: %(message)s")
+    settings = broker_settings(parser, args)
     # SIGHUP too: the children run in sessions of their own, so a closed
     # terminal would not reach them, and dying of it would orphan them.
-    signals: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda sig, frame: signals.append(sig))
-
-    width = max(len(name) for name, _, _ in plan(args))
-    factory = Factory(args, _make_echo(width))
-    code = 0
-    try:
-        log.info(
-            "starting the factory on %s:%s (MQTT %s, topic root %r)",
-            settings.host, settings.port, settings.protocol, settings.topic_root,
-        )
+    with StopSignals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as stop:
+        width = max(len(name) for name, _, _ in plan(args))
+        factory = Factory(args, _make_echo(width))
         try:
-            factory.start(lambda: bool(signals))
-        except ComponentError as error:
-            if signals:
-                log.info("stopped during start")
-                return 0
-            log.error("the factory could not start: %s", error)
-            code = 1
-            return code
-        _write_line(sys.stdout, "ready run_all")
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        while not signals:
-            wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
-            if wait <= 0:
-                log.info("--duration %.1fs reached", args.duration)
-                break
-            time.sleep(wait)
-            if factory.check() == 0:
-                log.error("every program has exited; stopping")
-                code = 1
-                break
-        return code
-    finally:
-        log.info("stopping the factory")
-        factory.stop(args.stop_timeout)
-        log.info("stopped")
+            log.info(
+                "starting the factory on %s:%s (MQTT %s, topic root %r)",
+                settings.host,
+                settings.port,
+                settings.protocol,
+                settings.topic_root,
+            )
+            try:
+                factory.start(lambda: stop.requested)
+            except ComponentError as error:
+                if stop.requested:
+                    log.info("stopped during start")
+                    return 0
+                log.error("the factory could not start: %s", error)
+                return 1
+            print_ready("run_all")
+            return factory.watch(stop, args.duration)
+        finally:
+            log.info("stopping the factory")
+            factory.stop(args.stop_timeout)
+            log.info("stopped")
 
 
 if __name__ == "__main__":

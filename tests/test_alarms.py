@@ -101,16 +101,16 @@ def test_panel_watches_every_sensor_with_its_limits(kind: str) -> None:
     for sensor in spec.sensors:
         monitor = panel.monitors[sensor.name]
         assert (monitor.low, monitor.high, monitor.severity) == (
-            sensor.low, sensor.high, sensor.severity
+            sensor.low,
+            sensor.high,
+            sensor.severity,
         )
 
 
 def test_alarm_payload_follows_the_contract() -> None:
     panel = AlarmPanel.for_kind("environment")
     changes = panel.update({"temperature": 35.0, "humidity": 20.0})
-    assert [(c.sensor, c.state) for c in changes] == [
-        ("temperature", RAISED), ("humidity", RAISED)
-    ]
+    assert [(c.sensor, c.state) for c in changes] == [("temperature", RAISED), ("humidity", RAISED)]
     assert panel.active == ["temperature", "humidity"]
     for change in changes:
         payload = {"ts": 1767225600.0, "device_id": "env-hall-a", **change.as_payload()}

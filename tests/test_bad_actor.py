@@ -9,49 +9,53 @@ broker the same attempts all succeed, which shows the probe can tell.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import uuid
+from collections.abc import Callable
 
 import pytest
-
-from sim.run_all import PROJECT_ROOT
 
 PUBLISHES = ("impersonate-controller", "overwrite-state", "fake-telemetry")
 SUBSCRIBES = ("subscribe-everything", "subscribe-sys", "subscribe-other-private")
 FIELDS = {"action", "topic", "qos", "protocol", "outcome", "reason_code", "evidence"}
 
 
-def run_bad_actor(env: dict[str, str], *args: str) -> dict[str, dict]:
-    """Run it with --json; return its reports by attempt name."""
-    result = subprocess.run(
-        [sys.executable, "-m", "sim.bad_actor", "--json", *args],
-        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, (
-        f"bad_actor should exit 0 once every attempt ran; it exited {result.returncode}\n"
-        f"stderr:\n{result.stderr}"
-    )
-    lines = result.stdout.splitlines()
-    assert lines and lines[0].startswith("ready "), f"first line should be 'ready <id>': {lines}"
-    reports = [json.loads(line) for line in lines[1:]]
-    for report in reports:
-        assert set(report) >= FIELDS, f"report lacks {FIELDS - set(report)}: {report}"
-    by_name = {r["attempt"]: r for r in reports}
-    assert set(by_name) == set(PUBLISHES + SUBSCRIBES), f"attempts reported: {sorted(by_name)}"
-    return by_name
+@pytest.fixture
+def run_bad_actor(run_program) -> Callable[..., dict[str, dict]]:
+    """``run_bad_actor(*args, broker=..., topic_root=..., protocol=...)``: its reports by attempt.
+
+    It runs with ``--json`` and must exit 0 with a ready line and one report per attempt.
+    """
+
+    def run(*args: str, **where: object) -> dict[str, dict]:
+        result = run_program("sim.bad_actor", "--json", *args, timeout=60, **where)
+        assert result.returncode == 0, (
+            f"bad_actor should exit 0 once every attempt ran; it exited {result.returncode}\n"
+            f"stderr:\n{result.stderr}"
+        )
+        lines = result.stdout.splitlines()
+        assert lines and lines[0].startswith("ready "), (
+            f"first line should be 'ready <id>': {lines}"
+        )
+        reports = [json.loads(line) for line in lines[1:]]
+        for report in reports:
+            assert set(report) >= FIELDS, f"report lacks {FIELDS - set(report)}: {report}"
+        by_name = {r["attempt"]: r for r in reports}
+        assert set(by_name) == set(PUBLISHES + SUBSCRIBES), f"attempts reported: {sorted(by_name)}"
+        return by_name
+
+    return run
 
 
 def describe(reports: dict[str, dict]) -> str:
     return "\n".join(
-        f"  {name}: {r['outcome']} ({r['reason_code']}) {r['evidence']}" for name, r in reports.items()
+        f"  {name}: {r['outcome']} ({r['reason_code']}) {r['evidence']}"
+        for name, r in reports.items()
     )
 
 
-def test_mqtt5_publishes_are_denied_with_reason_code_135(broker_factory, broker_env):
+def test_mqtt5_publishes_are_denied_with_reason_code_135(broker_factory, run_bad_actor):
     acl = broker_factory("acl")
     mark = acl.log_mark()
-    reports = run_bad_actor(broker_env(acl, "factory", "5"))
+    reports = run_bad_actor(broker=acl, topic_root="factory", protocol="5")
     for name in PUBLISHES:
         report = reports[name]
         assert (report["outcome"], report["reason_code"]) == ("denied", 135), (
@@ -60,15 +64,16 @@ def test_mqtt5_publishes_are_denied_with_reason_code_135(broker_factory, broker_
         )
         assert report["protocol"] == "5" and report["qos"] == 1
     assert reports["impersonate-controller"]["topic"] == "factory/commands/controller/press"
-    line = acl.wait_for_log(r"Denied PUBLISH from bad-actor .*factory/commands/controller/press",
-                            since=mark)
+    line = acl.wait_for_log(
+        r"Denied PUBLISH from bad-actor .*factory/commands/controller/press", since=mark
+    )
     assert "q1" in line
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_forbidden_subscriptions_deliver_nothing(broker_factory, broker_env, protocol):
+def test_forbidden_subscriptions_deliver_nothing(broker_factory, run_bad_actor, protocol):
     acl = broker_factory("acl")
-    reports = run_bad_actor(broker_env(acl, "factory", protocol))
+    reports = run_bad_actor(broker=acl, topic_root="factory", protocol=protocol)
     for name in SUBSCRIBES:
         report = reports[name]
         # Mosquitto's acl_file grants every SUBSCRIBE and filters each message at
@@ -84,10 +89,10 @@ def test_forbidden_subscriptions_deliver_nothing(broker_factory, broker_env, pro
     assert reports["subscribe-other-private"]["topic"] == "lab/sync/bad-actor-probe/#"
 
 
-def test_mqtt311_publishes_are_dropped_silently_and_proven(broker_factory, broker_env):
+def test_mqtt311_publishes_are_dropped_silently_and_proven(broker_factory, run_bad_actor):
     acl = broker_factory("acl")
     mark = acl.log_mark()
-    reports = run_bad_actor(broker_env(acl, "factory", "3.1.1"))
+    reports = run_bad_actor(broker=acl, topic_root="factory", protocol="3.1.1")
     for name in PUBLISHES:
         report = reports[name]
         assert report["outcome"] == "dropped" and report["reason_code"] is None, (
@@ -100,10 +105,10 @@ def test_mqtt311_publishes_are_dropped_silently_and_proven(broker_factory, broke
     acl.wait_for_log(r"Denied PUBLISH from bad-actor .*factory/state/press", since=mark)
 
 
-def test_open_broker_lets_everything_through(broker, broker_env, topic_root):
-    client_id = f"bad-{uuid.uuid4().hex[:8]}"
+def test_open_broker_lets_everything_through(run_bad_actor, unique_id):
+    client_id = unique_id("bad")
     for protocol in ("5", "3.1.1"):
-        reports = run_bad_actor(broker_env(broker, topic_root, protocol), "--client-id", client_id)
+        reports = run_bad_actor("--client-id", client_id, protocol=protocol)
         assert {r["outcome"] for r in reports.values()} == {"allowed"}, (
             f"the open broker has no ACL: every attempt succeeds (MQTT {protocol}), "
             f"which shows the checks can tell success from failure.\n{describe(reports)}"

@@ -53,8 +53,13 @@ def test_the_seed_example_is_a_command() -> None:
 
 def test_full_set_command() -> None:
     payload = {
-        "command": "set", "setpoint": "speed", "value": 1.5, "reason": "operator request",
-        "ts": TS, "command_id": "dash-7f3a", "issued_by": "dashboard",
+        "command": "set",
+        "setpoint": "speed",
+        "value": 1.5,
+        "reason": "operator request",
+        "ts": TS,
+        "command_id": "dash-7f3a",
+        "issued_by": "dashboard",
     }
     command = parse_command(json.dumps(payload).encode(), kind="conveyor")
     assert command == Command("set", "speed", 1.5, "operator request", TS, "dash-7f3a", "dashboard")
@@ -86,32 +91,58 @@ BAD = [
     pytest.param(b'{"command": "launch"}', 'unknown command "launch"', id="unknown-command"),
     pytest.param(b'{"command": "STOP"}', "did you mean 'stop'? names are lower case", id="case"),
     pytest.param(b'{"command": "strat"}', "did you mean 'start'?", id="typo-command"),
-    pytest.param(b'{"command": "stop", "reasn": "x"}', "unknown field \"reasn\" (did you mean "
-                 "'reason'?)", id="typo-field"),
+    pytest.param(
+        b'{"command": "stop", "reasn": "x"}',
+        "unknown field \"reasn\" (did you mean 'reason'?)",
+        id="typo-field",
+    ),
     pytest.param(b'{"command": "stop", "reason": 5}', "'reason' must be a string", id="reason-int"),
-    pytest.param(b'{"command": "stop", "issued_by": ""}', "'issued_by' must not be empty",
-                 id="empty-issued-by"),
+    pytest.param(
+        b'{"command": "stop", "issued_by": ""}',
+        "'issued_by' must not be empty",
+        id="empty-issued-by",
+    ),
     pytest.param(b'{"command": "stop", "ts": "now"}', "'ts' must be a number", id="ts-text"),
-    pytest.param(b'{"command": "stop", "ts": 1767225600000}', "looks like milliseconds",
-                 id="ts-millis"),
-    pytest.param(b'{"command": "set", "value": 1}', "command 'set' needs 'setpoint'",
-                 id="set-no-setpoint"),
-    pytest.param(b'{"command": "set", "setpoint": "speed"}', "command 'set' needs 'value'",
-                 id="set-no-value"),
-    pytest.param(b'{"command": "set", "setpoint": null, "value": 1}',
-                 "'setpoint' must be a string, got null", id="setpoint-null"),
-    pytest.param(b'{"command": "set", "setpoint": "speed", "value": "fast"}',
-                 "'value' must be a number, got string", id="value-text"),
-    pytest.param(b'{"command": "set", "setpoint": "speed", "value": true}',
-                 "'value' must be a number, got boolean true", id="value-bool"),
-    pytest.param(b'{"command": "set", "setpoint": "speed", "value": NaN}', "NaN",
-                 id="value-nan"),
-    pytest.param(b'{"command": "set", "setpoint": "speed", "value": -Infinity}', "-Infinity",
-                 id="value-minus-infinity"),
-    pytest.param(b'{"command": "set", "setpoint": "speed", "value": 1e999}', "finite number",
-                 id="value-overflowing-float"),
-    pytest.param(b'{"command": "set", "setpoint": "speed", "value": 1' + b"0" * 400 + b"}",
-                 "finite number", id="value-huge-int"),
+    pytest.param(
+        b'{"command": "stop", "ts": 1767225600000}', "looks like milliseconds", id="ts-millis"
+    ),
+    pytest.param(
+        b'{"command": "set", "value": 1}', "command 'set' needs 'setpoint'", id="set-no-setpoint"
+    ),
+    pytest.param(
+        b'{"command": "set", "setpoint": "speed"}', "command 'set' needs 'value'", id="set-no-value"
+    ),
+    pytest.param(
+        b'{"command": "set", "setpoint": null, "value": 1}',
+        "'setpoint' must be a string, got null",
+        id="setpoint-null",
+    ),
+    pytest.param(
+        b'{"command": "set", "setpoint": "speed", "value": "fast"}',
+        "'value' must be a number, got string",
+        id="value-text",
+    ),
+    pytest.param(
+        b'{"command": "set", "setpoint": "speed", "value": true}',
+        "'value' must be a number, got boolean true",
+        id="value-bool",
+    ),
+    pytest.param(b'{"command": "set", "setpoint": "speed", "value": NaN}', "NaN", id="value-nan"),
+    pytest.param(
+        b'{"command": "set", "setpoint": "speed", "value": -Infinity}',
+        "-Infinity",
+        id="value-minus-infinity",
+    ),
+    pytest.param(
+        b'{"command": "set", "setpoint": "speed", "value": 1e999}',
+        "finite number",
+        id="value-overflowing-float",
+    ),
+    pytest.param(
+        b'{"command": "set", "setpoint": "speed", "value": 1' + b"0" * 400 + b"}",
+        "finite number",
+        id="value-huge-int",
+    ),
     pytest.param(b"[" * 100_000, "at most 4096 bytes", id="too-big"),
     pytest.param(b"[" * 4000, "not", id="deeply-nested"),
 ]
@@ -129,16 +160,31 @@ def test_bad_payload_is_rejected_with_a_reason(payload: bytes, expected: str) ->
 @pytest.mark.parametrize(
     ("kind", "payload", "expected"),
     [
-        ("oven", '{"command":"set","setpoint":"speed","value":1}',
-         "an oven has no setpoint 'speed'; its setpoints are: temperature"),
-        ("press", '{"command":"set","setpoint":"temp","value":1}',
-         "its setpoints are: temperature, pressure"),
-        ("environment", '{"command":"set","setpoint":"temperature","value":20}',
-         "has no setpoints"),
-        ("conveyor", '{"command":"set","setpoint":"speed","value":9}',
-         "allowed range of setpoint 'speed': 0..3 m/s"),
-        ("oven", '{"command":"set","setpoint":"temperature","value":-40}',
-         "allowed range of setpoint 'temperature': 20..300 C"),
+        (
+            "oven",
+            '{"command":"set","setpoint":"speed","value":1}',
+            "an oven has no setpoint 'speed'; its setpoints are: temperature",
+        ),
+        (
+            "press",
+            '{"command":"set","setpoint":"temp","value":1}',
+            "its setpoints are: temperature, pressure",
+        ),
+        (
+            "environment",
+            '{"command":"set","setpoint":"temperature","value":20}',
+            "has no setpoints",
+        ),
+        (
+            "conveyor",
+            '{"command":"set","setpoint":"speed","value":9}',
+            "allowed range of setpoint 'speed': 0..3 m/s",
+        ),
+        (
+            "oven",
+            '{"command":"set","setpoint":"temperature","value":-40}',
+            "allowed range of setpoint 'temperature': 20..300 C",
+        ),
     ],
 )
 def test_set_is_checked_against_the_device_kind(kind: str, payload: str, expected: str) -> None:
@@ -158,8 +204,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 texts = st.text(max_size=30)
@@ -209,20 +256,27 @@ def valid_commands(kind: str | None = None) -> st.SearchStrategy[dict[str, objec
         "command_id": st.text(min_size=1, max_size=20),
         "issued_by": st.text(min_size=1, max_size=20),
     }
-    others = st.fixed_dictionaries({"command": st.sampled_from(("start", "stop", "reset"))},
-                                   optional=optional)
+    others = st.fixed_dictionaries(
+        {"command": st.sampled_from(("start", "stop", "reset"))}, optional=optional
+    )
     if kind is None:
         setpoints = st.fixed_dictionaries(
-            {"setpoint": st.text(min_size=1, max_size=20),
-             "value": st.floats(allow_nan=False, allow_infinity=False)})
+            {
+                "setpoint": st.text(min_size=1, max_size=20),
+                "value": st.floats(allow_nan=False, allow_infinity=False),
+            }
+        )
     elif kind_spec(kind).setpoints:
         setpoints = st.sampled_from(kind_spec(kind).setpoints).flatmap(
             lambda sp: st.fixed_dictionaries(
-                {"setpoint": st.just(sp.name), "value": st.floats(sp.minimum, sp.maximum)}))
+                {"setpoint": st.just(sp.name), "value": st.floats(sp.minimum, sp.maximum)}
+            )
+        )
     else:
         return others
     sets = st.fixed_dictionaries({"command": st.just("set")}, optional=optional).flatmap(
-        lambda base: setpoints.map(lambda extra: {**base, **extra}))
+        lambda base: setpoints.map(lambda extra: {**base, **extra})
+    )
     return others | sets
 
 

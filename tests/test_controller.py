@@ -10,43 +10,44 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from harness.client import RecordingClient
+from harness.roles import RoleProcess
 from harness.schemas import validate
-from sim.run_all import Component
 
-StartController = Callable[..., Component]
-
-
-@pytest.fixture
-def controller_id() -> str:
-    return f"ctl-{uuid.uuid4().hex[:8]}"
+StartController = Callable[..., RoleProcess]
 
 
 @pytest.fixture
-def run_controller(broker, mqtt_client) -> Iterator[StartController]:
-    """``run_controller(controller_id, env, *args)``: start ``python -m sim.controller``.
+def controller_id(unique_id) -> str:
+    return unique_id("ctl")
+
+
+@pytest.fixture
+def run_controller(broker, sim_program, mqtt_client) -> Iterator[StartController]:
+    """``run_controller(controller_id, *args, protocol="5")``: a ready ``python -m sim.controller``.
 
     Afterwards every controller is stopped, then its session is removed from the
     shared broker (connecting with clean start discards a persistent session).
+    The controllers must be gone first: a running one would take its client id back.
+    (``broker`` is asked for here so that it is still there for that clean-up.)
     """
-    started: list[Component] = []
-    ids: set[str] = set()
+    started: list[tuple[str, RoleProcess]] = []
 
-    def start(cid: str, env: dict[str, str], *args: str, name: str = "controller") -> Component:
-        component = Component(name, "sim.controller", ["--client-id", cid, *args], env=env)
-        started.append(component.start())
-        ids.add(cid)
-        return component
+    def start(cid: str, *args: str, protocol: str = "5", name: str = "controller") -> RoleProcess:
+        program = sim_program(
+            "sim.controller", "--client-id", cid, *args, protocol=protocol, name=name
+        )
+        started.append((cid, program))
+        return program
 
     yield start
-    for component in started:
-        component.stop()
-    for cid in ids:
+    for _, program in started:
+        program.stop()
+    for cid in {cid for cid, _ in started}:
         mqtt_client(cid, clean_start=True)
 
 
@@ -76,14 +77,29 @@ def commands(client: RecordingClient, topic_root: str) -> list[tuple[str, str]]:
     return [(m.topic, m.json()["command"]) for m in client.received(f"{topic_root}/commands/#")]
 
 
+def assert_clear_gives_only_a_start(
+    watch: RecordingClient, topic_root: str, controller_id: str, why: str
+) -> None:
+    """Clear the press temperature alarm: the conveyor's start must be the only command seen."""
+    watch.publish(
+        f"{topic_root}/alarms/press/temperature",
+        alarm("press", "temperature", "cleared", 70.0),
+        qos=1,
+    )
+    conveyor = f"{topic_root}/commands/{controller_id}/conveyor"
+    watch.wait_for_message(conveyor)
+    watch.sync()  # any earlier command, such as a stop, would have arrived by now
+    assert commands(watch, topic_root) == [(conveyor, "start")], why
+
+
 def test_raised_alarm_stops_target_and_cleared_alarm_starts_it(
-    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id
+    topic_root, mqtt_client, run_controller, controller_id
 ):
     watch = watcher(mqtt_client, topic_root)
-    controller = run_controller(
-        controller_id, broker_env(broker, topic_root), "--log-format", "json"
+    controller = run_controller(controller_id, "--log-format", "json")
+    assert f"ready {controller_id}" in controller.output().splitlines(), (
+        f"the ready line names the controller's client id:\n{controller.output()}"
     )
-    assert controller.wait_ready() == controller_id
     command_topic = f"{topic_root}/commands/{controller_id}/conveyor"
     events_topic = f"{topic_root}/events/{controller_id}"
     alarm_topic = f"{topic_root}/alarms/press/temperature"
@@ -98,7 +114,10 @@ def test_raised_alarm_stops_target_and_cleared_alarm_starts_it(
     assert payload["issued_by"] == controller_id
     decision = validate("decision", watch.wait_for_message(events_topic).payload)
     assert decision["trigger"] == {
-        "topic": alarm_topic, "device_id": "press", "sensor": "temperature", "state": "raised"
+        "topic": alarm_topic,
+        "device_id": "press",
+        "sensor": "temperature",
+        "state": "raised",
     }
     assert decision["action"] == {"device_id": "conveyor", "command": "stop"}
     assert decision["controller_id"] == controller_id
@@ -110,38 +129,42 @@ def test_raised_alarm_stops_target_and_cleared_alarm_starts_it(
     assert second["action"]["command"] == "start" and second["trigger"]["state"] == "cleared"
 
     # Every decision is also in the log, as JSON lines with --log-format json.
-    logged = controller.wait_for_line(r'"decision"', stream="stderr")
+    logged = controller.wait_for_output(r'"decision"')
     entry = json.loads(logged)
     assert entry["decision"]["action"] == {"device_id": "conveyor", "command": "stop"}
 
 
 def test_rules_hold_a_target_until_every_alarm_has_cleared(
-    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id
+    topic_root, mqtt_client, run_controller, controller_id
 ):
     watch = watcher(mqtt_client, topic_root)
     controller = run_controller(
-        controller_id, broker_env(broker, topic_root),
-        "--rule", "press/temperature=packer", "--rule", "oven/temperature=packer",
+        controller_id, "--rule", "press/temperature=packer", "--rule", "oven/temperature=packer"
     )
-    controller.wait_ready()
     packer = f"{topic_root}/commands/{controller_id}/packer"
 
     # An alarm no rule mentions changes nothing...
-    watch.publish(f"{topic_root}/alarms/press/vibration", alarm("press", "vibration", "raised", 9), 1)
+    watch.publish(
+        f"{topic_root}/alarms/press/vibration", alarm("press", "vibration", "raised", 9), 1
+    )
     # ...each rule's alarm stops the packer...
-    watch.publish(f"{topic_root}/alarms/press/temperature",
-                  alarm("press", "temperature", "raised", 99), 1)
-    watch.publish(f"{topic_root}/alarms/oven/temperature",
-                  alarm("oven", "temperature", "raised", 260), 1)
+    watch.publish(
+        f"{topic_root}/alarms/press/temperature", alarm("press", "temperature", "raised", 99), 1
+    )
+    watch.publish(
+        f"{topic_root}/alarms/oven/temperature", alarm("oven", "temperature", "raised", 260), 1
+    )
     # ...and it restarts only when the last of them clears.
-    watch.publish(f"{topic_root}/alarms/press/temperature",
-                  alarm("press", "temperature", "cleared", 80), 1)
-    watch.publish(f"{topic_root}/alarms/oven/temperature",
-                  alarm("oven", "temperature", "cleared", 200), 1)
+    watch.publish(
+        f"{topic_root}/alarms/press/temperature", alarm("press", "temperature", "cleared", 80), 1
+    )
+    watch.publish(
+        f"{topic_root}/alarms/oven/temperature", alarm("oven", "temperature", "cleared", 200), 1
+    )
 
     watch.wait_for_messages(3, packer)
     watch.sync()
-    controller.wait_for_line("stays stopped: still raised: oven/temperature", stream="stderr")
+    controller.wait_for_output("stays stopped: still raised: oven/temperature")
     assert commands(watch, topic_root) == [(packer, "stop"), (packer, "stop"), (packer, "start")], (
         "expected stop (press), stop (oven), then start only after both cleared; "
         "the vibration alarm matches no rule"
@@ -150,69 +173,65 @@ def test_rules_hold_a_target_until_every_alarm_has_cleared(
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_persistent_session_acts_on_alarms_queued_while_offline(
-    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id, protocol
+    topic_root, mqtt_client, run_controller, controller_id, protocol
 ):
-    env = broker_env(broker, topic_root, protocol)
     watch = watcher(mqtt_client, topic_root)
-    first = run_controller(controller_id, env, "--session", "persistent")
-    first.wait_ready()
-    assert first.stop() == 0, first.describe("should exit 0 on SIGTERM")
+    first = run_controller(controller_id, "--session", "persistent", protocol=protocol)
+    assert first.stop() == 0, first.describe_failure("should exit 0 on SIGTERM")
 
     # The controller is offline; its session (and subscription) lives on in the broker.
-    watch.publish(f"{topic_root}/alarms/press/temperature",
-                  alarm("press", "temperature", "raised", 98.0), qos=1)
+    watch.publish(
+        f"{topic_root}/alarms/press/temperature",
+        alarm("press", "temperature", "raised", 98.0),
+        qos=1,
+    )
 
-    second = run_controller(controller_id, env, "--session", "persistent", name="again")
-    second.wait_ready()
+    second = run_controller(
+        controller_id, "--session", "persistent", protocol=protocol, name="again"
+    )
     stop = watch.wait_for_message(f"{topic_root}/commands/{controller_id}/conveyor", timeout=10)
     assert stop.json()["command"] == "stop", (
         "the alarm raised while the controller was offline was queued in its persistent "
         "session (QoS 1) and delivered at reconnect; the controller should have acted on it"
     )
-    second.wait_for_line("the broker resumed the previous one", stream="stderr")
+    second.wait_for_output("the broker resumed the previous one")
 
 
 def test_clean_session_loses_alarms_published_while_offline(
-    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id
+    topic_root, mqtt_client, run_controller, controller_id
 ):
-    env = broker_env(broker, topic_root)
     watch = watcher(mqtt_client, topic_root)
-    first = run_controller(controller_id, env, "--session", "clean")
-    first.wait_ready()
+    first = run_controller(controller_id, "--session", "clean")
     first.stop()
     alarm_topic = f"{topic_root}/alarms/press/temperature"
     watch.publish(alarm_topic, alarm("press", "temperature", "raised", 98.0), qos=1)
 
-    second = run_controller(controller_id, env, "--session", "clean", name="again")
-    second.wait_ready()
-    watch.publish(alarm_topic, alarm("press", "temperature", "cleared", 70.0), qos=1)
-    conveyor = f"{topic_root}/commands/{controller_id}/conveyor"
-    watch.wait_for_message(conveyor)
-    watch.sync()
-    assert commands(watch, topic_root) == [(conveyor, "start")], (
+    run_controller(controller_id, "--session", "clean", name="again")
+    assert_clear_gives_only_a_start(
+        watch,
+        topic_root,
+        controller_id,
         "with a clean session nothing was queued while the controller was offline: the "
-        "'raised' alarm is lost and only the later 'cleared' is acted on"
+        "'raised' alarm is lost and only the later 'cleared' is acted on",
     )
 
 
 def test_retained_alarm_is_stale_and_ignored(
-    broker, broker_env, topic_root, mqtt_client, run_controller, controller_id
+    topic_root, mqtt_client, run_controller, controller_id
 ):
     watch = watcher(mqtt_client, topic_root)
     alarm_topic = f"{topic_root}/alarms/press/temperature"
     # Someone wrongly retained an alarm; every new subscriber would get it at once.
     watch.publish(alarm_topic, alarm("press", "temperature", "raised", 99.0), qos=1, retain=True)
     try:
-        controller = run_controller(controller_id, broker_env(broker, topic_root))
-        controller.wait_ready()
-        controller.wait_for_line("ignoring the retained message", stream="stderr")
-        watch.publish(alarm_topic, alarm("press", "temperature", "cleared", 70.0), qos=1)
-        conveyor = f"{topic_root}/commands/{controller_id}/conveyor"
-        watch.wait_for_message(conveyor)
-        watch.sync()
-        assert commands(watch, topic_root) == [(conveyor, "start")], (
+        controller = run_controller(controller_id)
+        controller.wait_for_output("ignoring the retained message")
+        assert_clear_gives_only_a_start(
+            watch,
+            topic_root,
+            controller_id,
             "the retained 'raised' alarm is history, not news: the controller must not stop "
-            "the conveyor for it, only react to the live 'cleared'"
+            "the conveyor for it, only react to the live 'cleared'",
         )
     finally:
         watch.publish(alarm_topic, b"", qos=1, retain=True)  # remove the retained alarm

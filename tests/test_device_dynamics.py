@@ -89,7 +89,7 @@ def test_healthy_readings_stay_within_noise_and_drift_and_inside_limits(kind: st
         for name, reading in machine.step(5.0).items():
             sensor = spec.sensor(name)
             target = machine.target(name)
-            bound = CLIP_SIGMAS * (sensor.drift + sensor.noise) + 10 ** -sensor.decimals
+            bound = CLIP_SIGMAS * (sensor.drift + sensor.noise) + 10**-sensor.decimals
             assert abs(reading.value - target) <= bound, (
                 f"{kind} {name} read {reading.value} {reading.unit} at steady state; the target is "
                 f"{target}, and drift + noise are clipped at 3 sigma, so it must stay within "
@@ -250,7 +250,8 @@ def test_anomaly_excursions_are_seen_whatever_the_step(kind: str, dt: float) -> 
         if excursion.end > machine.plant_time:
             continue
         seen = [
-            (t0, t1) for t0, t1, bad in steps
+            (t0, t1)
+            for t0, t1, bad in steps
             if t0 < excursion.end and t1 >= excursion.start and excursion.sensor in bad
         ]
         assert seen, (
@@ -330,8 +331,9 @@ def test_accepted_command_republishes_state_with_reason() -> None:
     assert len(out) == 1 and out[0].payload["state"] == "stopped"
     assert out[0].payload["reason"] == "manual"
     assert out[0].payload["counters"]["commands_accepted"] == 1
-    out = core.handle(commands_topic(core, "controller"),
-                      b'{"command": "set", "setpoint": "speed", "value": 0.8}')
+    out = core.handle(
+        commands_topic(core, "controller"), b'{"command": "set", "setpoint": "speed", "value": 0.8}'
+    )
     assert out[0].payload["setpoints"] == {"speed": 0.8}
     assert out[0].payload["reason"] == "set speed=0.8 from controller", (
         "without a reason, the state says what was done and who sent it (from the topic)"

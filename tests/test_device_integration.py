@@ -11,145 +11,68 @@ flags are checked as the contract states them. Devices run with a high
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from harness.client import ReceivedMessage, RecordingClient
+from harness.roles import RoleProcess
 from harness.schemas import validate_message
 from sim.device import CRASH_EXIT_CODE
 from sim.machines import Machine, kind_spec
 from sim.topics import Topics
 
-PROJECT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT = 15.0
-
-
-class DeviceProcess:
-    """One ``python -m sim.device`` child process.
-
-    stdout is read line by line by a thread (the ready line), stderr goes to a
-    file whose tail is quoted in failure messages. :meth:`stop` always ends the
-    process: SIGTERM, wait, then SIGKILL.
-    """
-
-    def __init__(self, kind: str, device_id: str, args: list[str], env: dict[str, str],
-                 log_path: Path) -> None:
-        self.kind = kind
-        self.device_id = device_id
-        self.command = [sys.executable, "-m", "sim.device", "--device", kind,
-                        "--device-id", device_id, *args]
-        self.env = env
-        self.log_path = log_path
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self, timeout: float = READY_TIMEOUT) -> DeviceProcess:
-        """Start and wait for ``ready <device_id>`` on stdout."""
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
-                self.command, cwd=PROJECT, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=log, text=True,
-            )
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"{self.device_id} printed no 'ready {self.device_id}' line within {timeout}s"
-                    f"\n{self.describe()}"
-                ) from None
-            if line is None:
-                raise AssertionError(
-                    f"{self.device_id} exited before it was ready\n{self.describe()}"
-                )
-            if line.strip() == f"ready {self.device_id}":
-                return self
-
-    def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait(self, timeout: float) -> int:
-        """The exit status, once the process has ended by itself."""
-        assert self.process is not None
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"{self.device_id} was still running after {timeout}s\n{self.describe()}"
-            ) from None
-
-    def terminate(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        if process.stdout is not None:
-            process.stdout.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def describe(self) -> str:
-        code = self.process.poll() if self.process else None
-        tail = "\n".join("    " + line for line in self.log().splitlines()[-15:])
-        return (f"  command: {' '.join(self.command)}\n  exit status: {code}\n"
-                f"  its stderr (last lines):\n{tail or '    (nothing)'}")
-
 
 @pytest.fixture
 def start_device(
-    broker: Any, topic_root: str, broker_env: Callable[..., dict[str, str]], tmp_path: Path
-) -> Iterator[Callable[..., DeviceProcess]]:
-    """``start_device("press", "--anomaly")``: a running device on the test's broker and root.
+    sim_program: Callable[..., RoleProcess], unique_id: Callable[[str], str]
+) -> Callable[..., RoleProcess]:
+    """``start_device("press", "--anomaly")``: a ready device on the test's broker and root.
+
+    Its device id, unique to the test (``press-1a2b3c4d``), is the process's ``name``.
 
     :param protocol: ``"5"`` or ``"3.1.1"`` (through ``VF_MQTT_PROTOCOL``).
     :param on_broker: another broker than the shared one (from ``broker_factory``).
     Every device is stopped when the test ends, whatever happened.
     """
-    started: list[DeviceProcess] = []
 
-    def start(kind: str, *args: str, protocol: str = "5", on_broker: Any = None) -> DeviceProcess:
-        device_id = f"{kind}-{uuid.uuid4().hex[:6]}"
-        env = broker_env(on_broker or broker, topic_root, protocol)
-        device = DeviceProcess(kind, device_id, list(args), env,
-                               tmp_path / f"{device_id}.stderr.log")
-        started.append(device)
-        return device.start()
+    def start(kind: str, *args: str, protocol: str = "5", on_broker: Any = None) -> RoleProcess:
+        device_id = unique_id(kind)
+        return sim_program(
+            "sim.device",
+            "--device",
+            kind,
+            "--device-id",
+            device_id,
+            *args,
+            broker=on_broker,
+            protocol=protocol,
+            name=device_id,
+        )
 
-    yield start
-    for device in started:
-        device.stop()
+    return start
 
 
 @pytest.fixture
 def topics(topic_root: str) -> Topics:
     return Topics(topic_root)
+
+
+@pytest.fixture
+def status_watcher(mqtt_client: Callable[..., RecordingClient], topics: Topics) -> RecordingClient:
+    """A client subscribed to every device's status before the test starts any device."""
+    watcher = mqtt_client()
+    watcher.subscribe(f"{topics.root}/status/#", qos=1)
+    return watcher
+
+
+def retained_now(mqtt_client: Callable[..., RecordingClient], topic: str) -> ReceivedMessage:
+    """What a subscriber arriving now gets first on ``topic``: the broker's retained message."""
+    late = mqtt_client()
+    late.subscribe(topic, qos=1)
+    return late.wait_for_message(topic)
 
 
 def payloads(messages: list[ReceivedMessage], root: str) -> list[dict[str, Any]]:
@@ -173,20 +96,32 @@ def on(topic: str, **fields: Any) -> Callable[[ReceivedMessage], bool]:
 # -- command line ------------------------------------------------------------------------
 
 
-def test_help_lists_the_flags() -> None:
-    result = subprocess.run([sys.executable, "-m", "sim.device", "--help"], cwd=PROJECT,
-                            capture_output=True, text=True, timeout=30)
+def test_help_lists_the_flags(run_program: Callable[..., Any], nowhere: Any) -> None:
+    result = run_program("sim.device", "--help", broker=nowhere)
     assert result.returncode == 0, result.stderr
-    for flag in ("--device", "--device-id", "--client-id", "--seed", "--time-scale", "--rate",
-                 "--duration", "--crash-after", "--anomaly", "--log-format", "--host", "--port",
-                 "--topic-root"):
+    for flag in (
+        "--device",
+        "--device-id",
+        "--client-id",
+        "--seed",
+        "--time-scale",
+        "--rate",
+        "--duration",
+        "--crash-after",
+        "--anomaly",
+        "--log-format",
+        "--host",
+        "--port",
+        "--topic-root",
+    ):
         assert flag in result.stdout, f"`python -m sim.device --help` does not mention {flag}"
 
 
-def test_bad_device_id_is_refused_before_connecting() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "sim.device", "--device", "press", "--device-id", "press/1"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=30,
+def test_bad_device_id_is_refused_before_connecting(
+    run_program: Callable[..., Any], nowhere: Any
+) -> None:
+    result = run_program(
+        "sim.device", "--device", "press", "--device-id", "press/1", broker=nowhere
     )
     assert result.returncode == 2 and "not a valid device id" in result.stderr, result.stderr
 
@@ -195,15 +130,16 @@ def test_bad_device_id_is_refused_before_connecting() -> None:
 
 
 def test_ready_device_has_retained_online_status_and_state(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
+    start_device: Callable[..., RoleProcess],
+    mqtt_client: Callable[..., RecordingClient],
     topics: Topics,
 ) -> None:
     device = start_device("press")
     late = mqtt_client()  # subscribes only now: what it gets was retained by the broker
-    late.subscribe(topics.status(device.device_id), qos=1)
-    late.subscribe(topics.state(device.device_id), qos=1)
-    status = late.wait_for_message(topics.status(device.device_id))
-    state = late.wait_for_message(topics.state(device.device_id))
+    late.subscribe(topics.status(device.name), qos=1)
+    late.subscribe(topics.state(device.name), qos=1)
+    status = late.wait_for_message(topics.status(device.name))
+    state = late.wait_for_message(topics.state(device.name))
     assert status.retain and state.retain, (
         "a subscriber that arrives after the device printed 'ready' must get its status and "
         f"state from the broker's retained store; got {status.describe()} / {state.describe()}"
@@ -215,7 +151,8 @@ def test_ready_device_has_retained_online_status_and_state(
 
 
 def test_telemetry_is_qos0_not_retained_and_plausible(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
+    start_device: Callable[..., RoleProcess],
+    mqtt_client: Callable[..., RecordingClient],
     topics: Topics,
 ) -> None:
     watcher = mqtt_client()
@@ -232,7 +169,7 @@ def test_telemetry_is_qos0_not_retained_and_plausible(
         )
         assert not message.retain, f"telemetry must not be retained: {message.describe()}"
         sensor = spec.sensor(data["sensor"])
-        assert message.topic == topics.telemetry(device.device_id, sensor.name)
+        assert message.topic == topics.telemetry(device.name, sensor.name)
         assert data["unit"] == sensor.unit
         assert sensor.low is None and sensor.high is not None, "conveyor limits changed?"
         assert data["value"] <= sensor.high, (
@@ -245,8 +182,10 @@ def test_telemetry_is_qos0_not_retained_and_plausible(
 
 
 def test_device_publishes_what_the_seeded_model_computes(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
-    topics: Topics, lab_seed: int,
+    start_device: Callable[..., RoleProcess],
+    mqtt_client: Callable[..., RecordingClient],
+    topics: Topics,
+    lab_seed: int,
 ) -> None:
     """Same seed, same time scale and rate: the values are the model's, reading for reading."""
     watcher = mqtt_client()
@@ -269,23 +208,27 @@ def test_device_publishes_what_the_seeded_model_computes(
 
 
 def test_anomaly_raises_then_clears_an_alarm_at_qos1(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
-    topics: Topics, lab_seed: int,
+    start_device: Callable[..., RoleProcess],
+    mqtt_client: Callable[..., RecordingClient],
+    topics: Topics,
+    lab_seed: int,
 ) -> None:
     watcher = mqtt_client()
     watcher.subscribe(f"{topics.root}/alarms/#", qos=2)
     watcher.subscribe(f"{topics.root}/state/#", qos=1)
-    device = start_device("conveyor", "--anomaly", "--seed", str(lab_seed),
-                          "--time-scale", "60", "--rate", "10")
+    device = start_device(
+        "conveyor", "--anomaly", "--seed", str(lab_seed), "--time-scale", "60", "--rate", "10"
+    )
     raised, cleared = watcher.wait_for_messages(2, f"{topics.root}/alarms/#", timeout=10)
     first, second = payloads([raised, cleared], topics.root)
     assert (first["state"], second["state"]) == ("raised", "cleared"), (
         f"one excursion gives one 'raised' then one 'cleared': {first} / {second}"
     )
-    assert first["sensor"] == second["sensor"] == Machine(
-        "conveyor", seed=lab_seed, anomaly=True).excursion.sensor, (
-        "the first excursion's sensor is fixed by the seed"
-    )
+    assert (
+        first["sensor"]
+        == second["sensor"]
+        == Machine("conveyor", seed=lab_seed, anomaly=True).excursion.sensor
+    ), "the first excursion's sensor is fixed by the seed"
     sensor = kind_spec("conveyor").sensor(first["sensor"])
     assert first["value"] > sensor.high, f"raised at {first['value']}, inside the limit?"
     assert second["value"] <= sensor.high - sensor.hysteresis
@@ -294,10 +237,11 @@ def test_anomaly_raises_then_clears_an_alarm_at_qos1(
             f"alarms are published at QoS 1, not retained (subscribed at QoS 2): "
             f"{message.describe()}"
         )
-        assert message.topic == topics.alarm(device.device_id, sensor.name)
+        assert message.topic == topics.alarm(device.name, sensor.name)
     watcher.wait_for_message(
-        lambda m: m.topic == topics.state(device.device_id)
-        and m.json()["counters"]["alarms_raised"] >= 1,
+        lambda m: (
+            m.topic == topics.state(device.name) and m.json()["counters"]["alarms_raised"] >= 1
+        ),
         timeout=5,
     )
 
@@ -306,15 +250,16 @@ def test_anomaly_raises_then_clears_an_alarm_at_qos1(
 
 
 def test_commands_change_the_retained_state(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
+    start_device: Callable[..., RoleProcess],
+    mqtt_client: Callable[..., RecordingClient],
     topics: Topics,
 ) -> None:
     device = start_device("packer", "--time-scale", "60", "--rate", "10")
-    state_topic = topics.state(device.device_id)
+    state_topic = topics.state(device.name)
     watcher = mqtt_client()
     watcher.subscribe(state_topic, qos=1)
     dashboard = mqtt_client()
-    command_topic = topics.command("dashboard", device.device_id)
+    command_topic = topics.command("dashboard", device.name)
 
     dashboard.publish(command_topic, {"command": "stop", "reason": "manual"}, qos=1)
     watcher.wait_for_message(on(state_topic, state="stopped", reason="manual"))
@@ -324,9 +269,7 @@ def test_commands_change_the_retained_state(
     watcher.wait_for_message(on(state_topic, state="running", reason="start from operator-7"))
     payloads(watcher.received(state_topic), topics.root)
 
-    late = mqtt_client()
-    late.subscribe(state_topic, qos=1)
-    retained = late.wait_for_message(state_topic)
+    retained = retained_now(mqtt_client, state_topic)
     data = validate_message(retained.topic, retained.payload, root=topics.root)
     assert retained.retain and data["state"] == "running" and data["setpoints"] == {"rate": 75}, (
         f"the retained state must be the latest: {retained.describe()}"
@@ -336,17 +279,18 @@ def test_commands_change_the_retained_state(
 
 
 def test_malformed_command_gives_error_event_and_device_keeps_running(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
+    start_device: Callable[..., RoleProcess],
+    mqtt_client: Callable[..., RecordingClient],
     topics: Topics,
 ) -> None:
     device = start_device("oven", "--time-scale", "60", "--rate", "10")
-    events = topics.events(device.device_id)
-    telemetry = topics.telemetry(device.device_id, "temperature")
+    events = topics.events(device.name)
+    telemetry = topics.telemetry(device.name, "temperature")
     watcher = mqtt_client()
     watcher.subscribe(events, qos=1)
     watcher.subscribe(telemetry, qos=0)
     sender = mqtt_client()
-    command_topic = topics.command("dashboard", device.device_id)
+    command_topic = topics.command("dashboard", device.name)
     bad = {
         b"\xff\xfe not json": "not UTF-8",
         b'{"command": "launch"}': "unknown command",
@@ -364,19 +308,21 @@ def test_malformed_command_gives_error_event_and_device_keeps_running(
         assert data["received"] == payload.decode("utf-8", "replace")
     so_far = len(watcher.received(telemetry))
     watcher.wait_for_messages(so_far + 3, telemetry, timeout=5)  # the oven still reports
-    assert device.process is not None and device.process.poll() is None, device.describe()
+    assert device.is_running(), device.describe_failure("should survive malformed commands")
 
 
 @pytest.mark.broker_needs("restart")
 def test_device_comes_back_after_a_broker_restart(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
-    broker_factory: Callable[..., Any], topics: Topics,
+    start_device: Callable[..., RoleProcess],
+    mqtt_client: Callable[..., RecordingClient],
+    broker_factory: Callable[..., Any],
+    topics: Topics,
 ) -> None:
     """The broker forgets everything (no persistence): the device must re-announce itself."""
     own = broker_factory("open")
     device = start_device("conveyor", "--time-scale", "60", "--rate", "10", on_broker=own)
     own.restart()
-    status_topic, state_topic = topics.status(device.device_id), topics.state(device.device_id)
+    status_topic, state_topic = topics.status(device.name), topics.state(device.name)
     watcher = mqtt_client(broker=own)
     watcher.subscribe(status_topic, qos=1)
     watcher.subscribe(state_topic, qos=1)
@@ -389,10 +335,11 @@ def test_device_comes_back_after_a_broker_restart(
     status = late.wait_for_message(status_topic)
     assert status.retain and status.json()["status"] == "online", (
         "after a broker restart without persistence, the retained status is gone until the "
-        f"device reconnects and publishes it again; got {status.describe()}\n{device.describe()}"
+        f"device reconnects and publishes it again; got {status.describe()}\n"
+        + device.describe_failure("did not announce itself again")
     )
     assert late.wait_for_message(state_topic).retain, "the state must be retained again too"
-    late.publish(topics.command("dashboard", device.device_id), {"command": "stop"}, qos=1)
+    late.publish(topics.command("dashboard", device.name), {"command": "stop"}, qos=1)
     late.wait_for_message(on(state_topic, state="stopped"), timeout=5)
 
 
@@ -401,23 +348,22 @@ def test_device_comes_back_after_a_broker_restart(
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_crash_makes_the_broker_publish_the_last_will(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
-    topics: Topics, protocol: str,
+    start_device: Callable[..., RoleProcess],
+    status_watcher: RecordingClient,
+    mqtt_client: Callable[..., RecordingClient],
+    topics: Topics,
+    protocol: str,
 ) -> None:
-    watcher = mqtt_client()
-    watcher.subscribe(f"{topics.root}/status/#", qos=1)
     device = start_device("environment", "--crash-after", "0.3", protocol=protocol)
-    status = topics.status(device.device_id)
-    will = watcher.wait_for_message(on(status, status="offline"), timeout=10)
+    status = topics.status(device.name)
+    will = status_watcher.wait_for_message(on(status, status="offline"), timeout=10)
     data = validate_message(will.topic, will.payload, root=topics.root)
     assert data["reason"] == "last-will", (
         f"the device vanished without DISCONNECT, so the offline status must be its Last Will, "
-        f"not {data}\n{device.describe()}"
+        f"not {data}\n" + device.describe_failure("crashed with --crash-after")
     )
-    assert device.wait(10) == CRASH_EXIT_CODE
-    late = mqtt_client()
-    late.subscribe(status, qos=1)
-    retained = late.wait_for_message(status)
+    assert device.wait_exit(10) == CRASH_EXIT_CODE
+    retained = retained_now(mqtt_client, status)
     assert retained.retain and retained.json()["reason"] == "last-will", (
         f"the will is retained, so a late dashboard sees the device offline: {retained.describe()}"
     )
@@ -425,37 +371,40 @@ def test_crash_makes_the_broker_publish_the_last_will(
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_sigterm_publishes_offline_and_exits_zero(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
-    topics: Topics, protocol: str,
+    start_device: Callable[..., RoleProcess],
+    status_watcher: RecordingClient,
+    mqtt_client: Callable[..., RecordingClient],
+    topics: Topics,
+    protocol: str,
 ) -> None:
-    watcher = mqtt_client()
-    watcher.subscribe(f"{topics.root}/status/#", qos=1)
     device = start_device("robot_arm", "--rate", "5", protocol=protocol)
-    device.terminate()
-    assert device.wait(10) == 0, f"SIGTERM must end the device cleanly\n{device.describe()}"
-    status = topics.status(device.device_id)
-    offline = watcher.wait_for_message(on(status, status="offline"), timeout=5)
+    device.signal(signal.SIGTERM)
+    assert device.wait_exit(10) == 0, device.describe_failure("must exit 0 on SIGTERM")
+    status = topics.status(device.name)
+    offline = status_watcher.wait_for_message(on(status, status="offline"), timeout=5)
     data = validate_message(offline.topic, offline.payload, root=topics.root)
     assert data["reason"] == "shutdown", f"a clean stop announces itself: {data}"
-    watcher.assert_nothing_received(
+    status_watcher.assert_nothing_received(
         on(status, reason="last-will"),
         why="after a clean DISCONNECT the broker discards the Last Will",
     )
-    late = mqtt_client()
-    late.subscribe(status, qos=1)
-    assert late.wait_for_message(status).json()["reason"] == "shutdown"
+    assert retained_now(mqtt_client, status).json()["reason"] == "shutdown"
 
 
 def test_duration_ends_the_run_gracefully(
-    start_device: Callable[..., DeviceProcess], mqtt_client: Callable[..., RecordingClient],
+    start_device: Callable[..., RoleProcess],
+    status_watcher: RecordingClient,
+    mqtt_client: Callable[..., RecordingClient],
     topics: Topics,
 ) -> None:
-    watcher = mqtt_client()
-    watcher.subscribe(f"{topics.root}/status/#", qos=1)
     device = start_device("press", "--duration", "0.5", "--log-format", "json")
-    assert device.wait(10) == 0, device.describe()
-    watcher.wait_for_message(on(topics.status(device.device_id), reason="shutdown"), timeout=5)
-    log_lines = [line for line in device.log().splitlines() if line.strip()]
-    entries = [json.loads(line) for line in log_lines]  # --log-format json: one object a line
+    assert device.wait_exit(10) == 0, device.describe_failure("should stop after --duration")
+    status_watcher.wait_for_message(on(topics.status(device.name), reason="shutdown"), timeout=5)
+    # stdout has the ready line; with --log-format json every other line is a JSON object.
+    log_lines = [
+        line
+        for line in device.output().splitlines()
+        if line.strip() and line != f"ready {device.name}"
+    ]
+    entries = [json.loads(line) for line in log_lines]
     assert any("--duration" in e["message"] for e in entries), log_lines
-    assert os.path.getsize(device.log_path) > 0

@@ -12,10 +12,11 @@ need no engine: they check how the backend is chosen and configured.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +86,11 @@ def docker_engine() -> None:
 
 
 @pytest.fixture
-def start_broker(docker_engine: None) -> Iterator[Callable[..., DockerMosquitto]]:
+def start_broker(
+    docker_engine: None, direct_broker: Callable[..., Any]
+) -> Callable[..., DockerMosquitto]:
     """``start_broker(variant, **options)``: a running container, removed after the test."""
-    brokers: list[DockerMosquitto] = []
-
-    def start(variant: str = "open", **options: Any) -> DockerMosquitto:
-        broker = DockerMosquitto(variant, **options)
-        brokers.append(broker)
-        broker.start()
-        return broker
-
-    yield start
-    for broker in brokers:
-        broker.close()
+    return functools.partial(direct_broker, DockerMosquitto)
 
 
 def _client(broker: DockerMosquitto, name: str) -> RecordingClient:

@@ -19,6 +19,7 @@ keeps the leftover checks exact under ``pytest -n 2``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -181,7 +182,9 @@ def alive(pids: list[int]) -> dict[int, str]:
     return running
 
 
-def wait_for_file(path: Path, process: subprocess.Popen[bytes], output: Path, timeout: float) -> str:
+def wait_for_file(
+    path: Path, process: subprocess.Popen[bytes], output: Path, timeout: float
+) -> str:
     """Poll for a file the child writes once its brokers run; fail early if the child exits."""
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -228,19 +231,9 @@ def child_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-def local_mosquitto() -> Iterator[Callable[..., LocalMosquitto]]:
+def local_mosquitto(direct_broker: Callable[..., LocalMosquitto]) -> Callable[..., LocalMosquitto]:
     """Start :class:`LocalMosquitto` brokers directly (no plugin); all are closed after the test."""
-    brokers: list[LocalMosquitto] = []
-
-    def start(variant: str = "open", **options: object) -> LocalMosquitto:
-        broker = LocalMosquitto(variant, **options)  # type: ignore[arg-type]
-        brokers.append(broker)
-        broker.start()
-        return broker
-
-    yield start
-    for broker in brokers:
-        broker.close()
+    return functools.partial(direct_broker, LocalMosquitto)
 
 
 @pytest.fixture
@@ -314,7 +307,12 @@ def test_without_mosquitto_and_docker_every_way_out_is_named(no_mosquitto):
     with pytest.raises(BrokerUnavailable) as caught:
         resolve_backend("auto")
     message = str(caught.value)
-    for way_out in ("apt-get install -y mosquitto", "brew install mosquitto", "start Docker", "--broker-url"):
+    for way_out in (
+        "apt-get install -y mosquitto",
+        "brew install mosquitto",
+        "start Docker",
+        "--broker-url",
+    ):
         assert way_out in message, f"the advice must mention {way_out!r}; it was:\n{message}"
 
 
@@ -344,7 +342,9 @@ def test_a_lesson_run_without_mosquitto_tells_the_student_what_to_do(
     tmp_path, child_tmp, backend, advice
 ):
     path = os.pathsep.join(
-        d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "mosquitto").exists()
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and not (Path(d) / "mosquitto").exists()
     )
     env = child_env(
         child_tmp, MQTT_LAB_MOSQUITTO="/nonexistent/mosquitto", PATH=path, DOCKER_HOST=NO_DOCKER
@@ -380,7 +380,9 @@ def test_a_taken_port_is_reported_with_the_brokers_own_words():
         with pytest.raises(BrokerStartError) as caught, broker:
             pass
     message = str(caught.value)
-    assert "Error: Address already in use" in message, f"the broker's log line is missing:\n{message}"
+    assert "Error: Address already in use" in message, (
+        f"the broker's log line is missing:\n{message}"
+    )
     assert f"port {port} is taken by another program" in message, message
     assert "let the harness pick a free port" in message, message
     assert not broker.is_running() and not broker.workdir.exists(), "a failed start leaves nothing"
@@ -508,7 +510,9 @@ def test_wait_for_log_finds_new_lines_and_explains_a_miss(local_mosquitto, mqtt_
     broker = local_mosquitto()
     mark = broker.log_mark()
     client = mqtt_client(broker=broker)
-    line = broker.wait_for_log(rf"New client connected .* as {re.escape(client.client_id)}", since=mark)
+    line = broker.wait_for_log(
+        rf"New client connected .* as {re.escape(client.client_id)}", since=mark
+    )
     assert client.client_id in line
     with pytest.raises(AssertionError, match=r"never logged a line matching 'no such line'.*\n.*"):
         broker.wait_for_log("no such line", timeout=0.2, since=mark)
@@ -733,12 +737,20 @@ def test_sync_proves_delivery_and_assert_nothing_received_uses_it(mqtt_client, t
 def test_help_lists_the_lab_options(tmp_path):
     run = run_pytest(["--help"], cwd=REPO, env=child_env(tmp_path), tmp_path=tmp_path, timeout=30)
     assert run.returncode == 0, run.explain()
-    for option in ("--broker-backend", "--broker-url", "--docker-image", "--docker-network", "--lab-seed"):
+    for option in (
+        "--broker-backend",
+        "--broker-url",
+        "--docker-image",
+        "--docker-network",
+        "--lab-seed",
+    ):
         assert option in run.output, f"`pytest --help` must list {option}; {run.explain()}"
 
 
 def test_markers_lists_lesson_and_broker_needs(tmp_path):
-    run = run_pytest(["--markers"], cwd=REPO, env=child_env(tmp_path), tmp_path=tmp_path, timeout=30)
+    run = run_pytest(
+        ["--markers"], cwd=REPO, env=child_env(tmp_path), tmp_path=tmp_path, timeout=30
+    )
     assert run.returncode == 0, run.explain()
     assert "@pytest.mark.lesson(number)" in run.output, run.explain()
     assert "@pytest.mark.broker_needs(*capabilities)" in run.output, run.explain()

@@ -10,15 +10,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.brokers.base import free_port
-from sim.run_all import DEVICE_KINDS, PROJECT_ROOT, Component
+from sim.run_all import DEVICE_KINDS
 
 STARTED = re.compile(r"^run_all: started (\S+) as pid (\d+)$")
 
@@ -59,12 +55,13 @@ def assert_all_gone(started: dict[str, tuple[int, str | None]]) -> None:
 
 
 @pytest.fixture
-def run_all() -> Iterator[list[Component]]:
-    """run_all processes started by a test; stopped (and so their children) afterwards."""
-    started: list[Component] = []
-    yield started
-    for component in started:
-        component.stop(timeout=15)
+def run_all(sim_program):
+    """``run_all(*args)``: a ready ``python -m sim.run_all``.
+
+    At the end of the test it has 15 s after SIGTERM to stop its children
+    before it is killed (which would leave them running).
+    """
+    return lambda *args: sim_program("sim.run_all", *args, ready_timeout=40, stop_timeout=15)
 
 
 pytestmark = pytest.mark.skipif(
@@ -72,19 +69,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_factory_starts_then_stops_cleanly_even_after_a_crash(
-    broker, broker_env, topic_root, mqtt_client, run_all
-):
+def test_factory_starts_then_stops_cleanly_even_after_a_crash(topic_root, mqtt_client, run_all):
     watch = mqtt_client()
     watch.subscribe(f"{topic_root}/status/+", qos=1)
-    factory = Component(
-        "run_all", "sim.run_all", ["--time-scale", "10", "--stop-timeout", "5"],
-        env=broker_env(broker, topic_root),
-    ).start()
-    run_all.append(factory)
-    assert factory.wait_ready(timeout=40) == "run_all"
+    factory = run_all("--time-scale", "10", "--stop-timeout", "5")
+    assert "ready run_all" in factory.output().splitlines(), factory.output()
 
-    pids = children(factory.lines("stderr"))
+    # Its own log lines start with "run_all: "; its children's are forwarded as "name | ...".
+    pids = children(factory.output().splitlines())
     assert set(pids) == {"observer", "controller", *DEVICE_KINDS}, (
         f"run_all should start the observer, the controller and one device per kind: {pids}"
     )
@@ -99,11 +91,11 @@ def test_factory_starts_then_stops_cleanly_even_after_a_crash(
 
     # A device crashes: run_all reports it and keeps the rest running.
     os.kill(pids["press"], signal.SIGKILL)
-    factory.wait_for_line(r"press \(pid \d+\) exited by itself", stream="stderr", timeout=10)
-    assert factory.is_running(), factory.describe("should survive the crash of one device")
+    factory.wait_for_output(r"press \(pid \d+\) exited by itself", timeout=10)
+    assert factory.is_running(), factory.describe_failure("should survive the crash of one device")
 
     factory.signal(signal.SIGTERM)
-    assert factory.wait(30) == 0, factory.describe("should exit 0 after SIGTERM")
+    assert factory.wait_exit(30) == 0, factory.describe_failure("should exit 0 after SIGTERM")
     assert_all_gone(started)
     for kind in DEVICE_KINDS:
         if kind == "press":
@@ -111,50 +103,40 @@ def test_factory_starts_then_stops_cleanly_even_after_a_crash(
         watch.wait_for_message(
             lambda m, k=kind: m.topic.endswith(f"/status/{k}") and m.json()["status"] == "offline"
         )
-    stopped = [line for line in factory.lines("stderr") if "stopped (status" in line]
+    stopped = [line for line in factory.output().splitlines() if "stopped (status" in line]
     order = [line.split()[1] for line in stopped]
     assert order.index("controller") > max(order.index(k) for k in DEVICE_KINDS if k != "press")
     assert order[-1] == "observer", f"devices stop first, the observer last: {order}"
 
 
-def test_ctrl_c_stops_everything(broker, broker_env, topic_root, run_all):
-    factory = Component(
-        "run_all", "sim.run_all", ["--devices", "conveyor,oven", "--no-observer"],
-        env=broker_env(broker, topic_root),
-    ).start()
-    run_all.append(factory)
-    factory.wait_ready(timeout=40)
-    pids = children(factory.lines("stderr"))
+def test_ctrl_c_stops_everything(run_all):
+    factory = run_all("--devices", "conveyor,oven", "--no-observer")
+    pids = children(factory.output().splitlines())
     assert set(pids) == {"controller", "conveyor", "oven"}
     started = {name: (pid, start_time(pid)) for name, pid in pids.items()}
     factory.signal(signal.SIGINT)
-    assert factory.wait(30) == 0, factory.describe("should exit 0 after Ctrl-C (SIGINT)")
-    assert_all_gone(started)
-
-
-def test_duration_ends_the_run(broker, broker_env, topic_root, run_all):
-    factory = Component(
-        "run_all", "sim.run_all", ["--devices", "press", "--no-observer", "--duration", "0.5"],
-        env=broker_env(broker, topic_root),
-    ).start()
-    run_all.append(factory)
-    factory.wait_ready(timeout=40)
-    started = {n: (p, start_time(p)) for n, p in children(factory.lines("stderr")).items()}
-    assert factory.wait(30) == 0, factory.describe("should stop by itself after --duration")
-    assert any("--duration" in line for line in factory.lines("stderr"))
-    assert_all_gone(started)
-
-
-def test_a_component_that_cannot_start_is_named_with_its_output(topic_root):
-    port = free_port()  # no broker here: the first programs cannot connect
-    env = dict(os.environ, VF_BROKER_HOST="127.0.0.1", VF_BROKER_PORT=str(port))
-    result = subprocess.run(
-        [sys.executable, "-m", "sim.run_all", "--topic-root", topic_root, "--ready-timeout", "20"],
-        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    assert factory.wait_exit(30) == 0, factory.describe_failure(
+        "should exit 0 after Ctrl-C (SIGINT)"
     )
+    assert_all_gone(started)
+
+
+def test_duration_ends_the_run(run_all):
+    factory = run_all("--devices", "press", "--no-observer", "--duration", "0.5")
+    started = {n: (p, start_time(p)) for n, p in children(factory.output().splitlines()).items()}
+    assert factory.wait_exit(30) == 0, factory.describe_failure(
+        "should stop by itself after --duration"
+    )
+    assert any(line.startswith("run_all: --duration") for line in factory.output().splitlines())
+    assert_all_gone(started)
+
+
+def test_a_component_that_cannot_start_is_named_with_its_output(nowhere, run_program):
+    # No broker there: the first programs cannot connect.
+    result = run_program("sim.run_all", "--ready-timeout", "20", broker=nowhere, timeout=60)
     assert result.returncode == 1, f"expected exit 1, got {result.returncode}\n{result.stderr}"
     assert "observer exited before printing its 'ready' line" in result.stderr, result.stderr
-    assert f"cannot reach the MQTT broker at 127.0.0.1:{port}" in result.stderr, (
+    assert f"cannot reach the MQTT broker at 127.0.0.1:{nowhere.port}" in result.stderr, (
         "the error should quote the failing program's own output"
     )
     pids = children(result.stderr.splitlines())

@@ -25,7 +25,9 @@ SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"
 @pytest.fixture
 def sleeper() -> Iterator[RoleProcess]:
     """A factory role that would run for two minutes; $LAB_MARKER on its command line."""
-    role = RoleProcess("device", "sleeper", [sys.executable, "-c", SLEEPER, os.environ["LAB_MARKER"]])
+    role = RoleProcess(
+        "device", "sleeper", [sys.executable, "-c", SLEEPER, os.environ["LAB_MARKER"]]
+    )
     with role:
         role.wait_for_output("^ready$")
         yield role

@@ -1,0 +1,197 @@
+"""Fixtures the tests in ``tests/`` share: the lab's programs as child processes, and brokers
+started directly.
+
+``broker``, ``broker_factory``, ``mqtt_client``, ``topic_root`` and ``broker_env`` come
+from :mod:`harness.plugin`, which the root ``conftest.py`` loads.
+
+=============================================  ===================================================
+``sim_program("sim.observer", "--json")``      a program running until the test ends; it printed
+                                               its ``ready <id>`` line (a ``RoleProcess``)
+``run_program("sim.cli", "pub", ...)``         a program run to its end (a ``CompletedProcess``)
+``nowhere``                                    an address where no broker listens
+``unique_id("observer")``                      ``observer-1a2b3c4d``: a client or device id no
+                                               other test uses
+``program_env(broker, topic_root, protocol)``  the ``VF_*`` environment the two above use
+``direct_broker(LocalMosquitto, "acl")``       a broker class started without the plugin's pool
+=============================================  ===================================================
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.brokers.base import Broker, free_port
+from harness.roles import RoleProcess
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: ``ready <id>`` alone on a line (see ``sim.runtime.print_ready``)
+READY_LINE = r"^ready \S+\s*$"
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a program is told the broker is; ``broker_env`` needs only these two."""
+
+    host: str
+    port: int
+
+
+@pytest.fixture
+def nowhere() -> Address:
+    """An address where nothing listens: a program pointed there must fail to connect.
+
+    Also the address for runs that need no broker (``--help``), so that they
+    cannot use one by accident.
+    """
+    return Address("127.0.0.1", free_port())
+
+
+@pytest.fixture
+def unique_id() -> Callable[[str], str]:
+    """``unique_id("observer")`` → ``observer-1a2b3c4d``.
+
+    Ids must differ between tests: two clients with one id on the shared
+    broker take the session from each other.
+    """
+    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def program_env(request: pytest.FixtureRequest) -> Callable[..., dict[str, str]]:
+    """``program_env(broker=None, topic_root=None, protocol="5")``: ``VF_*`` variables for a program.
+
+    By default the shared ``broker`` and the test's ``topic_root``, asked for
+    only when used, so a test that passes its own starts no shared broker.
+    A fixture that still needs the shared broker in its own teardown must ask
+    for ``broker`` itself: a fixture asked for late is torn down early.
+    """
+
+    def make(
+        broker: Broker | Address | None = None, topic_root: str | None = None, protocol: str = "5"
+    ) -> dict[str, str]:
+        return request.getfixturevalue("broker_env")(
+            broker if broker is not None else request.getfixturevalue("broker"),
+            topic_root if topic_root is not None else request.getfixturevalue("topic_root"),
+            protocol,
+        )
+
+    return make
+
+
+@pytest.fixture
+def sim_program(program_env: Callable[..., dict[str, str]]) -> Iterator[Callable[..., RoleProcess]]:
+    """Start ``python -m <module> <args>`` and (by default) wait for its ready line.
+
+    :param module: ``"sim.device"``, ``"sim.controller"``...
+    :param args: its command-line arguments.
+    :param broker: default: the shared ``broker`` (or a ``broker_factory`` one, or ``nowhere``).
+    :param topic_root: default: the test's ``topic_root``.
+    :param protocol: ``"5"`` or ``"3.1.1"`` (``VF_MQTT_PROTOCOL``).
+    :param wait_ready: return only once it printed ``ready <id>``.
+    :param name: what failure messages call it (default: the module's last part).
+    :param ready_timeout: seconds to wait for the ready line.
+    :param stop_timeout: seconds it has to exit after SIGTERM at teardown
+        before it is killed (``sim.run_all`` needs time to stop its children).
+
+    It is a :class:`harness.roles.RoleProcess`, the same as the lessons run a
+    solution's programs with: stdout and stderr go to one file, read with
+    ``output()`` or waited on with ``wait_for_output(regex)``; ``wait_exit``,
+    ``signal``, ``stop`` and ``describe_failure(what)`` for messages. Every
+    program still running at the end of the test is stopped (SIGTERM, then
+    SIGKILL) and its output file removed.
+
+    Example::
+
+        def test_observer_says_hello(sim_program):
+            observer = sim_program("sim.observer", "--count", "1")
+            assert observer.wait_exit(10) == 0, observer.describe_failure("did not stop")
+    """
+    started: list[tuple[RoleProcess, float]] = []
+
+    def start(
+        module: str,
+        *args: str,
+        broker: Broker | Address | None = None,
+        topic_root: str | None = None,
+        protocol: str = "5",
+        wait_ready: bool = True,
+        name: str | None = None,
+        ready_timeout: float = 15.0,
+        stop_timeout: float = 5.0,
+    ) -> RoleProcess:
+        program = RoleProcess(
+            module,
+            name or module.rpartition(".")[2],
+            [sys.executable, "-m", module, *args],
+            env=program_env(broker, topic_root, protocol),
+            cwd=PROJECT_ROOT,
+        )
+        started.append((program, stop_timeout))
+        program.start()
+        if wait_ready:
+            program.wait_for_output(READY_LINE, timeout=ready_timeout)
+        return program
+
+    yield start
+    for program, stop_timeout in started:
+        program.stop(stop_timeout)
+        program.close()
+
+
+@pytest.fixture
+def run_program(
+    program_env: Callable[..., dict[str, str]],
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m <module> <args>`` to its end; its stdout and stderr come back apart.
+
+    Takes ``broker``, ``topic_root`` and ``protocol`` like :func:`sim_program`,
+    and ``timeout`` (seconds, default 30) after which the run is killed and the
+    test fails.
+    """
+
+    def run(
+        module: str,
+        *args: str,
+        broker: Broker | Address | None = None,
+        topic_root: str | None = None,
+        protocol: str = "5",
+        timeout: float = 30.0,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            env=program_env(broker, topic_root, protocol),
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture
+def direct_broker() -> Iterator[Callable[..., Broker]]:
+    """``direct_broker(LocalMosquitto, "acl", **options)``: start a broker class directly.
+
+    For the tests of the broker backends themselves, which must not go
+    through the plugin's pool. Every broker is closed when the test ends.
+    """
+    brokers: list[Broker] = []
+
+    def start(cls: type[Broker], variant: str = "open", **options: Any) -> Broker:
+        broker = cls(variant, **options)
+        brokers.append(broker)
+        broker.start()
+        return broker
+
+    yield start
+    for broker in brokers:
+        broker.close()

@@ -126,7 +126,12 @@ class FactoryLauncher:
         if wait_ready:
             ready = self.solution.ready_line(role, **values)
             if ready is not None:
-                process.wait_for_output(f"^{_escape(ready)}$", self.ready_timeout)
+                process.wait_for_output(
+                    f"^{_escape(ready)}$",
+                    self.ready_timeout,
+                    advice=f"make the program print {ready!r} on stdout once it is connected "
+                    f"(or remove `ready` from [roles.{role}] in the manifest)",
+                )
             elif LOG in self.broker.capabilities:
                 self._wait_connected(process, values["client_id"], mark)
         return process

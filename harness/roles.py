@@ -137,9 +137,10 @@ class RoleProcess:
         )
 
     # -- waiting -----------------------------------------------------------
-    def wait_for_output(self, pattern: str, timeout: float = 10.0) -> str:
+    def wait_for_output(self, pattern: str, timeout: float = 10.0, advice: str = "") -> str:
         """Wait for a line of output matching ``pattern``; fail early if the program exits.
 
+        :param advice: what to tell the user when the line never comes.
         :raises RoleError: when the program exits or the deadline passes first.
         """
         regex = re.compile(pattern)
@@ -153,8 +154,7 @@ class RoleProcess:
             if time.monotonic() >= deadline:
                 raise RoleError(
                     self.describe_failure(
-                        f"did not print a line matching {pattern!r} within {timeout}s",
-                        "make the program print its ready line (or remove `ready` from the manifest)",
+                        f"did not print a line matching {pattern!r} within {timeout}s", advice
                     )
                 )
             time.sleep(0.02)

@@ -80,7 +80,10 @@ class BrokerSettings:
         settings = cls.from_env()
         overrides = {
             name: getattr(args, name)
-            for name in ("host", "port", "protocol", "username", "password", "topic_root")
+            for name in (
+                *("host", "port", "protocol", "username", "password", "topic_root"),
+                *("tls_ca", "tls_cert", "tls_key"),
+            )
             if getattr(args, name, None) is not None
         }
         return replace(settings, **overrides)
@@ -97,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--username", help="username (VF_USERNAME)")
     group.add_argument("--password", help="password (VF_PASSWORD)")
     group.add_argument("--topic-root", help="first topic level (VF_TOPIC_ROOT, default 'factory')")
+    group.add_argument("--tls-ca", help="CA certificate file; turns TLS on (VF_TLS_CA)")
+    group.add_argument("--tls-cert", help="client certificate for mutual TLS (VF_TLS_CERT)")
+    group.add_argument("--tls-key", help="client private key for mutual TLS (VF_TLS_KEY)")
 
 
 def make_client(

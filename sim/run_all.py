@@ -21,8 +21,9 @@ them in order: devices first (the observer still sees them go offline), then
 the controller, then the observer; each gets SIGTERM, some seconds to finish,
 then SIGKILL. A child that crashes meanwhile is reported and the rest of the
 factory keeps running, as a real plant would. SIGHUP (a closed terminal)
-stops it the same way. Only SIGKILL of run_all itself cannot be caught; the
-children, in sessions of their own, would then keep running: find them with
+stops it the same way. SIGKILL of run_all itself cannot be caught; on Linux
+the children are started with a parent-death signal (``setpriv --pdeathsig``)
+and stop anyway. Elsewhere they would keep running: find them with
 ``pgrep -af 'sim.device|sim.controller|sim.observer'`` and stop them by PID.
 
 Exit status: 0 after a normal stop, 1 when the factory could not start (or
@@ -41,6 +42,7 @@ import atexit
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,11 +127,17 @@ class Component:
     def start(self) -> Component:
         """Start the program (in a session of its own, so Ctrl-C reaches only us).
 
+        On Linux the child is also started through ``setpriv --pdeathsig TERM``
+        (util-linux), so that it gets SIGTERM even if run_all itself is killed
+        with SIGKILL and cannot stop it.
+
         :raises ComponentError: when it cannot be run at all.
         """
+        setpriv = shutil.which("setpriv")
+        prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
         try:
             self.process = subprocess.Popen(
-                self.command,
+                [*prefix, *self.command],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

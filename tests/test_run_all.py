@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,19 @@ def test_a_component_that_cannot_start_is_named_with_its_output(nowhere, run_pro
     assert "observer" in pids
     for name, pid in pids.items():
         assert start_time(pid) is None, f"{name} (pid {pid}) still runs after run_all gave up"
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv (Linux)")
+def test_children_stop_even_when_run_all_is_killed(run_all):
+    factory = run_all("--devices", "press", "--no-observer")
+    pids = children(factory.output().splitlines())
+    started = {name: (pid, start_time(pid)) for name, pid in pids.items()}
+
+    factory.kill()  # SIGKILL: run_all gets no chance to stop anything
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        when is not None and start_time(pid) == when for pid, when in started.values()
+    ):
+        time.sleep(0.05)
+    assert_all_gone(started)

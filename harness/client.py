@@ -199,6 +199,7 @@ class RecordingClient:
         :returns: ``{"reason_code", "session_present", "properties"}``.
         :raises ConnectionError: when refused or unreachable, saying why.
         """
+        __tracebackhide__ = True
         kwargs: dict[str, Any] = {}
         if self.protocol == "5":
             kwargs["clean_start"] = self.clean_start
@@ -261,6 +262,7 @@ class RecordingClient:
         timeout: float = 5.0,
     ) -> list[ReasonCode]:
         """Subscribe and wait for the SUBACK; return its reason codes (granted QoS or failure)."""
+        __tracebackhide__ = True
         if self.protocol == "5":
             options = SubscribeOptions(
                 qos=qos,
@@ -304,6 +306,7 @@ class RecordingClient:
 
         A ``dict`` or ``list`` payload is sent as JSON.
         """
+        __tracebackhide__ = True
         info = self.paho.publish(
             topic, _encode(payload), qos=qos, retain=retain, properties=properties
         )
@@ -338,9 +341,14 @@ class RecordingClient:
             self.messages.clear()
 
     def wait_for_messages(
-        self, count: int, what: Matcher = None, timeout: float = 5.0
+        self, count: int, what: Matcher = None, timeout: float = 5.0, why: str = ""
     ) -> list[ReceivedMessage]:
-        """Wait until ``count`` matching messages have arrived (counting earlier ones); return them."""
+        """Wait until ``count`` matching messages have arrived (counting earlier ones); return them.
+
+        :param why: the MQTT rule that promised these messages; it leads the
+            failure message, so a student reads the concept before the details.
+        """
+        __tracebackhide__ = True
         match = _matcher(what)
 
         def found() -> list[ReceivedMessage]:
@@ -351,13 +359,20 @@ class RecordingClient:
                 return found()[:count]
             got = found()
         raise MQTTTimeout(
-            f"{self.client_id} waited {timeout}s for {count} × {_describe_matcher(what)} "
+            (f"{why}\n" if why else "")
+            + f"{self.client_id} waited {timeout}s for {count} × {_describe_matcher(what)} "
             f"but received {len(got)}.\n{self._near_misses()}{self._broker_note()}"
         )
 
-    def wait_for_message(self, what: Matcher = None, timeout: float = 5.0) -> ReceivedMessage:
-        """Wait for the first message matching a topic filter or predicate (earlier ones count)."""
-        return self.wait_for_messages(1, what, timeout)[0]
+    def wait_for_message(
+        self, what: Matcher = None, timeout: float = 5.0, why: str = ""
+    ) -> ReceivedMessage:
+        """Wait for the first message matching a topic filter or predicate (earlier ones count).
+
+        :param why: the MQTT rule that promised it (see :meth:`wait_for_messages`).
+        """
+        __tracebackhide__ = True
+        return self.wait_for_messages(1, what, timeout, why)[0]
 
     def sync(self, timeout: float = 5.0) -> None:
         """Round trip through the broker: afterwards, every message it queued for us earlier has arrived.
@@ -365,6 +380,7 @@ class RecordingClient:
         Subscribes (once) to ``lab/sync/<client id>/#``, publishes a marker
         there and waits for it to come back.
         """
+        __tracebackhide__ = True
         base = f"{SYNC_PREFIX}/{self.client_id}"
         if self._sync_count == 0:
             codes = self.subscribe(f"{base}/#", qos=1, timeout=timeout)
@@ -386,13 +402,13 @@ class RecordingClient:
         self, what: Matcher = None, timeout: float = 5.0, why: str = ""
     ) -> None:
         """After a :meth:`sync` round trip, assert that no matching message has arrived."""
+        __tracebackhide__ = True
         self.sync(timeout)
         got = self.received(what)
         assert not got, (
-            f"{self.client_id} expected no {_describe_matcher(what).removeprefix('a ')} "
-            f"but received {len(got)}:\n"
-            + "\n".join("    " + m.describe() for m in got[:5])
-            + (f"\n{why}" if why else "")
+            (f"{why}\n" if why else "")
+            + f"{self.client_id} expected no {_describe_matcher(what).removeprefix('a ')} "
+            f"but received {len(got)}:\n" + "\n".join("    " + m.describe() for m in got[:5])
         )
 
     # -- helpers -------------------------------------------------------------

@@ -86,7 +86,13 @@ def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, proto
 
     dashboard = mqtt_client(protocol=protocol)
     dashboard.subscribe(topic, qos=2)
-    message = dashboard.wait_for_message(topic, timeout=2)
+    message = dashboard.wait_for_message(
+        topic,
+        timeout=2,
+        why="A retained message is stored by the broker and handed at once to every new "
+        "subscriber: the dashboard subscribed after the publisher left, and should still have "
+        "got the press's state without waiting for a new publish.",
+    )
 
     assert message.retain, (
         "The dashboard subscribed after the publisher had left, and still got the state: that is "
@@ -149,11 +155,15 @@ def test_retain_flag_marks_stored_messages_not_live_ones(mqtt_client, topic_root
 
     publisher = mqtt_client(protocol=protocol)
     publisher.publish(topic, device_state("conveyor-01", "running"), qos=1, retain=True)
-    live = live_watcher.wait_for_message(topic)
+    live = live_watcher.wait_for_message(
+        topic, why="A subscriber that is already there gets every matching publish live."
+    )
 
     late_watcher = mqtt_client(protocol=protocol)
     late_watcher.subscribe(topic, qos=1)
-    stored = late_watcher.wait_for_message(topic)
+    stored = late_watcher.wait_for_message(
+        topic, why="A late subscriber gets the broker's stored copy of a retained message."
+    )
 
     assert not live.retain, (
         "A subscriber that was already subscribed gets the publish as live news, so the broker "

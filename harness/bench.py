@@ -1,4 +1,4 @@
-"""Benchmark: broker ready time per backend, wall time of each lesson and of all of ``labs/``.
+"""Benchmark: broker ready time, lesson wall times, and the factory's start-up and throughput.
 
 Prints figures, never pass/fail::
 
@@ -9,18 +9,27 @@ Prints figures, never pass/fail::
 Ready time is measured from starting the broker to its first accepted MQTT
 CONNECT. Lesson wall times are whole ``pytest`` runs in a subprocess, so they
 include interpreter start and collection, as a student experiences them.
+The factory figures are the time from starting a device of the reference
+solution to its retained ``online`` status, and the messages per second a
+whole ``python -m sim.run_all`` puts through the broker.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
-from harness.brokers import BrokerError, make_broker, resolve_backend
+from harness.brokers import Broker, BrokerError, make_broker, resolve_backend
+from harness.client import RecordingClient
+from harness.factory import FactoryLauncher
+from harness.roles import RoleProcess
+from harness.solution import load as load_solution
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +69,39 @@ def lesson_wall_time(paths: list[str], backend: str) -> tuple[float, str]:
     return elapsed, (lines[-1].strip("= ") if lines else f"exit {result.returncode}")
 
 
+def device_online_times(broker: Broker, starts: int) -> list[float]:
+    """Start ``starts`` devices one after the other; return each start-to-online time."""
+    with FactoryLauncher(
+        load_solution(), broker, f"bench/{uuid.uuid4().hex[:8]}/factory"
+    ) as launcher:
+        return [
+            launcher.start_device("press", f"press-{i:02d}").online_after for i in range(starts)
+        ]
+
+
+def run_all_throughput(broker: Broker, seconds: float, rate: float) -> tuple[int, float]:
+    """Run the whole reference factory for ``seconds``; return (messages, messages per second)."""
+    root = f"bench/{uuid.uuid4().hex[:8]}/factory"
+    counter = RecordingClient(broker.host, broker.port)
+    counter.connect()
+    counter.subscribe(f"{root}/#", qos=0)
+    env = {**os.environ, "VF_BROKER_HOST": broker.host, "VF_BROKER_PORT": str(broker.port)}
+    command = [sys.executable, "-m", "sim.run_all", "--topic-root", root, "--no-observer"]
+    command += ["--rate", str(rate), "--time-scale", "60", "--duration", str(seconds)]
+    process = RoleProcess("run_all", "bench", command, env=env, cwd=ROOT).start()
+    try:
+        process.wait_for_output("^ready run_all$", timeout=30)
+        first = len(counter.received())
+        started = time.monotonic()
+        process.wait_exit(seconds + 30)
+        elapsed = time.monotonic() - started
+        count = len(counter.received()) - first
+    finally:
+        process.close()
+        counter.disconnect()
+    return count, count / elapsed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness.bench", description=__doc__.split("\n")[0]
@@ -73,7 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--starts", type=int, default=5, help="broker starts per backend (default 5)"
     )
-    parser.add_argument("--no-lessons", action="store_true", help="only measure broker ready time")
+    parser.add_argument("--no-lessons", action="store_true", help="skip the lesson wall times")
+    parser.add_argument("--no-factory", action="store_true", help="skip the factory figures")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="telemetry rounds/s per device for run_all (default 20)",
+    )
     args = parser.parse_args(argv)
 
     lessons = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "labs").glob("[0-9][0-9]_*.py"))
@@ -89,6 +138,18 @@ def main(argv: list[str] | None = None) -> int:
             f"  broker ready time over {len(times)} starts: median {statistics.median(times) * 1000:.0f} ms, "
             f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
         )
+        if not args.no_factory:
+            with make_broker(backend, "open") as broker:
+                online = device_online_times(broker, args.starts)
+                count, per_second = run_all_throughput(broker, 5.0, args.rate)
+            print(
+                f"  device start to retained online over {len(online)} starts: median "
+                f"{statistics.median(online) * 1000:.0f} ms, max {max(online) * 1000:.0f} ms"
+            )
+            print(
+                f"  run_all (6 devices + controller, --rate {args.rate:g}) for 5 s: "
+                f"{count} messages, {per_second:.0f} msg/s"
+            )
         if args.no_lessons:
             continue
         for lesson in lessons:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness.brokers import LOG
+from harness.brokers import CONFIG, LOG
 from harness.factory import DEVICE_KINDS
 from harness.schemas import validate
 
@@ -121,3 +121,25 @@ def test_devices_speak_the_protocol_the_lab_asks_for(factory_launcher, broker, p
     expected = "p5" if protocol == "5" else "p2"  # mosquitto's names for MQTT 5 and 3.1.1
     line = broker.wait_for_log(rf"as {press.client_id} \({expected},", since=mark)
     assert press.client_id in line
+
+
+@pytest.mark.broker_needs(CONFIG, LOG)
+def test_the_reference_factory_needs_nothing_the_acl_denies(
+    broker_factory, factory_launcher, observer_capture
+):
+    # As with docker/docker-compose.yml: the ACL in force, the default `factory` root, and each
+    # program connecting under the client id the ACL's patterns expect.
+    broker = broker_factory("acl+persistent")
+    capture = observer_capture(broker=broker, root="factory")
+    launcher = factory_launcher(broker, root="factory")
+    mark = broker.log_mark()
+    for kind in DEVICE_KINDS:
+        launcher.start_device(kind, kind, client_id=kind, anomaly=True)
+    launcher.start_role("controller", "controller", session="persistent")
+
+    for kind in DEVICE_KINDS:
+        capture.wait_for_message(f"factory/telemetry/{kind}/#", timeout=10)
+    capture.sync()
+    capture.assert_all_valid()
+    denied = [line for line in broker.log_lines()[mark:] if "Denied" in line]
+    assert not denied, "the reference factory must work within docker/acl:\n" + "\n".join(denied)

@@ -289,3 +289,55 @@ def test_retained_state_survives_restart_only_with_persistence(
             "Without persistence, retained messages live only in the broker's memory: after a "
             f"restart a new subscriber must find nothing, but it got {len(kept)} message(s)."
         )
+
+
+# -- The factory's own devices ---------------------------------------------------------
+# The experiments below start a device of the solution under test (``--solution``;
+# by default the lab's own ``sim.device``) and check that it uses retained messages
+# the way the factory's dashboards rely on.
+
+
+def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, topic_root):
+    press = device("press")
+
+    dashboard = mqtt_client()
+    dashboard.subscribe(f"{topic_root}/state/{press.device_id}", qos=1)
+    dashboard.subscribe(f"{topic_root}/status/{press.device_id}", qos=1)
+    state = dashboard.wait_for_message(
+        press.topic("state"),
+        why=f"A device must publish its state retained, so that a dashboard opened later sees "
+        f"at once whether {press.device_id} is running; nothing stored came on "
+        f"{press.topic('state')}.",
+    )
+    status = dashboard.wait_for_message(
+        press.topic("status"),
+        why=f"A device must publish its online status retained; nothing stored came on "
+        f"{press.topic('status')}.",
+    )
+
+    assert state.retain and status.retain, (
+        "What a late subscriber receives at once is the broker's stored copy, flagged retained."
+    )
+    assert validate("state", state.payload)["device_id"] == press.device_id
+    assert validate("status", status.payload)["status"] == "online", (
+        "The stored status of a running device must be 'online'."
+    )
+
+
+def test_device_does_not_retain_telemetry(device, mqtt_client, topic_root):
+    press = device("press")
+
+    dashboard = mqtt_client()
+    dashboard.subscribe(f"{topic_root}/telemetry/{press.device_id}/#", qos=0)
+    first = dashboard.wait_for_message(
+        f"{topic_root}/telemetry/{press.device_id}/#",
+        why="A running device publishes telemetry continuously.",
+    )
+
+    validate("telemetry", first.payload)
+    assert not first.retain, (
+        f"The first reading a late subscriber got on {first.topic} carried the retain flag: the "
+        "device publishes telemetry retained. A reading is history the moment it is sent; "
+        "retained, it reaches the next subscriber as if it were current. Publish telemetry "
+        "with retain=False."
+    )

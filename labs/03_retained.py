@@ -299,7 +299,13 @@ def test_retained_state_survives_restart_only_with_persistence(
 
 def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, topic_root):
     press = device("press")
+    first_viewer = mqtt_client()
+    first_viewer.subscribe(press.topic("state"), qos=1)
+    first_viewer.wait_for_message(
+        press.topic("state"), why="A device publishes its state as soon as it is online."
+    )
 
+    # The device has published its state and its status; a dashboard opens only now.
     dashboard = mqtt_client()
     dashboard.subscribe(f"{topic_root}/state/{press.device_id}", qos=1)
     dashboard.subscribe(f"{topic_root}/status/{press.device_id}", qos=1)

@@ -17,7 +17,6 @@ whole ``python -m sim.run_all`` puts through the broker.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from harness.brokers import Broker, BrokerError, make_broker, resolve_backend
 from harness.client import RecordingClient
-from harness.factory import FactoryLauncher
+from harness.factory import FactoryLauncher, program_env
 from harness.roles import RoleProcess
 from harness.solution import load as load_solution
 
@@ -85,8 +84,8 @@ def run_all_throughput(broker: Broker, seconds: float, rate: float) -> tuple[int
     counter = RecordingClient(broker.host, broker.port)
     counter.connect()
     counter.subscribe(f"{root}/#", qos=0)
-    env = {**os.environ, "VF_BROKER_HOST": broker.host, "VF_BROKER_PORT": str(broker.port)}
-    command = [sys.executable, "-m", "sim.run_all", "--topic-root", root, "--no-observer"]
+    env = program_env(broker, root)
+    command = [sys.executable, "-m", "sim.run_all", "--no-observer"]
     command += ["--rate", str(rate), "--time-scale", "60", "--duration", str(seconds)]
     process = RoleProcess("run_all", "bench", command, env=env, cwd=ROOT).start()
     try:

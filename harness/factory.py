@@ -28,6 +28,22 @@ from harness.solution import Solution
 DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
 
 
+def program_env(broker: Broker, topic_root: str = "factory", protocol: str = "5") -> dict[str, str]:
+    """The environment a factory program gets: ``os.environ`` plus the broker's ``VF_*`` settings.
+
+    The solution contract passes broker settings this way only, so a student's
+    program in any language finds the broker under test (see ``sim/connection.py``).
+    """
+    return {
+        **os.environ,
+        "VF_BROKER_HOST": broker.host,
+        "VF_BROKER_PORT": str(broker.port),
+        "VF_TOPIC_ROOT": topic_root,
+        "VF_MQTT_PROTOCOL": protocol,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 @dataclass
 class DeviceHandle:
     """A running device program.
@@ -97,15 +113,7 @@ class FactoryLauncher:
 
     # -- environment -------------------------------------------------------
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            VF_BROKER_HOST=self.broker.host,
-            VF_BROKER_PORT=str(self.broker.port),
-            VF_TOPIC_ROOT=self.topic_root,
-            VF_MQTT_PROTOCOL=self.protocol,
-            PYTHONUNBUFFERED="1",
-        )
-        return env
+        return program_env(self.broker, self.topic_root, self.protocol)
 
     def start_role(
         self,
@@ -127,7 +135,7 @@ class FactoryLauncher:
             ready = self.solution.ready_line(role, **values)
             if ready is not None:
                 process.wait_for_output(
-                    f"^{_escape(ready)}$",
+                    f"^{re.escape(ready)}$",
                     self.ready_timeout,
                     advice=f"make the program print {ready!r} on stdout once it is connected "
                     f"(or remove `ready` from [roles.{role}] in the manifest)",
@@ -138,7 +146,7 @@ class FactoryLauncher:
 
     def _wait_connected(self, process: RoleProcess, client_id: str, mark: int) -> None:
         deadline = time.monotonic() + self.ready_timeout
-        pattern = f"New client connected from .* as {_escape(client_id)} "
+        pattern = f"New client connected from .* as {re.escape(client_id)} "
         while time.monotonic() < deadline:
             if not process.is_running():
                 raise RoleError(process.describe_failure("exited before connecting to the broker"))
@@ -255,7 +263,3 @@ class FactoryLauncher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _escape(text: str) -> str:
-    return re.escape(text)

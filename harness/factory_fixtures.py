@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -136,7 +136,6 @@ class Factory:
     launcher: FactoryLauncher
     devices: dict[str, DeviceHandle]
     controller: RoleProcess | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def topic_root(self) -> str:

@@ -40,6 +40,7 @@ from harness.brokers import (
 )
 from harness.brokers.base import format_log
 from harness.client import RecordingClient
+from harness.factory import program_env
 
 #: the factory fixtures (device, factory, observer_capture) come with the broker ones
 pytest_plugins = ["harness.factory_fixtures"]
@@ -353,22 +354,12 @@ def mqtt_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., Record
 def broker_env() -> Callable[..., dict[str, str]]:
     """``broker_env(broker, topic_root)``: the environment a factory program needs.
 
-    Returns a copy of ``os.environ`` with ``VF_BROKER_HOST``, ``VF_BROKER_PORT``
-    and ``VF_TOPIC_ROOT`` set, and unbuffered Python output.
+    Returns a copy of ``os.environ`` with ``VF_BROKER_HOST``, ``VF_BROKER_PORT``,
+    ``VF_TOPIC_ROOT`` and ``VF_MQTT_PROTOCOL`` set, and unbuffered Python output
+    (:func:`harness.factory.program_env`).
     """
 
-    def make(broker: Broker, topic_root: str = "factory", protocol: str = "5") -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            VF_BROKER_HOST=broker.host,
-            VF_BROKER_PORT=str(broker.port),
-            VF_TOPIC_ROOT=topic_root,
-            VF_MQTT_PROTOCOL=protocol,
-            PYTHONUNBUFFERED="1",
-        )
-        return env
-
-    return make
+    return program_env
 
 
 # -- reporting ------------------------------------------------------------------

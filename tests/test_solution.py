@@ -106,7 +106,7 @@ def test_pytest_refuses_a_broken_solution_before_running_anything(tmp_path):
             [
                 sys.executable,
                 "-c",
-                "import time; print('connecting...', flush=True); time.sleep(60)",
+                "import signal; print('connecting...', flush=True); signal.pause()",
             ],
             "never published a retained 'online' status",
             "connecting...",

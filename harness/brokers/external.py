@@ -43,7 +43,6 @@ class ExternalBroker(Broker):
         super().__init__(variant)
         self.host, self.port = parse_url(url)
         self.start_timeout = start_timeout
-        self._reachable = False
 
     def start(self) -> None:
         started = time.monotonic()
@@ -51,7 +50,6 @@ class ExternalBroker(Broker):
         while time.monotonic() < deadline:
             if mqtt_ping(self.host, self.port, timeout=1.0):
                 self.ready_seconds = time.monotonic() - started
-                self._reachable = True
                 return
             time.sleep(0.05)  # poll interval: a refused connection returns at once
         raise BrokerStartError(
@@ -63,7 +61,7 @@ class ExternalBroker(Broker):
         self.require("restart")
 
     def close(self) -> None:
-        self._reachable = False
+        """Nothing to stop: the broker is someone else's."""
 
     def is_running(self) -> bool:
         return mqtt_ping(self.host, self.port, timeout=1.0)

@@ -19,7 +19,8 @@ import pytest
 
 from harness.roles import RoleProcess
 
-SLEEPER = "import time; print('ready', flush=True); time.sleep(120)"
+# A program that says it is ready, then blocks until a signal ends it.
+SLEEPER = "import signal; print('ready', flush=True); signal.pause()"
 
 
 @pytest.fixture

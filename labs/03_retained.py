@@ -49,8 +49,8 @@ import time
 
 import pytest
 
-from harness.brokers import CONFIG, RESTART
-from harness.schemas import validate
+from mqtt_factory_lab.brokers import CONFIG, RESTART
+from mqtt_factory_lab.schemas import validate
 
 pytestmark = pytest.mark.lesson(3)
 

@@ -2,7 +2,7 @@
 started directly.
 
 ``broker``, ``broker_factory``, ``mqtt_client``, ``topic_root`` and ``broker_env`` come
-from :mod:`harness.plugin`, which the root ``conftest.py`` loads.
+from :mod:`mqtt_factory_lab.plugin`, which the root ``conftest.py`` loads.
 
 =============================================  ===================================================
 ``sim_program("sim.observer", "--json")``      a program running until the test ends; it printed
@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from harness.brokers.base import Broker, free_port
-from harness.roles import RoleProcess
+from mqtt_factory_lab.brokers.base import Broker, free_port
+from mqtt_factory_lab.roles import RoleProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: ``ready <id>`` alone on a line (see ``sim.runtime.print_ready``)
@@ -101,7 +101,7 @@ def sim_program(program_env: Callable[..., dict[str, str]]) -> Iterator[Callable
     :param stop_timeout: seconds it has to exit after SIGTERM at teardown
         before it is killed (``sim.run_all`` needs time to stop its children).
 
-    It is a :class:`harness.roles.RoleProcess`, the same as the lessons run a
+    It is a :class:`mqtt_factory_lab.roles.RoleProcess`, the same as the lessons run a
     solution's programs with: stdout and stderr go to one file, read with
     ``output()`` or waited on with ``wait_for_output(regex)``; ``wait_exit``,
     ``signal``, ``stop`` and ``describe_failure(what)`` for messages. Every

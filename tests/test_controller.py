@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from harness.client import RecordingClient
-from harness.roles import RoleProcess
-from harness.schemas import validate
+from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.roles import RoleProcess
+from mqtt_factory_lab.schemas import validate
 
 StartController = Callable[..., RoleProcess]
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from harness.brokers.base import BrokerError, BrokerStartError, mqtt_ping
-from harness.brokers.docker import (
+from mqtt_factory_lab.brokers.base import BrokerError, BrokerStartError, mqtt_ping
+from mqtt_factory_lab.brokers.docker import (
     DEFAULT_IMAGE,
     IMAGE_ENV,
     LABEL,
@@ -32,7 +32,7 @@ from harness.brokers.docker import (
     DockerMosquitto,
     docker_available,
 )
-from harness.client import RecordingClient
+from mqtt_factory_lab.client import RecordingClient
 
 NO_ENGINE = "no Docker engine answers: run under .ci/with-docker-engine.sh or start Docker"
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from harness.brokers import CONFIG, LOG
-from harness.factory import DEVICE_KINDS
-from harness.schemas import validate
+from mqtt_factory_lab.brokers import CONFIG, LOG
+from mqtt_factory_lab.factory import DEVICE_KINDS
+from mqtt_factory_lab.schemas import validate
 
 PLANT_SECONDS = 30.0
 

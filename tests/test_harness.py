@@ -38,7 +38,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from harness.brokers import (
+from mqtt_factory_lab.brokers import (
     CONFIG,
     LOG,
     RESTART,
@@ -48,12 +48,12 @@ from harness.brokers import (
     make_broker,
     resolve_backend,
 )
-from harness.brokers import local as local_backend
-from harness.brokers.base import free_port
-from harness.brokers.external import ExternalBroker, parse_url
-from harness.brokers.local import LocalMosquitto, find_mosquitto
-from harness.client import MQTTTimeout
-from harness.config import BrokerConfigError
+from mqtt_factory_lab.brokers import local as local_backend
+from mqtt_factory_lab.brokers.base import free_port
+from mqtt_factory_lab.brokers.external import ExternalBroker, parse_url
+from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
+from mqtt_factory_lab.client import MQTTTimeout
+from mqtt_factory_lab.config import BrokerConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "harness_support"
@@ -147,7 +147,7 @@ def child_project(tmp_path: Path, case: str) -> Path:
     project = tmp_path / "project"
     project.mkdir()
     (project / "pytest.ini").write_text("[pytest]\npython_files = test_*.py\n")
-    (project / "conftest.py").write_text('pytest_plugins = ["harness.plugin"]\n')
+    (project / "conftest.py").write_text('pytest_plugins = ["mqtt_factory_lab.plugin"]\n')
     shutil.copyfile(SUPPORT / case, project / "test_case.py")
     return project
 

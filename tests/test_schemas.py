@@ -1,4 +1,4 @@
-"""The payload contract: the schemas in ``schemas/`` and the sentences ``harness.schemas`` makes.
+"""The payload contract: the schemas in ``schemas/`` and the sentences ``mqtt_factory_lab.schemas`` makes.
 
 These tests need no broker. They pin down three things the lessons rely on:
 
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import schemas
-from harness.schemas import PayloadError, schema_for_topic, validate, validate_message
+from mqtt_factory_lab import schemas
+from mqtt_factory_lab.schemas import PayloadError, schema_for_topic, validate, validate_message
 from sim.topics import QOS, RETAINED, Topics
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -151,7 +151,7 @@ def test_schema_description_states_topic_qos_and_retain_as_sim_topics_does(kind:
 
 def test_every_topic_kind_in_sim_topics_has_a_schema() -> None:
     assert set(schemas.TOPIC_SCHEMAS) == set(QOS), (
-        f"sim/topics.py knows {sorted(QOS)}, harness/schemas.py maps {sorted(schemas.TOPIC_SCHEMAS)}"
+        f"sim/topics.py knows {sorted(QOS)}, mqtt_factory_lab/schemas.py maps {sorted(schemas.TOPIC_SCHEMAS)}"
     )
 
 

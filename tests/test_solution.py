@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.factory import FactoryLauncher
-from harness.roles import RoleError
-from harness.solution import REFERENCE_MANIFEST, ManifestError, load
+from mqtt_factory_lab.factory import FactoryLauncher
+from mqtt_factory_lab.roles import RoleError
+from mqtt_factory_lab.solution import REFERENCE_MANIFEST, ManifestError, load
 
 
 def write_manifest(folder: Path, body: str) -> Path:

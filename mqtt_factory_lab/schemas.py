@@ -12,7 +12,7 @@ a student can act on instead of a jsonschema traceback::
     ...     "alarms_raised": 0, "commands_accepted": 0, "commands_rejected": 0}})
     Traceback (most recent call last):
       ...
-    harness.schemas.PayloadError: the state payload is invalid: field 'state' must be one of \
+    mqtt_factory_lab.schemas.PayloadError: the state payload is invalid: field 'state' must be one of \
 'running', 'stopped', 'fault', but it is 'paused'
 
 Which schema applies to a message follows from its topic (:func:`schema_for_topic`), so

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import config as broker_config
-from harness.brokers.base import (
+from mqtt_factory_lab import config as broker_config
+from mqtt_factory_lab.brokers.base import (
     CONFIG,
     LOG,
     RESTART,

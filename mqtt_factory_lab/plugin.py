@@ -1,7 +1,7 @@
 """The lab's pytest plugin: options, markers and fixtures that connect lessons to brokers.
 
 The root ``conftest.py`` loads it; another project can load it through the
-``pytest11`` entry point ``harness.plugin`` (see ``pyproject.toml``).
+``pytest11`` entry point ``mqtt_factory_lab.plugin`` (see ``pyproject.toml``).
 
 Fixtures
 --------
@@ -12,7 +12,7 @@ Fixtures
 ``broker_env``        ``broker_env(broker, topic_root)``: ``VF_*`` variables for a subprocess
 ``lab_seed``          the run's random seed (``--lab-seed``)
 
-and, from :mod:`harness.factory_fixtures`, ``device``, ``factory``,
+and, from :mod:`mqtt_factory_lab.factory_fixtures`, ``device``, ``factory``,
 ``observer_capture`` and ``solution``.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from harness.brokers import (
+from mqtt_factory_lab.brokers import (
     BACKENDS,
     CONFIG,
     LOG,
@@ -38,12 +38,12 @@ from harness.brokers import (
     make_broker,
     resolve_backend,
 )
-from harness.brokers.base import format_log
-from harness.client import RecordingClient
-from harness.factory import program_env
+from mqtt_factory_lab.brokers.base import format_log
+from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.factory import program_env
 
 #: the factory fixtures (device, factory, observer_capture) come with the broker ones
-pytest_plugins = ["harness.factory_fixtures"]
+pytest_plugins = ["mqtt_factory_lab.factory_fixtures"]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
 ENV_URL = "MQTT_LAB_BROKER_URL"
@@ -356,7 +356,7 @@ def broker_env() -> Callable[..., dict[str, str]]:
 
     Returns a copy of ``os.environ`` with ``VF_BROKER_HOST``, ``VF_BROKER_PORT``,
     ``VF_TOPIC_ROOT`` and ``VF_MQTT_PROTOCOL`` set, and unbuffered Python output
-    (:func:`harness.factory.program_env`).
+    (:func:`mqtt_factory_lab.factory.program_env`).
     """
 
     return program_env

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from harness.brokers.local import die_with_parent
+from mqtt_factory_lab.brokers.local import die_with_parent
 
 _LIVE: set[RoleProcess] = set()
 

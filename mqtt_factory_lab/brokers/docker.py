@@ -1,6 +1,6 @@
 """The docker backend: Mosquitto in a container, started through testcontainers.
 
-The container runs the very files the local backend runs: :func:`harness.config.render`
+The container runs the very files the local backend runs: :func:`mqtt_factory_lab.config.render`
 builds ``<tmp>/config`` and ``<tmp>/data`` with container paths kept, and they
 are mounted at ``/mosquitto/config`` (read-only) and ``/mosquitto/data``. Two
 network modes exist:
@@ -37,8 +37,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import config as broker_config
-from harness.brokers.base import (
+from mqtt_factory_lab import config as broker_config
+from mqtt_factory_lab.brokers.base import (
     CONFIG,
     LOG,
     RESTART,
@@ -527,7 +527,7 @@ def _ryuk_hint(error: BaseException) -> str:
 def remove_containers(pid: int | None = None) -> list[str]:
     """Remove the lab's containers (of process ``pid``, or all) from the engine; return their ids.
 
-    For cleanup after a crash: ``python -c "from harness.brokers.docker import
+    For cleanup after a crash: ``python -c "from mqtt_factory_lab.brokers.docker import
     remove_containers; print(remove_containers())"``.
     """
     if docker_available() is not True:

@@ -1,7 +1,7 @@
 """Start a solution's factory programs against a broker, and know when they are ready.
 
 Pytest-free, like the broker backends: :class:`FactoryLauncher` starts roles
-from a :class:`~harness.solution.Solution` and stops them all in
+from a :class:`~mqtt_factory_lab.solution.Solution` and stops them all in
 :meth:`FactoryLauncher.close`. A device is ready when its retained
 ``online`` status is on the broker — the same signal a dashboard trusts — so a
 student's device needs no special "ready" output. Other roles are ready when
@@ -19,11 +19,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.brokers.base import LOG, Broker
-from harness.client import MQTTTimeout, RecordingClient
-from harness.roles import RoleError, RoleProcess
-from harness.schemas import PayloadError, validate
-from harness.solution import Solution
+from mqtt_factory_lab.brokers.base import LOG, Broker
+from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.roles import RoleError, RoleProcess
+from mqtt_factory_lab.schemas import PayloadError, validate
+from mqtt_factory_lab.solution import Solution
 
 DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
 

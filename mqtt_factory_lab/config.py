@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.brokers.base import BrokerError
+from mqtt_factory_lab.brokers.base import BrokerError
 
 DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 CONTAINER_ROOT = "/mosquitto"

@@ -2,9 +2,9 @@
 
 Prints figures, never pass/fail::
 
-    python -m harness.bench                        # local backend
-    python -m harness.bench --backend docker       # needs a Docker engine
-    python -m harness.bench --backend local --backend docker --starts 10
+    python -m mqtt_factory_lab.bench                        # local backend
+    python -m mqtt_factory_lab.bench --backend docker       # needs a Docker engine
+    python -m mqtt_factory_lab.bench --backend local --backend docker --starts 10
 
 Ready time is measured from starting the broker to its first accepted MQTT
 CONNECT. Lesson wall times are whole ``pytest`` runs in a subprocess, so they
@@ -24,11 +24,11 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.brokers import Broker, BrokerError, make_broker, resolve_backend
-from harness.client import RecordingClient
-from harness.factory import FactoryLauncher, program_env
-from harness.roles import RoleProcess
-from harness.solution import load as load_solution
+from mqtt_factory_lab.brokers import Broker, BrokerError, make_broker, resolve_backend
+from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.factory import FactoryLauncher, program_env
+from mqtt_factory_lab.roles import RoleProcess
+from mqtt_factory_lab.solution import load as load_solution
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +103,7 @@ def run_all_throughput(broker: Broker, seconds: float, rate: float) -> tuple[int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m harness.bench", description=__doc__.split("\n")[0]
+        prog="python -m mqtt_factory_lab.bench", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--backend",

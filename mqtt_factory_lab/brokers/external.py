@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-from harness.brokers.base import Broker, BrokerStartError, mqtt_ping
+from mqtt_factory_lab.brokers.base import Broker, BrokerStartError, mqtt_ping
 
 
 def parse_url(url: str) -> tuple[str, int]:

@@ -1,6 +1,6 @@
 """Fixtures that run a solution's factory programs: ``device``, ``factory``, ``observer_capture``.
 
-Loaded by :mod:`harness.plugin`. The solution under test comes from
+Loaded by :mod:`mqtt_factory_lab.plugin`. The solution under test comes from
 ``--solution PATH`` (default: the lab's reference solution, ``solution.toml``).
 
 ``device("press")``            start one device; returns when its ``online`` status is seen
@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from harness.brokers.base import Broker
-from harness.client import ReceivedMessage, RecordingClient
-from harness.factory import DEVICE_KINDS, DeviceHandle, FactoryLauncher
-from harness.roles import RoleError, RoleProcess
-from harness.schemas import PayloadError, validate_message
-from harness.solution import ManifestError, Solution, load
+from mqtt_factory_lab.brokers.base import Broker
+from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.factory import DEVICE_KINDS, DeviceHandle, FactoryLauncher
+from mqtt_factory_lab.roles import RoleError, RoleProcess
+from mqtt_factory_lab.schemas import PayloadError, validate_message
+from mqtt_factory_lab.solution import ManifestError, Solution, load
 
 ENV_SOLUTION = "MQTT_LAB_SOLUTION"
 

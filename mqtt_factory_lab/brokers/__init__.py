@@ -13,7 +13,7 @@ backend      what it starts
 
 from __future__ import annotations
 
-from harness.brokers.base import (
+from mqtt_factory_lab.brokers.base import (
     CONFIG,
     LOG,
     RESTART,
@@ -41,7 +41,7 @@ def resolve_backend(requested: str, url: str | None = None) -> str:
 
     :raises BrokerUnavailable: with :data:`NO_BACKEND` or a backend-specific hint.
     """
-    from harness.brokers.local import INSTALL_HINT, find_mosquitto
+    from mqtt_factory_lab.brokers.local import INSTALL_HINT, find_mosquitto
 
     if requested not in BACKENDS:
         raise BrokerUnavailable(f"unknown broker backend {requested!r}; choose one of {BACKENDS}")
@@ -59,13 +59,13 @@ def resolve_backend(requested: str, url: str | None = None) -> str:
             raise BrokerUnavailable(f"--broker-backend=local needs mosquitto: {INSTALL_HINT}")
         return "local"
     if requested == "docker":
-        from harness.brokers.docker import docker_available
+        from mqtt_factory_lab.brokers.docker import docker_available
 
         answer = docker_available()
         if answer is not True:
             raise BrokerUnavailable(f"--broker-backend=docker needs a Docker engine: {answer}")
         return "docker"
-    from harness.brokers.docker import docker_available
+    from mqtt_factory_lab.brokers.docker import docker_available
 
     if docker_available() is True:
         return "docker"
@@ -79,15 +79,15 @@ def make_broker(
 ) -> Broker:
     """A (not yet started) broker of the given concrete backend."""
     if backend == "local":
-        from harness.brokers.local import LocalMosquitto
+        from mqtt_factory_lab.brokers.local import LocalMosquitto
 
         return LocalMosquitto(variant, **options)
     if backend == "docker":
-        from harness.brokers.docker import DockerMosquitto
+        from mqtt_factory_lab.brokers.docker import DockerMosquitto
 
         return DockerMosquitto(variant, **options)
     if backend == "external":
-        from harness.brokers.external import ExternalBroker
+        from mqtt_factory_lab.brokers.external import ExternalBroker
 
         if not url:
             raise BrokerUnavailable("the external backend needs --broker-url mqtt://HOST:PORT")

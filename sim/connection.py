@@ -88,6 +88,26 @@ class BrokerSettings:
         }
         return replace(settings, **overrides)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as the ``VF_*`` variables :meth:`from_env` reads back.
+
+        This is how a program hands its settings to the programs it starts
+        (``sim.run_all``): nothing goes on a command line, where ``ps`` would
+        show a password to every user of the machine.
+        """
+        values = {
+            "VF_BROKER_HOST": self.host,
+            "VF_BROKER_PORT": str(self.port),
+            "VF_MQTT_PROTOCOL": self.protocol,
+            "VF_USERNAME": self.username,
+            "VF_PASSWORD": self.password,
+            "VF_TLS_CA": self.tls_ca,
+            "VF_TLS_CERT": self.tls_cert,
+            "VF_TLS_KEY": self.tls_key,
+            "VF_TOPIC_ROOT": self.topic_root,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the common connection flags (each defaults to its ``VF_*`` variable)."""

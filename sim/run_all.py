@@ -52,7 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sim.connection import add_arguments
+from sim.connection import BrokerSettings, add_arguments
 from sim.runtime import (
     READY,
     StopSignals,
@@ -286,25 +286,11 @@ def _stop_forgotten_components() -> None:
 # -- the factory -------------------------------------------------------------------
 
 
-def connection_flags(args: argparse.Namespace) -> list[str]:
-    """The connection flags given to us, to hand on to every child.
-
-    Flags not given are left out, so children read the same ``VF_*`` variables.
-    """
-    flags: list[str] = []
-    for name in ("host", "port", "protocol", "username", "password", "topic_root"):
-        value = getattr(args, name, None)
-        if value is not None:
-            flags += [f"--{name.replace('_', '-')}", str(value)]
-    return flags
-
-
 def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     """``(name, module, args)`` of every program, in start order."""
-    common = connection_flags(args)
     programs: list[tuple[str, str, list[str]]] = []
     if not args.no_observer:
-        observer_args = ["--client-id", args.observer_id, *common]
+        observer_args = ["--client-id", args.observer_id]
         if args.observer_json:
             observer_args.append("--json")
         if args.stats_interval:
@@ -314,7 +300,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
         (
             "controller",
             "sim.controller",
-            ["--client-id", args.controller_id, "--session", args.controller_session, *common],
+            ["--client-id", args.controller_id, "--session", args.controller_session],
         )
     )
     for kind in args.devices:
@@ -334,16 +320,20 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
             device_args += ["--rate", str(args.rate)]
         if args.anomaly:
             device_args.append("--anomaly")
-        programs.append((kind, "sim.device", device_args + common))
+        programs.append((kind, "sim.device", device_args))
     return programs
 
 
 class Factory:
     """The running programs, started in order and stopped in reverse groups."""
 
-    def __init__(self, args: argparse.Namespace, echo: Echo) -> None:
+    def __init__(
+        self, args: argparse.Namespace, echo: Echo, settings: BrokerSettings | None = None
+    ) -> None:
         self.args = args
         self.echo = echo
+        # Children read their connection settings from VF_* variables, all nine of them.
+        self.env = {**os.environ, **(settings or BrokerSettings.from_env()).to_env()}
         self.components: list[Component] = []
         self.reported_exits: set[str] = set()
 
@@ -360,7 +350,7 @@ class Factory:
             for name, module, argv in group:
                 if abort():
                     raise ComponentError("start interrupted")
-                component = Component(name, module, argv, echo=self.echo).start()
+                component = Component(name, module, argv, env=self.env, echo=self.echo).start()
                 self.components.append(component)
                 started.append(component)
                 log.info("started %s as pid %d", name, component.pid)
@@ -511,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # terminal would not reach them, and dying of it would orphan them.
     with StopSignals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as stop:
         width = max(len(name) for name, _, _ in plan(args))
-        factory = Factory(args, _make_echo(width))
+        factory = Factory(args, _make_echo(width), settings)
         try:
             log.info(
                 "starting the factory on %s:%s (MQTT %s, topic root %r)",

@@ -75,6 +75,7 @@ def device_state(device_id: str, state: str, produced: int = 0) -> dict:
     return validate("state", payload)
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("qos", [0, 1, 2], ids=lambda q: f"qos{q}")
 def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, protocol, qos):
@@ -109,6 +110,7 @@ def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, proto
     )
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/press-01"
@@ -131,6 +133,7 @@ def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topi
     )
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/press-retired"
@@ -147,6 +150,7 @@ def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protoc
     )
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_retain_flag_marks_stored_messages_not_live_ones(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/conveyor-01"
@@ -175,6 +179,7 @@ def test_retain_flag_marks_stored_messages_not_live_ones(mqtt_client, topic_root
     )
 
 
+@pytest.mark.broker
 def test_retain_as_published_keeps_the_flag_on_live_messages(mqtt_client, topic_root):
     topic = f"{topic_root}/state/oven-01"
     bridge = mqtt_client(protocol="5")
@@ -196,6 +201,7 @@ def test_retain_as_published_keeps_the_flag_on_live_messages(mqtt_client, topic_
     )
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize(
     ("retain_handling", "at_first", "at_again"),
     [
@@ -230,6 +236,7 @@ def test_retain_handling_decides_when_stored_state_is_sent(
     )
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_wildcard_subscription_receives_every_matching_retained_topic(
     mqtt_client, topic_root, protocol
@@ -254,6 +261,7 @@ def test_wildcard_subscription_receives_every_matching_retained_topic(
     assert all(m.retain for m in dashboard.received()), "Stored messages carry the retain flag."
 
 
+@pytest.mark.broker
 @pytest.mark.broker_needs(RESTART, CONFIG)
 @pytest.mark.parametrize(
     ("variant", "survives"),
@@ -297,6 +305,7 @@ def test_retained_state_survives_restart_only_with_persistence(
 # the way the factory's dashboards rely on.
 
 
+@pytest.mark.solution
 def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, topic_root):
     press = device("press")
     first_viewer = mqtt_client()
@@ -330,6 +339,7 @@ def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, t
     )
 
 
+@pytest.mark.solution
 def test_device_does_not_retain_telemetry(device, mqtt_client, topic_root):
     press = device("press")
 

@@ -98,6 +98,16 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "broker: an experiment on the broker's MQTT semantics with plain clients "
+        "(conformance: `pytest labs -m broker --broker-url URL`)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "solution: an experiment that runs the solution's own programs or files "
+        "(grading: `pytest labs -m solution --solution PATH`)",
+    )
+    config.addinivalue_line(
+        "markers",
         "broker_needs(*capabilities): skip on a backend that cannot 'restart', 'config' "
         "(choose ACL/persistence) or read the 'log' of its broker (--broker-url)",
     )

@@ -77,12 +77,15 @@ class Solution:
     :ivar name: the solution's name (for reports).
     :ivar roles: how to start each role.
     :ivar files: other files of the solution (``acl``...), as absolute paths.
+    :ivar filters: the ``[filters]`` table: topic filters that answer the factory's
+        questions, by question name (lesson 01), with ``{root}`` for the topic root.
     """
 
     path: Path
     name: str
     roles: dict[str, Role]
     files: dict[str, Path]
+    filters: dict[str, str] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -131,6 +134,25 @@ class Solution:
 
     def file(self, name: str) -> Path | None:
         return self.files.get(name)
+
+    def require_file(self, name: str, why: str) -> Path:
+        """The file ``[files] name``. :raises ManifestError: one sentence naming the entry."""
+        if name not in self.files:
+            raise ManifestError(
+                f"solution {self.name!r} ({self.path}) has no [files] {name}: {why}. "
+                f"Files it declares: {', '.join(sorted(self.files)) or 'none'}."
+            )
+        return self.files[name]
+
+    def require_filter(self, question: str, meaning: str) -> str:
+        """The filter ``[filters] question``. :raises ManifestError: naming the entry."""
+        if question not in self.filters:
+            raise ManifestError(
+                f"solution {self.name!r} ({self.path}) has no [filters] {question}: this lesson "
+                f"needs the topic filter for {meaning}. Filters it declares: "
+                f"{', '.join(sorted(self.filters)) or 'none'}."
+            )
+        return self.filters[question]
 
 
 def _fill(template: str, values: dict[str, Any], solution: Solution, role: str) -> str:
@@ -195,7 +217,16 @@ def load(path: str | Path | None = None) -> Solution:
                 f"{where}: [files] {key} = {relative!r} does not exist ({file_path})"
             )
         files[key] = file_path
-    return Solution(path=path, name=name, roles=roles, files=files)
+
+    filters_data = data.get("filters") or {}
+    if not isinstance(filters_data, dict) or not all(
+        isinstance(v, str) and v for v in filters_data.values()
+    ):
+        raise ManifestError(
+            f"{where}: [filters] must map question names to topic filter strings, such as "
+            'all_alarms = "{root}/alarms/#"'
+        )
+    return Solution(path=path, name=name, roles=roles, files=files, filters=dict(filters_data))
 
 
 def _argv(value: Any, where: str) -> tuple[str, ...]:

@@ -22,15 +22,13 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from mqtt_factory_lab.brokers import Broker, BrokerError, make_broker, resolve_backend
 from mqtt_factory_lab.client import RecordingClient
 from mqtt_factory_lab.factory import FactoryLauncher, program_env
+from mqtt_factory_lab.paths import LAB_ROOT as ROOT
 from mqtt_factory_lab.roles import RoleProcess
 from mqtt_factory_lab.solution import load as load_solution
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def broker_ready_times(backend: str, starts: int, variant: str = "open") -> list[float]:

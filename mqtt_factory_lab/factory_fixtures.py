@@ -114,6 +114,7 @@ def device(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., De
     :param anomaly: inject out-of-range values (manifest option ``anomaly``).
     :param crash_after: end abruptly after this many seconds (option ``crash_after``).
     :param broker: another broker than the shared one.
+    :param protocol: the MQTT version the program is told to speak (``VF_MQTT_PROTOCOL``).
     Returns once the device's retained ``online`` status is on the broker.
     """
 
@@ -122,9 +123,12 @@ def device(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., De
         device_id: str | None = None,
         *,
         broker: Broker | None = None,
+        protocol: str = "5",
         **kw: Any,
     ) -> DeviceHandle:
-        return _or_fail(lambda: factory_launcher(broker).start_device(kind, device_id, **kw))
+        return _or_fail(
+            lambda: factory_launcher(broker, protocol=protocol).start_device(kind, device_id, **kw)
+        )
 
     return start
 
@@ -151,6 +155,7 @@ def factory(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., F
     :param controller_session: ``clean`` or ``persistent``.
     :param rules: a controller rule ``SOURCE/SENSOR=TARGET`` (default: the solution's).
     :param anomaly: start the devices with injected anomalies.
+    :param protocol: the MQTT version the programs are told to speak.
     """
 
     def start(
@@ -162,8 +167,9 @@ def factory(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., F
         rules: str | None = None,
         anomaly: bool = False,
         broker: Broker | None = None,
+        protocol: str = "5",
     ) -> Factory:
-        launcher = factory_launcher(broker)
+        launcher = factory_launcher(broker, protocol=protocol)
 
         def launch() -> Factory:
             devices = {}

@@ -40,7 +40,8 @@ from jsonschema.exceptions import ValidationError, best_match, relevance
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+from mqtt_factory_lab.paths import SCHEMA_DIR
+
 SUFFIX = ".schema.json"
 MAX_PROBLEMS = 3
 SHARED = "common"

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REFERENCE_MANIFEST = Path(__file__).resolve().parent.parent / "solution.toml"
+from mqtt_factory_lab.paths import REFERENCE_MANIFEST
 
 #: Placeholders a command may use, and what they stand for.
 PLACEHOLDERS = {

@@ -50,10 +50,10 @@ from mqtt_factory_lab.brokers import (
 )
 from mqtt_factory_lab.brokers import local as local_backend
 from mqtt_factory_lab.brokers.base import free_port
+from mqtt_factory_lab.brokers.config import BrokerConfigError
 from mqtt_factory_lab.brokers.external import ExternalBroker, parse_url
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
 from mqtt_factory_lab.client import MQTTTimeout
-from mqtt_factory_lab.config import BrokerConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "harness_support"

@@ -1,6 +1,6 @@
 """The docker backend: Mosquitto in a container, started through testcontainers.
 
-The container runs the very files the local backend runs: :func:`mqtt_factory_lab.config.render`
+The container runs the very files the local backend runs: :func:`mqtt_factory_lab.brokers.config.render`
 builds ``<tmp>/config`` and ``<tmp>/data`` with container paths kept, and they
 are mounted at ``/mosquitto/config`` (read-only) and ``/mosquitto/data``. Two
 network modes exist:
@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mqtt_factory_lab import config as broker_config
+from mqtt_factory_lab.brokers import config as broker_config
 from mqtt_factory_lab.brokers.base import (
     CONFIG,
     LOG,

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mqtt_factory_lab import config as broker_config
+from mqtt_factory_lab.brokers import config as broker_config
 from mqtt_factory_lab.brokers.base import (
     CONFIG,
     LOG,

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqtt_factory_lab.brokers.base import BrokerError
+from mqtt_factory_lab.paths import DOCKER_DIR
 
-DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 CONTAINER_ROOT = "/mosquitto"
 _LISTENER = re.compile(r"^\s*listener\s+\d+.*$", re.MULTILINE)
 

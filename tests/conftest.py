@@ -195,3 +195,90 @@ def direct_broker() -> Iterator[Callable[..., Broker]]:
     yield start
     for broker in brokers:
         broker.close()
+
+
+# -- grading a solution with a lesson, in a child pytest -------------------------------
+
+
+@dataclass
+class LessonRun:
+    """What a child ``pytest LESSON --solution S`` did: its outcome per experiment and its output.
+
+    :ivar outcomes: ``{test name with parameters: "passed" | "failed" | "skipped" | "error"}``.
+    :ivar messages: the failure text of each failed experiment (the teaching message).
+    """
+
+    returncode: int
+    output: str
+    outcomes: dict[str, str]
+    messages: dict[str, str]
+
+    def failed(self, name_part: str = "") -> list[str]:
+        return [n for n, o in self.outcomes.items() if o in ("failed", "error") and name_part in n]
+
+    def passed(self, name_part: str = "") -> list[str]:
+        return [n for n, o in self.outcomes.items() if o == "passed" and name_part in n]
+
+    def message(self, name_part: str) -> str:
+        """The joined failure messages of the experiments whose names contain ``name_part``."""
+        return "\n".join(m for n, m in self.messages.items() if name_part in n)
+
+
+@pytest.fixture
+def run_lesson(tmp_path: Path, pytestconfig: pytest.Config) -> Callable[..., LessonRun]:
+    """``run_lesson("labs/03_retained.py", solution=dir, "-m", "solution")``: grade a solution.
+
+    Runs the lesson in a child pytest on the same broker backend as this run, with the
+    solution manifest given (default: the reference), and reads the outcome of every
+    experiment from its JUnit XML. The child inherits nothing from ``MQTT_LAB_*``.
+    """
+    import os
+    import xml.etree.ElementTree as ET
+
+    runs = iter(range(1, 1000))
+
+    def run(lesson: str, *args: str, solution: Path | str | None = None) -> LessonRun:
+        xml = tmp_path / f"{Path(lesson).stem}-{next(runs)}.xml"
+        backend = pytestconfig.getoption("--broker-backend")
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-q",
+            "--no-header",
+            f"--junitxml={xml}",
+            f"--broker-backend={backend}",
+            lesson,
+        ]
+        if solution is not None:
+            command.append(f"--solution={solution}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MQTT_LAB_"))}
+        done = subprocess.run(
+            [*command, *args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        outcomes: dict[str, str] = {}
+        messages: dict[str, str] = {}
+        if xml.exists():
+            for case in ET.parse(xml).getroot().iter("testcase"):
+                name = case.get("name", "")
+                outcome = "passed"
+                for child in case:
+                    if child.tag in ("failure", "error", "skipped"):
+                        outcome = "failed" if child.tag == "failure" else child.tag
+                        text = (child.get("message") or "") + "\n" + (child.text or "")
+                        if outcome != "skipped":
+                            messages[name] = text
+                outcomes[name] = outcome
+        return LessonRun(done.returncode, done.stdout + done.stderr, outcomes, messages)
+
+    return run

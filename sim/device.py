@@ -126,7 +126,9 @@ class DeviceCore:
         self.device_id = device_id
         self.kind = kind
         self.topics = topics
-        self.machine = Machine(kind, seed=seed, anomaly=anomaly, schedule=schedule)
+        self.machine = Machine(
+            kind, seed=seed, identity=device_id, anomaly=anomaly, schedule=schedule
+        )
         self.alarms = AlarmPanel.for_kind(kind)
         self.clock = clock
         self.seq = 0

@@ -386,3 +386,17 @@ def test_status_and_will_follow_the_contract() -> None:
     assert (topic, qos, retain) == (f"{ROOT}/status/robot_arm-01", 1, True)
     check_contract([core.status("online", "connected"), core.status("offline", "shutdown")])
     assert validate_message(topic, payload, root=ROOT)["reason"] == "last-will"
+
+
+def test_anomalies_start_within_seconds_and_differ_between_devices() -> None:
+    """A newcomer who asks for anomalies sees one soon, and not on every device at once."""
+    firsts = {
+        kind: Machine(kind, seed=1, identity=f"{kind}-01", anomaly=True).excursion for kind in KINDS
+    }
+    starts = {kind: excursion.start for kind, excursion in firsts.items() if excursion}
+    assert max(starts.values()) <= 10.0, f"first excursions (plant seconds): {starts}"
+    assert len(set(starts.values())) == len(starts), f"devices share a first instant: {starts}"
+    again = Machine("press", seed=1, identity="press-01", anomaly=True).excursion
+    assert again == firsts["press"], "the same seed and device id give the same schedule"
+    other = Machine("press", seed=1, identity="press-02", anomaly=True).excursion
+    assert other != again, "two presses under one seed must not share their anomalies"

@@ -190,9 +190,9 @@ def test_device_publishes_what_the_seeded_model_computes(
     """Same seed, same time scale and rate: the values are the model's, reading for reading."""
     watcher = mqtt_client()
     watcher.subscribe(f"{topics.root}/telemetry/#", qos=0)
-    start_device("oven", "--seed", str(lab_seed), "--time-scale", "30", "--rate", "10")
+    oven = start_device("oven", "--seed", str(lab_seed), "--time-scale", "30", "--rate", "10")
     got = payloads(watcher.wait_for_messages(10, timeout=10), topics.root)
-    model = Machine("oven", seed=lab_seed)
+    model = Machine("oven", seed=lab_seed, identity=oven.name)
     rounds = max(d["seq"] for d in got) + 1
     expected = [model.step(30 / 10)["temperature"].value for _ in range(rounds)]
     for data in got:
@@ -219,16 +219,15 @@ def test_anomaly_raises_then_clears_an_alarm_at_qos1(
     device = start_device(
         "conveyor", "--anomaly", "--seed", str(lab_seed), "--time-scale", "60", "--rate", "10"
     )
+    model = Machine("conveyor", seed=lab_seed, identity=device.name, anomaly=True)
     raised, cleared = watcher.wait_for_messages(2, f"{topics.root}/alarms/#", timeout=10)
     first, second = payloads([raised, cleared], topics.root)
     assert (first["state"], second["state"]) == ("raised", "cleared"), (
         f"one excursion gives one 'raised' then one 'cleared': {first} / {second}"
     )
-    assert (
-        first["sensor"]
-        == second["sensor"]
-        == Machine("conveyor", seed=lab_seed, anomaly=True).excursion.sensor
-    ), "the first excursion's sensor is fixed by the seed"
+    assert first["sensor"] == second["sensor"] == model.excursion.sensor, (
+        "the first excursion's sensor is fixed by the seed and the device id"
+    )
     sensor = kind_spec("conveyor").sensor(first["sensor"])
     assert first["value"] > sensor.high, f"raised at {first['value']}, inside the limit?"
     assert second["value"] <= sensor.high - sensor.hysteresis

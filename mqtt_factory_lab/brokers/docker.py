@@ -426,7 +426,7 @@ class DockerMosquitto(Broker):
         self._container = None
         import docker.errors
 
-        wrapped = container.get_wrapped_container()
+        wrapped = _wrapped(container)
         if wrapped is not None:
             with contextlib.suppress(docker.errors.DockerException):
                 if graceful:
@@ -441,7 +441,7 @@ class DockerMosquitto(Broker):
         import docker.errors
 
         with contextlib.suppress(docker.errors.NotFound):
-            if (wrapped := container.get_wrapped_container()) is not None:
+            if (wrapped := _wrapped(container)) is not None:
                 wrapped.remove(force=True, v=True)
         with contextlib.suppress(Exception):
             container.get_docker_client().client.close()
@@ -460,7 +460,7 @@ class DockerMosquitto(Broker):
 
     # -- what tests look at -------------------------------------------------
     def _wrapped(self) -> Any:
-        return self._container.get_wrapped_container() if self._container is not None else None
+        return _wrapped(self._container) if self._container is not None else None
 
     @property
     def container_id(self) -> str | None:
@@ -500,6 +500,16 @@ class DockerMosquitto(Broker):
     def health(self) -> str:
         line = super().health()
         return f"{line} (container image {self.image}, {self.network} network)"
+
+
+def _wrapped(container: DockerContainer) -> Any:
+    """The docker SDK's container behind a testcontainers one, or None before it was created."""
+    from testcontainers.core.exceptions import ContainerStartException
+
+    try:
+        return container.get_wrapped_container()
+    except ContainerStartException:
+        return None
 
 
 def _decode(raw: bytes) -> str:

@@ -22,10 +22,11 @@ from typing import Any
 from mqtt_factory_lab.brokers.base import LOG, Broker
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
 from mqtt_factory_lab.roles import RoleError, RoleProcess
-from mqtt_factory_lab.schemas import PayloadError, validate
+from mqtt_factory_lab.schemas import PayloadError, device_kinds, validate
 from mqtt_factory_lab.solution import Solution
 
-DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
+#: the machines a factory has, as the payload contract names them (schemas/common.schema.json)
+DEVICE_KINDS = device_kinds()
 
 
 def program_env(broker: Broker, topic_root: str = "factory", protocol: str = "5") -> dict[str, str]:

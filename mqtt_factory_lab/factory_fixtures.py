@@ -108,7 +108,7 @@ def factory_launcher(
 def device(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., DeviceHandle]:
     """Start a device of the solution: ``device("press", anomaly=True)``.
 
-    :param kind: press, conveyor, robot_arm, oven, packer or environment.
+    :param kind: a device kind (:data:`~mqtt_factory_lab.factory.DEVICE_KINDS`).
     :param device_id: id in its topics (default ``<kind>-NN``).
     :param client_id: MQTT client id (default: the id plus a random suffix).
     :param anomaly: inject out-of-range values (manifest option ``anomaly``).

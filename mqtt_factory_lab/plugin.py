@@ -39,7 +39,7 @@ from mqtt_factory_lab.brokers import (
     resolve_backend,
 )
 from mqtt_factory_lab.brokers.base import format_log
-from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.client import PROTOCOLS, RecordingClient
 from mqtt_factory_lab.factory import program_env
 
 #: the factory fixtures (device, factory, observer_capture) come with the broker ones
@@ -300,6 +300,13 @@ def broker_factory(
 def topic_root() -> str:
     """A topic root that no other test uses: ``lab/<8 hex>/factory``."""
     return f"lab/{uuid.uuid4().hex[:8]}/factory"
+
+
+@pytest.fixture(params=[pytest.param(p, id=f"mqtt{p}") for p in PROTOCOLS])
+def protocol(request: pytest.FixtureRequest) -> str:
+    """Each MQTT version the lab speaks (``"3.1.1"``, ``"5"``): a test that asks for it runs
+    once per version (ids ``mqtt3.1.1`` and ``mqtt5``)."""
+    return request.param
 
 
 @pytest.fixture

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sim.connection import BrokerSettings, add_arguments
+from sim.machines import DEVICE_KINDS
 from sim.runtime import (
     READY,
     StopSignals,
@@ -64,7 +65,6 @@ from sim.runtime import (
 
 log = logging.getLogger("run_all")
 
-DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _LIVE: set[Component] = set()
 

@@ -264,9 +264,9 @@ def test_wildcard_subscription_receives_every_matching_retained_topic(
     ],
 )
 def test_retained_state_survives_restart_only_with_persistence(
-    broker_factory, mqtt_client, topic_root, variant, survives
+    make_broker, mqtt_client, topic_root, variant, survives
 ):
-    broker = broker_factory(variant)
+    broker = make_broker(variant)
     topic = f"{topic_root}/state/press-01"
     publisher = mqtt_client(broker=broker)
     publisher.publish(topic, device_state("press-01", "running"), qos=1, retain=True)

@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mqtt_factory_lab.brokers.base import LOG, Broker
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
@@ -29,7 +29,16 @@ from mqtt_factory_lab.solution import Solution
 DEVICE_KINDS = device_kinds()
 
 
-def program_env(broker: Broker, topic_root: str = "factory", protocol: str = "5") -> dict[str, str]:
+class Address(Protocol):
+    """Where a program is told the broker is: a :class:`Broker`, or any host and port."""
+
+    host: str
+    port: int
+
+
+def program_env(
+    broker: Broker | Address, topic_root: str = "factory", protocol: str = "5"
+) -> dict[str, str]:
     """The environment a factory program gets: ``os.environ`` plus the broker's ``VF_*`` settings.
 
     The solution contract passes broker settings this way only, so a student's

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
-from mqtt_factory_lab.connection import ConnectionSettings, ConnectOutcome, try_connect
+from mqtt_factory_lab.connection import NOT_MQTT, ConnectionSettings, ConnectOutcome, try_connect
 
 #: capability name → how the table and skip reasons call it
 CAPABILITIES = {
@@ -157,8 +157,7 @@ def probe(settings: ConnectionSettings, *, timeout: float = 2.0) -> Capabilities
             else _refusal(outcome)
         )
         items[name] = Capability(name, outcome.accepted, detail)
-        unreachable = outcome.kind in {"refused", "unresolved", "unreachable", "timeout", "tls"}
-        if protocol == "3.1.1" and unreachable and settings.mqtt5 is None:
+        if protocol == "3.1.1" and outcome.kind in NOT_MQTT and settings.mqtt5 is None:
             break  # the same address would not answer MQTT 5 either
     if not any(o.accepted for o in outcomes.values()):
         lines = "\n".join(f"  - {o.sentence()}" for o in outcomes.values())

@@ -21,6 +21,7 @@ to us?": it waits for the CONNACK on an event (no spinning), and its
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import threading
@@ -247,12 +248,12 @@ VF_CONNECTION_VARIABLES = (
 )
 
 
-def mask_url(url: str) -> str:
-    """A URL as typed, with any password in it masked."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.password:
-        return url.replace(f":{parts.password}@", f":{MASK}@")
-    return url
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def mask_url(text: str) -> str:
+    """``text`` (a URL, or a command-line argument holding one) with URL passwords masked."""
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
 
 
 # -- one CONNECT that explains itself ---------------------------------------------------
@@ -284,6 +285,12 @@ ADVICE = {
     "version, or it dropped the client (see its log)",
     "error": "see the error above",
 }
+
+#: outcomes after which another MQTT version on the same address is not worth a try: nothing
+#: answered, or what answered does not speak MQTT (a broker refuses a version with a CONNACK)
+NOT_MQTT = frozenset(
+    {"refused", "unresolved", "unreachable", "timeout", "tls", "not_tls", "no_connack"}
+)
 
 #: CONNACK reason names (paho spells MQTT 3.1.1 return codes the MQTT 5 way) → outcome kind
 _REFUSALS = {
@@ -460,7 +467,6 @@ def ready(
         outcomes.append(found)
         if found.accepted:
             break
-        unreachable = found.kind in {"refused", "unresolved", "unreachable", "timeout", "tls"}
-        if unreachable and settings.for_protocol(protocol) is settings.for_protocol("5"):
+        if found.kind in NOT_MQTT and settings.for_protocol(protocol) is settings.for_protocol("5"):
             break
     return outcomes

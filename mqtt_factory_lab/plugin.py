@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -424,7 +423,7 @@ def _write_report(
         if settings
         else f"the lab's own broker ({config.getoption('--broker-backend')} backend)"
     )
-    command = [Path(sys.argv[0]).name, *(mask_url(a) for a in config.invocation_params.args)]
+    command = ["pytest", *(mask_url(a) for a in config.invocation_params.args)]
     report = spec.build_report(
         recorder,
         broker=broker,

@@ -47,14 +47,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def mqtt_ping(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Return whether a real MQTT CONNECT to ``host:port`` is accepted within ``timeout``.
+    """Return whether an MQTT broker answers a CONNECT to ``host:port`` within ``timeout``.
 
     This is the readiness test of a broker the lab starts: a port that accepts TCP is
-    not yet a broker. It waits for the CONNACK on an event; for an external broker,
+    not yet a broker, but a CONNACK, even one that refuses an anonymous client, is. It waits for the CONNACK on an event; for an external broker,
     :func:`mqtt_factory_lab.connection.ready` also says why a broker is not ready.
     """
     outcome, _ = try_connect(ConnectionSettings(host, port), "3.1.1", timeout=timeout)
-    return outcome.accepted
+    # A CONNACK that refuses (a broker that wants a login) still proves a broker is there.
+    return outcome.accepted or outcome.reason_code is not None
 
 
 class Broker(ABC):

@@ -57,6 +57,8 @@ class LocalMosquitto(Broker):
     :param workdir: folder for config, data and log; default a fresh temp folder
         that :meth:`close` removes.
     :param extra_config: more configuration lines for this broker only.
+    :param config_source: a team's own configuration folder instead of the lab's files
+        (see :func:`~mqtt_factory_lab.brokers.config.render`).
     :param start_timeout: seconds to wait for the first accepted CONNECT.
 
     Example::
@@ -76,6 +78,7 @@ class LocalMosquitto(Broker):
         executable: str | None = None,
         workdir: Path | None = None,
         extra_config: str = "",
+        config_source: Path | None = None,
         start_timeout: float = 10.0,
     ) -> None:
         super().__init__(variant)
@@ -92,6 +95,8 @@ class LocalMosquitto(Broker):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mqtt-lab-broker-"))
         self.workdir.chmod(0o755)
         self.extra_config = extra_config
+        #: a team's own configuration folder used instead of the lab's (``--broker-config``)
+        self.config_source = config_source
         self.start_timeout = start_timeout
         self.process: ChildProcess | None = None
         self.rendered: broker_config.RenderedConfig | None = None
@@ -122,7 +127,9 @@ class LocalMosquitto(Broker):
             # may not reach a private temp folder (its ACL file, its database) and
             # loses the parent-death signal below. Root stays root for a test broker.
             extra = "user root\n" + extra
-        self.rendered = broker_config.render(self.variant, self.workdir, port=port, extra=extra)
+        self.rendered = broker_config.render(
+            self.variant, self.workdir, port=port, extra=extra, source=self.config_source
+        )
         self.port = port
         self._archive_log()
         started = time.monotonic()

@@ -362,7 +362,8 @@ def _classify_error(error: BaseException) -> str:
     if isinstance(error, ConnectionRefusedError):
         return "refused"
     if isinstance(error, TimeoutError | socket.timeout):
-        return "timeout"
+        # a TCP connection was made, but the listener never answered the TLS handshake
+        return "not_tls" if "handshake" in str(error) else "timeout"
     if isinstance(error, OSError) and error.errno in (101, 113):  # ENETUNREACH, EHOSTUNREACH
         return "unreachable"
     return "error"
@@ -425,9 +426,10 @@ def try_connect(
         _close(client)
         name = str(reason)
         return outcome(_REFUSALS.get(name, "refused_other"), name, reason_code=reason.value), None
+    closed = result.get("closed")  # before our own disconnect adds one
     _close(client)
-    if "closed" in result:
-        return outcome("closed", str(result["closed"])), None
+    if closed is not None:
+        return outcome("closed", str(closed)), None
     return outcome("no_connack"), None
 
 

@@ -225,7 +225,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         config.stash[CAPABILITIES_KEY] = probe(settings)
     except BrokerNotReady as error:
         config.stash[NOT_READY_KEY] = str(error)
-        pytest.exit(f"mqtt-factory-lab: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
+        raise pytest.UsageError(f"mqtt-factory-lab: {error}") from None
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -122,7 +122,7 @@ def render(
     """
     if source is not None:
         return _render_source(
-            source, root, port=port, bind_address=bind_address, local_paths=local_paths
+            source, root, port=port, bind_address=bind_address, local_paths=local_paths, extra=extra
         )
     fragments = parse_variant(variant, docker_dir)
     config_dir = root / "config"

@@ -5,37 +5,26 @@ browser) and stops all of it at the end, even after a failure. Nothing
 sleeps: Playwright's ``expect`` waits for the page to show what is expected,
 up to a deadline.
 
-``scripts/setup`` installs the browser. Without one these tests skip, saying
-so, except under CI (``CI=true``), where a missing browser is a failure.
+``scripts/setup`` installs the browser (Debian's ``chromium``; another one with
+``MQTT_LAB_CHROMIUM=/path``). Without one these tests skip, saying so, except
+under CI (``CI=true``), where a missing browser is a failure.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mqtt_factory_lab.bench_dashboard import find_chromium, launch_chromium
 from mqtt_factory_lab.brokers import RESTART
 from mqtt_factory_lab.brokers.base import free_port
 
-CHROMIUM = os.environ.get("MQTT_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-#: what Chromium needs to start as root in a container, and nothing that phones home
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 #: how long the page may take to show something (ms)
 WAIT = 10_000
 
@@ -56,11 +45,11 @@ def browser_page() -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _missing("Playwright for Python is not installed: run scripts/setup")
-    if not Path(CHROMIUM).exists():
-        _missing(f"no Chromium at {CHROMIUM}: run scripts/setup (apt-get install chromium)")
+    if find_chromium() is None:
+        _missing("no Chromium found: run scripts/setup (apt-get install -y chromium)")
     errors: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("pageerror", lambda error: errors.append(str(error)))

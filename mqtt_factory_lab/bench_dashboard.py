@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mqtt_factory_lab.brokers import Broker, BrokerError, make_broker, resolve_backend
+from mqtt_factory_lab.brokers import Broker, BrokerError, create_broker, resolve_backend
 from mqtt_factory_lab.brokers.base import free_port
 from mqtt_factory_lab.client import RecordingClient
 from mqtt_factory_lab.factory import program_env
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        broker = make_broker(resolve_backend("auto"), "open")
+        broker = create_broker(resolve_backend("auto"), "open")
         broker.start()
     except BrokerError as error:
         print(f"no broker: {error}")
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def screenshot(path: Path, seconds_of_history: float = 6.0) -> Path:
     """Run the whole factory (``sim.run_all --anomaly``) and save a picture of its dashboard."""
-    broker = make_broker(resolve_backend("auto"), "open")
+    broker = create_broker(resolve_backend("auto"), "open")
     broker.start()
     try:
         with (

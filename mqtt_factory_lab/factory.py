@@ -17,18 +17,28 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mqtt_factory_lab.brokers.base import LOG, Broker
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
 from mqtt_factory_lab.roles import RoleError, RoleProcess
-from mqtt_factory_lab.schemas import PayloadError, validate
+from mqtt_factory_lab.schemas import PayloadError, device_kinds, validate
 from mqtt_factory_lab.solution import Solution
 
-DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
+#: the machines a factory has, as the payload contract names them (schemas/common.schema.json)
+DEVICE_KINDS = device_kinds()
 
 
-def program_env(broker: Broker, topic_root: str = "factory", protocol: str = "5") -> dict[str, str]:
+class Address(Protocol):
+    """Where a program is told the broker is: a :class:`Broker`, or any host and port."""
+
+    host: str
+    port: int
+
+
+def program_env(
+    broker: Broker | Address, topic_root: str = "factory", protocol: str = "5"
+) -> dict[str, str]:
     """The environment a factory program gets: ``os.environ`` plus the broker's ``VF_*`` settings.
 
     The solution contract passes broker settings this way only, so a student's
@@ -184,7 +194,9 @@ class FactoryLauncher:
         client_id = client_id or f"{device_id}-{uuid.uuid4().hex[:6]}"
         watcher = self._watcher()
         status_topic = f"{self.topic_root}/status/{device_id}"
-        watcher.subscribe(status_topic, qos=1)
+        # Retain as published: the watcher is subscribed before the device publishes, and a live
+        # delivery would otherwise carry retain=0 whether or not the device retained it.
+        watcher.subscribe(status_topic, qos=1, retain_as_published=True)
         started = time.monotonic()
         process = self.start_role(
             "device",
@@ -219,6 +231,15 @@ class FactoryLauncher:
                         )
                     ) from error
                 if status["status"] == "online":
+                    if not message.retain:
+                        raise RoleError(
+                            handle.process.describe_failure(
+                                f"published 'online' on {topic} without the retain flag, so a "
+                                "dashboard that opens later would not know the device is online",
+                                "publish the status with retain=True (and QoS 1); the broker then "
+                                "keeps it and hands it to every new subscriber",
+                            )
+                        )
                     return status
             if not handle.process.is_running():
                 raise RoleError(

@@ -21,8 +21,8 @@ and quoting its output.
 Everything the children print is forwarded, prefixed with their name
 (``press      | ...``). Ctrl-C, SIGTERM or the end of ``--duration`` stops
 them in order: devices first (the observer and the dashboard still see them
-go offline), then the controller, then the observer and the dashboard; each gets SIGTERM, some seconds to finish,
-then SIGKILL. A child that crashes meanwhile is reported and the rest of the
+go offline), then the controller, then the observer and the dashboard; each
+gets SIGTERM, some seconds to finish, then SIGKILL. A child that crashes meanwhile is reported and the rest of the
 factory keeps running, as a real plant would. SIGHUP (a closed terminal)
 stops it the same way. SIGKILL of run_all itself cannot be caught; on Linux
 the children are started with a parent-death signal (``setpriv --pdeathsig``)
@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sim.connection import BrokerSettings, add_arguments
+from sim.machines import DEVICE_KINDS
 from sim.runtime import (
     READY,
     StopSignals,
@@ -68,7 +69,6 @@ from sim.runtime import (
 
 log = logging.getLogger("run_all")
 
-DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _LIVE: set[Component] = set()
 
@@ -358,7 +358,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     return programs
 
 
-class Factory:
+class Programs:
     """The running programs, started in order and stopped in reverse groups."""
 
     def __init__(
@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # terminal would not reach them, and dying of it would orphan them.
     with StopSignals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as stop:
         width = max(len(name) for name, _, _ in plan(args))
-        factory = Factory(args, _make_echo(width), settings)
+        factory = Programs(args, _make_echo(width), settings)
         try:
             log.info(
                 "starting the factory on %s:%s (MQTT %s, topic root %r)",

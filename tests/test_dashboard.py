@@ -375,9 +375,9 @@ def test_the_devices_answer_comes_back_as_the_commands_outcome(dashboard, device
 
 @pytest.mark.broker_needs(CONFIG, LOG)
 def test_the_dashboard_works_within_the_acl_as_client_id_dashboard(
-    broker_factory, dashboard, mqtt_client
+    make_broker, dashboard, mqtt_client
 ):
-    broker = broker_factory("acl")
+    broker = make_broker("acl")
     mark = broker.log_mark()
     # A device connects with its id as client id: the ACL lets it write its own state.
     press = mqtt_client("press", broker=broker)

@@ -312,10 +312,8 @@ def test_a_script_injection_payload_is_shown_as_text(mqtt_client, topic_root, op
 
 
 @pytest.mark.broker_needs(RESTART)
-def test_the_page_survives_a_broker_restart(
-    broker_factory, mqtt_client, topic_root, open_dashboard
-):
-    broker = broker_factory("open")
+def test_the_page_survives_a_broker_restart(make_broker, mqtt_client, topic_root, open_dashboard):
+    broker = make_broker("open")
     publisher = mqtt_client(broker=broker)
     publisher.publish(f"{topic_root}/status/press-1", status_payload("press-1"), qos=1, retain=True)
     page = open_dashboard(broker=broker)

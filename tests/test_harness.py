@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -45,7 +46,7 @@ from mqtt_factory_lab.brokers import (
     BrokerStartError,
     BrokerUnavailable,
     CapabilityMissing,
-    make_broker,
+    create_broker,
     resolve_backend,
 )
 from mqtt_factory_lab.brokers import local as local_backend
@@ -154,18 +155,11 @@ def child_project(tmp_path: Path, case: str) -> Path:
 
 def processes_mentioning(marker: str) -> dict[int, str]:
     """Living processes (zombies excluded) whose command line contains ``marker``."""
-    listing = subprocess.run(
-        ["ps", "-A", "-ww", "-o", "pid=,stat=,args="],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
     found = {}
-    for line in listing.splitlines():
-        fields = line.split(None, 2)
-        if len(fields) == 3 and marker in fields[2] and not fields[1].startswith("Z"):
-            found[int(fields[0])] = fields[2]
+    for process in psutil.process_iter(["cmdline", "status"]):
+        command = " ".join(process.info["cmdline"] or ())
+        if marker in command and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found[process.pid] = command
     return found
 
 
@@ -173,12 +167,12 @@ def alive(pids: list[int]) -> dict[int, str]:
     """Those of ``pids`` that still run (not zombies), with their command lines."""
     running = {}
     for pid in pids:
-        result = subprocess.run(
-            ["ps", "-ww", "-o", "stat=,args=", "-p", str(pid)], capture_output=True, text=True
-        )
-        stat, _, args = result.stdout.strip().partition(" ")
-        if result.returncode == 0 and stat and not stat.startswith("Z"):
-            running[pid] = args.strip()
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running[pid] = " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            continue
     return running
 
 
@@ -265,7 +259,7 @@ def test_external_backend_needs_a_url():
     with pytest.raises(BrokerUnavailable, match="--broker-url mqtt://HOST:PORT"):
         resolve_backend("external")
     with pytest.raises(BrokerUnavailable, match="needs --broker-url"):
-        make_broker("external", url=None)
+        create_broker("external", url=None)
 
 
 @pytest.mark.parametrize("requested", ["auto", "external"])

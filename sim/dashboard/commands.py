@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -45,12 +44,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 
+from sim.device import DEVICE_ID
+
 SCHEMAS = Path(__file__).resolve().parent.parent.parent / "schemas"
 #: what the browser may set; everything else is the server's
 FROM_BROWSER = ("command", "reason", "setpoint", "value")
 #: a request is a few fields; anything bigger is a mistake or an attack
 MAX_REQUEST_BYTES = 4096
-DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class RequestError(ValueError):

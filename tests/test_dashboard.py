@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -35,6 +36,7 @@ from mqtt_factory_lab.brokers.base import free_port
 from mqtt_factory_lab.roles import RoleProcess
 from mqtt_factory_lab.schemas import validate
 from sim.dashboard.commands import DeviceInfo, RequestError, build_command
+from sim.dashboard.tracker import OutcomeTracker
 
 
 @dataclass
@@ -74,7 +76,11 @@ def dashboard(sim_program, unique_id) -> Callable[..., Dashboard]:
     """
 
     def start(
-        *args: str, broker: Any = None, topic_root: str | None = None, client_id: str | None = None
+        *args: str,
+        broker: Any = None,
+        topic_root: str | None = None,
+        client_id: str | None = None,
+        protocol: str = "5",
     ) -> Dashboard:
         port = free_port()
         client_id = client_id or unique_id("dashboard")
@@ -87,6 +93,7 @@ def dashboard(sim_program, unique_id) -> Callable[..., Dashboard]:
             *args,
             broker=broker,
             topic_root=topic_root,
+            protocol=protocol,
             name="dashboard",
         )
         return Dashboard(program, f"http://127.0.0.1:{port}/", client_id)
@@ -219,6 +226,26 @@ def test_an_accepted_request_becomes_a_schema_valid_command_from_the_dashboard()
     )
 
 
+def test_a_rejection_is_matched_by_the_quoted_payload_and_silence_times_out():
+    tracker = OutcomeTracker("f", timeout=10)
+    for number in (1, 2):
+        command = {"command": "set", "command_id": f"d-{number}", "reason": "r"}
+        tracker.sent("oven", command, json.dumps(command), now=0.0)
+    # A value out of range is refused while parsing: the event quotes the payload, not the id.
+    event = {"event": "command_rejected", "reason": "too hot", "received": json.dumps(command)}
+    [outcome] = tracker.observe("f/events/oven", json.dumps(event).encode())
+    assert (outcome["command_id"], outcome["result"], outcome["detail"]) == (
+        "d-2",
+        "rejected",
+        "too hot",
+    )
+    assert tracker.observe("f/events/press", json.dumps(event).encode()) == []
+    assert tracker.expire(now=9.0) == []
+    [silent] = tracker.expire(now=10.0)
+    assert silent["command_id"] == "d-1" and silent["result"] == "no answer"
+    assert "f/commands/+/oven" in silent["detail"]
+
+
 # -- the program ----------------------------------------------------------------------------
 
 
@@ -265,10 +292,10 @@ def test_the_page_is_served_with_a_policy_that_forbids_foreign_and_inline_script
 
 
 def test_every_page_that_connects_gets_the_retained_state_from_the_broker(
-    dashboard, mqtt_client, topic_root
+    dashboard, mqtt_client, topic_root, protocol
 ):
-    device = mqtt_client()
-    dash = dashboard()
+    device = mqtt_client(protocol=protocol)
+    dash = dashboard(protocol=protocol)
     announce(device, topic_root, "conveyor-1")  # after the dashboard started: live, then retained
     state, status = f"{topic_root}/state/conveyor-1", f"{topic_root}/status/conveyor-1"
     for _ in range(2):  # a second page (or a reload) gets them again, from the broker
@@ -318,6 +345,20 @@ def test_a_refused_request_publishes_nothing(dashboard, mqtt_client, topic_root)
     assert status == 403, answer
     device.assert_nothing_received(f"{topic_root}/commands/#")
     assert "refused a command request" in dash.program.output()
+
+
+def test_a_request_for_another_host_name_is_refused_on_loopback(dashboard):
+    # DNS rebinding: a web site whose name resolves to 127.0.0.1 is still not localhost.
+    dash = dashboard()
+    request = urllib.request.Request(dash.url, headers={"Host": "evil.example:8080"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+    request = urllib.request.Request(
+        dash.url, headers={"Host": f"localhost:{urlsplit(dash.url).port}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
 
 
 def test_a_websocket_from_another_origin_is_refused(dashboard):

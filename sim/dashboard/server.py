@@ -186,7 +186,7 @@ class MqttBridge:
             {
                 "type": "broker",
                 "connected": False,
-                "detail": f"broker unreachable at {self.settings.host}:{self.settings.port}",
+                "detail": f"{self.settings.host}:{self.settings.port}, reconnecting",
             }
         )
 
@@ -366,9 +366,34 @@ async def security_headers(request: web.Request, handler: Callable[..., Any]) ->
     return response
 
 
-def make_app(hub: Hub) -> web.Application:
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def loopback_only(http_host: str) -> Callable[..., Any]:
+    """Refuse requests whose ``Host`` is not a loopback name, when serving on loopback.
+
+    A web site can point its own name at 127.0.0.1 (DNS rebinding) and then
+    pass the same-origin check; the ``Host`` header still carries its name.
+    """
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        if http_host in LOOPBACK_NAMES:
+            name = (request.url.host or "").strip("[]")
+            if name not in LOOPBACK_NAMES:
+                log.warning("refused a request for host %r (serving on loopback only)", name[:80])
+                raise web.HTTPForbidden(text="this dashboard answers only to localhost / 127.0.0.1")
+        return await handler(request)
+
+    return check_host
+
+
+def make_app(hub: Hub, http_host: str = "127.0.0.1") -> web.Application:
     """The aiohttp application serving the page, its WebSocket and the command endpoint."""
-    app = web.Application(middlewares=[security_headers], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(
+        middlewares=[loopback_only(http_host), security_headers],
+        client_max_size=MAX_REQUEST_BYTES,
+    )
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
@@ -507,7 +532,12 @@ async def serve(args: argparse.Namespace, settings: BrokerSettings) -> int:
         loop.add_signal_handler(signum, stop.set)
     hub = Hub(settings, args.client_id)
     hub.loop = loop
-    runner = web.AppRunner(make_app(hub), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(make_app(hub, args.http_host), access_log=None, shutdown_timeout=1.0)
+    if args.http_host not in LOOPBACK_NAMES:
+        log.warning(
+            "serving on %s: anyone who can reach this address can command the factory",
+            args.http_host,
+        )
     await runner.setup()
     bridge: MqttBridge | None = None
     expiry: asyncio.Task[None] | None = None

@@ -523,7 +523,7 @@ function connect() {
       for (const m of frame.items) onMessage(m);
     } else if (frame.type === "broker") {
       if (frame.connected) setConnection("live", "live");
-      else setConnection("broker-down", `broker unreachable: ${frame.detail}`);
+      else setConnection("broker-down", `broker unreachable (${frame.detail})`);
     } else if (frame.type === "command") {
       onCommand(frame);
     } else if (frame.type === "outcome") {

@@ -361,13 +361,18 @@ def test_the_chocolate_line_shows_steps_batches_and_quality(
     publisher = mqtt_client()
     line = f"{topic_root}/tunis-01/line-a"
     publisher.publish(
-        f"{line}/s5_tempering/temper-01/state", {"state": "running"}, qos=1, retain=True
+        f"{line}/s5_tempering/temper-01/state",
+        {"state": "running", "batch_id": "B-040", "recipe": "milk"},
+        qos=1,
+        retain=True,
     )
     page = open_dashboard()
     section = page.locator("#lines-section")
     expect(section).to_be_visible(timeout=WAIT)
     tempering = page.locator('.line[data-line="tunis-01/line-a"] .step[data-step="s5_tempering"]')
     expect(tempering.locator('.machine[data-machine="temper-01"] .state')).to_have_text("running")
+    # Before any batch event, the retained state tells which batch is in the machine.
+    expect(tempering.locator(".batch")).to_have_text("batch B-040 (milk)")
 
     publisher.publish(
         f"{line}/s5_tempering/temper-01/batch",

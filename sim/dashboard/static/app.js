@@ -170,7 +170,17 @@ function onChocolate(rel, data, when) {
   step.machines.set(machineName, machine);
   model.dirtyLines.add(key);
   if (!isObject(data)) return;
-  if (type === "state" && data.state !== undefined) machine.state = String(data.state);
+  if (type === "state" && data.state !== undefined) {
+    machine.state = String(data.state);
+    // A retained state may name the batch in the machine: the step's batch until an event says more.
+    const named = data.batch_id !== undefined && data.batch_id !== null;
+    if (named && (!step.batch || step.batch.fromState)) {
+      step.batch = { id: String(data.batch_id), recipe: data.recipe === undefined ? "" : String(data.recipe),
+                     event: "", when, fromState: machineName };
+    } else if (!named && step.batch && step.batch.fromState === machineName) {
+      step.batch = null; // that machine has finished with it
+    }
+  }
   if (type === "batch" && data.batch_id !== undefined) {
     step.batch = { id: String(data.batch_id), recipe: data.recipe === undefined ? "" : String(data.recipe),
                    event: data.event === undefined ? "" : String(data.event), when };

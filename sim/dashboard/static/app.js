@@ -88,7 +88,7 @@ function device(id) {
   let d = model.devices.get(id);
   if (!d) {
     d = { id, status: null, statusReason: null, statusSince: null, state: null, stateSince: null,
-          sensors: new Map(), alarms: new Map() };
+          sensors: new Map(), alarms: new Map(), headDirty: true, dirtySensors: new Set() };
     model.devices.set(id, d);
   }
   model.dirtyDevices.add(id);
@@ -116,6 +116,7 @@ function onMessage(m) {
   const when = m.r && isObject(data) && typeof data.ts === "number" ? data.ts * 1000 : Date.now();
   if (rel.length === 2 && (rel[0] === "status" || rel[0] === "state")) {
     const d = device(rel[1]);
+    d.headDirty = true;
     if (m.n === 0) { // the retained message was deleted
       if (rel[0] === "status") d.status = null; else d.state = null;
       if (!d.status && !d.state) model.devices.delete(rel[1]);
@@ -140,8 +141,10 @@ function onMessage(m) {
       if (s.history.length > HISTORY) s.history.shift();
     }
     d.sensors.set(rel[2], s);
+    d.dirtySensors.add(rel[2]);
   } else if (rel.length === 3 && rel[0] === "alarms" && isObject(data)) {
     const d = device(rel[1]);
+    d.headDirty = true;
     if (data.state === "raised") {
       d.alarms.set(rel[2], { severity: String(data.severity), message: String(data.message ?? ""), since: when });
     } else if (data.state === "cleared") {
@@ -210,15 +213,22 @@ function render() {
   syncDeviceChoices();
 }
 
+// The child of `container` for `key` (made by `make` the first time), children sorted by key.
+const childIndex = new WeakMap(); // container -> Map(key -> child)
+
 function keyed(container, selector, attr, key, make) {
-  for (const child of container.children) {
-    if (child.matches(selector) && child.getAttribute(attr) === key) return child;
+  let index = childIndex.get(container);
+  if (!index) {
+    index = new Map();
+    childIndex.set(container, index);
   }
+  const known = index.get(key);
+  if (known && known.parentNode === container) return known;
   const node = make();
   node.setAttribute(attr, key);
-  // keep children sorted by key
   const after = [...container.children].find((c) => c.matches(selector) && c.getAttribute(attr) > key);
   container.insertBefore(node, after || null);
+  index.set(key, node);
   return node;
 }
 
@@ -240,8 +250,14 @@ function renderDevice(id) {
     c.append(h, badges, el("p", "reason"), el("dl", "setpoints"), el("dl", "counters"),
       el("ul", "sensors"), el("ul", "alarms"));
     c.addEventListener("click", () => select(c.dataset.device));
+    d.headDirty = true;
+    for (const name of d.sensors.keys()) d.dirtySensors.add(name);
     return c;
   });
+  for (const name of d.dirtySensors) renderSensor(card, name, d.sensors.get(name));
+  d.dirtySensors.clear();
+  if (!d.headDirty) return;
+  d.headDirty = false;
   card.querySelector(".name").textContent = id;
   const kind = d.state && d.state.kind !== undefined ? String(d.state.kind) : "";
   card.querySelector(".kind").textContent = kind;
@@ -259,25 +275,6 @@ function renderDevice(id) {
     d.state && d.state.reason !== undefined ? String(d.state.reason) : "";
   fillPairs(card.querySelector(".setpoints"), d.state && d.state.setpoints, "setpoint");
   fillPairs(card.querySelector(".counters"), d.state && d.state.counters, "counter");
-  const sensors = card.querySelector(".sensors");
-  for (const [name, s] of d.sensors) {
-    const row = keyed(sensors, ".sensor", "data-sensor", name, () => {
-      const r = el("li", "sensor");
-      const spark = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-      spark.setAttribute("class", "spark");
-      spark.setAttribute("viewBox", "0 0 90 22");
-      spark.setAttribute("preserveAspectRatio", "none");
-      spark.append(document.createElementNS("http://www.w3.org/2000/svg", "polyline"));
-      const reading = el("span", "reading");
-      reading.append(el("span", "value"), " ", el("span", "unit"));
-      r.append(el("span", "name"), reading, spark);
-      return r;
-    });
-    row.querySelector(".name").textContent = name;
-    row.querySelector(".value").textContent = fmt(s.value);
-    row.querySelector(".unit").textContent = s.unit;
-    row.querySelector("polyline").setAttribute("points", sparkPoints(s.history));
-  }
   const alarms = card.querySelector(".alarms");
   alarms.replaceChildren();
   for (const [sensor, a] of d.alarms) {
@@ -287,6 +284,26 @@ function renderDevice(id) {
     alarms.append(item);
   }
   tickSince(card);
+}
+
+function renderSensor(card, name, s) {
+  const sensors = card.querySelector(".sensors");
+  const row = keyed(sensors, ".sensor", "data-sensor", name, () => {
+    const r = el("li", "sensor");
+    const spark = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    spark.setAttribute("class", "spark");
+    spark.setAttribute("viewBox", "0 0 90 22");
+    spark.setAttribute("preserveAspectRatio", "none");
+    spark.append(document.createElementNS("http://www.w3.org/2000/svg", "polyline"));
+    const reading = el("span", "reading");
+    reading.append(el("span", "value"), " ", el("span", "unit"));
+    r.append(el("span", "name"), reading, spark);
+    return r;
+  });
+  row.querySelector(".name").textContent = name;
+  row.querySelector(".value").textContent = fmt(s.value);
+  row.querySelector(".unit").textContent = s.unit;
+  row.querySelector("polyline").setAttribute("points", sparkPoints(s.history));
 }
 
 function fillPairs(dl, values, kind) {

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -55,6 +56,8 @@ CHROMIUM_ARGS = (
     "--disable-quic",
 )
 PROBE = "bench-probe"
+#: the PID of the dashboard the last :func:`factory` started
+LAST_DASHBOARD_PID: int | None = None
 PROBE_SELECTOR = f'.device[data-device="{PROBE}"] .sensor[data-sensor="latency"] .value'
 
 # Resolves window.__probe with Date.now() once the element shows the text.
@@ -167,7 +170,11 @@ def dashboard_alone(broker: Broker, root: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def factory(broker: Broker, root: str, *extra: str) -> Iterator[str]:
-    """``sim.run_all`` with its dashboard on a free port; yields the dashboard's address."""
+    """``sim.run_all`` with its dashboard on a free port; yields the dashboard's address.
+
+    The dashboard's PID is kept in :data:`LAST_DASHBOARD_PID` for CPU figures.
+    """
+    global LAST_DASHBOARD_PID
     port = free_port()
     process = _start(
         "run_all",
@@ -175,6 +182,8 @@ def factory(broker: Broker, root: str, *extra: str) -> Iterator[str]:
         broker,
         root,
     )
+    match = re.search(r"started dashboard as pid (\d+)", process.output())
+    LAST_DASHBOARD_PID = int(match.group(1)) if match else None
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -231,6 +240,19 @@ def measure(
     return latencies, frames
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU seconds a process has used (0 when unknown)."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
+
+
 def load_rate(broker: Broker, root: str, seconds: float = 3.0) -> float:
     """Messages per second under ``root``, counted by a QoS 0 subscriber."""
     counter = RecordingClient(broker.host, broker.port, f"bench-count-{uuid.uuid4().hex[:6]}")
@@ -275,12 +297,16 @@ def main(argv: list[str] | None = None) -> int:
             root = f"bench/{uuid.uuid4().hex[:8]}/factory"
             with factory(broker, root, "--rate", str(args.rate), "--time-scale", "10") as url:
                 rate = load_rate(broker, root)
+                cpu_before, started = _cpu_seconds(LAST_DASHBOARD_PID), time.monotonic()
                 busy, busy_frames = measure(page, url, broker, root, args.samples)
+                # with one page open, pushing every message to it
+                cpu = (_cpu_seconds(LAST_DASHBOARD_PID) - cpu_before) / (time.monotonic() - started)
             print(
                 f"publish to page, run_all --rate {args.rate:g} ({rate:.0f} msg/s): {describe(busy)}"
             )
             print(
-                f"  page: {busy_frames['fps']:.0f} frames/s, longest frame gap {busy_frames['gap']:.0f} ms"
+                f"  page: {busy_frames['fps']:.0f} frames/s, longest frame gap {busy_frames['gap']:.0f} ms; "
+                f"dashboard server with the page open: {cpu * 100:.0f}% of one core"
             )
     except RuntimeError as error:
         print(f"cannot run the browser: {error}")

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from mqtt_factory_lab.brokers.base import LOG, Broker
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.roles import RoleError, RoleProcess
 from mqtt_factory_lab.schemas import PayloadError, device_kinds, validate
 from mqtt_factory_lab.solution import Solution
@@ -155,16 +156,19 @@ class FactoryLauncher:
         return process
 
     def _wait_connected(self, process: RoleProcess, client_id: str, mark: int) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        pattern = f"New client connected from .* as {re.escape(client_id)} "
-        while time.monotonic() < deadline:
-            if not process.is_running():
-                raise RoleError(process.describe_failure("exited before connecting to the broker"))
-            try:
-                self.broker.wait_for_log(pattern, timeout=0.2, since=mark)
+        connected = re.compile(f"New client connected from .* as {re.escape(client_id)} ")
+
+        def in_log() -> bool:
+            return any(connected.search(line) for line in self.broker.log_lines()[mark:])
+
+        try:
+            wait_until(in_log, self.ready_timeout, stop_early=lambda: not process.is_running())
+            return
+        except ProcessTimeout:
+            if in_log():
                 return
-            except AssertionError:
-                continue
+        if not process.is_running():
+            raise RoleError(process.describe_failure("exited before connecting to the broker"))
         raise RoleError(
             process.describe_failure(
                 f"never connected to the broker as client id {client_id!r} within {self.ready_timeout}s",

@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from mqtt_factory_lab.brokers.config import BrokerConfigError
 from mqtt_factory_lab.brokers.external import ExternalBroker, parse_url
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
 from mqtt_factory_lab.client import MQTTTimeout
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "harness_support"
@@ -180,16 +180,16 @@ def wait_for_file(
     path: Path, process: subprocess.Popen[bytes], output: Path, timeout: float
 ) -> str:
     """Poll for a file the child writes once its brokers run; fail early if the child exits."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            pytest.fail(f"the child pytest exited before its test was ready:\n{output.read_text()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait(5)
-            pytest.fail(f"the child's test was not ready within {timeout}s:\n{output.read_text()}")
-        time.sleep(0.02)
-    return path.read_text()
+    try:
+        wait_until(path.exists, timeout, stop_early=lambda: process.poll() is not None)
+        return path.read_text()
+    except ProcessTimeout:
+        pass
+    if process.poll() is not None:
+        pytest.fail(f"the child pytest exited before its test was ready:\n{output.read_text()}")
+    process.kill()
+    process.wait(5)
+    pytest.fail(f"the child's test was not ready within {timeout}s:\n{output.read_text()}")
 
 
 def assert_nothing_left(child_tmp: Path, pids: list[int], how: str) -> None:

@@ -7,17 +7,18 @@ these tests record every child's PID and check that each one is gone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
-import time
 import urllib.request
 
 import psutil
 import pytest
 
 from mqtt_factory_lab.brokers.base import free_port
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from sim.connection import BrokerSettings
 from sim.run_all import DEVICE_KINDS, Programs, build_parser, plan
 
@@ -165,11 +166,11 @@ def test_children_stop_even_when_run_all_is_killed(run_all):
 
     factory.kill()  # SIGKILL: run_all gets no chance to stop anything
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        when is not None and start_time(pid) == when for pid, when in started.values()
-    ):
-        time.sleep(0.05)
+    def all_gone() -> bool:
+        return not any(when is not None and start_time(p) == when for p, when in started.values())
+
+    with contextlib.suppress(ProcessTimeout):
+        wait_until(all_gone, 10, interval=0.05)
     assert_all_gone(started)
 
 

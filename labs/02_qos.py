@@ -46,13 +46,15 @@ Pitfalls:
   QoS 0 loses every alarm raised while it is away, persistent session or not.
 * Expecting QoS 1 to deliver once: it delivers *at least* once; handle DUP.
 
-Try it (the seed's exercise 2), with the lab's factory running
-(``python -m sim.run_all --anomaly``)::
+Try it (the seed's exercise 2), each command in its own terminal::
 
-    python -m sim.observer --client-id observer-1 --session persistent
-    # stop it (Ctrl-C) for a while, then start it again: the QoS 1 alarms
-    # raised meanwhile arrive at once; the QoS 0 telemetry of that time never does
-    python -m sim.cli sub --topic 'factory/alarms/#' --qos 1
+    python -m sim.run_all --anomaly --no-observer
+    python -m sim.observer --qos 2
+    # each line starts with the QoS it came at: [q0 -] telemetry, [q1 R] state...
+    python -m sim.controller --session persistent --client-id controller-2
+    # stop this second controller (Ctrl-C) for a while, then start it again with the
+    # same command: it acts at once on the QoS 1 alarms raised meanwhile (its
+    # "decision" lines); the QoS 0 telemetry of that time is gone for good.
 
 Your programs in this lesson: ``[roles.device]`` (started with the
 ``anomaly`` option, so that it raises alarms within a few seconds) and
@@ -67,6 +69,7 @@ Run it: ``pytest labs/02_qos.py -v`` (``-m broker`` or ``-m solution``).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -120,6 +123,15 @@ def alarm(device_id: str, sensor: str, state: str, value: float) -> dict:
             "message": f"{sensor} {value} {'above' if state == 'raised' else 'back below'} 90",
         },
     )
+
+
+def json_field(message: ReceivedMessage, name: str) -> object:
+    """A field of a JSON object payload, or None when the payload is anything else."""
+    try:
+        payload = json.loads(message.payload)
+    except ValueError:
+        return None
+    return payload.get(name) if isinstance(payload, dict) else None
 
 
 def granted_qos(codes) -> int:
@@ -428,7 +440,7 @@ def publish_alarm_until_command(
         return (
             m.topic.startswith(f"{root}/commands/")
             and m.topic.endswith("/conveyor")
-            and (m.json().get("command") == command)
+            and json_field(m, "command") == command
         )
 
     deadline = time.monotonic() + 5
@@ -515,7 +527,7 @@ def test_controller_gets_the_alarms_raised_while_it_was_away(
     restarted_controller = start_controller()
 
     def restarted(m: ReceivedMessage) -> bool:
-        return m.topic.endswith("/conveyor") and m.json().get("command") == "start"
+        return m.topic.endswith("/conveyor") and json_field(m, "command") == "start"
 
     try:
         watcher.wait_for_message(restarted, timeout=3)

@@ -73,3 +73,16 @@ def test_each_broken_solution_says_what_it_breaks(folder):
     assert text.startswith("# Broken on purpose (lesson 01)"), (
         f"{folder}/solution.toml must open with a comment saying which mistake it makes"
     )
+
+
+def test_telemetry_with_swapped_levels_is_caught(run_lesson):
+    run = run_lesson(
+        LESSON, "-m", "solution", solution=BROKEN / "lesson01_telemetry_levels_swapped"
+    )
+    tree = "test_devices_publish_on_the_seed_topic_tree"
+    filters = "test_each_filter_gets_exactly_the_topics_its_question_asks_for"
+    assert set(run.failed()) == names(tree) | names(filters), run.output[-3000:]
+    message = run.message(tree)
+    assert "{root}/telemetry/temperature/press: levels 2 and 3 are swapped" in message
+    assert "the device (press) comes before the sensor (temperature)" in message
+    assert "is not on the seed's tree" in run.message(filters)

@@ -69,6 +69,7 @@ Run it: ``pytest labs/02_qos.py -v`` (``-m broker`` or ``-m solution``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -78,7 +79,8 @@ from collections.abc import Callable
 import pytest
 
 from mqtt_factory_lab.brokers import LOG
-from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.client import MQTTTimeout, ReceivedMessage, RecordingClient
+from mqtt_factory_lab.factory import DeviceHandle
 from mqtt_factory_lab.roles import RoleError, RoleProcess
 from mqtt_factory_lab.schemas import validate
 from mqtt_factory_lab.solution import ManifestError
@@ -372,11 +374,21 @@ def by_qos(messages: list[ReceivedMessage], root: str) -> str:
     )
 
 
+def start_press(factory_launcher, protocol: str, anomaly: bool = False) -> DeviceHandle:
+    """Start the solution's press and wait for its ``online`` status; a missing role or a
+    device that never comes online fails the test with one message."""
+    try:
+        return factory_launcher(protocol=protocol).start_device("press", anomaly=anomaly)
+    except (RoleError, ManifestError) as error:
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)  # outside the except block: no chained traceback
+
+
 @pytest.mark.solution
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_device_sends_telemetry_at_qos0(device, mqtt_client, topic_root, protocol):
+def test_device_sends_telemetry_at_qos0(factory_launcher, mqtt_client, topic_root, protocol):
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/#")
-    press = device("press", protocol=protocol)
+    press = start_press(factory_launcher, protocol)
     readings = watcher.wait_for_messages(
         4,
         f"{topic_root}/telemetry/{press.device_id}/+",
@@ -400,9 +412,11 @@ def test_device_sends_telemetry_at_qos0(device, mqtt_client, topic_root, protoco
 
 @pytest.mark.solution
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_device_sends_alarms_state_and_status_at_qos1(device, mqtt_client, topic_root, protocol):
+def test_device_sends_alarms_state_and_status_at_qos1(
+    factory_launcher, mqtt_client, topic_root, protocol
+):
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/#")
-    press = device("press", protocol=protocol, anomaly=True)
+    press = start_press(factory_launcher, protocol, anomaly=True)
     needed = {
         "status": press.topic("status"),
         "state": press.topic("state"),
@@ -429,8 +443,9 @@ def test_device_sends_alarms_state_and_status_at_qos1(device, mqtt_client, topic
 
 def publish_alarm_until_command(
     mqtt_client, watcher: RecordingClient, root: str, state: str, command: str
-) -> ReceivedMessage:
-    """Publish the press's temperature alarm (QoS 1) until the controller commands the conveyor.
+) -> ReceivedMessage | None:
+    """Publish the press's temperature alarm (QoS 1) until the controller commands the conveyor;
+    None when no command came within 5 s.
 
     Publishing again covers a controller that is connected but has not subscribed yet.
     """
@@ -444,31 +459,42 @@ def publish_alarm_until_command(
         )
 
     deadline = time.monotonic() + 5
-    while True:
-        press.publish(
-            f"{root}/alarms/press/temperature", alarm("press", "temperature", state, 97.0), 1
-        )
-        try:
+    while time.monotonic() < deadline:
+        payload = alarm("press", "temperature", state, 97.0)
+        press.publish(f"{root}/alarms/press/temperature", payload, 1)
+        with contextlib.suppress(MQTTTimeout):
             return watcher.wait_for_message(answered, timeout=0.5)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
+    return None
+
+
+def start_controller(launcher, controller_id: str, session: str = "persistent") -> RoleProcess:
+    """Start the solution's controller with the lesson's rule; a missing role or a program that
+    never gets ready fails the test with one message."""
+    try:
+        return launcher.start_role(
+            "controller", controller_id, options={"rules": RULE}, session=session
+        )
+    except (RoleError, ManifestError) as error:
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)  # outside the except block: no chained traceback
+
+
+def no_command(root: str, command: str) -> str:
+    return (
+        f"The controller (rule {RULE}) sent no {command} to the conveyor on "
+        f"{root}/commands/<controller id>/conveyor within 5 s of the press's temperature alarm "
+        f"on {root}/alarms/press/temperature: it must subscribe to the alarms and act on them."
+    )
 
 
 @pytest.mark.solution
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_controller_sends_commands_at_qos1(factory, mqtt_client, topic_root, protocol):
+def test_controller_sends_commands_at_qos1(factory_launcher, mqtt_client, topic_root, protocol):
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
-    factory(kinds=(), controller=True, rules=RULE, protocol=protocol)
-    try:
-        command = publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop")
-    except AssertionError:
-        pytest.fail(
-            f"The controller (rule {RULE}) sent no stop to the conveyor on "
-            f"{topic_root}/commands/<controller id>/conveyor within 5 s of the press's "
-            f"temperature alarm on {topic_root}/alarms/press/temperature.",
-            pytrace=False,
-        )
+    start_controller(factory_launcher(protocol=protocol), unique("controller"), session="clean")
+    command = publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop")
+    if command is None:
+        pytest.fail(no_command(topic_root, "stop"), pytrace=False)
 
     validate("command", command.payload)
     if command.qos != 1:
@@ -500,58 +526,42 @@ def test_controller_gets_the_alarms_raised_while_it_was_away(
     controller_id = unique("controller")
     mark = broker.log_mark()
 
-    def start_controller() -> RoleProcess:
-        try:
-            return launcher.start_role(
-                "controller", controller_id, options={"rules": RULE}, session="persistent"
-            )
-        except (RoleError, ManifestError) as error:
-            pytest.fail(str(error), pytrace=False)
-
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
-    controller = start_controller()
+    controller = start_controller(launcher, controller_id)
     # First, live: the controller is subscribed and acts on the press's alarm.
-    try:
-        publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop")
-    except AssertionError:
-        pytest.fail(
-            f"The controller (rule {RULE}) sent no stop to the conveyor within 5 s of the press's "
-            f"temperature alarm on {topic_root}/alarms/press/temperature.",
-            pytrace=False,
-        )
+    if publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop") is None:
+        pytest.fail(no_command(topic_root, "stop"), pytrace=False)
     controller.stop()
 
     # While it is away, the alarm clears; the broker must keep that for it.
     alarm_topic = f"{topic_root}/alarms/press/temperature"
     mqtt_client().publish(alarm_topic, alarm("press", "temperature", "cleared", 80.0), qos=1)
-    restarted_controller = start_controller()
+    restarted_controller = start_controller(launcher, controller_id)
 
     def restarted(m: ReceivedMessage) -> bool:
         return m.topic.endswith("/conveyor") and json_field(m, "command") == "start"
 
+    acted = True
     try:
         watcher.wait_for_message(restarted, timeout=3)
-    except AssertionError:
-        pass
-    else:
-        return
+    except MQTTTimeout:
+        acted = False
     finally:
         # Its persistent session would outlive the test on the shared broker: end it.
         restarted_controller.stop()
         mqtt_client(controller_id, protocol=protocol).disconnect()
-    if True:
-        evidence = ""
-        if LOG in broker.capabilities:
-            subscriptions = subscriptions_in_log(broker, controller_id, mark)
-            evidence = (
-                f"\nThe broker logged its subscriptions: {', '.join(subscriptions) or 'none'}."
-            )
-        pytest.fail(
-            f"The alarm on {alarm_topic} cleared (QoS 1) while the controller was stopped, and "
-            f"it never acted on it after its restart (no start for the conveyor within 3 s). "
-            f"A broker queues a message for an offline client only if the subscription's QoS "
-            f"is 1 or 2 — it delivers at the lower of publish and subscription QoS, and QoS 0 "
-            f"is never queued — and only in a persistent session. Subscribe to alarms at "
-            f"QoS 1, with clean start off and the client id the manifest gives ({{client_id}}) at every start.{evidence}",
-            pytrace=False,
-        )
+    if acted:
+        return
+    evidence = ""
+    if LOG in broker.capabilities:
+        subscriptions = subscriptions_in_log(broker, controller_id, mark)
+        evidence = f"\nThe broker logged its subscriptions: {', '.join(subscriptions) or 'none'}."
+    pytest.fail(
+        f"The alarm on {alarm_topic} cleared (QoS 1) while the controller was stopped, and it "
+        f"never acted on it after its restart (no start for the conveyor within 3 s). A broker "
+        f"queues a message for an offline client only if the subscription's QoS is 1 or 2 — it "
+        f"delivers at the lower of publish and subscription QoS, and QoS 0 is never queued — "
+        f"and only in a persistent session. Subscribe to alarms at QoS 1, with clean start off "
+        f"and the client id the manifest gives ({{client_id}}) at every start.{evidence}",
+        pytrace=False,
+    )

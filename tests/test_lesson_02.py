@@ -53,3 +53,18 @@ def test_each_broken_solution_says_what_it_breaks(folder):
     assert text.startswith("# Broken on purpose (lesson 02)"), (
         f"{folder}/solution.toml must open with a comment saying which mistake it makes"
     )
+
+
+def test_a_manifest_without_a_controller_is_told_which_role_is_missing(run_lesson, tmp_path):
+    reference = (Path(__file__).parent.parent / "solution.toml").read_text()
+    device_only = reference.split("\n[roles.controller]")[0]
+    (tmp_path / "solution.toml").write_text(device_only)
+    run = run_lesson(LESSON, "-m", "solution", "-k", "controller", solution=tmp_path)
+    expected = names("test_controller_sends_commands_at_qos1") | names(
+        "test_controller_gets_the_alarms_raised_while_it_was_away"
+    )
+    assert set(run.failed()) == expected, run.output[-3000:]
+    for test in expected:
+        message = run.messages[test]
+        assert "has no [roles.controller]" in message
+        assert "Traceback" not in message and "During handling" not in message

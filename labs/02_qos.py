@@ -58,9 +58,11 @@ Try it (the seed's exercise 2), each command in its own terminal::
 
 Your programs in this lesson: ``[roles.device]`` (started with the
 ``anomaly`` option, so that it raises alarms within a few seconds) and
-``[roles.controller]`` (with ``{session}`` = ``persistent`` and the ``rules``
-option ``press/temperature=conveyor``: stop the conveyor while the press's
-temperature alarm is raised, start it when it clears). The lab watches their
+``[roles.controller]`` (with ``{session}`` = ``clean`` or ``persistent`` — the
+lab stops a persistent controller with SIGTERM and starts it again with the
+same ``{client_id}`` — and the ``rules`` option ``press/temperature=conveyor``:
+stop the conveyor while the press's temperature alarm is raised, start it when
+it clears). The lab watches their
 messages with QoS 2 subscriptions, so each arrives at the QoS it was published
 with.
 

@@ -96,7 +96,6 @@ from mqtt_factory_lab.solution import ManifestError
 
 pytestmark = [pytest.mark.lesson(1)]
 
-PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
 
 #: the devices of the seed's factory, by the names its topics use (device id = kind)
 SEED_DEVICES = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
@@ -325,14 +324,12 @@ def _check_case(mqtt_client, topic_root: str, case: MatchCase, protocol: str) ->
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("case", PLUS_CASES)
 def test_plus_matches_exactly_one_level_at_any_position(mqtt_client, topic_root, case, protocol):
     _check_case(mqtt_client, topic_root, case, protocol)
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("case", HASH_CASES)
 def test_hash_matches_every_level_below_including_the_parent(
     mqtt_client, topic_root, case, protocol
@@ -341,7 +338,6 @@ def test_hash_matches_every_level_below_including_the_parent(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("case", EXACT_CASES)
 def test_levels_match_exactly_case_and_empty_levels_included(
     mqtt_client, topic_root, case, protocol
@@ -350,7 +346,6 @@ def test_levels_match_exactly_case_and_empty_levels_included(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_dollar_topics_are_not_matched_by_a_leading_wildcard(mqtt_client, protocol):
     insider = mqtt_client(protocol=protocol)
     insider.subscribe("$SYS/#", qos=0)
@@ -483,7 +478,6 @@ def refused(answer: tuple[int, bytes] | None, expected_ack: int, v5: bool) -> bo
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize(
     "bad_filter",
     [
@@ -513,7 +507,6 @@ def test_invalid_filters_are_refused(broker, mqtt_client, topic_root, protocol, 
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize(
     "bad_topic",
     [
@@ -747,7 +740,6 @@ def tree_problem(topic: str, root: str, device_ids, payload: bytes) -> str | Non
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_devices_publish_on_the_seed_topic_tree(
     factory_launcher, mqtt_client, topic_root, protocol
 ):
@@ -812,7 +804,6 @@ def subscribe_filter(
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_each_filter_gets_exactly_the_topics_its_question_asks_for(
     solution, factory_launcher, mqtt_client, topic_root, protocol
 ):
@@ -894,7 +885,6 @@ def test_each_filter_gets_exactly_the_topics_its_question_asks_for(
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_stop_for_the_conveyor_does_not_stop_the_press(
     factory_launcher, mqtt_client, topic_root, protocol
 ):
@@ -951,7 +941,6 @@ def subscriptions_in_log(broker, client_id: str, since: int) -> list[tuple[int, 
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(LOG)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_device_subscribes_only_to_its_own_commands(
     broker, factory_launcher, mqtt_client, topic_root, protocol
 ):

@@ -89,7 +89,6 @@ from mqtt_factory_lab.solution import ManifestError
 
 pytestmark = [pytest.mark.lesson(2)]
 
-PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
 QOS_LEVELS = [0, 1, 2]
 #: the controller rule the solution experiments give (the seed's default)
 RULE = "press/temperature=conveyor"
@@ -199,7 +198,6 @@ def unique(prefix: str) -> str:
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("sub_qos", QOS_LEVELS, ids=lambda q: f"sub{q}")
 @pytest.mark.parametrize("pub_qos", QOS_LEVELS, ids=lambda q: f"pub{q}")
 def test_delivered_qos_is_the_lower_of_publish_and_granted_qos(
@@ -228,7 +226,6 @@ def test_delivered_qos_is_the_lower_of_publish_and_granted_qos(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_qos1_is_sent_again_with_dup_when_the_puback_never_came(
     mqtt_client, session_client, topic_root, protocol
 ):
@@ -261,7 +258,6 @@ def test_qos1_is_sent_again_with_dup_when_the_puback_never_came(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_qos2_resumes_at_pubrel_and_delivers_exactly_once(
     mqtt_client, session_client, topic_root, protocol
 ):
@@ -301,7 +297,6 @@ def test_qos2_resumes_at_pubrel_and_delivers_exactly_once(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_offline_persistent_subscriber_loses_qos0_and_gets_qos1_queued_in_order(
     mqtt_client, session_client, topic_root, protocol
 ):
@@ -388,7 +383,6 @@ def start_press(factory_launcher, protocol: str, anomaly: bool = False) -> Devic
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_device_sends_telemetry_at_qos0(factory_launcher, mqtt_client, topic_root, protocol):
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/#")
     press = start_press(factory_launcher, protocol)
@@ -414,7 +408,6 @@ def test_device_sends_telemetry_at_qos0(factory_launcher, mqtt_client, topic_roo
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_device_sends_alarms_state_and_status_at_qos1(
     factory_launcher, mqtt_client, topic_root, protocol
 ):
@@ -491,7 +484,6 @@ def no_command(root: str, command: str) -> str:
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_controller_sends_commands_at_qos1(factory_launcher, mqtt_client, topic_root, protocol):
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
     start_controller(factory_launcher(protocol=protocol), unique("controller"), session="clean")
@@ -521,7 +513,6 @@ def subscriptions_in_log(broker, client_id: str, since: int) -> list[str]:
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_controller_gets_the_alarms_raised_while_it_was_away(
     broker, factory_launcher, mqtt_client, topic_root, protocol
 ):

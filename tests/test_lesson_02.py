@@ -68,3 +68,37 @@ def test_a_manifest_without_a_controller_is_told_which_role_is_missing(run_lesso
         message = run.messages[test]
         assert "has no [roles.controller]" in message
         assert "Traceback" not in message and "During handling" not in message
+
+
+@pytest.mark.parametrize(
+    ("role", "mutation", "experiment", "says"),
+    [
+        pytest.param(
+            "device",
+            ("--qos", "alarms=0"),
+            "test_device_sends_alarms_state_and_status_at_qos1",
+            "/alarms/press-01/",
+            id="alarms-at-qos0",
+        ),
+        pytest.param(
+            "device",
+            ("--qos", "state=0"),
+            "test_device_sends_alarms_state_and_status_at_qos1",
+            "/state/press-01 at QoS 0",
+            id="state-at-qos0",
+        ),
+        pytest.param(
+            "controller",
+            ("--qos", "commands=0"),
+            "test_controller_sends_commands_at_qos1",
+            "Commands go at QoS 1",
+            id="commands-at-qos0",
+        ),
+    ],
+)
+def test_a_reference_program_with_the_wrong_qos_is_caught(
+    run_lesson, mutant_solution, role, mutation, experiment, says
+):
+    run = run_lesson(LESSON, "-m", "solution", solution=mutant_solution(role, *mutation))
+    assert set(run.failed()) == names(experiment), run.output[-3000:]
+    assert says in run.message(experiment), run.message(experiment)

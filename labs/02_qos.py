@@ -76,7 +76,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -156,7 +156,7 @@ class PacketLog:
 
 
 @pytest.fixture
-def session_client(broker, mqtt_client) -> Callable[..., RecordingClient]:
+def session_client(broker, mqtt_client) -> Iterator[Callable[..., RecordingClient]]:
     """``session_client(client_id, protocol, manual_ack=False, connect=True)``: a client with a
     persistent session (MQTT 5: clean start off, expiry 60 s; 3.1.1: clean session off).
 

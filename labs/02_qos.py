@@ -553,9 +553,9 @@ def test_controller_gets_the_alarms_raised_while_it_was_away(
     pytest.fail(
         f"The alarm on {alarm_topic} cleared (QoS 1) while the controller was stopped, and it "
         f"never acted on it after its restart (no start for the conveyor within 3 s). A broker "
-        f"queues a message for an offline client only if the subscription's QoS is 1 or 2 — it "
-        f"delivers at the lower of publish and subscription QoS, and QoS 0 is never queued — "
-        f"and only in a persistent session. Subscribe to alarms at QoS 1, with clean start off "
+        f"queues a message for an offline client only when it delivers it at QoS 1 or 2 — the "
+        f"lower of publish and subscription QoS, so a QoS 0 subscription has nothing queued "
+        f"(Mosquitto's default) — and only in a persistent session. Subscribe to alarms at QoS 1, with clean start off "
         f"and the client id the manifest gives ({{client_id}}) at every start.{evidence}",
         pytrace=False,
     )

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import struct
 import time
@@ -690,7 +691,7 @@ def stop_all(handles: dict[str, DeviceHandle]) -> None:
     """SIGTERM every device first, then wait for each: they shut down together."""
     for handle in handles.values():
         if handle.process.is_running():
-            handle.process.signal(15)
+            handle.process.signal(signal.SIGTERM)
     for handle in handles.values():
         handle.stop()
 

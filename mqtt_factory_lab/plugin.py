@@ -23,6 +23,7 @@ import re
 import signal
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,13 +280,26 @@ def broker_factory(
 
     :param variant: fragments of ``docker/variants`` joined with ``+``.
     :param extra_config: more ``mosquitto.conf`` lines for this broker only.
+    :param acl_file: the ACL this broker loads instead of ``docker/acl`` (a solution's own).
+    :param password_file: a ``mosquitto_passwd`` file for the ``hardened`` variant.
     Each broker is stopped and its files removed when the test ends.
     """
     mine: list[Broker] = []
 
-    def start(variant: str = "open", *, extra_config: str = "") -> Broker:
-        _skip_unless_configurable(broker_pool, variant, extra_config)
-        options = {"extra_config": extra_config} if extra_config else {}
+    def start(
+        variant: str = "open",
+        *,
+        extra_config: str = "",
+        acl_file: os.PathLike[str] | str | None = None,
+        password_file: os.PathLike[str] | str | None = None,
+    ) -> Broker:
+        custom = extra_config or (acl_file and "acl") or (password_file and "passwd") or ""
+        _skip_unless_configurable(broker_pool, variant, custom)
+        options: dict[str, Any] = {"extra_config": extra_config} if extra_config else {}
+        if acl_file is not None:
+            options["acl_file"] = Path(acl_file)
+        if password_file is not None:
+            options["password_file"] = Path(password_file)
         broker = _broker_or_fail(lambda: broker_pool.start(variant, **options))
         mine.append(broker)
         _remember(request, broker)
@@ -319,6 +333,7 @@ def mqtt_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., Record
     :param will: Last Will ``(topic, payload, qos, retain)``.
     :param broker: the broker to use (default: the shared ``broker`` fixture).
     :param connect: connect now (default True).
+    :param username: user name in the CONNECT (with ``password``), for brokers that check them.
 
     Example::
 
@@ -338,6 +353,8 @@ def mqtt_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., Record
         will: tuple[str, bytes | str, int, bool] | None = None,
         broker: Broker | None = None,
         connect: bool = True,
+        username: str | None = None,
+        password: str | None = None,
     ) -> RecordingClient:
         target = broker if broker is not None else request.getfixturevalue("broker")
         client = RecordingClient(
@@ -348,6 +365,8 @@ def mqtt_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., Record
             clean_start=clean_start,
             session_expiry=session_expiry,
             will=will,
+            username=username,
+            password=password,
             describe_broker=target.health,
         )
         clients.append(client)

@@ -184,7 +184,9 @@ class FactoryLauncher:
         client_id = client_id or f"{device_id}-{uuid.uuid4().hex[:6]}"
         watcher = self._watcher()
         status_topic = f"{self.topic_root}/status/{device_id}"
-        watcher.subscribe(status_topic, qos=1)
+        # Retain as published: the watcher is subscribed before the device publishes, and a live
+        # delivery would otherwise carry retain=0 whether or not the device retained it.
+        watcher.subscribe(status_topic, qos=1, retain_as_published=True)
         started = time.monotonic()
         process = self.start_role(
             "device",
@@ -219,6 +221,15 @@ class FactoryLauncher:
                         )
                     ) from error
                 if status["status"] == "online":
+                    if not message.retain:
+                        raise RoleError(
+                            handle.process.describe_failure(
+                                f"published 'online' on {topic} without the retain flag, so a "
+                                "dashboard that opens later would not know the device is online",
+                                "publish the status with retain=True (and QoS 1); the broker then "
+                                "keeps it and hands it to every new subscriber",
+                            )
+                        )
                     return status
             if not handle.process.is_running():
                 raise RoleError(

@@ -18,6 +18,7 @@ from :mod:`mqtt_factory_lab.plugin`, which the root ``conftest.py`` loads.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -282,3 +283,47 @@ def run_lesson(tmp_path: Path, pytestconfig: pytest.Config) -> Callable[..., Les
         return LessonRun(done.returncode, done.stdout + done.stderr, outcomes, messages)
 
     return run
+
+
+@pytest.fixture
+def mutant_solution(tmp_path: Path) -> Callable[..., Path]:
+    """``mutant_solution("device", "--retain", "telemetry")``: the reference with one broken role.
+
+    Writes a manifest like the reference ``solution.toml`` whose ``role`` runs its program
+    through ``tests/broken/mutate.py`` with the given mutation (a mistake a student could
+    make), and returns its path, for ``run_lesson(..., solution=path)``.
+    """
+    import tomllib
+
+    mutate = Path(__file__).parent / "broken" / "mutate.py"
+
+    def make(role: str, *mutation: str) -> Path:
+        reference = tomllib.loads((PROJECT_ROOT / "solution.toml").read_text())
+        lines = ["[solution]", f'name = "reference, {role} broken: {" ".join(mutation)}"', ""]
+        for name, spec in reference["roles"].items():
+            command = list(spec["command"])
+            if name == role:
+                assert command[1] == "-m", f"the reference {role} is not run with -m"
+                command = [command[0], str(mutate), *mutation, *command[2:]]
+            lines += [f"[roles.{name}]", f"command = {json.dumps(command)}"]
+            if "ready" in spec:
+                lines.append(f"ready = {json.dumps(spec['ready'])}")
+            for option, args in spec.get("options", {}).items():
+                lines.append(f"options.{option} = {json.dumps(args)}")
+            lines.append("")
+        files = {
+            k: str((PROJECT_ROOT / v).resolve()) for k, v in reference.get("files", {}).items()
+        }
+        lines += ["[files]", *(f"{k} = {json.dumps(v)}" for k, v in files.items())]
+        filters = reference.get("filters", {})
+        if filters:
+            lines += ["", "[filters]", *(f"{k} = {json.dumps(v)}" for k, v in filters.items())]
+        folder = tmp_path / f"mutant-{role}-{'-'.join(m.strip('-') for m in mutation)}"[:120]
+        folder.mkdir(parents=True, exist_ok=True)
+        # the reference's programs (python -m sim.…) import from the lab's folder
+        (folder / "sim").symlink_to(PROJECT_ROOT / "sim")
+        manifest = folder / "solution.toml"
+        manifest.write_text("\n".join(lines) + "\n")
+        return manifest
+
+    return make

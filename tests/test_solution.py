@@ -112,6 +112,17 @@ def test_pytest_refuses_a_broken_solution_before_running_anything(tmp_path):
             "connecting...",
             id="never-comes-online",
         ),
+        pytest.param(
+            [
+                sys.executable,
+                str(Path(__file__).parent / "broken" / "mutate.py"),
+                *("--no-retain", "status", "sim.device", "--device", "press"),
+                *("--device-id", "press-01", "--client-id", "{client_id}"),
+            ],
+            "published 'online' on",
+            "without the retain flag",
+            id="online-not-retained",
+        ),
     ],
 )
 def test_a_misbehaving_device_fails_with_its_role_and_output(

@@ -44,7 +44,7 @@ from mqtt_factory_lab.client import RecordingClient
 from mqtt_factory_lab.factory import program_env
 
 #: the factory fixtures (device, factory, observer_capture) come with the broker ones
-pytest_plugins = ["mqtt_factory_lab.factory_fixtures"]
+pytest_plugins = ["mqtt_factory_lab.factory_fixtures", "mqtt_factory_lab.acl"]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
 ENV_URL = "MQTT_LAB_BROKER_URL"

@@ -186,13 +186,12 @@ def load_matrix(path: str | Path) -> Matrix:
     return parse_matrix(text, str(path))
 
 
+_MATRIX_KEY = pytest.StashKey[Matrix]()
+
+
 def matrix_for(config: pytest.Config, default: str) -> Matrix:
-    """The matrix of ``--acl-matrix``, else ``default`` (TOML text); a bad one stops the run."""
-    path = config.getoption("--acl-matrix")
-    try:
-        return load_matrix(path) if path else parse_matrix(default)
-    except MatrixError as error:
-        raise pytest.UsageError(f"--acl-matrix: {error}") from error
+    """The matrix of ``--acl-matrix`` (read at start-up), else ``default`` (TOML text)."""
+    return config.stash.get(_MATRIX_KEY, None) or parse_matrix(default)
 
 
 def parametrize_cells(metafunc: pytest.Metafunc, default: str) -> None:
@@ -223,6 +222,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the permission matrix (TOML: [clients], [publish], [subscribe]; see docs/acl.md) "
         "lesson 06 holds the ACL to (default: the one written in labs/06_acl.py)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Read ``--acl-matrix`` once, before collection: a bad one stops the run in one sentence."""
+    path = config.getoption("--acl-matrix", None)
+    if path:
+        try:
+            config.stash[_MATRIX_KEY] = load_matrix(path)
+        except MatrixError as error:
+            raise pytest.UsageError(f"--acl-matrix: {error}") from error
 
 
 @pytest.fixture(scope="session")

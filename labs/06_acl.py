@@ -67,7 +67,7 @@ MQTT 3.1.1 §5.4.2 (authorization), §3.9.3; MQTT 5 §5.4.2, §3.4.2.1, §3.9.3,
 Try it (the seed's exercise 6), with the broker of ``docker compose up``::
 
     python -m sim.bad_actor            # tries forbidden publishes and subscribes, with evidence
-    docker compose logs -f mosquitto   # ... and the broker's "Denied PUBLISH" lines
+    docker compose -f docker/docker-compose.yml logs -f mosquitto   # its "Denied PUBLISH" lines
     python -m sim.cli sub --client-id spy --topic 'factory/#'     # a stranger: nothing
     python -m sim.cli sub --client-id spy --username dashboard --topic 'factory/#'  # spoofed!
 
@@ -174,7 +174,6 @@ class Parties:
                 protocol=protocol,
                 broker=self._broker,
                 username=who.username,
-                password=who.password,
             )
         return self._by_id[who.client_id]
 

@@ -14,7 +14,8 @@ A matrix in TOML::
     role = "a device"
     [clients.dashboard]
     role = "the dashboard"
-    username = "dashboard"        # optional: user name (and password) in the CONNECT
+    username = "dashboard"        # optional: the user name in its CONNECT (never a password:
+                                  # the lesson's broker takes user names at face value)
 
     [publish]                     # topic -> the clients that may publish it
     "factory/telemetry/press-01/temperature" = ["press-01"]
@@ -56,7 +57,6 @@ class MatrixClient:
     client_id: str
     role: str = ""
     username: str | None = None
-    password: str | None = None
 
     def describe(self) -> str:
         who = f"{self.client_id} ({self.role})" if self.role else self.client_id
@@ -134,12 +134,10 @@ def parse_matrix(text: str, source: str = "the lesson's matrix") -> Matrix:
     for client_id, spec in clients_data.items():
         if not isinstance(spec, dict):
             raise MatrixError(f"{source}: [clients.{client_id}] must be a table")
-        clients[client_id] = MatrixClient(
-            client_id,
-            str(spec.get("role", "")),
-            spec.get("username"),
-            spec.get("password"),
-        )
+        username = spec.get("username")
+        if username is not None and not isinstance(username, str):
+            raise MatrixError(f"{source}: [clients.{client_id}] username must be a string")
+        clients[client_id] = MatrixClient(client_id, str(spec.get("role", "")), username)
     tables: dict[str, dict[str, tuple[str, ...]]] = {}
     for action in ACTIONS:
         table = data.get(action)

@@ -124,3 +124,30 @@ def test_a_malformed_matrix_stops_the_run_with_the_entry_to_fix(run_lesson, tmp_
     assert result.returncode != 0 and not result.outcomes, result.output
     assert "--acl-matrix" in result.output and "press-1" in result.output, result.output
     assert "Traceback" not in result.output, result.output
+
+
+def test_a_broker_folder_carries_the_given_acl_and_password_file(tmp_path):
+    # What the docker backend mounts is what render() writes (local_paths=False keeps /mosquitto).
+    from mqtt_factory_lab.brokers.config import BrokerConfigError, render
+    from mqtt_factory_lab.paths import DOCKER_DIR
+
+    password_file = tmp_path / "passwd"
+    password_file.write_text("press-01:$7$101$not-a-real-hash\n")
+    acl = BROKEN / "lesson06_everyone_reads_everything" / "acl"
+    rendered = render(
+        "acl+hardened",
+        tmp_path / "broker",
+        port=1883,
+        local_paths=False,
+        acl_file=acl,
+        password_file=password_file,
+    )
+    assert rendered.files["acl"].read_text() == acl.read_text()
+    assert rendered.files["passwd"].read_text() == password_file.read_text()
+    hardened = rendered.files["conf.d/hardened.conf"].read_text()
+    assert "password_file /mosquitto/config/passwd" in hardened
+    assert "allow_anonymous false" in hardened
+    default = render("acl", tmp_path / "default", port=1883)
+    assert default.files["acl"].read_text() == (DOCKER_DIR / "acl").read_text()
+    with pytest.raises(BrokerConfigError, match="does not exist"):
+        render("acl", tmp_path / "missing", port=1883, acl_file=tmp_path / "nope")

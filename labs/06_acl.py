@@ -92,6 +92,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.acl import Cell, MatrixClient, parametrize_cells
@@ -186,7 +187,7 @@ def publish_for_ack(client: RecordingClient, topic: str, payload: bytes, qos: in
     acks: dict[int, ReasonCode] = {}
     client.paho.on_publish = lambda _c, _u, mid, code, _p: acks.__setitem__(mid, code)
     info = client.publish(topic, payload, qos=qos)
-    return acks.get(info.mid, ReasonCode(4, "Success"))  # PacketTypes.PUBACK
+    return acks.get(info.mid, ReasonCode(PacketTypes.PUBACK, "Success"))
 
 
 def round_trip(client: RecordingClient) -> None:
@@ -241,6 +242,10 @@ def how_to_allow(who: MatrixClient, access: str, topic: str) -> str:
 
 
 # -- the permission matrix, cell by cell, against the solution's ACL ------------------
+# An ACL decides by client id, user name and topic, never by protocol version, so the cells
+# run on MQTT 5 (whose PUBACK can say 0x87); the broker experiments further down show how
+# each version says no. One broker per module loads the ACL; each cell tells its own
+# messages apart by a unique payload.
 
 
 @pytest.mark.solution
@@ -269,27 +274,22 @@ def test_matrix_says_who_may_publish_where(
         denied = denials(acl_broker, mark, cell.client.client_id, cell.topic)
         evidence = f"; PUBACK {answer.value:#04x} {answer}" if answer.is_failure else ""
         evidence += f"; the broker logged: {denied[0]}" if denied else ""
+        if denied or answer.is_failure:
+            fix = f"The ACL denies the write: add {how_to_allow(cell.client, 'write', cell.topic)}."
+        else:
+            fix = f"The broker took the write but did not deliver it: the ACL denies {seen_by} "
+            fix += f"reading {cell.topic}."
         expect(
             payload in got,
-            (
-                f"Permission matrix: {who} may publish to {cell.topic}, but its message never "
-                f"reached {seen_by}, who may read it{evidence}.\n"
-                + (
-                    f"The ACL ({shown(acl_file)}) denies the write: add {how_to_allow(cell.client, 'write', cell.topic)}."
-                    if denied or answer.is_failure
-                    else f"The broker took the write but did not deliver it: the ACL ({shown(acl_file)}) "
-                    f"denies {seen_by} reading {cell.topic}."
-                )
-            ),
+            f"Permission matrix: {who} may publish to {cell.topic}, but its message never "
+            f"reached {seen_by}, who may read it{evidence}.\n{fix} (ACL: {shown(acl_file)})",
         )
         return
     expect(
         control_payload in got,
-        (
-            f"This cell proves nothing yet: {cell.control.describe() if cell.control else '?'}, who "
-            f"may publish to {cell.topic}, could not reach {seen_by} either. Fix the cells that "
-            f"allow them first."
-        ),
+        f"This cell proves nothing yet: {cell.control.describe() if cell.control else '?'}, who "
+        f"may publish to {cell.topic}, could not reach {seen_by} either. Fix the cells that "
+        f"allow them first.",
     )
     how = (
         f"MQTT 5 PUBACK {answer.value:#04x} ({answer})"
@@ -298,17 +298,15 @@ def test_matrix_says_who_may_publish_where(
     )
     expect(
         payload not in got,
-        (
-            f"Permission matrix: {who} may NOT publish to {cell.topic}, yet {seen_by} received its "
-            f"message: the ACL ({shown(acl_file)}) lets it write there. A `topic write` line before any "
-            "`user` line applies to every client without a user name, and a `pattern` line to every "
-            f"client: narrow the rule that matches {cell.topic} (a device: `pattern write "
-            "factory/telemetry/%c/#`, never `topic write factory/telemetry/#`)."
-        ),
+        f"Permission matrix: {who} may NOT publish to {cell.topic}, yet {seen_by} received its "
+        f"message: the ACL ({shown(acl_file)}) lets it write there. A `topic write` line before any "
+        "`user` line applies to every client without a user name, and a `pattern` line to every "
+        f"client: narrow the rule that matches {cell.topic} (a device: `pattern write "
+        "factory/telemetry/%c/#`, never `topic write factory/telemetry/#`).",
     )
     expect(
         not answer.is_failure or answer.value == NOT_AUTHORIZED,
-        (f"A denied publish answered with a reason code must say 0x87 Not authorized; got {how}."),
+        f"A denied publish answered with a reason code must say 0x87 Not authorized; got {how}.",
     )
 
 
@@ -326,21 +324,27 @@ def test_matrix_says_who_may_read_what(
         control.subscribe(cell.topic, qos=1)
     round_trip(subject)
     payload = probe(cell.witness, "publish")
-    party(cell.witness).publish(cell.topic, payload, qos=1)
+    mark = acl_broker.log_mark()
+    answer = publish_for_ack(party(cell.witness), cell.topic, payload, qos=1)
     round_trip(subject)
     got = {m.payload for m in subject.received(cell.topic)}
     who, writer = cell.client.describe(), cell.witness.client_id
+    refused = denials(acl_broker, mark, writer, cell.topic)
+    expect(
+        not refused and not answer.is_failure,
+        f"This cell proves nothing yet: {cell.witness.describe()}, who may publish to "
+        f"{cell.topic}, was denied ({refused[0] if refused else answer}); fix its publish cell "
+        f"first. (ACL: {shown(acl_file)})",
+    )
 
     if cell.allowed:
         expect(
             payload in got,
-            (
-                f"Permission matrix: {who} may read {cell.topic}, but the message {writer} published "
-                f"there never reached it"
-                + (f" (SUBACK {suback.value:#04x} {suback})" if suback.is_failure else "")
-                + f": the ACL ({shown(acl_file)}) denies the read. Add "
-                f"{how_to_allow(cell.client, 'read', cell.topic)}."
-            ),
+            f"Permission matrix: {who} may read {cell.topic}, but the message {writer} published "
+            f"there never reached it"
+            + (f" (SUBACK {suback.value:#04x} {suback})" if suback.is_failure else "")
+            + f": the ACL ({shown(acl_file)}) denies the read. Add "
+            f"{how_to_allow(cell.client, 'read', cell.topic)}.",
         )
         return
     if suback.is_failure:
@@ -349,21 +353,17 @@ def test_matrix_says_who_may_read_what(
     round_trip(control)
     expect(
         payload in {m.payload for m in control.received(cell.topic)},
-        (
-            f"This cell proves nothing yet: the message {writer} published to {cell.topic} did not "
-            f"reach {control.client_id}, who may read it, either. Fix the cells that allow them first."
-        ),
+        f"This cell proves nothing yet: the message {writer} published to {cell.topic} did not "
+        f"reach {control.client_id}, who may read it, either. Fix the cells that allow them first.",
     )
     expect(
         payload not in got,
-        (
-            f"Permission matrix: {who} may NOT read {cell.topic}, yet it received the message "
-            f"{writer} published there: the ACL ({shown(acl_file)}) lets it read. Mosquitto's acl_file "
-            "grants every SUBSCRIBE and checks `read` at each delivery, so that check is all that "
-            "protects the topic. A `topic read` line before any `user` line (such as `topic read "
-            "factory/#`) gives every client without a user name everything: move it under the "
-            "`user` that needs it."
-        ),
+        f"Permission matrix: {who} may NOT read {cell.topic}, yet it received the message "
+        f"{writer} published there: the ACL ({shown(acl_file)}) lets it read. Mosquitto's acl_file "
+        "grants every SUBSCRIBE and checks `read` at each delivery, so that check is all that "
+        "protects the topic. A `topic read` line before any `user` line (such as `topic read "
+        "factory/#`) gives every client without a user name everything: move it under the "
+        "`user` that needs it.",
     )
 
 
@@ -426,12 +426,10 @@ def test_solution_devices_need_nothing_their_acl_denies(
     ]
     expect(
         not denied,
-        (
-            f"The solution's devices tried what their own ACL ({shown(acl_file)}) denies, so part of "
-            "their work is lost (MQTT 5 answers 0x87, 3.1.1 drops it silently). Either the ACL "
-            "lacks a rule the device needs, or the device publishes outside its own topics:\n"
-            + "\n".join(f"    {line}" for line in denied[:8])
-        ),
+        f"The solution's devices tried what their own ACL ({shown(acl_file)}) denies, so part of "
+        "their work is lost (MQTT 5 answers 0x87, 3.1.1 drops it silently). Either the ACL "
+        "lacks a rule the device needs, or the device publishes outside its own topics:\n"
+        + "\n".join(f"    {line}" for line in denied[:8]),
     )
 
 
@@ -473,31 +471,25 @@ def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_clie
     expect(genuine in got, f"oven-01 may write {topic}: the dashboard must get its message.")
     expect(
         forged not in got,
-        (
-            f"press-01 may not write {topic} (another device's state), so the broker must drop its "
-            f"PUBLISH; the dashboard received it (MQTT {protocol}, QoS {qos})."
-        ),
+        f"press-01 may not write {topic} (another device's state), so the broker must drop its "
+        f"PUBLISH; the dashboard received it (MQTT {protocol}, QoS {qos}).",
     )
     if protocol == "5" and qos == 1:
         expect(
             answer.value in (0, NOT_AUTHORIZED),
-            (
-                "An MQTT 5 broker may answer a denied QoS 1 PUBLISH with PUBACK 0x87 Not authorized "
-                f"(Mosquitto 2.0 does) or accept and drop it; it answered {answer.value:#04x} {answer}."
-            ),
+            "An MQTT 5 broker may answer a denied QoS 1 PUBLISH with PUBACK 0x87 Not authorized "
+            f"(Mosquitto 2.0 does) or accept and drop it; it answered {answer.value:#04x} {answer}.",
         )
     else:
         expect(
             not answer.is_failure,
-            (
-                f"MQTT {protocol} at QoS {qos} has no way to refuse a PUBLISH: "
-                + (
-                    "the PUBACK carries no reason code"
-                    if qos
-                    else "QoS 0 gets no answer at all; the drop is silent"
-                )
-                + f", yet paho reported {answer}."
-            ),
+            f"MQTT {protocol} at QoS {qos} has no way to refuse a PUBLISH: "
+            + (
+                "the PUBACK carries no reason code"
+                if qos
+                else "QoS 0 gets no answer at all; the drop is silent"
+            )
+            + f", yet paho reported {answer}.",
         )
 
 
@@ -523,9 +515,7 @@ def test_forbidden_subscription_is_refused_or_receives_nothing(lab_acl, mqtt_cli
     if codes[0].is_failure:
         expect(
             codes[0].value in (0x80, NOT_AUTHORIZED),
-            (
-                f"A refused subscription says 0x80 (3.1.1) or 0x87 Not authorized (5); got {codes[0]}"
-            ),
+            f"A refused subscription says 0x80 (3.1.1) or 0x87 Not authorized (5); got {codes[0]}",
         )
     stranger.assert_nothing_received(
         "factory/#",
@@ -571,10 +561,8 @@ def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
     genuine.paho.disconnect()  # paho would reconnect and take the session back
     expect(
         genuine.disconnects,
-        (
-            "A second connection with the same client id takes the session over (MQTT §3.1.4): "
-            "the broker must disconnect the genuine press-01 in favour of the impostor."
-        ),
+        "A second connection with the same client id takes the session over (MQTT §3.1.4): "
+        "the broker must disconnect the genuine press-01 in favour of the impostor.",
     )
 
 
@@ -652,12 +640,10 @@ def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
     wire = {"5": "0x86 or 0x87", "3.1.1": "return code 4 or 5"}[protocol]
     expect(
         code.value in (0x86, NOT_AUTHORIZED),
-        (
-            f"With `allow_anonymous false` and a password file, a client with "
-            f"{'no user name' if credentials == 'anonymous' else 'a wrong password'} must be refused "
-            f"in the CONNACK (MQTT {protocol}: {wire}, bad user name or password / not "
-            f"authorized); got {code.value:#x} {code}."
-        ),
+        f"With `allow_anonymous false` and a password file, a client with "
+        f"{'no user name' if credentials == 'anonymous' else 'a wrong password'} must be refused "
+        f"in the CONNACK (MQTT {protocol}: {wire}, bad user name or password / not "
+        f"authorized); got {code.value:#x} {code}.",
     )
 
 
@@ -704,10 +690,8 @@ def test_hardened_rights_follow_the_user_not_the_client_id(hardened, mqtt_client
     round_trip(dashboard)
     expect(
         forged not in [m.payload for m in dashboard.received(topic)],
-        (
-            "In the hardened broker every right belongs to the authenticated user (%u), not the "
-            "client id: the observer's account connecting as client id press-01 must not write "
-            f"press-01's telemetry, yet the dashboard received it on {topic}."
-        ),
+        "In the hardened broker every right belongs to the authenticated user (%u), not the "
+        "client id: the observer's account connecting as client id press-01 must not write "
+        f"press-01's telemetry, yet the dashboard received it on {topic}.",
     )
     broker.wait_for_log(rf"Denied PUBLISH from press-01 \(.*'{topic}'", since=mark)

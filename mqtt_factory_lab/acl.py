@@ -59,8 +59,9 @@ class MatrixClient:
     username: str | None = None
 
     def describe(self) -> str:
-        who = f"{self.client_id} ({self.role})" if self.role else self.client_id
-        return f"{who}, logged in as user {self.username!r}" if self.username else who
+        about = [self.role] if self.role else []
+        about += [f"user {self.username!r}"] if self.username else []
+        return f"{self.client_id} ({', '.join(about)})" if about else self.client_id
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,6 @@ from mqtt_factory_lab.schemas import validate
 
 pytestmark = pytest.mark.lesson(3)
 
-PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
-
 
 def device_state(device_id: str, state: str, produced: int = 0) -> dict:
     """A device-state payload as the factory's devices publish it (checked against its schema)."""
@@ -76,7 +74,6 @@ def device_state(device_id: str, state: str, produced: int = 0) -> dict:
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("qos", [0, 1, 2], ids=lambda q: f"qos{q}")
 def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, protocol, qos):
     topic = f"{topic_root}/state/press-01"
@@ -111,7 +108,6 @@ def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, proto
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/press-01"
     publisher = mqtt_client(protocol=protocol)
@@ -134,7 +130,6 @@ def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topi
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/press-retired"
     publisher = mqtt_client(protocol=protocol)
@@ -151,7 +146,6 @@ def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protoc
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_retain_flag_marks_stored_messages_not_live_ones(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/conveyor-01"
     live_watcher = mqtt_client(protocol=protocol)
@@ -237,7 +231,6 @@ def test_retain_handling_decides_when_stored_state_is_sent(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_wildcard_subscription_receives_every_matching_retained_topic(
     mqtt_client, topic_root, protocol
 ):
@@ -271,9 +264,9 @@ def test_wildcard_subscription_receives_every_matching_retained_topic(
     ],
 )
 def test_retained_state_survives_restart_only_with_persistence(
-    broker_factory, mqtt_client, topic_root, variant, survives
+    make_broker, mqtt_client, topic_root, variant, survives
 ):
-    broker = broker_factory(variant)
+    broker = make_broker(variant)
     topic = f"{topic_root}/state/press-01"
     publisher = mqtt_client(broker=broker)
     publisher.publish(topic, device_state("press-01", "running"), qos=1, retain=True)
@@ -306,7 +299,6 @@ def test_retained_state_survives_restart_only_with_persistence(
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, protocol):
     press = device("press", protocol=protocol)
     state_topic, status_topic = press.topic("state"), press.topic("status")
@@ -339,7 +331,6 @@ def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, p
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_device_does_not_retain_telemetry(device, mqtt_client, topic_root, protocol):
     press = device("press", protocol=protocol)
     readings = f"{topic_root}/telemetry/{press.device_id}/#"
@@ -367,7 +358,6 @@ def test_device_does_not_retain_telemetry(device, mqtt_client, topic_root, proto
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_device_retained_state_follows_the_device(device, mqtt_client, topic_root, protocol):
     press = device("press", protocol=protocol)
     state_topic = press.topic("state")

@@ -96,16 +96,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.acl import Cell, MatrixClient, parametrize_cells
+from mqtt_factory_lab.broker_fixtures import BrokerPool, _broker_or_fail, _remember
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
 from mqtt_factory_lab.paths import DOCKER_DIR
-from mqtt_factory_lab.plugin import BrokerPool, _broker_or_fail, _remember
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.schemas import validate
 
 pytestmark = [pytest.mark.lesson(6)]
-
-PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
 
 #: The factory's permission matrix: [publish] and [subscribe] name, for each topic,
 #: the clients that may; every other client is denied. ``--acl-matrix PATH`` replaces it.
@@ -372,11 +370,10 @@ def test_matrix_says_who_may_read_what(
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG, LOG)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_solution_devices_need_nothing_their_acl_denies(
-    broker_factory, factory_launcher, mqtt_client, acl_file, protocol
+    make_broker, factory_launcher, mqtt_client, acl_file, protocol
 ):
-    broker = broker_factory("acl", acl_file=acl_file)
+    broker = make_broker("acl", acl_file=acl_file)
     dashboard = Parties(mqtt_client, broker)(DASHBOARD, protocol)
     dashboard.subscribe("factory/#", qos=1)
     round_trip(dashboard)
@@ -454,7 +451,6 @@ def lab_acl(_lab_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broke
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("qos", [0, 1], ids=lambda q: f"qos{q}")
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_client, protocol, qos):
     party = Parties(mqtt_client, lab_acl)
     press, oven = MatrixClient("press-01"), MatrixClient("oven-01")
@@ -495,7 +491,6 @@ def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_clie
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_forbidden_subscription_is_refused_or_receives_nothing(lab_acl, mqtt_client, protocol):
     party = Parties(mqtt_client, lab_acl)
     stranger = party(MatrixClient("bad-actor"), protocol)
@@ -540,7 +535,6 @@ def test_broker_logs_every_denied_publish(lab_acl, mqtt_client):
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
     topic = "factory/telemetry/press-01/temperature"
     dashboard = mqtt_client("dashboard", username="dashboard", broker=lab_acl, protocol=protocol)
@@ -568,7 +562,6 @@ def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_without_passwords_anyone_may_claim_the_dashboard_user(lab_acl, mqtt_client, protocol):
     spy = mqtt_client("spy", username="dashboard", broker=lab_acl, protocol=protocol)
     spy.subscribe("factory/#", qos=1)
@@ -624,7 +617,6 @@ def hardened(
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("credentials", ["anonymous", "wrong-password"])
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
     hardened, mqtt_client, protocol, credentials
 ):
@@ -649,7 +641,6 @@ def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_hardened_rights_follow_the_user_not_the_client_id(hardened, mqtt_client, protocol):
     broker, passwords = hardened
     topic = "factory/telemetry/press-01/temperature"

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import pytest
 
+from mqtt_factory_lab.broker_fixtures import BrokerPool, _broker_or_fail, _remember
 from mqtt_factory_lab.brokers import Broker
-from mqtt_factory_lab.plugin import BrokerPool, _broker_or_fail, _remember
 from mqtt_factory_lab.solution import ManifestError, Solution
 
 ACTIONS = ("publish", "subscribe")

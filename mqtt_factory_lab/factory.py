@@ -17,18 +17,29 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mqtt_factory_lab.brokers.base import LOG, Broker
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.roles import RoleError, RoleProcess
-from mqtt_factory_lab.schemas import PayloadError, validate
+from mqtt_factory_lab.schemas import PayloadError, device_kinds, validate
 from mqtt_factory_lab.solution import Solution
 
-DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
+#: the machines a factory has, as the payload contract names them (schemas/common.schema.json)
+DEVICE_KINDS = device_kinds()
 
 
-def program_env(broker: Broker, topic_root: str = "factory", protocol: str = "5") -> dict[str, str]:
+class Address(Protocol):
+    """Where a program is told the broker is: a :class:`Broker`, or any host and port."""
+
+    host: str
+    port: int
+
+
+def program_env(
+    broker: Broker | Address, topic_root: str = "factory", protocol: str = "5"
+) -> dict[str, str]:
     """The environment a factory program gets: ``os.environ`` plus the broker's ``VF_*`` settings.
 
     The solution contract passes broker settings this way only, so a student's
@@ -145,16 +156,19 @@ class FactoryLauncher:
         return process
 
     def _wait_connected(self, process: RoleProcess, client_id: str, mark: int) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        pattern = f"New client connected from .* as {re.escape(client_id)} "
-        while time.monotonic() < deadline:
-            if not process.is_running():
-                raise RoleError(process.describe_failure("exited before connecting to the broker"))
-            try:
-                self.broker.wait_for_log(pattern, timeout=0.2, since=mark)
+        connected = re.compile(f"New client connected from .* as {re.escape(client_id)} ")
+
+        def in_log() -> bool:
+            return any(connected.search(line) for line in self.broker.log_lines()[mark:])
+
+        try:
+            wait_until(in_log, self.ready_timeout, stop_early=lambda: not process.is_running())
+            return
+        except ProcessTimeout:
+            if in_log():
                 return
-            except AssertionError:
-                continue
+        if not process.is_running():
+            raise RoleError(process.describe_failure("exited before connecting to the broker"))
         raise RoleError(
             process.describe_failure(
                 f"never connected to the broker as client id {client_id!r} within {self.ready_timeout}s",

@@ -176,6 +176,11 @@ def payload_names() -> list[str]:
     return [name for name in names() if name != SHARED]
 
 
+def device_kinds() -> tuple[str, ...]:
+    """The kinds of machine the factory has: the contract's ``device_kind`` (``common``)."""
+    return tuple(schema(SHARED)["$defs"]["device_kind"]["enum"])
+
+
 def schema(name: str) -> dict[str, Any]:
     """The schema called ``name`` as a dict (the cached object: do not modify it)."""
     catalog = _catalog()

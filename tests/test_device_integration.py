@@ -35,7 +35,7 @@ def start_device(
     Its device id, unique to the test (``press-1a2b3c4d``), is the process's ``name``.
 
     :param protocol: ``"5"`` or ``"3.1.1"`` (through ``VF_MQTT_PROTOCOL``).
-    :param on_broker: another broker than the shared one (from ``broker_factory``).
+    :param on_broker: another broker than the shared one (from ``make_broker``).
     Every device is stopped when the test ends, whatever happened.
     """
 
@@ -356,11 +356,11 @@ def test_malformed_command_gives_error_event_and_device_keeps_running(
 def test_device_comes_back_after_a_broker_restart(
     start_device: Callable[..., RoleProcess],
     mqtt_client: Callable[..., RecordingClient],
-    broker_factory: Callable[..., Any],
+    make_broker: Callable[..., Any],
     topics: Topics,
 ) -> None:
     """The broker forgets everything (no persistence): the device must re-announce itself."""
-    own = broker_factory("open")
+    own = make_broker("open")
     device = start_device("conveyor", "--time-scale", "60", "--rate", "10", on_broker=own)
     own.restart()
     status_topic, state_topic = topics.status(device.name), topics.state(device.name)

@@ -125,12 +125,12 @@ def test_devices_speak_the_protocol_the_lab_asks_for(factory_launcher, broker, p
 
 
 @pytest.mark.broker_needs(CONFIG, LOG)
-def test_the_reference_factory_needs_nothing_the_acl_denies(broker_factory, factory_launcher):
+def test_the_reference_factory_needs_nothing_the_acl_denies(make_broker, factory_launcher):
     # As with docker/docker-compose.yml: the ACL in force, the default `factory` root, and each
     # program connecting under the client id the ACL's patterns expect. docker/acl lets only the
     # users `dashboard` and `observer` read the whole plant, so the capture logs in as observer
     # (and the launcher's anonymous status watcher could not see the devices come online).
-    broker = broker_factory("acl+persistent")
+    broker = make_broker("acl+persistent")
     capture = ObserverCapture(broker.host, broker.port, "observer", username="observer")
     capture.topic_root = "factory"
     capture.connect()

@@ -50,7 +50,7 @@ from mqtt_factory_lab.brokers.base import (
     free_port,
     mqtt_ping,
 )
-from mqtt_factory_lab.process import close_forgotten, track, untrack
+from mqtt_factory_lab.process import ProcessTimeout, close_forgotten, track, untrack, wait_until
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -338,12 +338,18 @@ class DockerMosquitto(Broker):
                 )
             ) from error
         self.host = self._client_host(container)
-        while time.monotonic() < deadline:
-            if mqtt_ping(self.host, self.port, timeout=0.5):
-                return
+        try:
+            wait_until(
+                lambda: mqtt_ping(self.host, self.port, timeout=0.5),
+                max(0.0, deadline - time.monotonic()),
+                stop_early=lambda: not self.is_running(),
+            )
+            return
+        except ProcessTimeout:
             if not self.is_running():
-                raise BrokerStartError(self._start_failure("exited after logging its ready line"))
-            time.sleep(0.02)
+                raise BrokerStartError(
+                    self._start_failure("exited after logging its ready line")
+                ) from None
         raise BrokerStartError(
             self._start_failure(
                 f"logged its ready line but accepted no MQTT CONNECT at {self.host}:{self.port} "

@@ -17,15 +17,21 @@ the markers.
 from __future__ import annotations
 
 import os
+import re
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+# First: a `pytest` from outside the lab's .venv stops here with one sentence.
+from mqtt_factory_lab import requirements_check  # noqa: F401
 from mqtt_factory_lab.broker_fixtures import BROKERS_USED
-from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART
+from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART, BrokerError
 from mqtt_factory_lab.brokers.base import format_log
 from mqtt_factory_lab.factory_fixtures import LAUNCHERS, SOLUTION
+from mqtt_factory_lab.roles import RoleError
+from mqtt_factory_lab.schemas import PayloadError
 from mqtt_factory_lab.solution import ManifestError, load
 
 pytest_plugins = [
@@ -157,22 +163,109 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+#: failures that are the lesson itself: their message teaches, their traceback would not
+TEACHING_FAILURES = (AssertionError, PayloadError, RoleError, ManifestError, BrokerError)
+#: broker log lines left out of a failure report unless the failure is about them
+NOISE = {"telemetry": re.compile(r"/telemetry/")}
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """On failure, attach each broker's state and log, and what each program printed."""
+    """On failure: a lesson's teaching message without harness frames, then the evidence.
+
+    The evidence is each broker's state and log during the test (telemetry chatter left
+    out unless the failure is about telemetry) and what each program printed (unless the
+    failure message quotes it already).
+    """
     report = yield
-    if report.failed:
-        for broker, mark in item.stash.get(BROKERS_USED, []):
-            section = broker.health()
-            if LOG in broker.capabilities:
-                try:
-                    lines = broker.log_lines()[mark:]
-                    section += "\n  its log during this test:\n" + format_log(lines, REPORT_LINES)
-                except Exception as error:  # the broker may be gone; the report must not be
-                    section += f"\n    (log unavailable: {error})"
-            report.sections.append((f"broker {broker.variant} ({broker.backend})", section))
-        for launcher in item.stash.get(LAUNCHERS, []):
-            for name, output in launcher.outputs().items():
-                tail = "\n".join(output.splitlines()[-REPORT_LINES:]) or "(no output)"
-                report.sections.append((f"program {name}", tail))
+    if not report.failed:
+        return report
+    message = _teaching_message(item, call)
+    if message is not None:
+        report.longrepr = message
+    failure = str(report.longrepr)
+    for broker, mark in item.stash.get(BROKERS_USED, []):
+        section = broker.health()
+        if LOG in broker.capabilities:
+            try:
+                lines = broker.log_lines()[mark:]
+                quiet = [p for word, p in NOISE.items() if word not in failure]
+                shown = [line for line in lines if not any(p.search(line) for p in quiet)]
+                left_out = len(lines) - len(shown)
+                section += "\n  its log during this test"
+                section += f" ({left_out} telemetry lines left out)" if left_out else ""
+                section += ":\n" + format_log(shown, REPORT_LINES)
+            except Exception as error:  # the broker may be gone; the report must not be
+                section += f"\n    (log unavailable: {error})"
+        report.sections.append((f"broker {broker.variant} ({broker.backend})", section))
+    for launcher in item.stash.get(LAUNCHERS, []):
+        for process in launcher.processes:
+            if f"the {process.role} role ({process.name})" in failure:
+                continue  # the message already quotes what it printed
+            lines = process.output().splitlines()
+            tail = "\n".join(lines[-REPORT_LINES:]) or "(no output)"
+            if len(lines) > REPORT_LINES:
+                tail = f"(last {REPORT_LINES} of {len(lines)} lines)\n{tail}"
+            report.sections.append((f"program {process.role} {process.name}", tail))
     return report
+
+
+def _teaching_message(item: pytest.Item, call: pytest.CallInfo[None]) -> str | None:
+    """For a lesson's experiment, the failure as its message and the line that failed.
+
+    Only with pytest's default traceback style: ``--tb=long`` (or any other) shows everything.
+    """
+    if (
+        call.excinfo is None
+        or item.get_closest_marker("lesson") is None
+        or item.config.getoption("tbstyle", "auto") != "auto"
+        or not isinstance(call.excinfo.value, TEACHING_FAILURES)
+    ):
+        return None
+    text = str(call.excinfo.value)
+    # pytest's assertion rewriting appends its own explanation ("assert False", "where ...")
+    text = re.split(r"\nassert |\n\+  where ", text, maxsplit=1)[0].rstrip()
+    entry = call.excinfo.traceback.filter(call.excinfo)[-1]
+    path = entry.path
+    if isinstance(path, os.PathLike) and item.config.rootpath in Path(path).parents:
+        path = Path(path).relative_to(item.config.rootpath)
+    where = f"{path}:{entry.lineno + 1}"
+    kind = type(call.excinfo.value).__name__
+    return f"{where}: {kind}\n{text}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say what was graded: solution experiments apart from broker ones, and whose code ran."""
+    stats = terminalreporter.stats
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in stats.get(outcome, []):
+            if report.when != "call" and outcome != "error" and outcome != "skipped":
+                continue
+            kind = next((k for k in ("solution", "broker") if k in report.keywords), None)
+            if kind is not None:
+                counts.setdefault(kind, {}).setdefault(outcome, 0)
+                counts[kind][outcome] += 1
+    if not counts:
+        return
+    terminalreporter.section("mqtt-factory-lab")
+    for kind, what in (
+        ("broker", "the broker's MQTT rules"),
+        ("solution", "the solution's programs"),
+    ):
+        if kind in counts:
+            tally = counts[kind]
+            done = sum(tally.values())
+            terminalreporter.write_line(
+                f"{kind} experiments ({what}): {tally.get('passed', 0)} of {done} passed"
+                + "".join(
+                    f", {tally[o]} {o}" for o in ("failed", "error", "skipped") if tally.get(o)
+                )
+            )
+    solution = config.stash.get(SOLUTION, None)
+    if "solution" in counts and solution is not None and solution.is_reference:
+        terminalreporter.write_line(
+            "the solution experiments ran the lab's own reference solution, not yours: "
+            "grade your programs with --solution path/to/your/solution.toml",
+            yellow=True,
+        )

@@ -265,6 +265,7 @@ def parse(payload: bytes | bytearray | memoryview | str, *, label: str = "the") 
 
     :param label: names the payload in the message (``"the state"`` → "the state payload").
     """
+    __tracebackhide__ = True
     raw = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else payload
     if isinstance(raw, bytes):
         if not raw:
@@ -326,6 +327,7 @@ def validate(name: str, payload: Mapping[str, Any] | bytes | bytearray | str) ->
         reading = validate("telemetry", msg.payload)
         assert reading["unit"] == "C"
     """
+    __tracebackhide__ = True
     check = validator(name)
     if isinstance(payload, (bytes, bytearray, memoryview, str)):
         try:
@@ -608,6 +610,7 @@ def validate_message(
     :raises PayloadError: the topic is not in the contract (``schema_name`` is None), or the
         payload breaks its schema or disagrees with its topic.
     """
+    __tracebackhide__ = True
     found = _topic_levels(topic, root)
     if found is None:
         layout = ", ".join(

@@ -306,10 +306,20 @@ def _stop_forgotten_components() -> None:
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
-    """``(name, module, args)`` of every program, in start order."""
+    """``(name, module, args)`` of every program, in start order.
+
+    Unless a user name was given for all, the observer, the controller and the dashboard
+    connect with their role as user name: docker/acl grants what they read (everything,
+    the alarms) to user names, since read rights that do not follow the topic tree cannot
+    be tied to a client id.
+    """
     programs: list[tuple[str, str, list[str]]] = []
+
+    def as_user(role: str) -> list[str]:
+        return [] if getattr(args, "username", None) else ["--username", role]
+
     if not args.no_observer:
-        observer_args = ["--client-id", args.observer_id]
+        observer_args = ["--client-id", args.observer_id, *as_user("observer")]
         if args.observer_json:
             observer_args.append("--json")
         if args.stats_interval:
@@ -319,7 +329,10 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
         (
             "controller",
             "sim.controller",
-            ["--client-id", args.controller_id, "--session", args.controller_session],
+            [
+                *("--client-id", args.controller_id, "--session", args.controller_session),
+                *as_user("controller"),
+            ],
         )
     )
     if not args.no_dashboard:
@@ -334,6 +347,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
                     args.http_host,
                     "--http-port",
                     str(args.http_port),
+                    *as_user("dashboard"),
                 ],
             )
         )

@@ -415,7 +415,7 @@ def test_the_devices_answer_comes_back_as_the_commands_outcome(dashboard, device
 
 
 @pytest.mark.broker_needs(CONFIG, LOG)
-def test_the_dashboard_works_within_the_acl_as_client_id_dashboard(
+def test_the_dashboard_works_within_the_acl_as_user_and_client_id_dashboard(
     make_broker, dashboard, mqtt_client
 ):
     broker = make_broker("acl")
@@ -424,7 +424,10 @@ def test_the_dashboard_works_within_the_acl_as_client_id_dashboard(
     press = mqtt_client("press", broker=broker)
     press.subscribe("factory/commands/+/press", qos=1)
     announce(press, "factory", "press")
-    dash = dashboard(broker=broker, topic_root="factory", client_id="dashboard")
+    # It reads as the user `dashboard` (docker/acl grants reading everything to user names).
+    dash = dashboard(
+        "--username", "dashboard", broker=broker, topic_root="factory", client_id="dashboard"
+    )
     frames(dash.url, has_message("factory/state/press"))
 
     status, answer = dash.post({"device": "press", "command": "stop"})

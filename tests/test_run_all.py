@@ -209,3 +209,21 @@ def test_a_password_given_to_run_all_is_not_visible_in_any_process_list(run_all)
         command = psutil.Process(pid).cmdline()
         assert not any("pw-0xC0FFEE" in part for part in command), f"{name}: {command}"
         assert psutil.Process(pid).environ().get("VF_PASSWORD") == "pw-0xC0FFEE", name
+
+
+def test_the_factory_runs_under_docker_acl_with_nothing_denied(sim_program, make_broker):
+    """The compose broker's ACL: the observer and the controller read as their user names."""
+    broker = make_broker("acl")
+    mark = broker.log_mark()
+    factory = sim_program(
+        "sim.run_all",
+        *("--devices", "press,conveyor", "--no-dashboard", "--anomaly", "--time-scale", "60"),
+        broker=broker,
+        topic_root="factory",
+        ready_timeout=40,
+        stop_timeout=15,
+    )
+    factory.wait_for_output(r"^observer\s+\| .*factory/telemetry/press/", timeout=15)
+    factory.wait_for_output(r"^observer\s+\| .*factory/alarms/", timeout=20)
+    denied = [line for line in broker.log_lines()[mark:] if "Denied" in line]
+    assert not denied, "run_all must work within docker/acl:\n" + "\n".join(denied[:5])

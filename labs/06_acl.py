@@ -96,7 +96,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.acl import Cell, MatrixClient, parametrize_cells
-from mqtt_factory_lab.broker_fixtures import BrokerPool, _broker_or_fail, _remember
+from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
 from mqtt_factory_lab.paths import DOCKER_DIR
@@ -435,7 +435,7 @@ def test_solution_devices_need_nothing_their_acl_denies(
 
 @pytest.fixture(scope="module")
 def _lab_acl_of_module(broker_pool: BrokerPool) -> Iterator[Broker]:
-    broker = _broker_or_fail(lambda: broker_pool.start("acl"))
+    broker = broker_or_fail(lambda: broker_pool.start("acl"))
     yield broker
     broker_pool.release(broker)
 
@@ -444,7 +444,7 @@ def _lab_acl_of_module(broker_pool: BrokerPool) -> Iterator[Broker]:
 def lab_acl(_lab_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broker:
     """A broker that loads the lab's own ``docker/acl``, shared by this module's experiments
     (each one tells its messages apart by a unique payload)."""
-    _remember(request, _lab_acl_of_module)
+    remember_broker(request, _lab_acl_of_module)
     return _lab_acl_of_module
 
 
@@ -597,7 +597,7 @@ def _hardened_of_module(
     password_file.touch()
     for user, password in passwords.items():
         subprocess.run([tool, "-b", str(password_file), user, password], check=True)
-    broker = _broker_or_fail(
+    broker = broker_or_fail(
         lambda: broker_pool.start(
             "acl+hardened", acl_file=DOCKER_DIR / "acl-hardened", password_file=password_file
         )
@@ -610,7 +610,7 @@ def _hardened_of_module(
 def hardened(
     _hardened_of_module: tuple[Broker, dict[str, str]], request: pytest.FixtureRequest
 ) -> tuple[Broker, dict[str, str]]:
-    _remember(request, _hardened_of_module[0])
+    remember_broker(request, _hardened_of_module[0])
     return _hardened_of_module
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_factory_lab.broker_fixtures import BrokerPool, _broker_or_fail, _remember
+from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
 from mqtt_factory_lab.brokers import Broker
 from mqtt_factory_lab.solution import ManifestError, Solution
 
@@ -256,7 +256,7 @@ def acl_file(pytestconfig: pytest.Config, solution: Solution) -> Path:
 @pytest.fixture(scope="module")
 def _acl_broker_of_module(broker_pool: BrokerPool, acl_file: Path) -> Iterator[Broker]:
     # Experiments using it are marked broker_needs(CONFIG): skipped on an external broker.
-    broker = _broker_or_fail(lambda: broker_pool.start("acl", acl_file=acl_file))
+    broker = broker_or_fail(lambda: broker_pool.start("acl", acl_file=acl_file))
     yield broker
     broker_pool.release(broker)
 
@@ -270,5 +270,5 @@ def acl_broker(_acl_broker_of_module: Broker, request: pytest.FixtureRequest) ->
     """
     if not _acl_broker_of_module.is_running():
         _acl_broker_of_module.start()
-    _remember(request, _acl_broker_of_module)
+    remember_broker(request, _acl_broker_of_module)
     return _acl_broker_of_module

@@ -113,8 +113,12 @@ class BrokerPool:
         self._shared.clear()
 
 
-def _broker_or_fail(start: Callable[[], Broker]) -> Broker:
-    """Start a broker, turning a harness error into one clean failure message."""
+def broker_or_fail(start: Callable[[], Broker]) -> Broker:
+    """Start a broker, turning a harness error into one clean failure message.
+
+    For fixtures of other scopes that start their own brokers from the pool
+    (``broker_or_fail(lambda: broker_pool.start("acl"))``).
+    """
     try:
         return start()
     except BrokerUnavailable as error:
@@ -125,7 +129,7 @@ def _broker_or_fail(start: Callable[[], Broker]) -> Broker:
     pytest.fail(message, pytrace=False)
 
 
-def _remember(request: pytest.FixtureRequest, broker: Broker) -> Broker:
+def remember_broker(request: pytest.FixtureRequest, broker: Broker) -> Broker:
     """Note that the test uses ``broker``, so that a failure report shows its log from here on."""
     node = request.node
     if any(used is broker for used, _ in node.stash.get(BROKERS_USED, [])):
@@ -144,7 +148,7 @@ def shared_broker(request: pytest.FixtureRequest, pool: BrokerPool) -> Broker:
     Fixtures take it from the session's pool (not ``request.getfixturevalue("broker")``),
     so that teardown order stays the order of their signatures.
     """
-    return _remember(request, _broker_or_fail(lambda: pool.shared("open")))
+    return remember_broker(request, broker_or_fail(lambda: pool.shared("open")))
 
 
 @pytest.fixture(scope="session")
@@ -201,9 +205,9 @@ def make_broker(
             options["acl_file"] = Path(acl_file)
         if password_file is not None:
             options["password_file"] = Path(password_file)
-        broker = _broker_or_fail(lambda: broker_pool.start(variant, **options))
+        broker = broker_or_fail(lambda: broker_pool.start(variant, **options))
         mine.append(broker)
-        return _remember(request, broker)
+        return remember_broker(request, broker)
 
     yield start
     for broker in mine:

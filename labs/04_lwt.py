@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import sys
@@ -151,7 +152,7 @@ def wait_broker_saw_disconnect(broker, client_id: str, mark: int) -> None:
     sure the broker has finished with the departing client before that round trip starts.
     """
     if LOG in broker.capabilities:
-        broker.wait_for_log(f"Client {client_id} disconnected", timeout=5, since=mark)
+        broker.wait_for_log(f"Client {re.escape(client_id)} disconnected", timeout=5, since=mark)
 
 
 def lose_connection(client: RecordingClient) -> None:
@@ -643,7 +644,9 @@ def test_device_stopped_gracefully_publishes_offline_itself(device, broker, mqtt
     assert goodbye.retain, f"The 'offline' status on {topic} must be retained."
     if LOG in broker.capabilities:
         try:
-            broker.wait_for_log(f"Received DISCONNECT from {packer.client_id}", 5, since=mark)
+            broker.wait_for_log(
+                f"Received DISCONNECT from {re.escape(packer.client_id)}", 5, since=mark
+            )
         except AssertionError:
             pytest.fail(
                 f"After SIGTERM {packer.device_id} published 'offline' but its connection (client "

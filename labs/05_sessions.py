@@ -35,8 +35,11 @@ Pitfalls:
 
 * A random client id at every start (paho's default when you pass none): every restart
   creates a new session, and the alarms wait in the old one.
-* Forgetting that paho 2's MQTT 3.1.1 client starts with clean session on, and that an
-  MQTT 5 session expires at disconnect unless you set a session expiry interval.
+* paho's defaults are clean: an MQTT 3.1.1 client has ``clean_session=True``; an MQTT 5
+  ``connect()`` has ``clean_start=MQTT_CLEAN_START_FIRST_ONLY`` (clean at every program
+  start, resumed only on paho's own reconnects) and no session expiry (the session ends
+  at disconnect). A persistent MQTT 5 client passes ``clean_start=False`` *and* a
+  ``SessionExpiryInterval`` property.
 * Subscribing at QoS 0: nothing is queued for a QoS 0 subscription.
 * Sessions of clients that never return, piling up queued messages in the broker: give
   MQTT 5 sessions an expiry.

@@ -62,6 +62,13 @@ def test_lesson_04_passes_against_the_reference_solution(run_lesson):
             id="will-not-retained-late-dashboard",
         ),
         pytest.param(
+            "lesson04_no_goodbye",
+            GRACEFUL,
+            ["is the device's Last Will", "Handle SIGTERM", "'shutdown'"],
+            KILLED,
+            id="no-offline-on-sigterm",
+        ),
+        pytest.param(
             "lesson04_fixed_keepalive",
             PAUSED,
             ["keepalive", "1.5 ×", "SIGSTOP"],

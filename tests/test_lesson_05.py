@@ -55,3 +55,16 @@ def test_lesson_05_catches_a_broken_controller(run_lesson, variant, concept):
     assert len(run.passed(CLEAN)) == 2, (
         f"{variant} makes one mistake only: {CLEAN} must still pass; outcomes: {run.outcomes}"
     )
+
+
+def test_lesson_05_catches_a_controller_that_keeps_its_session_when_clean_is_asked(run_lesson):
+    run = run_lesson(
+        LESSON, "-m", "solution", "-k", CLEAN, solution=BROKEN / "lesson05_always_persistent"
+    )
+
+    assert len(run.failed(CLEAN)) == 2, (
+        f"{CLEAN} must fail on both MQTT versions; outcomes: {run.outcomes}\n{run.output[-3000:]}"
+    )
+    message = run.message(CLEAN)
+    for words in ("session = clean", "A clean session must not receive", "clean start on"):
+        assert words in message, f"the failure should say {words!r}; it says:\n{message}"

@@ -330,7 +330,7 @@ KIND_SPECS: dict[str, KindSpec] = {
         ),
     )
 }
-KINDS = tuple(KIND_SPECS)
+DEVICE_KINDS = tuple(KIND_SPECS)
 
 
 def kind_spec(kind: str) -> KindSpec:
@@ -338,7 +338,7 @@ def kind_spec(kind: str) -> KindSpec:
     try:
         return KIND_SPECS[kind]
     except KeyError:
-        choices = ", ".join(KINDS)
+        choices = ", ".join(DEVICE_KINDS)
         raise ValueError(f"unknown device kind {kind!r}; choose one of {choices}") from None
 
 
@@ -412,7 +412,7 @@ class _SensorState:
 class Machine:
     """A simulated machine of one kind.
 
-    :param kind: one of :data:`KINDS`.
+    :param kind: one of :data:`DEVICE_KINDS`.
     :param seed: seeds every random choice; each sensor (and the anomaly
         schedule) draws from its own ``random.Random`` derived from
         ``(seed, identity, sensor)``, so adding a sensor does not change the others.

@@ -50,7 +50,7 @@ from mqtt_factory_lab.brokers.base import (
     free_port,
     mqtt_ping,
 )
-from mqtt_factory_lab.process import close_forgotten, track, untrack
+from mqtt_factory_lab.process import ProcessTimeout, close_forgotten, track, untrack, wait_until
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -330,12 +330,18 @@ class DockerMosquitto(Broker):
                 )
             ) from error
         self.host = self._client_host(container)
-        while time.monotonic() < deadline:
-            if mqtt_ping(self.host, self.port, timeout=0.5):
-                return
+        try:
+            wait_until(
+                lambda: mqtt_ping(self.host, self.port, timeout=0.5),
+                max(0.0, deadline - time.monotonic()),
+                stop_early=lambda: not self.is_running(),
+            )
+            return
+        except ProcessTimeout:
             if not self.is_running():
-                raise BrokerStartError(self._start_failure("exited after logging its ready line"))
-            time.sleep(0.02)
+                raise BrokerStartError(
+                    self._start_failure("exited after logging its ready line")
+                ) from None
         raise BrokerStartError(
             self._start_failure(
                 f"logged its ready line but accepted no MQTT CONNECT at {self.host}:{self.port} "
@@ -426,7 +432,7 @@ class DockerMosquitto(Broker):
         self._container = None
         import docker.errors
 
-        wrapped = container.get_wrapped_container()
+        wrapped = _wrapped(container)
         if wrapped is not None:
             with contextlib.suppress(docker.errors.DockerException):
                 if graceful:
@@ -441,7 +447,7 @@ class DockerMosquitto(Broker):
         import docker.errors
 
         with contextlib.suppress(docker.errors.NotFound):
-            if (wrapped := container.get_wrapped_container()) is not None:
+            if (wrapped := _wrapped(container)) is not None:
                 wrapped.remove(force=True, v=True)
         with contextlib.suppress(Exception):
             container.get_docker_client().client.close()
@@ -460,7 +466,7 @@ class DockerMosquitto(Broker):
 
     # -- what tests look at -------------------------------------------------
     def _wrapped(self) -> Any:
-        return self._container.get_wrapped_container() if self._container is not None else None
+        return _wrapped(self._container) if self._container is not None else None
 
     @property
     def container_id(self) -> str | None:
@@ -500,6 +506,16 @@ class DockerMosquitto(Broker):
     def health(self) -> str:
         line = super().health()
         return f"{line} (container image {self.image}, {self.network} network)"
+
+
+def _wrapped(container: DockerContainer) -> Any:
+    """The docker SDK's container behind a testcontainers one, or None before it was created."""
+    from testcontainers.core.exceptions import ContainerStartException
+
+    try:
+        return container.get_wrapped_container()
+    except ContainerStartException:
+        return None
 
 
 def _decode(raw: bytes) -> str:

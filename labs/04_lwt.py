@@ -92,7 +92,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import LOG
-from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.client import PROTOCOLS, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import DeviceHandle
 from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, wait_until
 from mqtt_factory_lab.roles import RoleError
@@ -101,7 +101,6 @@ from mqtt_factory_lab.solution import ManifestError
 
 pytestmark = [pytest.mark.lesson(4)]
 
-PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
 
 #: the shortest keepalive MQTT allows (0 switches the check off)
 KEEPALIVE = 1
@@ -184,7 +183,6 @@ def will_delay(client: RecordingClient, topic: str, payload: str, delay: int) ->
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("qos", [0, 1, 2], ids=lambda q: f"will-qos{q}")
 def test_broker_publishes_the_will_when_the_connection_drops_without_disconnect(
     mqtt_client, topic_root, protocol, qos
@@ -215,7 +213,6 @@ def test_broker_publishes_the_will_when_the_connection_drops_without_disconnect(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_clean_disconnect_discards_the_will(broker, mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/status/press-01"
     dashboard = mqtt_client(protocol=protocol)
@@ -235,7 +232,6 @@ def test_clean_disconnect_discards_the_will(broker, mqtt_client, topic_root, pro
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_retained_will_reaches_dashboards_opened_after_the_crash(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/status/oven-01"
     press = mqtt_client(protocol=protocol, will=will_of(topic, "oven-01", qos=1, retain=True))
@@ -299,7 +295,7 @@ def test_broker_publishes_the_will_of_a_client_that_stops_answering(
     dashboard = mqtt_client()
     dashboard.subscribe(f"{topic_root}/status/#", qos=1)
     topics = {}
-    for protocol in ("3.1.1", "5"):
+    for protocol in PROTOCOLS:
         device_id = f"frozen-mqtt{protocol}"
         topics[protocol] = f"{topic_root}/status/{device_id}"
         will = json.dumps(status(device_id, "offline", "last-will"))
@@ -416,7 +412,6 @@ def test_disconnect_with_will_message_publishes_the_will(broker, mqtt_client, to
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_second_connection_with_the_same_client_id_takes_over_and_fires_the_will(
     mqtt_client, topic_root, protocol
 ):
@@ -531,7 +526,6 @@ def watch_status(mqtt_client, topic: str) -> RecordingClient:
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_killed_device_is_declared_offline_by_its_retained_qos1_will(device, mqtt_client, protocol):
     press = device("press", protocol=protocol)
     topic = press.topic("status")
@@ -566,7 +560,6 @@ def test_killed_device_is_declared_offline_by_its_retained_qos1_will(device, mqt
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_device_crashing_by_itself_shows_offline_to_a_late_dashboard(device, mqtt_client, protocol):
     conveyor = device("conveyor", protocol=protocol, crash_after=0.2)
     topic = conveyor.topic("status")
@@ -597,7 +590,7 @@ def test_paused_device_is_declared_offline_within_its_keepalive_budget(
 ):
     devices = []
     try:
-        for protocol in ("3.1.1", "5"):
+        for protocol in PROTOCOLS:
             launcher = factory_launcher(protocol=protocol)
             kind_id = f"oven-mqtt{protocol}"
             devices.append(start_device(launcher, "oven", kind_id, keepalive=KEEPALIVE))
@@ -629,7 +622,6 @@ def test_paused_device_is_declared_offline_within_its_keepalive_budget(
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_device_stopped_gracefully_publishes_offline_itself(device, broker, mqtt_client, protocol):
     packer = device("packer", protocol=protocol)
     topic = packer.topic("status")

@@ -87,7 +87,6 @@ from mqtt_factory_lab.solution import ManifestError
 
 pytestmark = [pytest.mark.lesson(5)]
 
-PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
 SESSIONS = [pytest.param(False, id="clean"), pytest.param(True, id="persistent")]
 #: how long an MQTT 5 session outlives its connection in these experiments, unless a test
 #: is about expiry itself
@@ -142,7 +141,6 @@ def wait_broker_saw_disconnect(broker, client_id: str, mark: int) -> None:
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("persistent", SESSIONS)
 def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
     broker, mqtt_client, topic_root, protocol, persistent
@@ -200,7 +198,6 @@ def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_connack_session_present_says_whether_the_broker_resumed_a_session(mqtt_client, protocol):
     client_id = unique("controller")
 
@@ -304,7 +301,6 @@ def test_session_is_gone_once_its_expiry_interval_has_passed(broker, mqtt_client
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(RESTART, CONFIG)
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize(
     ("variant", "survives"),
     [
@@ -313,9 +309,9 @@ def test_session_is_gone_once_its_expiry_interval_has_passed(broker, mqtt_client
     ],
 )
 def test_persistent_session_survives_a_broker_restart_only_with_persistence(
-    broker_factory, mqtt_client, topic_root, protocol, variant, survives
+    make_broker, mqtt_client, topic_root, protocol, variant, survives
 ):
-    broker = broker_factory(variant)
+    broker = make_broker(variant)
     topic = f"{topic_root}/alarms/press-01/temperature"
     client_id = unique("controller")
     controller = mqtt_client(client_id, broker=broker, **session(protocol, persistent=True))
@@ -407,7 +403,6 @@ def command_names(messages) -> list[str]:
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
     factory_launcher, broker, mqtt_client, topic_root, protocol
 ):
@@ -471,7 +466,6 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
 
 
 @pytest.mark.solution
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_clean_session_controller_does_not_get_alarms_raised_while_it_was_stopped(
     factory_launcher, mqtt_client, topic_root, protocol
 ):

@@ -560,10 +560,12 @@ def test_killed_device_is_declared_offline_by_its_retained_qos1_will(device, mqt
 
 
 @pytest.mark.solution
-def test_device_crashing_by_itself_shows_offline_to_a_late_dashboard(device, mqtt_client, protocol):
-    conveyor = device("conveyor", protocol=protocol, crash_after=0.2)
-    topic = conveyor.topic("status")
-    watcher = watch_status(mqtt_client, topic)
+def test_device_crashing_by_itself_shows_offline_to_a_late_dashboard(
+    device, mqtt_client, topic_root, protocol
+):
+    topic = f"{topic_root}/status/conveyor-01"
+    watcher = watch_status(mqtt_client, topic)  # before the start: the crash comes quickly
+    conveyor = device("conveyor", "conveyor-01", protocol=protocol, crash_after=0.2)
 
     try:
         conveyor.process.wait_exit(timeout=10)

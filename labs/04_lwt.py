@@ -545,6 +545,11 @@ def test_killed_device_is_declared_offline_by_its_retained_qos1_will(device, mqt
     assert payload["device_id"] == press.device_id, (
         f"The will on {topic} names device {payload['device_id']!r}, not {press.device_id!r}."
     )
+    assert payload.get("reason", "last-will") == "last-will", (
+        f"The will on {topic} gives reason {payload['reason']!r}. The status schema keeps "
+        f"'shutdown' for the offline a device publishes itself and 'last-will' for the one the "
+        f"broker publishes for it, so a dashboard can tell a planned stop from a crash."
+    )
     assert will.qos == 1, (
         f"The will on {topic} came at QoS {will.qos} to a QoS 2 subscriber, so it was registered "
         f"at QoS {will.qos}. The factory's status messages are QoS 1: a lost 'offline' would "

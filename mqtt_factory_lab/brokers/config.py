@@ -104,6 +104,8 @@ def render(
     docker_dir: Path = DOCKER_DIR,
     extra: str = "",
     source: Path | None = None,
+    acl_file: Path | None = None,
+    password_file: Path | None = None,
 ) -> RenderedConfig:
     """Build a broker folder for ``variant`` under ``root``.
 
@@ -119,6 +121,10 @@ def render(
         line moved to ``port``, and every other file (ACL, password file, certificates)
         copied beside it. Its paths follow the eclipse-mosquitto image's layout
         (``/mosquitto/config/acl``...), as the lab's own files do.
+    :param acl_file: an ACL to install as ``config/acl`` instead of ``docker/acl``
+        (a solution's own ACL, or a platform team's).
+    :param password_file: a ``mosquitto_passwd`` file to install as ``config/passwd``
+        (the ``hardened`` variant reads it).
     """
     if source is not None:
         return _render_source(
@@ -145,9 +151,15 @@ def render(
         raise BrokerConfigError(f"{docker_dir / 'mosquitto.conf'} has no 'listener' line")
     base = _LISTENER.sub(listener, base, count=1)
     (config_dir / "mosquitto.conf").write_text(localise(base))
-    acl = docker_dir / "acl"
+    acl = Path(acl_file) if acl_file is not None else docker_dir / "acl"
+    if acl_file is not None and not acl.is_file():
+        raise BrokerConfigError(f"the ACL file {acl} does not exist (or is not a file)")
     if acl.exists():
         shutil.copyfile(acl, config_dir / "acl")
+    if password_file is not None:
+        if not Path(password_file).is_file():
+            raise BrokerConfigError(f"the password file {password_file} does not exist")
+        shutil.copyfile(password_file, config_dir / "passwd")
     for name in fragments:
         text = (docker_dir / "variants" / f"{name}.conf").read_text()
         (conf_d / f"{name}.conf").write_text(localise(text))

@@ -145,6 +145,8 @@ class DockerMosquitto(Broker):
     :param config_source: a team's own configuration folder instead of the lab's files
         (see :func:`~mqtt_factory_lab.brokers.config.render`).
     :param start_timeout: seconds to wait for the ready line and an accepted CONNECT.
+    :param acl_file: the ACL to load instead of ``docker/acl``.
+    :param password_file: a ``mosquitto_passwd`` file, installed as ``config/passwd``.
 
     Example::
 
@@ -166,6 +168,8 @@ class DockerMosquitto(Broker):
         extra_config: str = "",
         config_source: Path | None = None,
         start_timeout: float = 30.0,
+        acl_file: Path | None = None,
+        password_file: Path | None = None,
     ) -> None:
         super().__init__(variant)
         broker_config.parse_variant(variant)
@@ -183,6 +187,8 @@ class DockerMosquitto(Broker):
         self.extra_config = extra_config
         #: a team's own configuration folder used instead of the lab's (``--broker-config``)
         self.config_source = config_source
+        self.acl_file = acl_file
+        self.password_file = password_file
         self.start_timeout = start_timeout
         self.rendered: broker_config.RenderedConfig | None = None
         #: ids of every container this broker ran, oldest first (for tests and cleanup).
@@ -226,6 +232,8 @@ class DockerMosquitto(Broker):
             local_paths=False,
             extra=self.extra_config,
             source=self.config_source,
+            acl_file=self.acl_file,
+            password_file=self.password_file,
         )
         container = self._build(tc.DockerContainer)
         started = time.monotonic()

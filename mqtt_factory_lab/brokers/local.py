@@ -60,6 +60,8 @@ class LocalMosquitto(Broker):
     :param config_source: a team's own configuration folder instead of the lab's files
         (see :func:`~mqtt_factory_lab.brokers.config.render`).
     :param start_timeout: seconds to wait for the first accepted CONNECT.
+    :param acl_file: the ACL to load instead of ``docker/acl``.
+    :param password_file: a ``mosquitto_passwd`` file, installed as ``config/passwd``.
 
     Example::
 
@@ -80,6 +82,8 @@ class LocalMosquitto(Broker):
         extra_config: str = "",
         config_source: Path | None = None,
         start_timeout: float = 10.0,
+        acl_file: Path | None = None,
+        password_file: Path | None = None,
     ) -> None:
         super().__init__(variant)
         found = find_mosquitto(executable)
@@ -97,6 +101,8 @@ class LocalMosquitto(Broker):
         self.extra_config = extra_config
         #: a team's own configuration folder used instead of the lab's (``--broker-config``)
         self.config_source = config_source
+        self.acl_file = acl_file
+        self.password_file = password_file
         self.start_timeout = start_timeout
         self.process: ChildProcess | None = None
         self.rendered: broker_config.RenderedConfig | None = None
@@ -128,7 +134,13 @@ class LocalMosquitto(Broker):
             # loses the parent-death signal below. Root stays root for a test broker.
             extra = "user root\n" + extra
         self.rendered = broker_config.render(
-            self.variant, self.workdir, port=port, extra=extra, source=self.config_source
+            self.variant,
+            self.workdir,
+            port=port,
+            extra=extra,
+            acl_file=self.acl_file,
+            password_file=self.password_file,
+            source=self.config_source,
         )
         self.port = port
         self._archive_log()

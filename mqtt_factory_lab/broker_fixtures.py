@@ -262,17 +262,23 @@ def capabilities_of(config: pytest.Config, pool: BrokerPool) -> Capabilities:
     return found
 
 
+#: test parameters that hold the QoS a test publishes with (a will is published too)
+PUBLISH_QOS_PARAMETERS = ("qos", "pub_qos", "will_qos")
+
+
 def needed_capabilities(item: pytest.Item, *, implied: bool = True) -> list[str]:
     """What an experiment needs: its ``needs`` marks and, when ``implied``, ``mqtt5`` for an
-    MQTT 5 run (a ``protocol`` parameter of "5") and ``qos1``/``qos2`` for a ``qos`` parameter."""
+    MQTT 5 run (a ``protocol`` parameter of "5") and ``qos1``/``qos2`` for the QoS it publishes
+    with (:data:`PUBLISH_QOS_PARAMETERS`)."""
     names: list[str] = []
     for mark in item.iter_markers("needs"):
         names.extend(mark.args)
     params = getattr(getattr(item, "callspec", None), "params", {})
     if implied and params.get("protocol") == "5":
         names.append("mqtt5")
-    if implied and params.get("qos") in (1, 2):
-        names.append(f"qos{params['qos']}")
+    if implied:
+        # the QoS a test publishes with (its subscriptions' QoS is the broker's to grant)
+        names.extend(f"qos{params[n]}" for n in PUBLISH_QOS_PARAMETERS if params.get(n) in (1, 2))
     unknown = sorted(set(names) - set(CAPABILITIES))
     if unknown:
         raise pytest.UsageError(

@@ -596,3 +596,26 @@ def test_a_teams_own_config_with_a_password_file_is_started_and_tested(tmp_path)
     run = conformance(tmp_path, "--broker-config=team", "--broker-backend=local", "--out=anon")
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
     assert "Not authorized" in run.output and "--broker-username" in run.output, run.explain()
+
+
+@needs_mosquitto
+def test_a_broker_that_grants_at_most_qos1_passes_all_but_what_needs_qos2(tmp_path, direct_broker):
+    settings = max_qos_1(direct_broker)
+    run = child_pytest(
+        tmp_path,
+        "labs/02_qos.py",
+        "labs/03_retained.py",
+        "-m",
+        "broker",
+        f"--broker-url={settings.display_url()}",
+    )
+    failed = [n for n, o in run.outcomes.items() if o in ("failed", "error")]
+    assert run.returncode == 0 and not failed, (
+        "granting less QoS is legal (MQTT §3.9.3): only the experiments that publish at QoS 2 may "
+        "be skipped, and nothing may fail: " + run.explain()
+    )
+    skipped_for_qos2 = [n for n, m in run.messages.items() if "the broker lacks QoS 2" in m]
+    assert skipped_for_qos2 and all("qos2" in n or "pub2" in n for n in skipped_for_qos2), (
+        run.explain()
+    )
+    assert "finding: the broker lacks QoS 2: SUBACK granted QoS 1" in run.output, run.explain()

@@ -134,7 +134,7 @@ class Capabilities:
 def _refusal(outcome: ConnectOutcome) -> str:
     if outcome.reason_code is not None:
         return f"CONNACK {outcome.detail!r} (0x{outcome.reason_code:02X}) to an MQTT {outcome.protocol} CONNECT"
-    return outcome.sentence()
+    return f"the broker {outcome.what_it_said()} to an MQTT {outcome.protocol} CONNECT"
 
 
 def probe(settings: ConnectionSettings, *, timeout: float = 2.0) -> Capabilities:

@@ -334,6 +334,14 @@ class ConnectOutcome:
         where = f"the broker at {self.settings.display_url()} (MQTT {self.protocol})"
         if self.accepted:
             return f"{where} accepted the CONNECT in {self.seconds:.2f}s"
+        advice = ADVICE.get(self.kind, ADVICE["error"])
+        if self.kind == "not_authorized" and self.settings.username:
+            advice = ADVICE["bad_credentials"]
+        end = "" if advice.endswith("?") else "."
+        return self.settings.mask(f"{where} {self.what_it_said()} — {advice}{end}")
+
+    def what_it_said(self) -> str:
+        """What came back, without advice: "refused the CONNECT: Not authorized (reason code 0x87)"."""
         said = {
             "refused": "refused the TCP connection",
             "unresolved": "has a host name that does not resolve",
@@ -347,10 +355,7 @@ class ConnectOutcome:
         }.get(self.kind, "refused the CONNECT")
         code = f" (reason code 0x{self.reason_code:02X})" if self.reason_code is not None else ""
         detail = f": {self.detail}{code}" if self.detail else code
-        advice = ADVICE.get(self.kind, ADVICE["error"])
-        if self.kind == "not_authorized" and self.settings.username:
-            advice = ADVICE["bad_credentials"]
-        return self.settings.mask(f"{where} {said}{detail} — {advice}.")
+        return self.settings.mask(f"{said}{detail}")
 
 
 def _classify_error(error: BaseException) -> str:

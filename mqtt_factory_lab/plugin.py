@@ -35,6 +35,7 @@ from mqtt_factory_lab.broker_fixtures import (
     CAPABILITIES_KEY,
     CONNECTION,
     NOT_READY_KEY,
+    needed_capabilities,
 )
 from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART, BrokerError
 from mqtt_factory_lab.brokers.base import format_log
@@ -257,6 +258,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Tag each experiment with its protocol and statements; on a broker the lab does not
     control, skip what needs control, saying why."""
     spec.tag_items(items)
+    for item in items:
+        needed_capabilities(item, implied=False)  # an unknown name is a usage error, now
     if not (config.getoption("--broker-url") or config.getoption("--broker-backend") == "external"):
         return
     for item in items:

@@ -44,7 +44,10 @@ def item_protocol(item: pytest.Item) -> str | None:
     if "protocol" in params:
         return str(params["protocol"])
     named = {
-        PROTOCOL_KEYWORDS[k] for m in item.iter_markers("spec") for k in m.kwargs if m.kwargs[k]
+        PROTOCOL_KEYWORDS[k]
+        for m in item.iter_markers("spec")
+        for k in m.kwargs
+        if k in PROTOCOL_KEYWORDS and m.kwargs[k]
     }
     return named.pop() if len(named) == 1 else None
 

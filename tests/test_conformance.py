@@ -619,3 +619,48 @@ def test_a_broker_that_grants_at_most_qos1_passes_all_but_what_needs_qos2(tmp_pa
         run.explain()
     )
     assert "finding: the broker lacks QoS 2: SUBACK granted QoS 1" in run.output, run.explain()
+
+
+# -- markers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("decorators", "complaint"),
+    [
+        ('@pytest.mark.needs("telepathy")', "names no capability the lab probes"),
+        ('@pytest.mark.spec("MQTT-3.3.1-9")', "without a protocol parameter"),
+        ('@pytest.mark.spec(mqtt5=["3.3.1-9"])', "is not a statement id"),
+        ('@pytest.mark.spec(mqtt6=["MQTT-3.3.1-9"])', "takes mqtt311= and mqtt5="),
+    ],
+)
+def test_a_misused_needs_or_spec_marker_is_a_usage_error(tmp_path, decorators, complaint):
+    case = tmp_path / "test_case.py"
+    case.write_text(f"import pytest\n\n{decorators}\ndef test_x(broker_capabilities):\n    pass\n")
+    run = child_pytest(tmp_path, str(case), "--broker-url=mqtt://127.0.0.1:1", "--co")
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR and complaint in run.output, run.explain()
+
+
+def test_a_statement_fails_with_any_of_its_experiments_and_is_skipped_only_when_all_were():
+    from mqtt_factory_lab.spec import Result, statement_table
+
+    results = [
+        Result("a", "passed", "5", ["MQTT-3.3.1-5", "MQTT-3.3.1-9"]),
+        Result("b", "failed", "5", ["MQTT-3.3.1-9"]),
+        Result("c", "skipped", "5", ["MQTT-3.3.1-10"]),
+        Result("d", "skipped", "3.1.1", ["MQTT-3.3.1-5"]),
+        Result("e", "passed", "3.1.1", ["MQTT-3.3.1-5"]),
+    ]
+    table = statement_table(results)
+    assert {s: r["status"] for s, r in table["5"].items()} == {
+        "MQTT-3.3.1-5": "passed",
+        "MQTT-3.3.1-9": "failed",
+        "MQTT-3.3.1-10": "skipped",
+    }
+    assert table["3.1.1"]["MQTT-3.3.1-5"] | {"experiments": []} == {
+        "passed": 1,
+        "failed": 0,
+        "skipped": 1,
+        "experiments": [],
+        "status": "passed",
+    }
+    assert list(table["5"]) == ["MQTT-3.3.1-5", "MQTT-3.3.1-9", "MQTT-3.3.1-10"], "numeric order"

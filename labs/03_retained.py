@@ -40,11 +40,11 @@ Pitfalls:
   states in between.
 
 Try it (the seed's exercise 3), with the broker of ``docker compose up`` and
-``python -m sim.run_all`` running: open the dashboard (http://localhost:8080), stop it
-with Ctrl-C in ``run_all``'s place or restart it alone, and watch every card show its
-device's state and online status at once — before any device publishes again::
+``python -m sim.run_all --no-dashboard`` running: start the dashboard, open
+http://localhost:8080, stop it (Ctrl-C) and start it again — every card shows its
+device's state and online status at once, before any device publishes again::
 
-    python -m sim.dashboard                       # restart it: the state is there at once
+    python -m sim.dashboard --username dashboard  # Ctrl-C, start again: the state is there
     python -m sim.cli sub --username observer --topic 'factory/state/#' --count 6
     python -m sim.cli sub --username observer --topic 'factory/telemetry/#' --count 1
                                                   # (waits for the next reading: not retained)

@@ -392,7 +392,9 @@ def try_connect(
     :returns: the outcome, and the client when ``keep`` and accepted (else ``None``).
     """
     target = settings.for_protocol(protocol)
-    client = target.paho_client(client_id or f"lab-probe-{uuid.uuid4().hex[:8]}", protocol)
+    client = target.paho_client(
+        client_id or f"lab-probe-{uuid.uuid4().hex[:8]}", protocol, reconnect_on_failure=False
+    )
     client.connect_timeout = timeout
     done = threading.Event()
     result: dict[str, Any] = {}

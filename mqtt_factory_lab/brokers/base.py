@@ -50,7 +50,8 @@ def mqtt_ping(host: str, port: int, timeout: float = 1.0) -> bool:
     """Return whether an MQTT broker answers a CONNECT to ``host:port`` within ``timeout``.
 
     This is the readiness test of a broker the lab starts: a port that accepts TCP is
-    not yet a broker, but a CONNACK, even one that refuses an anonymous client, is. It waits for the CONNACK on an event; for an external broker,
+    not yet a broker, but a CONNACK, even one that refuses an anonymous client, is. It
+    waits for the CONNACK on an event; for an external broker,
     :func:`mqtt_factory_lab.connection.ready` also says why a broker is not ready.
     """
     outcome, _ = try_connect(ConnectionSettings(host, port), "3.1.1", timeout=timeout)

@@ -253,14 +253,25 @@ def test_retained_will_reaches_dashboards_opened_after_the_crash(mqtt_client, to
 
 
 #: A client program reduced to its connection: connect with a will and a keepalive, then
-#: answer the broker until it is paused. ``python -c`` keeps it in this lesson.
+#: answer the broker until it is paused. ``python -c`` keeps it in this lesson. It reads the
+#: broker's login, TLS and transport from the ``VF_*`` variables, as every factory program does.
 SILENT_CLIENT = """
 import os, sys
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 client_id, will_topic, will_payload, keepalive = sys.argv[1:5]
-version = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}[os.environ["VF_MQTT_PROTOCOL"]]
-client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version)
+env = os.environ
+version = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}[env["VF_MQTT_PROTOCOL"]]
+client = mqtt.Client(
+    CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
+    transport=env.get("VF_TRANSPORT", "tcp"),
+)
+if env.get("VF_USERNAME"):
+    client.username_pw_set(env["VF_USERNAME"], env.get("VF_PASSWORD"))
+if env.get("VF_TLS") or env.get("VF_TLS_CA"):
+    client.tls_set(env.get("VF_TLS_CA"), env.get("VF_TLS_CERT"), env.get("VF_TLS_KEY"))
+if env.get("VF_TRANSPORT") == "websockets":
+    client.ws_set_options(path=env.get("VF_WS_PATH", "/mqtt"))
 client.will_set(will_topic, will_payload, qos=1, retain=False)
 client.on_connect = lambda *args: print("connected", flush=True)
 client.connect(os.environ["VF_BROKER_HOST"], int(os.environ["VF_BROKER_PORT"]), int(keepalive))

@@ -8,8 +8,8 @@ A broker experiment names the statements of the MQTT specifications it checks::
 Positional statement ids hold for every protocol the experiment runs with (its ``protocol``
 parameter); ``mqtt311=`` and ``mqtt5=`` add ids for one version only (the two
 specifications number their statements differently: MQTT 3.1.1's ``MQTT-3.3.1-9`` is
-MQTT 5's ``MQTT-3.3.1-12``). An experiment without a ``protocol`` parameter names its
-statements with the keywords only.
+MQTT 5's ``MQTT-3.3.1-12``). An experiment without a ``protocol`` parameter (one that checks
+one version, or both itself) names its statements with the keywords only.
 
 :class:`Recorder` collects every experiment's outcome (under xdist too: it reads the
 reports the controller receives), and :func:`build_report` turns them into the
@@ -37,62 +37,65 @@ MARKER = (
 )
 
 
-def item_protocol(item: pytest.Item) -> str | None:
-    """The MQTT version an experiment runs with: its ``protocol`` parameter, else the only
-    version its ``spec`` keywords name, else None."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    if "protocol" in params:
-        return str(params["protocol"])
-    named = {
-        PROTOCOL_KEYWORDS[k]
-        for m in item.iter_markers("spec")
-        for k in m.kwargs
-        if k in PROTOCOL_KEYWORDS and m.kwargs[k]
-    }
-    return named.pop() if len(named) == 1 else None
+def item_statements(item: pytest.Item) -> dict[str, list[str]]:
+    """``{protocol: statement ids}`` of an experiment.
 
-
-def item_statements(item: pytest.Item) -> tuple[str | None, list[str]]:
-    """``(protocol, statement ids)`` of an experiment.
+    With a ``protocol`` parameter: that version, with the positional ids and its keyword's.
+    Without one (an experiment that checks both versions itself, or one version only): each
+    version its keywords name.
 
     :raises pytest.UsageError: for a malformed id, an unknown keyword, or positional ids on
         an experiment without a ``protocol`` parameter.
     """
-    protocol = item_protocol(item)
-    ids: list[str] = []
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    protocol = str(params["protocol"]) if "protocol" in params else None
+    found: dict[str, list[str]] = {}
     for mark in item.iter_markers("spec"):
         unknown = set(mark.kwargs) - set(PROTOCOL_KEYWORDS)
         if unknown:
             raise pytest.UsageError(
                 f"{item.nodeid}: spec() takes mqtt311= and mqtt5=, not {', '.join(sorted(unknown))}"
             )
-        if mark.args and "protocol" not in getattr(getattr(item, "callspec", None), "params", {}):
+        if mark.args and protocol is None:
             raise pytest.UsageError(
                 f"{item.nodeid}: spec({', '.join(map(repr, mark.args))}) without a protocol "
                 "parameter: say which version each id belongs to with mqtt311=[...] / mqtt5=[...]"
             )
-        ids.extend(mark.args)
+        if mark.args:
+            found.setdefault(protocol, []).extend(mark.args)
         for keyword, version in PROTOCOL_KEYWORDS.items():
-            if version == protocol:
-                value = mark.kwargs.get(keyword, ())
-                ids.extend([value] if isinstance(value, str) else value)
-    bad = [i for i in ids if not STATEMENT.match(i)]
+            value = mark.kwargs.get(keyword, ())
+            if value and protocol in (None, version):
+                found.setdefault(version, []).extend([value] if isinstance(value, str) else value)
+    bad = [i for ids in found.values() for i in ids if not STATEMENT.match(i)]
     if bad:
         raise pytest.UsageError(
             f"{item.nodeid}: {', '.join(bad)} is not a statement id like 'MQTT-3.3.1-9'"
         )
-    return protocol, list(dict.fromkeys(ids))
+    return {version: list(dict.fromkeys(ids)) for version, ids in found.items()}
 
 
 def tag_items(items: list[pytest.Item]) -> None:
-    """Put each experiment's protocol and statements in its ``user_properties``, so that they
-    travel with its reports (xdist workers, JUnit XML ``<properties>``)."""
+    """Put each experiment's statements in its ``user_properties`` (``spec`` =
+    ``"3.1.1:MQTT-3.3.1-9 5:MQTT-3.3.1-12"``), so that they travel with its reports (xdist
+    workers, JUnit XML ``<properties>``); ``mqtt_protocol`` names its protocol parameter."""
     for item in items:
-        protocol, ids = item_statements(item)
-        if protocol is not None:
-            item.user_properties.append(("mqtt_protocol", protocol))
-        if ids:
-            item.user_properties.append(("spec", " ".join(ids)))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "protocol" in params:
+            item.user_properties.append(("mqtt_protocol", str(params["protocol"])))
+        found = item_statements(item)
+        if found:
+            tags = " ".join(f"{v}:{i}" for v, ids in found.items() for i in ids)
+            item.user_properties.append(("spec", tags))
+
+
+def parse_tags(text: str) -> dict[str, list[str]]:
+    """The ``spec`` user property back into ``{protocol: ids}``."""
+    found: dict[str, list[str]] = {}
+    for tag in text.split():
+        version, _, statement = tag.rpartition(":")
+        found.setdefault(version, []).append(statement)
+    return found
 
 
 @dataclass
@@ -102,7 +105,7 @@ class Result:
     nodeid: str
     outcome: str = "passed"
     protocol: str | None = None
-    statements: list[str] = field(default_factory=list)
+    statements: dict[str, list[str]] = field(default_factory=dict)
     kinds: list[str] = field(default_factory=list)
     message: str = ""
     duration: float = 0.0
@@ -131,7 +134,7 @@ class Recorder:
             Result(
                 report.nodeid,
                 protocol=props.get("mqtt_protocol"),
-                statements=str(props.get("spec", "")).split(),
+                statements=parse_tags(str(props.get("spec", ""))),
                 kinds=kinds,
             ),
         )
@@ -163,13 +166,14 @@ def statement_table(results: list[Result]) -> dict[str, dict[str, dict[str, Any]
     """
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for result in results:
-        for statement in result.statements:
-            row = table.setdefault(result.protocol or "?", {}).setdefault(
-                statement, {"passed": 0, "failed": 0, "skipped": 0, "experiments": []}
-            )
-            bucket = "failed" if result.outcome in ("failed", "error") else result.outcome
-            row[bucket] += 1
-            row["experiments"].append(result.nodeid)
+        for protocol, statements in result.statements.items():
+            for statement in statements:
+                row = table.setdefault(protocol, {}).setdefault(
+                    statement, {"passed": 0, "failed": 0, "skipped": 0, "experiments": []}
+                )
+                bucket = "failed" if result.outcome in ("failed", "error") else result.outcome
+                row[bucket] += 1
+                row["experiments"].append(result.nodeid)
     for rows in table.values():
         for row in rows.values():
             row["status"] = "failed" if row["failed"] else "passed" if row["passed"] else "skipped"

@@ -52,6 +52,11 @@ PLACEHOLDERS = {
     "crash_after": "seconds after which to end abruptly (no DISCONNECT)",
     "duration": "seconds after which to stop gracefully",
     "rules": "controller rules, SOURCE/SENSOR=TARGET",
+    "db": "the SQLite database file a data center writes (lesson 07)",
+    "batches": "how many batches the chocolate line makes before it exits",
+    "run_id": "makes the chocolate line's batch ids, lot codes and msg_ids unique to a run",
+    "lot": "the lot code a traceability query starts from",
+    "output": "a file a program writes its answer to",
 }
 
 

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batches", type=_positive_int, metavar="N", help="stop after N batches (default: never)"
     )
-    parser.add_argument("--seed", type=int, default=1, help="same seed, same production (default 1)")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="same seed, same production (default 1)"
+    )
     parser.add_argument(
         "--recipes",
         type=_recipes,

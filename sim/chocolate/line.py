@@ -78,7 +78,7 @@ class LineCore:
     :param topics: the namespace (root, site, line).
     :param seed: seeds every random choice.
     :param run_id: makes msg_ids, batch ids and lot codes unique to this run.
-    :param recipes: the recipes to choose from, at random, for each batch.
+    :param recipes: the recipes made, in turn (the seed picks the first).
     :param batch_kg: planned mass of finished chocolate per batch.
     :param batch_schema: write batch events in version 2 (default) or 1.
     :param clock: wall clock for ``ts``.
@@ -101,7 +101,7 @@ class LineCore:
         readings_per_step: int = 6,
         alarm_rate: float = 0.12,
         fail_rate: float = 0.1,
-        spill_rate: float = 0.04,
+        spill_rate: float = 0.008,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unknown = [r for r in recipes if r not in RECIPES]
@@ -119,6 +119,7 @@ class LineCore:
         self.alarm_rate, self.fail_rate, self.spill_rate = alarm_rate, fail_rate, spill_rate
         self.clock = clock
         self.store = MaterialStore(run_id)
+        self.first_recipe = self.rng.randrange(len(self.recipes))
         self.plant_time = 0.0
         self.batches_started = 0
         self.shipments = 0
@@ -197,8 +198,10 @@ class LineCore:
     def batch(self) -> Iterator[Outgoing]:
         """Every message of the next batch."""
         self.batches_started += 1
-        recipe = RECIPES[self.rng.choice(self.recipes)]
         number = self.batches_started
+        # Production runs the recipes in turn (a campaign each), starting where the seed says,
+        # so any three consecutive batches make all three chocolates.
+        recipe = RECIPES[self.recipes[(self.first_recipe + number - 1) % len(self.recipes)]]
         batch = _Batch(
             f"B-{self.run_id}-{number:04d}",
             recipe,
@@ -343,8 +346,9 @@ class LineCore:
             return [_lot(base, material, round(produced, 3))]
         pallets = max(1, min(3, round(produced / PALLET_KG)))
         share = round(produced / pallets, 3)
+        redo = f"-R{attempt}" if attempt > 1 else ""
         return [
-            _lot(f"FG-{batch.batch_id}-{n}", material, share) for n in range(1, pallets + 1)
+            _lot(f"FG-{batch.batch_id}{redo}-{n}", material, share) for n in range(1, pallets + 1)
         ]
 
     def _ship(self, batch: _Batch, finished: list[dict[str, Any]]) -> Iterator[Outgoing]:

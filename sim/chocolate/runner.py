@@ -13,6 +13,7 @@ acknowledgements and disconnects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -72,10 +73,8 @@ class LineRunner:
         deadline = time.monotonic() + timeout
         missing = 0
         for message, info in self.pending:
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                pass
             if not info.is_published():
                 missing += 1
                 log.warning("no PUBACK for %s (%s)", message.topic, message.payload["msg_id"])

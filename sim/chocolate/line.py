@@ -9,6 +9,7 @@ runner (:mod:`sim.chocolate.runner`) only paces and publishes them. A batch:
    telemetry, now and then an alarm raised and cleared, ``step_completed``
    (the lots produced, the quantity out and the declared process loss), the
    QC results if the step is a QC point, state ``idle``;
+   (every batch sees at least one alarm, at a step the seed picks);
 3. a failed QC check means ``rework`` (the step runs again on its own output,
    attempt 2) or, the second time or for metal, ``scrapped``: the batch ends;
 4. after packaging, the finished lots leave in shipments (``shipped``).
@@ -70,6 +71,8 @@ class _Batch:
     batch_id: str
     recipe: Recipe
     machines: dict[str, str]
+    #: the step where this batch surely sees an alarm (others: now and then)
+    alarm_step: str = ""
 
 
 class LineCore:
@@ -99,7 +102,7 @@ class LineCore:
         batch_kg: float = 500.0,
         batch_schema: int = 2,
         readings_per_step: int = 6,
-        alarm_rate: float = 0.12,
+        alarm_rate: float = 0.05,
         fail_rate: float = 0.1,
         spill_rate: float = 0.008,
         clock: Callable[[], float] = time.time,
@@ -210,6 +213,7 @@ class LineCore:
                 for step in recipe.route
             },
         )
+        batch.alarm_step = self.rng.choice(recipe.route)
         yield self._batch_event(
             batch,
             recipe.route[0],
@@ -280,9 +284,8 @@ class LineCore:
         )
         duration = spec.duration(recipe)
         started = self.plant_time
-        alarm_at = (
-            self.rng.randrange(self.readings - 1) if self.rng.random() < self.alarm_rate else None
-        )
+        alarmed = step == batch.alarm_step or self.rng.random() < self.alarm_rate
+        alarm_at = self.rng.randrange(self.readings - 1) if alarmed else None
         alarm_name, alarm_sensor, excursion, severity = spec.alarm
         for index in range(self.readings):
             phase = (index + 0.5) / self.readings

@@ -142,7 +142,9 @@ def fail_on_setup_error(start: Callable[[], Any]) -> Any:
     try:
         return start()
     except (ManifestError, RoleError) as error:
-        pytest.fail(str(error), pytrace=False)
+        message = str(error)
+    # Outside the except block: one sentence, without a chained traceback.
+    pytest.fail(message, pytrace=False)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -757,8 +759,10 @@ def test_datacenter_stores_a_record_sent_twice_only_once(
 
 
 BAD_PAYLOADS = [
-    pytest.param("quality", b'{"batch_id": "B-1", "result": pass', "not JSON", id="invalid-json"),
-    pytest.param("quality", b"\xff\xfe\x00q", "not UTF-8", id="not-utf8"),
+    pytest.param(
+        "quality", b'{"batch_id": "B-1", "result": pass', "is not JSON", id="invalid-json"
+    ),
+    pytest.param("quality", b"\xff\xfe\x00q", "is not UTF-8 text", id="not-utf8"),
     pytest.param(
         "quality",
         json.dumps(record("quality", check=False, result="maybe")).encode(),

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 LESSON = "labs/07_traceability.py"
+#: a child pytest runs a whole lesson against a broker: more than the default 60 s per test
+pytestmark = pytest.mark.timeout(300)
 BROKEN = Path(__file__).resolve().parent / "broken"
 
 

@@ -54,8 +54,6 @@ from mqtt_factory_lab.schemas import validate
 
 pytestmark = pytest.mark.lesson(3)
 
-PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
-
 
 def device_state(device_id: str, state: str, produced: int = 0) -> dict:
     """A device-state payload as the factory's devices publish it (checked against its schema)."""
@@ -76,7 +74,6 @@ def device_state(device_id: str, state: str, produced: int = 0) -> dict:
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("qos", [0, 1, 2], ids=lambda q: f"qos{q}")
 def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, protocol, qos):
     topic = f"{topic_root}/state/press-01"
@@ -111,7 +108,6 @@ def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, proto
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/press-01"
     publisher = mqtt_client(protocol=protocol)
@@ -134,7 +130,6 @@ def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topi
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/press-retired"
     publisher = mqtt_client(protocol=protocol)
@@ -151,7 +146,6 @@ def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protoc
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_retain_flag_marks_stored_messages_not_live_ones(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/conveyor-01"
     live_watcher = mqtt_client(protocol=protocol)
@@ -237,7 +231,6 @@ def test_retain_handling_decides_when_stored_state_is_sent(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_wildcard_subscription_receives_every_matching_retained_topic(
     mqtt_client, topic_root, protocol
 ):
@@ -271,9 +264,9 @@ def test_wildcard_subscription_receives_every_matching_retained_topic(
     ],
 )
 def test_retained_state_survives_restart_only_with_persistence(
-    broker_factory, mqtt_client, topic_root, variant, survives
+    make_broker, mqtt_client, topic_root, variant, survives
 ):
-    broker = broker_factory(variant)
+    broker = make_broker(variant)
     topic = f"{topic_root}/state/press-01"
     publisher = mqtt_client(broker=broker)
     publisher.publish(topic, device_state("press-01", "running"), qos=1, retain=True)
@@ -306,54 +299,89 @@ def test_retained_state_survives_restart_only_with_persistence(
 
 
 @pytest.mark.solution
-def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, topic_root):
-    press = device("press")
-    first_viewer = mqtt_client()
-    first_viewer.subscribe(press.topic("state"), qos=1)
-    first_viewer.wait_for_message(
-        press.topic("state"), why="A device publishes its state as soon as it is online."
-    )
+def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, protocol):
+    press = device("press", protocol=protocol)
+    state_topic, status_topic = press.topic("state"), press.topic("status")
 
-    # The device has published its state and its status; a dashboard opens only now.
+    # The device is online; a dashboard opens only now. It asks to see each retain flag as the
+    # device set it (MQTT 5 retain-as-published), so a state the device sends right now counts too.
     dashboard = mqtt_client()
-    dashboard.subscribe(f"{topic_root}/state/{press.device_id}", qos=1)
-    dashboard.subscribe(f"{topic_root}/status/{press.device_id}", qos=1)
-    state = dashboard.wait_for_message(
-        press.topic("state"),
-        why=f"A device must publish its state retained, so that a dashboard opened later sees "
-        f"at once whether {press.device_id} is running; nothing stored came on "
-        f"{press.topic('state')}.",
-    )
-    status = dashboard.wait_for_message(
-        press.topic("status"),
-        why=f"A device must publish its online status retained; nothing stored came on "
-        f"{press.topic('status')}.",
-    )
-
-    assert state.retain and status.retain, (
-        "What a late subscriber receives at once is the broker's stored copy, flagged retained."
-    )
-    assert validate("state", state.payload)["device_id"] == press.device_id
-    assert validate("status", status.payload)["status"] == "online", (
-        "The stored status of a running device must be 'online'."
+    dashboard.subscribe(state_topic, qos=1, retain_as_published=True)
+    dashboard.subscribe(status_topic, qos=1, retain_as_published=True)
+    for topic, what in ((state_topic, "state"), (status_topic, "online status")):
+        message = dashboard.wait_for_message(
+            topic,
+            why=f"Nothing came on {topic} for a dashboard that subscribed after "
+            f"{press.device_id} came online. A device publishes its {what} with the retain "
+            "flag, so that the broker keeps the last one and hands it at once to every later "
+            "subscriber: publish it with retain=True (QoS 1).",
+        )
+        assert message.retain, (
+            f"The device published its {what} on {topic} without the retain flag "
+            f"({message.describe()}). The broker stores a message only when the publisher sets "
+            "retain; without it a dashboard opened later waits for the next change to learn "
+            f"the {what}. Publish it with retain=True (QoS 1)."
+        )
+    state = validate("state", dashboard.received(state_topic)[0].payload)
+    status = validate("status", dashboard.received(status_topic)[0].payload)
+    assert state["device_id"] == press.device_id
+    assert status["status"] == "online", (
+        f"The stored status of a running device must be 'online', not {status['status']!r}."
     )
 
 
 @pytest.mark.solution
-def test_device_does_not_retain_telemetry(device, mqtt_client, topic_root):
-    press = device("press")
+def test_device_does_not_retain_telemetry(device, mqtt_client, topic_root, protocol):
+    press = device("press", protocol=protocol)
+    readings = f"{topic_root}/telemetry/{press.device_id}/#"
 
-    dashboard = mqtt_client()
-    dashboard.subscribe(f"{topic_root}/telemetry/{press.device_id}/#", qos=0)
-    first = dashboard.wait_for_message(
-        f"{topic_root}/telemetry/{press.device_id}/#",
-        why="A running device publishes telemetry continuously.",
+    # Retain-as-published shows the flag each reading was sent with, whenever it was sent.
+    watcher = mqtt_client()
+    watcher.subscribe(readings, qos=0, retain_as_published=True)
+    seen = watcher.wait_for_messages(
+        5, readings, why="A running device publishes telemetry continuously."
+    )
+    retained = [m for m in seen if m.retain]
+    # A subscriber arriving now finds whatever the broker stored, even from long ago.
+    late = mqtt_client()
+    late.subscribe(readings, qos=0)
+    late.sync()
+    retained += [m for m in late.received(readings) if m.retain]
+
+    for message in seen:
+        validate("telemetry", message.payload)
+    assert not retained, (
+        f"The device publishes telemetry retained: {retained[0].describe()}. A reading is "
+        "history the moment it is sent; retained, the broker hands it to the next subscriber "
+        "as if it were current. Publish telemetry with retain=False."
     )
 
-    validate("telemetry", first.payload)
-    assert not first.retain, (
-        f"The first reading a late subscriber got on {first.topic} carried the retain flag: the "
-        "device publishes telemetry retained. A reading is history the moment it is sent; "
-        "retained, it reaches the next subscriber as if it were current. Publish telemetry "
-        "with retain=False."
+
+@pytest.mark.solution
+def test_device_retained_state_follows_the_device(device, mqtt_client, topic_root, protocol):
+    press = device("press", protocol=protocol)
+    state_topic = press.topic("state")
+    watcher = mqtt_client()
+    watcher.subscribe(state_topic, qos=1)
+    watcher.wait_for_message(state_topic, why="A device's state is retained on its state topic.")
+
+    stop = {"command": "stop", "reason": "lesson 03: does the stored state follow?"}
+    watcher.publish(f"{topic_root}/commands/dashboard/{press.device_id}", stop, qos=1)
+    watcher.wait_for_message(
+        lambda m: m.topic == state_topic and m.json().get("state") == "stopped",
+        why=f"A device that obeys a stop command publishes its new state on {state_topic}.",
+    )
+
+    # A dashboard opened after the stop must see the device as it is now.
+    dashboard = mqtt_client()
+    dashboard.subscribe(state_topic, qos=1)
+    stored = dashboard.wait_for_message(
+        state_topic,
+        why=f"The broker should still hold a retained state on {state_topic}.",
+    )
+    shown = validate("state", stored.payload)["state"]
+    assert stored.retain and shown == "stopped", (
+        f"A dashboard opened after the stop sees {shown!r} ({stored.describe()}). The broker "
+        "keeps only the last *retained* message per topic, so every state change must be "
+        "published retained, not just the first one: publish each new state with retain=True."
     )

@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 
-from mqtt_factory_lab.brokers import Broker, BrokerError, make_broker, resolve_backend
+from mqtt_factory_lab.brokers import Broker, BrokerError, create_broker, resolve_backend
 from mqtt_factory_lab.client import RecordingClient
 from mqtt_factory_lab.factory import FactoryLauncher, program_env
 from mqtt_factory_lab.paths import LAB_ROOT as ROOT
@@ -35,7 +35,7 @@ def broker_ready_times(backend: str, starts: int, variant: str = "open") -> list
     """Start and stop a broker ``starts`` times; return each ready time in seconds."""
     times = []
     for _ in range(starts):
-        broker = make_broker(backend, variant)
+        broker = create_broker(backend, variant)
         with broker:
             assert broker.ready_seconds is not None
             times.append(broker.ready_seconds)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
         )
         if not args.no_factory:
-            with make_broker(backend, "open") as broker:
+            with create_broker(backend, "open") as broker:
                 online = device_online_times(broker, args.starts)
                 count, per_second = run_all_throughput(broker, 5.0, args.rate)
             print(

@@ -17,18 +17,29 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mqtt_factory_lab.brokers.base import LOG, Broker
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.roles import RoleError, RoleProcess
-from mqtt_factory_lab.schemas import PayloadError, validate
+from mqtt_factory_lab.schemas import PayloadError, device_kinds, validate
 from mqtt_factory_lab.solution import Solution
 
-DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
+#: the machines a factory has, as the payload contract names them (schemas/common.schema.json)
+DEVICE_KINDS = device_kinds()
 
 
-def program_env(broker: Broker, topic_root: str = "factory", protocol: str = "5") -> dict[str, str]:
+class Address(Protocol):
+    """Where a program is told the broker is: a :class:`Broker`, or any host and port."""
+
+    host: str
+    port: int
+
+
+def program_env(
+    broker: Broker | Address, topic_root: str = "factory", protocol: str = "5"
+) -> dict[str, str]:
     """The environment a factory program gets: ``os.environ`` plus the broker's ``VF_*`` settings.
 
     The solution contract passes broker settings this way only, so a student's
@@ -145,16 +156,19 @@ class FactoryLauncher:
         return process
 
     def _wait_connected(self, process: RoleProcess, client_id: str, mark: int) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        pattern = f"New client connected from .* as {re.escape(client_id)} "
-        while time.monotonic() < deadline:
-            if not process.is_running():
-                raise RoleError(process.describe_failure("exited before connecting to the broker"))
-            try:
-                self.broker.wait_for_log(pattern, timeout=0.2, since=mark)
+        connected = re.compile(f"New client connected from .* as {re.escape(client_id)} ")
+
+        def in_log() -> bool:
+            return any(connected.search(line) for line in self.broker.log_lines()[mark:])
+
+        try:
+            wait_until(in_log, self.ready_timeout, stop_early=lambda: not process.is_running())
+            return
+        except ProcessTimeout:
+            if in_log():
                 return
-            except AssertionError:
-                continue
+        if not process.is_running():
+            raise RoleError(process.describe_failure("exited before connecting to the broker"))
         raise RoleError(
             process.describe_failure(
                 f"never connected to the broker as client id {client_id!r} within {self.ready_timeout}s",
@@ -184,7 +198,9 @@ class FactoryLauncher:
         client_id = client_id or f"{device_id}-{uuid.uuid4().hex[:6]}"
         watcher = self._watcher()
         status_topic = f"{self.topic_root}/status/{device_id}"
-        watcher.subscribe(status_topic, qos=1)
+        # Retain as published: the watcher is subscribed before the device publishes, and a live
+        # delivery would otherwise carry retain=0 whether or not the device retained it.
+        watcher.subscribe(status_topic, qos=1, retain_as_published=True)
         started = time.monotonic()
         process = self.start_role(
             "device",
@@ -219,6 +235,15 @@ class FactoryLauncher:
                         )
                     ) from error
                 if status["status"] == "online":
+                    if not message.retain:
+                        raise RoleError(
+                            handle.process.describe_failure(
+                                f"published 'online' on {topic} without the retain flag, so a "
+                                "dashboard that opens later would not know the device is online",
+                                "publish the status with retain=True (and QoS 1); the broker then "
+                                "keeps it and hands it to every new subscriber",
+                            )
+                        )
                     return status
             if not handle.process.is_running():
                 raise RoleError(

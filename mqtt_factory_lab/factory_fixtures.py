@@ -1,6 +1,6 @@
 """Fixtures that run a solution's factory programs: ``device``, ``factory``, ``observer_capture``.
 
-Loaded by :mod:`mqtt_factory_lab.plugin`. The solution under test comes from
+Loaded by :mod:`mqtt_factory_lab.plugin`, which reads the solution under test from
 ``--solution PATH`` (default: the lab's reference solution, ``solution.toml``).
 
 ``device("press")``            start one device; returns when its ``online`` status is seen
@@ -11,7 +11,7 @@ Loaded by :mod:`mqtt_factory_lab.plugin`. The solution under test comes from
 
 from __future__ import annotations
 
-import os
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,68 +19,50 @@ from typing import Any
 
 import pytest
 
+from mqtt_factory_lab.broker_fixtures import BrokerPool, shared_broker
 from mqtt_factory_lab.brokers.base import Broker
 from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import DEVICE_KINDS, DeviceHandle, FactoryLauncher
 from mqtt_factory_lab.roles import RoleError, RoleProcess
 from mqtt_factory_lab.schemas import PayloadError, validate_message
-from mqtt_factory_lab.solution import ManifestError, Solution, load
+from mqtt_factory_lab.solution import ManifestError, Solution
 
-ENV_SOLUTION = "MQTT_LAB_SOLUTION"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("mqtt-factory-lab")
-    group.addoption(
-        "--solution",
-        default=os.environ.get(ENV_SOLUTION),
-        metavar="PATH",
-        help="solution manifest (solution.toml, or its folder) whose programs the lessons run "
-        f"(default: ${ENV_SOLUTION} or the lab's reference solution)",
-    )
-    group.addoption(
-        "--time-scale",
-        type=float,
-        default=60.0,
-        help="plant seconds per wall-clock second for simulated devices (default 60)",
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    try:
-        config.stash[_SOLUTION_KEY] = load(config.getoption("--solution"))
-    except ManifestError as error:
-        raise pytest.UsageError(f"--solution: {error}") from error
-
-
-def pytest_report_header(config: pytest.Config) -> str | None:
-    solution = config.stash.get(_SOLUTION_KEY, None)
-    return f"mqtt-factory-lab: solution {solution.name!r} ({solution.path})" if solution else None
-
-
-_SOLUTION_KEY = pytest.StashKey[Solution]()
-_LAUNCHERS_KEY = pytest.StashKey[list[FactoryLauncher]]()
+#: the solution under test, loaded once by the plugin's ``pytest_configure``
+SOLUTION = pytest.StashKey[Solution]()
+#: the launchers a test used, whose programs' output a failure report shows
+LAUNCHERS = pytest.StashKey[list[FactoryLauncher]]()
 
 
 @pytest.fixture(scope="session")
 def solution(pytestconfig: pytest.Config) -> Solution:
     """The solution under test (``--solution``), already checked."""
-    return pytestconfig.stash[_SOLUTION_KEY]
+    loaded = pytestconfig.stash.get(SOLUTION, None)
+    if loaded is None:
+        pytest.fail(
+            "no solution to run: the lab's reference solution.toml is not here (is the lab "
+            "installed without its checkout?); pass --solution PATH to a solution.toml",
+            pytrace=False,
+        )
+    return loaded
 
 
 @pytest.fixture
 def factory_launcher(
-    request: pytest.FixtureRequest, solution: Solution, topic_root: str, lab_seed: int
+    request: pytest.FixtureRequest,
+    broker_pool: BrokerPool,
+    solution: Solution,
+    topic_root: str,
+    lab_seed: int,
 ) -> Iterator[Callable[..., FactoryLauncher]]:
     """``factory_launcher(broker=None, topic_root=None, protocol="5")``: a launcher whose programs
     all stop when the test ends."""
     launchers: list[FactoryLauncher] = []
-    request.node.stash[_LAUNCHERS_KEY] = launchers
+    request.node.stash[LAUNCHERS] = launchers
 
     def make(
         broker: Broker | None = None, root: str | None = None, protocol: str = "5"
     ) -> FactoryLauncher:
-        target = broker if broker is not None else request.getfixturevalue("broker")
+        target = broker if broker is not None else shared_broker(request, broker_pool)
         for launcher in launchers:
             if (
                 launcher.broker is target
@@ -108,7 +90,7 @@ def factory_launcher(
 def device(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., DeviceHandle]:
     """Start a device of the solution: ``device("press", anomaly=True)``.
 
-    :param kind: press, conveyor, robot_arm, oven, packer or environment.
+    :param kind: a device kind (:data:`~mqtt_factory_lab.factory.DEVICE_KINDS`).
     :param device_id: id in its topics (default ``<kind>-NN``).
     :param client_id: MQTT client id (default: the id plus a random suffix).
     :param anomaly: inject out-of-range values (manifest option ``anomaly``).
@@ -134,7 +116,7 @@ def device(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., De
 
 
 @dataclass
-class Factory:
+class RunningFactory:
     """A running factory: devices by id and the controller."""
 
     launcher: FactoryLauncher
@@ -147,7 +129,7 @@ class Factory:
 
 
 @pytest.fixture
-def factory(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., Factory]:
+def factory(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., RunningFactory]:
     """Start a whole factory: ``factory(kinds=("press", "conveyor"), controller=True)``.
 
     :param kinds: device kinds to start, one device each (default: all six).
@@ -168,10 +150,10 @@ def factory(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., F
         anomaly: bool = False,
         broker: Broker | None = None,
         protocol: str = "5",
-    ) -> Factory:
+    ) -> RunningFactory:
         launcher = factory_launcher(broker, protocol=protocol)
 
-        def launch() -> Factory:
+        def launch() -> RunningFactory:
             devices = {}
             for kind in kinds:
                 handle = launcher.start_device(kind, kind.replace("_", "-"), anomaly=anomaly)
@@ -180,11 +162,11 @@ def factory(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., F
             if controller:
                 role = launcher.start_role(
                     "controller",
-                    controller_id or f"controller-{launcher.topic_root.split('/')[1]}",
+                    controller_id or f"controller-{uuid.uuid4().hex[:8]}",
                     options={"rules": rules},
                     session=controller_session,
                 )
-            return Factory(launcher, devices, role)
+            return RunningFactory(launcher, devices, role)
 
         return _or_fail(launch)
 
@@ -226,13 +208,13 @@ class ObserverCapture(RecordingClient):
 
 @pytest.fixture
 def observer_capture(
-    request: pytest.FixtureRequest, topic_root: str
+    request: pytest.FixtureRequest, broker_pool: BrokerPool, topic_root: str
 ) -> Iterator[Callable[..., ObserverCapture]]:
     """``observer_capture(broker=None, root=None)``: record all traffic under the topic root (QoS 1)."""
     captures: list[ObserverCapture] = []
 
     def make(broker: Broker | None = None, root: str | None = None) -> ObserverCapture:
-        target = broker if broker is not None else request.getfixturevalue("broker")
+        target = broker if broker is not None else shared_broker(request, broker_pool)
         capture = ObserverCapture(target.host, target.port, describe_broker=target.health)
         capture.topic_root = root or topic_root
         captures.append(capture)
@@ -250,15 +232,3 @@ def _or_fail(start: Callable[[], Any]) -> Any:
         return start()
     except (RoleError, ManifestError) as error:
         pytest.fail(str(error), pytrace=False)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """On failure, attach what each factory program printed."""
-    report = yield
-    if report.failed:
-        for launcher in item.stash.get(_LAUNCHERS_KEY, []):
-            for name, output in launcher.outputs().items():
-                tail = "\n".join(output.splitlines()[-25:]) or "(no output)"
-                report.sections.append((f"program {name}", tail))
-    return report

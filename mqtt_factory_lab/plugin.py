@@ -1,19 +1,17 @@
-"""The lab's pytest plugin: options, markers and fixtures that connect lessons to brokers.
+"""The lab's pytest plugin: its options, markers and hooks, in one place.
 
-The root ``conftest.py`` loads it; another project can load it through the
-``pytest11`` entry point ``mqtt_factory_lab.plugin`` (see ``pyproject.toml``).
+The root ``conftest.py`` loads it; another project loads it through the ``pytest11``
+entry point ``mqtt_factory_lab.plugin`` (``pip install mqtt-factory-lab``). The
+fixtures live next door, one module per subject, like pytest's own plugins:
 
-Fixtures
---------
-``broker``            the shared broker of the ``open`` variant (per worker)
-``broker_factory``    ``broker_factory("acl+persistent")``: a dedicated broker for one test
-``mqtt_client``       ``mqtt_client(protocol="3.1.1")``: connected :class:`RecordingClient` s
-``topic_root``        a topic root no other test uses, such as ``lab/3f9a1c2b/factory``
-``broker_env``        ``broker_env(broker, topic_root)``: ``VF_*`` variables for a subprocess
-``lab_seed``          the run's random seed (``--lab-seed``)
+:mod:`mqtt_factory_lab.broker_fixtures`
+    ``broker``, ``make_broker``, ``mqtt_client``, ``topic_root``, ``protocol``,
+    ``broker_env``, ``lab_seed``, ``broker_pool``
+:mod:`mqtt_factory_lab.factory_fixtures`
+    ``solution``, ``device``, ``factory``, ``factory_launcher``, ``observer_capture``
 
-and, from :mod:`mqtt_factory_lab.factory_fixtures`, ``device``, ``factory``,
-``observer_capture`` and ``solution``.
+``pytest --help`` lists the options under "mqtt-factory-lab", ``pytest --markers``
+the markers.
 """
 
 from __future__ import annotations
@@ -21,41 +19,37 @@ from __future__ import annotations
 import os
 import re
 import signal
-import uuid
-from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mqtt_factory_lab.brokers import (
-    BACKENDS,
-    CONFIG,
-    LOG,
-    RESTART,
-    Broker,
-    BrokerError,
-    BrokerUnavailable,
-    make_broker,
-    resolve_backend,
-)
+# First: a `pytest` from outside the lab's .venv stops here with one sentence.
+from mqtt_factory_lab import requirements_check  # noqa: F401
+from mqtt_factory_lab.broker_fixtures import BROKERS_USED
+from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART, BrokerError
 from mqtt_factory_lab.brokers.base import format_log
-from mqtt_factory_lab.client import RecordingClient
-from mqtt_factory_lab.factory import program_env
+from mqtt_factory_lab.factory_fixtures import LAUNCHERS, SOLUTION
+from mqtt_factory_lab.roles import RoleError
+from mqtt_factory_lab.schemas import PayloadError
+from mqtt_factory_lab.solution import ManifestError, load
 
-#: the factory fixtures (device, factory, observer_capture) come with the broker ones
-pytest_plugins = ["mqtt_factory_lab.factory_fixtures"]
+pytest_plugins = ["mqtt_factory_lab.broker_fixtures", "mqtt_factory_lab.factory_fixtures"]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
 ENV_URL = "MQTT_LAB_BROKER_URL"
+ENV_SOLUTION = "MQTT_LAB_SOLUTION"
 _SKIP_REASONS = {
     RESTART: "restarts or stops the broker",
     CONFIG: "needs a broker configuration the lab chooses (ACL file, persistence)",
     LOG: "reads the broker's log",
 }
+#: how many lines of a program's output and of a broker's log a failure report shows
+REPORT_LINES = 25
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("mqtt-factory-lab", "MQTT factory lab (broker harness)")
+    group = parser.getgroup("mqtt-factory-lab", "MQTT factory lab")
     group.addoption(
         "--broker-backend",
         choices=BACKENDS,
@@ -85,6 +79,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "on 127.0.0.1 ($MQTT_LAB_DOCKER_NETWORK)",
     )
     group.addoption(
+        "--solution",
+        default=os.environ.get(ENV_SOLUTION),
+        metavar="PATH",
+        help="solution manifest (solution.toml, or its folder) whose programs the lessons run "
+        f"(default: ${ENV_SOLUTION} or the lab's reference solution)",
+    )
+    group.addoption(
+        "--time-scale",
+        type=float,
+        default=60.0,
+        help="plant seconds per wall-clock second for simulated devices (default 60)",
+    )
+    group.addoption(
         "--lab-seed",
         type=int,
         default=int(os.environ.get("MQTT_LAB_SEED", "1")),
@@ -93,24 +100,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "lesson(number): the lesson this experiment belongs to (labs/NN_*.py)"
-    )
-    config.addinivalue_line(
-        "markers",
+    for line in (
+        "lesson(number): the lesson this experiment belongs to (labs/NN_*.py)",
         "broker: an experiment on the broker's MQTT semantics with plain clients "
         "(conformance: `pytest labs -m broker --broker-url URL`)",
-    )
-    config.addinivalue_line(
-        "markers",
         "solution: an experiment that runs the solution's own programs or files "
         "(grading: `pytest labs -m solution --solution PATH`)",
-    )
-    config.addinivalue_line(
-        "markers",
         "broker_needs(*capabilities): skip on a backend that cannot 'restart', 'config' "
         "(choose ACL/persistence) or read the 'log' of its broker (--broker-url)",
-    )
+    ):
+        config.addinivalue_line("markers", line)
+    try:
+        config.stash[SOLUTION] = load(config.getoption("--solution"))
+    except ManifestError as error:
+        if config.getoption("--solution"):
+            raise pytest.UsageError(f"--solution: {error}") from error
+        # No --solution, and the reference is not where the lab would find it (the
+        # package is used outside its checkout): only solution fixtures need one.
     _stop_cleanly_on_sigterm()
 
 
@@ -128,6 +134,7 @@ def _stop_cleanly_on_sigterm() -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a broker the lab does not control, skip what needs control, saying why."""
     if not (config.getoption("--broker-url") or config.getoption("--broker-backend") == "external"):
         return
     for item in items:
@@ -142,258 +149,119 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 )
 
 
-# -- brokers ------------------------------------------------------------------
-#: the brokers a test used, with the log position at which it started using each
-_BROKERS_KEY = pytest.StashKey[list[tuple[Broker, int]]]()
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    backend = config.getoption("--broker-backend")
+    url = config.getoption("--broker-url")
+    lines = [f"mqtt-factory-lab: broker backend {backend}{f' ({url})' if url else ''}"]
+    solution = config.stash.get(SOLUTION, None)
+    if solution is not None:
+        lines.append(f"mqtt-factory-lab: solution {solution.name!r} ({solution.path})")
+    return lines
 
 
-def _remember(request: pytest.FixtureRequest, broker: Broker) -> None:
-    try:
-        mark = broker.log_mark()
-    except BrokerError:
-        mark = 0
-    request.node.stash[_BROKERS_KEY] = [*request.node.stash.get(_BROKERS_KEY, []), (broker, mark)]
-
-
-class BrokerPool:
-    """Starts brokers for one pytest process and stops every one of them at the end.
-
-    Shared brokers are kept per variant; dedicated ones belong to one test.
-    """
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self._backend: str | None = None
-        self._unavailable: BrokerUnavailable | None = None
-        self._shared: dict[str, Broker] = {}
-        self._all: list[Broker] = []
-
-    @property
-    def backend(self) -> str:
-        """The concrete backend; decided once per process (a missing one is reported once too)."""
-        if self._unavailable is not None:
-            raise self._unavailable
-        if self._backend is None:
-            try:
-                self._backend = resolve_backend(
-                    self.config.getoption("--broker-backend"), self.config.getoption("--broker-url")
-                )
-            except BrokerUnavailable as error:
-                self._unavailable = error
-                raise
-        return self._backend
-
-    def _options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self.backend == "docker":
-            if self.config.getoption("--docker-image"):
-                options["image"] = self.config.getoption("--docker-image")
-            if self.config.getoption("--docker-network"):
-                options["network"] = self.config.getoption("--docker-network")
-        return options
-
-    def start(self, variant: str = "open", **options: Any) -> Broker:
-        """Start a dedicated broker (closed by :meth:`close` or the caller)."""
-        broker = make_broker(
-            self.backend,
-            variant,
-            url=self.config.getoption("--broker-url"),
-            **self._options(),
-            **options,
-        )
-        self._all.append(broker)
-        try:
-            broker.start()
-        except BaseException:
-            broker.close()
-            raise
-        return broker
-
-    def shared(self, variant: str = "open") -> Broker:
-        """The broker of this variant that tests share; started (again) when needed."""
-        broker = self._shared.get(variant)
-        if broker is None:
-            broker = self._shared[variant] = self.start(variant)
-        elif not broker.is_running() and RESTART in broker.capabilities:
-            broker.start()  # a previous test stopped or killed it
-        return broker
-
-    def release(self, broker: Broker) -> None:
-        broker.close()
-        if broker in self._all:
-            self._all.remove(broker)
-
-    def close(self) -> None:
-        while self._all:
-            self._all.pop().close()
-        self._shared.clear()
-
-
-def _broker_or_fail(start: Callable[[], Broker]) -> Broker:
-    """Start a broker, turning a harness error into one clean failure message."""
-    try:
-        return start()
-    except BrokerUnavailable as error:
-        message = str(error)
-    except BrokerError as error:
-        message = f"the broker could not start:\n{error}"
-    # Outside the except block, so the report shows the advice once, without a chained traceback.
-    pytest.fail(message, pytrace=False)
-
-
-def _skip_unless_configurable(pool: BrokerPool, variant: str, extra_config: str) -> None:
-    if pool.backend == "external" and (variant != "open" or extra_config):
-        pytest.skip(
-            f"the external broker at {pool.config.getoption('--broker-url')} is not the lab's to "
-            f"configure: this test needs the {variant!r} variant{' with extra settings' if extra_config else ''}"
-        )
-
-
-@pytest.fixture(scope="session")
-def broker_pool(pytestconfig: pytest.Config) -> Iterator[BrokerPool]:
-    """Every broker this pytest process starts; all are stopped at the end of the session."""
-    pool = BrokerPool(pytestconfig)
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
-@pytest.fixture
-def broker(broker_pool: BrokerPool, request: pytest.FixtureRequest) -> Broker:
-    """A running broker of the ``open`` variant, shared by the tests of this worker.
-
-    Tests on it must isolate themselves (``topic_root``, unique client ids) and
-    must not stop it; use :func:`broker_factory` for that.
-    """
-    broker = _broker_or_fail(lambda: broker_pool.shared("open"))
-    _remember(request, broker)
-    return broker
-
-
-@pytest.fixture
-def broker_factory(
-    broker_pool: BrokerPool, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., Broker]]:
-    """Start dedicated brokers for this test: ``broker_factory("acl+persistent")``.
-
-    :param variant: fragments of ``docker/variants`` joined with ``+``.
-    :param extra_config: more ``mosquitto.conf`` lines for this broker only.
-    Each broker is stopped and its files removed when the test ends.
-    """
-    mine: list[Broker] = []
-
-    def start(variant: str = "open", *, extra_config: str = "") -> Broker:
-        _skip_unless_configurable(broker_pool, variant, extra_config)
-        options = {"extra_config": extra_config} if extra_config else {}
-        broker = _broker_or_fail(lambda: broker_pool.start(variant, **options))
-        mine.append(broker)
-        _remember(request, broker)
-        return broker
-
-    yield start
-    for broker in mine:
-        broker_pool.release(broker)
-
-
-@pytest.fixture
-def topic_root() -> str:
-    """A topic root that no other test uses: ``lab/<8 hex>/factory``."""
-    return f"lab/{uuid.uuid4().hex[:8]}/factory"
-
-
-@pytest.fixture
-def lab_seed(pytestconfig: pytest.Config) -> int:
-    """The seed simulators and generated data use (``--lab-seed``)."""
-    return pytestconfig.getoption("--lab-seed")
-
-
-@pytest.fixture
-def mqtt_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., RecordingClient]]:
-    """Make connected MQTT clients; all are disconnected after the test.
-
-    :param client_id: default: the test's name plus a counter and a random suffix.
-    :param protocol: ``"5"`` (default) or ``"3.1.1"``.
-    :param clean_start: MQTT 5 clean start / 3.1.1 clean session (default True).
-    :param session_expiry: MQTT 5 session expiry interval in seconds.
-    :param will: Last Will ``(topic, payload, qos, retain)``.
-    :param broker: the broker to use (default: the shared ``broker`` fixture).
-    :param connect: connect now (default True).
-
-    Example::
-
-        def test_hello(mqtt_client, topic_root):
-            sub = mqtt_client(protocol="3.1.1")
-            sub.subscribe(f"{topic_root}/#")
-    """
-    clients: list[RecordingClient] = []
-    base = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40].strip("-")
-
-    def make(
-        client_id: str | None = None,
-        *,
-        protocol: str = "5",
-        clean_start: bool = True,
-        session_expiry: int | None = None,
-        will: tuple[str, bytes | str, int, bool] | None = None,
-        broker: Broker | None = None,
-        connect: bool = True,
-    ) -> RecordingClient:
-        target = broker if broker is not None else request.getfixturevalue("broker")
-        client = RecordingClient(
-            target.host,
-            target.port,
-            client_id or f"{base}-{len(clients) + 1}-{uuid.uuid4().hex[:6]}",
-            protocol=protocol,
-            clean_start=clean_start,
-            session_expiry=session_expiry,
-            will=will,
-            describe_broker=target.health,
-        )
-        clients.append(client)
-        if connect:
-            client.connect()
-        return client
-
-    yield make
-    for client in clients:
-        client.disconnect()
-
-
-@pytest.fixture
-def broker_env() -> Callable[..., dict[str, str]]:
-    """``broker_env(broker, topic_root)``: the environment a factory program needs.
-
-    Returns a copy of ``os.environ`` with ``VF_BROKER_HOST``, ``VF_BROKER_PORT``,
-    ``VF_TOPIC_ROOT`` and ``VF_MQTT_PROTOCOL`` set, and unbuffered Python output
-    (:func:`mqtt_factory_lab.factory.program_env`).
-    """
-
-    return program_env
-
-
-# -- reporting ------------------------------------------------------------------
+#: failures that are the lesson itself: their message teaches, their traceback would not
+TEACHING_FAILURES = (AssertionError, PayloadError, RoleError, ManifestError, BrokerError)
+#: broker log lines left out of a failure report unless the failure is about them
+NOISE = {"telemetry": re.compile(r"/telemetry/")}
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """On failure, attach each broker's state and last log lines to the report."""
+    """On failure: a lesson's teaching message without harness frames, then the evidence.
+
+    The evidence is each broker's state and log during the test (telemetry chatter left
+    out unless the failure is about telemetry) and what each program printed (unless the
+    failure message quotes it already).
+    """
     report = yield
-    if report.failed:
-        for broker, mark in item.stash.get(_BROKERS_KEY, []):
-            section = broker.health()
-            if LOG in broker.capabilities:
-                try:
-                    lines = broker.log_lines()[mark:]
-                    section += f"\n  its log during this test (last 30 of {len(lines)} lines):\n"
-                    section += format_log(lines, 30)
-                except Exception as error:  # the broker may be gone; the report must not be
-                    section += f"\n    (log unavailable: {error})"
-            report.sections.append((f"broker {broker.variant} ({broker.backend})", section))
+    if not report.failed:
+        return report
+    message = _teaching_message(item, call)
+    if message is not None:
+        report.longrepr = message
+    failure = str(report.longrepr)
+    for broker, mark in item.stash.get(BROKERS_USED, []):
+        section = broker.health()
+        if LOG in broker.capabilities:
+            try:
+                lines = broker.log_lines()[mark:]
+                quiet = [p for word, p in NOISE.items() if word not in failure]
+                shown = [line for line in lines if not any(p.search(line) for p in quiet)]
+                left_out = len(lines) - len(shown)
+                section += "\n  its log during this test"
+                section += f" ({left_out} telemetry lines left out)" if left_out else ""
+                section += ":\n" + format_log(shown, REPORT_LINES)
+            except Exception as error:  # the broker may be gone; the report must not be
+                section += f"\n    (log unavailable: {error})"
+        report.sections.append((f"broker {broker.variant} ({broker.backend})", section))
+    for launcher in item.stash.get(LAUNCHERS, []):
+        for process in launcher.processes:
+            if f"the {process.role} role ({process.name})" in failure:
+                continue  # the message already quotes what it printed
+            lines = process.output().splitlines()
+            tail = "\n".join(lines[-REPORT_LINES:]) or "(no output)"
+            if len(lines) > REPORT_LINES:
+                tail = f"(last {REPORT_LINES} of {len(lines)} lines)\n{tail}"
+            report.sections.append((f"program {process.role} {process.name}", tail))
     return report
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    backend = config.getoption("--broker-backend")
-    url = config.getoption("--broker-url")
-    return f"mqtt-factory-lab: broker backend {backend}{f' ({url})' if url else ''}"
+def _teaching_message(item: pytest.Item, call: pytest.CallInfo[None]) -> str | None:
+    """For a lesson's experiment, the failure as its message and the line that failed.
+
+    Only with pytest's default traceback style: ``--tb=long`` (or any other) shows everything.
+    """
+    if (
+        call.excinfo is None
+        or item.get_closest_marker("lesson") is None
+        or item.config.getoption("tbstyle", "auto") != "auto"
+        or not isinstance(call.excinfo.value, TEACHING_FAILURES)
+    ):
+        return None
+    text = str(call.excinfo.value)
+    # pytest's assertion rewriting appends its own explanation ("assert False", "where ...")
+    text = re.split(r"\nassert |\n\+  where ", text, maxsplit=1)[0].rstrip()
+    entry = call.excinfo.traceback.filter(call.excinfo)[-1]
+    path = entry.path
+    if isinstance(path, os.PathLike) and item.config.rootpath in Path(path).parents:
+        path = Path(path).relative_to(item.config.rootpath)
+    where = f"{path}:{entry.lineno + 1}"
+    kind = type(call.excinfo.value).__name__
+    return f"{where}: {kind}\n{text}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Say what was graded: solution experiments apart from broker ones, and whose code ran."""
+    stats = terminalreporter.stats
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in stats.get(outcome, []):
+            if report.when != "call" and outcome != "error" and outcome != "skipped":
+                continue
+            kind = next((k for k in ("solution", "broker") if k in report.keywords), None)
+            if kind is not None:
+                counts.setdefault(kind, {}).setdefault(outcome, 0)
+                counts[kind][outcome] += 1
+    if not counts:
+        return
+    terminalreporter.section("mqtt-factory-lab")
+    for kind, what in (
+        ("broker", "the broker's MQTT rules"),
+        ("solution", "the solution's programs"),
+    ):
+        if kind in counts:
+            tally = counts[kind]
+            done = sum(tally.values())
+            terminalreporter.write_line(
+                f"{kind} experiments ({what}): {tally.get('passed', 0)} of {done} passed"
+                + "".join(
+                    f", {tally[o]} {o}" for o in ("failed", "error", "skipped") if tally.get(o)
+                )
+            )
+    solution = config.stash.get(SOLUTION, None)
+    if "solution" in counts and solution is not None and solution.is_reference:
+        terminalreporter.write_line(
+            "the solution experiments ran the lab's own reference solution, not yours: "
+            "grade your programs with --solution path/to/your/solution.toml",
+            yellow=True,
+        )

@@ -200,6 +200,11 @@ def payload_names() -> list[str]:
     return [name for name in names() if name != SHARED]
 
 
+def device_kinds() -> tuple[str, ...]:
+    """The kinds of machine the factory has: the contract's ``device_kind`` (``common``)."""
+    return tuple(schema(SHARED)["$defs"]["device_kind"]["enum"])
+
+
 def schema(name: str) -> dict[str, Any]:
     """The schema called ``name`` as a dict (the cached object: do not modify it)."""
     catalog = _catalog()
@@ -284,6 +289,7 @@ def parse(payload: bytes | bytearray | memoryview | str, *, label: str = "the") 
 
     :param label: names the payload in the message (``"the state"`` → "the state payload").
     """
+    __tracebackhide__ = True
     raw = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else payload
     if isinstance(raw, bytes):
         if not raw:
@@ -345,6 +351,7 @@ def validate(name: str, payload: Mapping[str, Any] | bytes | bytearray | str) ->
         reading = validate("telemetry", msg.payload)
         assert reading["unit"] == "C"
     """
+    __tracebackhide__ = True
     check = validator(name)
     if isinstance(payload, (bytes, bytearray, memoryview, str)):
         try:
@@ -686,6 +693,7 @@ def validate_message(
     :raises PayloadError: the topic is not in the contract (``schema_name`` is None), or the
         payload breaks its schema or disagrees with its topic.
     """
+    __tracebackhide__ = True
     found = _topic_levels(topic, root)
     chocolate = _chocolate_levels(topic, root) if found is None else None
     if chocolate is not None:

@@ -42,7 +42,7 @@ from mqtt_factory_lab.paths import REFERENCE_MANIFEST
 PLACEHOLDERS = {
     "python": "the Python interpreter running the lab",
     "solution_dir": "the folder holding the manifest",
-    "kind": "device kind: press, conveyor, robot_arm, oven, packer, environment",
+    "kind": "device kind, one of the contract's device_kind values (such as press)",
     "device_id": "the device's id, also used in its topics",
     "client_id": "the MQTT client id to connect with",
     "seed": "random seed, for repeatable behaviour",

@@ -76,11 +76,9 @@ from sim.runtime import (
     setup_logging,
     write_line,
 )
-from sim.topics import Topics
+from sim.topics import SYNC_PREFIX, Topics
 
 log = logging.getLogger("bad_actor")
-
-SYNC_PREFIX = "lab/sync"
 
 
 class ProofError(RuntimeError):

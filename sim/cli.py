@@ -45,6 +45,7 @@ import paho.mqtt.client as mqtt
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
 from sim.observer import message_record
 from sim.runtime import StopSignals, broker_settings, print_ready, setup_logging, write_line
+from sim.subscriber import Subscriber, describe_code
 
 log = logging.getLogger("cli")
 
@@ -53,11 +54,6 @@ EXIT_CONNECT = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_REFUSED = 4
-
-
-def _describe_code(code: object) -> str:
-    value = getattr(code, "value", code)
-    return f"{code} ({value})"
 
 
 # -- pub ---------------------------------------------------------------------------
@@ -94,9 +90,7 @@ def pub(args: argparse.Namespace, settings: BrokerSettings) -> int:
             return EXIT_TIMEOUT
         reason = outcome.get("reason")
         if getattr(reason, "is_failure", False):
-            log.error(
-                "the broker refused the message to %s: %s", args.topic, _describe_code(reason)
-            )
+            log.error("the broker refused the message to %s: %s", args.topic, describe_code(reason))
             return EXIT_REFUSED
         log.info(
             "published %d bytes to %s (QoS %d%s): %s%s",
@@ -119,37 +113,15 @@ def pub(args: argparse.Namespace, settings: BrokerSettings) -> int:
 @dataclass
 class _SubState:
     received: int = 0
-    refused: str | None = None
-    ready: bool = False
 
 
 def sub(args: argparse.Namespace, settings: BrokerSettings, stop: StopSignals) -> int:
     """Subscribe and print messages until --count, --timeout or a signal."""
     client_id = args.client_id or f"cli-sub-{uuid.uuid4().hex[:8]}"
     client = make_client(client_id, settings)
-    subscribed = threading.Event()
     done = threading.Event()
     state = _SubState()
-
-    def on_connect(c, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            return
-        # For MQTT 5, paho turns each QoS into SubscribeOptions(qos=...) itself.
-        c.subscribe([(t, args.qos) for t in args.topic])
-
-    def on_subscribe(c, userdata, mid, reason_codes, properties) -> None:
-        refused = [
-            f"{topic}: {_describe_code(code)}"
-            for topic, code in zip(args.topic, reason_codes, strict=False)
-            if code.is_failure
-        ]
-        if refused:
-            state.refused = "; ".join(refused)
-        elif not state.ready:
-            state.ready = True
-            if not args.no_ready:
-                print_ready(client_id)  # before the retained messages that follow
-        subscribed.set()
+    subscriber = Subscriber(client, client_id, args.topic, args.qos, announce=not args.no_ready)
 
     def on_message(c, userdata, message: mqtt.MQTTMessage) -> None:
         if done.is_set():
@@ -163,8 +135,6 @@ def sub(args: argparse.Namespace, settings: BrokerSettings, stop: StopSignals) -
         if args.count is not None and state.received >= args.count:
             done.set()
 
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
     client.on_message = on_message
     try:
         connect(client, settings)
@@ -172,12 +142,10 @@ def sub(args: argparse.Namespace, settings: BrokerSettings, stop: StopSignals) -
         log.error("%s", error)
         return EXIT_CONNECT
     try:
-        if not subscribed.wait(10.0):
-            log.error("no SUBACK within 10s")
-            return EXIT_TIMEOUT
-        if state.refused:
-            log.error("the broker refused the subscription: %s", state.refused)
-            return EXIT_REFUSED
+        refused = subscriber.wait(10.0)
+        if refused is not None:
+            log.error("%s", refused)
+            return EXIT_REFUSED if subscriber.refused else EXIT_TIMEOUT
         if not stop.wait(args.timeout, until=done) and args.count is not None:
             log.error(
                 "timeout: %d of %d messages within %.1fs",

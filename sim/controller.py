@@ -41,7 +41,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
-from sim.runtime import StopSignals, broker_settings, print_ready, setup_logging
+from sim.runtime import JsonFormatter, StopSignals, broker_settings, print_ready, setup_logging
 from sim.topics import Topics
 
 log = logging.getLogger("controller")
@@ -75,22 +75,6 @@ class Rule:
 
     def __str__(self) -> str:
         return f"{self.source}/{self.sensor}={self.target}"
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log record; a decision record carries the decision event."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": record.created,
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        decision = getattr(record, "decision", None)
-        if decision is not None:
-            entry["decision"] = decision
-        return json.dumps(entry, separators=(",", ":"))
 
 
 class Controller:

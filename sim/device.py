@@ -65,8 +65,8 @@ import paho.mqtt.client as mqtt
 from sim.alarms import RAISED, AlarmChange, AlarmPanel
 from sim.commands import Command, CommandRejected, parse_command
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
-from sim.machines import KINDS, AnomalySchedule, Machine, TransitionRefused
-from sim.runtime import StopSignals, print_ready, setup_logging
+from sim.machines import DEVICE_KINDS, AnomalySchedule, Machine, TransitionRefused
+from sim.runtime import JsonFormatter, StopSignals, print_ready, setup_logging
 from sim.topics import QOS, RETAINED, Topics
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -96,7 +96,7 @@ class DeviceCore:
     """Everything a device decides, without the network.
 
     :param device_id: the device's name in topics and payloads.
-    :param kind: one of :data:`sim.machines.KINDS`.
+    :param kind: one of :data:`sim.machines.DEVICE_KINDS`.
     :param topics: the namespace to publish in.
     :param seed: seeds the machine (see :class:`sim.machines.Machine`).
     :param anomaly: inject out-of-range excursions now and then.
@@ -126,7 +126,9 @@ class DeviceCore:
         self.device_id = device_id
         self.kind = kind
         self.topics = topics
-        self.machine = Machine(kind, seed=seed, anomaly=anomaly, schedule=schedule)
+        self.machine = Machine(
+            kind, seed=seed, identity=device_id, anomaly=anomaly, schedule=schedule
+        )
         self.alarms = AlarmPanel.for_kind(kind)
         self.clock = clock
         self.seq = 0
@@ -504,9 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device",
         required=True,
-        choices=KINDS,
+        choices=DEVICE_KINDS,
         metavar="KIND",
-        help=f"kind of machine: {', '.join(KINDS)}",
+        help=f"kind of machine: {', '.join(DEVICE_KINDS)}",
     )
     parser.add_argument(
         "--device-id",
@@ -569,29 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line, for log collectors."""
-
-    def __init__(self, device_id: str) -> None:
-        super().__init__()
-        self.device_id = device_id
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": record.created,
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "device_id": self.device_id,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 def configure_logging(log_format: str, level: str, device_id: str) -> None:
     setup_logging(
-        JsonFormatter(device_id)
+        JsonFormatter({"device_id": device_id})
         if log_format == "json"
         else f"%(asctime)s %(levelname)s {device_id}: %(message)s",
         level,

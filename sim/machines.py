@@ -330,7 +330,7 @@ KIND_SPECS: dict[str, KindSpec] = {
         ),
     )
 }
-KINDS = tuple(KIND_SPECS)
+DEVICE_KINDS = tuple(KIND_SPECS)
 
 
 def kind_spec(kind: str) -> KindSpec:
@@ -338,7 +338,7 @@ def kind_spec(kind: str) -> KindSpec:
     try:
         return KIND_SPECS[kind]
     except KeyError:
-        choices = ", ".join(KINDS)
+        choices = ", ".join(DEVICE_KINDS)
         raise ValueError(f"unknown device kind {kind!r}; choose one of {choices}") from None
 
 
@@ -383,7 +383,9 @@ class Excursion:
 class AnomalySchedule:
     """When excursions happen, in plant seconds (gaps and durations are drawn from the seed)."""
 
-    first: float = 30.0
+    #: plant seconds until the first excursion: a number, or a ``(low, high)`` range drawn
+    #: from the machine's own random stream, so devices started together differ
+    first: float | tuple[float, float] = (3.0, 9.0)
     gap: tuple[float, float] = (60.0, 180.0)
     duration: tuple[float, float] = (10.0, 30.0)
     #: how far outside the limit an excursion goes, as a fraction of the
@@ -410,10 +412,13 @@ class _SensorState:
 class Machine:
     """A simulated machine of one kind.
 
-    :param kind: one of :data:`KINDS`.
+    :param kind: one of :data:`DEVICE_KINDS`.
     :param seed: seeds every random choice; each sensor (and the anomaly
         schedule) draws from its own ``random.Random`` derived from
-        ``(seed, kind, sensor)``, so adding a sensor does not change the others.
+        ``(seed, identity, sensor)``, so adding a sensor does not change the others.
+    :param identity: what makes this machine's random streams its own (a device
+        passes its id, so that six devices under one ``--seed`` do not raise
+        their alarms in the same instant); default: the kind.
     :param anomaly: inject excursions following ``schedule``.
     :param state: initial state (machines start running, like a plant at work).
 
@@ -425,6 +430,7 @@ class Machine:
         kind: str,
         *,
         seed: int = 1,
+        identity: str | None = None,
         anomaly: bool = False,
         schedule: AnomalySchedule | None = None,
         state: str = RUNNING,
@@ -441,16 +447,18 @@ class Machine:
         self.anomaly = anomaly
         self.schedule = schedule or AnomalySchedule()
         self._produced = 0.0
+        stream = f"{seed}/{identity or kind}"
         self._sensors = {
             spec.name: _SensorState(
-                spec, self._target(spec), rng=random.Random(f"{seed}/{kind}/{spec.name}")
+                spec, self._target(spec), rng=random.Random(f"{stream}/{spec.name}")
             )
             for spec in self.spec.sensors
         }
-        self._anomaly_rng = random.Random(f"{seed}/{kind}/anomaly")
-        self.excursion: Excursion | None = (
-            self._plan_excursion(self.schedule.first) if anomaly else None
-        )
+        self._anomaly_rng = random.Random(f"{stream}/anomaly")
+        first = self.schedule.first
+        if isinstance(first, tuple):
+            first = self._anomaly_rng.uniform(*first)
+        self.excursion: Excursion | None = self._plan_excursion(first) if anomaly else None
 
     # -- what the machine is ------------------------------------------------
     @property

@@ -44,7 +44,8 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
-from sim.runtime import StopSignals, broker_settings, print_ready, setup_logging, write_line
+from sim.runtime import StopSignals, broker_settings, setup_logging, write_line
+from sim.subscriber import Subscriber
 
 log = logging.getLogger("observer")
 
@@ -188,12 +189,17 @@ class Observer:
         self.stats = Stats()
         self.received = 0
         self.done = threading.Event()
-        self.subscribed = threading.Event()
-        self.failed: str | None = None
-        self.ready_printed = False
         self.client = make_client(client_id, settings)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
+        self.subscriber = Subscriber(
+            self.client,
+            client_id,
+            self.filters,
+            qos,
+            out=out,
+            on_connected=lambda: log.info(
+                "connected; subscribing to %s at QoS %d", ", ".join(self.filters), qos
+            ),
+        )
         self.client.on_message = self._on_message
 
     def start(self) -> None:
@@ -205,30 +211,6 @@ class Observer:
 
     def print(self, text: str) -> None:
         write_line(text, self.out)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            return
-        self.subscribed.clear()
-        log.info("connected; subscribing to %s at QoS %d", ", ".join(self.filters), self.qos)
-        # For MQTT 5, paho turns each QoS into SubscribeOptions(qos=...) itself.
-        client.subscribe([(f, self.qos) for f in self.filters])
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        refused = [
-            f"{topic} ({code})"
-            for topic, code in zip(self.filters, reason_codes, strict=False)
-            if code.is_failure
-        ]
-        if refused:
-            self.failed = "the broker refused the subscription to " + ", ".join(refused)
-            log.error("%s", self.failed)
-        elif not self.ready_printed:
-            # Printed here, in the network thread, so that it comes before the
-            # retained messages that follow the SUBACK.
-            self.ready_printed = True
-            print_ready(self.client_id, self.out)
-        self.subscribed.set()
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         if self.done.is_set():
@@ -308,10 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def watch(observer: Observer, args: argparse.Namespace, stop: StopSignals) -> int:
     """Wait for the SUBACK, then print statistics on time until a stop, --count or --timeout."""
-    if not observer.subscribed.wait(10.0):
-        log.error("no SUBACK within 10s")
-        return 1
-    if observer.failed:
+    refused = observer.subscriber.wait(10.0)
+    if refused is not None:
+        log.error("%s", refused)
         return 1
     finished = stop.wait(
         args.timeout, until=observer.done, every=args.stats_interval, tick=observer.report

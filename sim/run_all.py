@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sim.connection import BrokerSettings, add_arguments
+from sim.machines import DEVICE_KINDS
 from sim.runtime import (
     READY,
     StopSignals,
@@ -64,7 +65,6 @@ from sim.runtime import (
 
 log = logging.getLogger("run_all")
 
-DEVICE_KINDS = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _LIVE: set[Component] = set()
 
@@ -324,7 +324,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     return programs
 
 
-class Factory:
+class Programs:
     """The running programs, started in order and stopped in reverse groups."""
 
     def __init__(
@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # terminal would not reach them, and dying of it would orphan them.
     with StopSignals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as stop:
         width = max(len(name) for name, _, _ in plan(args))
-        factory = Factory(args, _make_echo(width), settings)
+        factory = Programs(args, _make_echo(width), settings)
         try:
             log.info(
                 "starting the factory on %s:%s (MQTT %s, topic root %r)",

@@ -21,6 +21,7 @@ Part of the reference solution, so it needs only the standard library and
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import signal
@@ -72,6 +73,38 @@ class _LockedStreamHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         with _OUTPUT_LOCK:
             super().emit(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (``--log-format json``), for log collectors and tests.
+
+    :param fields: constant fields every line carries (a device adds its ``device_id``).
+    :param extras: record attributes copied when a record has them (the controller logs
+        each decision as ``log.info(..., extra={"decision": event})``).
+    """
+
+    def __init__(
+        self, fields: dict[str, Any] | None = None, extras: Sequence[str] = ("decision",)
+    ) -> None:
+        super().__init__()
+        self.fields = dict(fields or {})
+        self.extras = tuple(extras)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            **self.fields,
+            "message": record.getMessage(),
+        }
+        for name in self.extras:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
 
 
 def setup_logging(fmt: str | logging.Formatter, level: int | str = logging.INFO) -> None:

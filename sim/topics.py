@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 QOS = {"telemetry": 0, "alarms": 1, "commands": 1, "state": 1, "status": 1, "events": 1}
 RETAINED = frozenset({"state", "status"})
-KINDS = tuple(QOS)
+TOPIC_KINDS = tuple(QOS)
+#: each client's private scratch space (``<prefix>/<client id>/#``), outside the factory's
+#: namespace: the lab's "sync" round trips and the bad actor's probes use it
+SYNC_PREFIX = "lab/sync"
 
 
 @dataclass(frozen=True)

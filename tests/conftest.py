@@ -1,7 +1,7 @@
 """Fixtures the tests in ``tests/`` share: the lab's programs as child processes, and brokers
 started directly.
 
-``broker``, ``broker_factory``, ``mqtt_client``, ``topic_root`` and ``broker_env`` come
+``broker``, ``make_broker``, ``mqtt_client``, ``topic_root`` and ``broker_env`` come
 from :mod:`mqtt_factory_lab.plugin`, which the root ``conftest.py`` loads.
 
 =============================================  ===================================================
@@ -11,13 +11,13 @@ from :mod:`mqtt_factory_lab.plugin`, which the root ``conftest.py`` loads.
 ``nowhere``                                    an address where no broker listens
 ``unique_id("observer")``                      ``observer-1a2b3c4d``: a client or device id no
                                                other test uses
-``program_env(broker, topic_root, protocol)``  the ``VF_*`` environment the two above use
 ``direct_broker(LocalMosquitto, "acl")``       a broker class started without the plugin's pool
 =============================================  ===================================================
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -65,34 +65,12 @@ def unique_id() -> Callable[[str], str]:
 
 
 @pytest.fixture
-def program_env(request: pytest.FixtureRequest) -> Callable[..., dict[str, str]]:
-    """``program_env(broker=None, topic_root=None, protocol="5")``: ``VF_*`` variables for a program.
-
-    By default the shared ``broker`` and the test's ``topic_root``, asked for
-    only when used, so a test that passes its own starts no shared broker.
-    A fixture that still needs the shared broker in its own teardown must ask
-    for ``broker`` itself: a fixture asked for late is torn down early.
-    """
-
-    def make(
-        broker: Broker | Address | None = None, topic_root: str | None = None, protocol: str = "5"
-    ) -> dict[str, str]:
-        return request.getfixturevalue("broker_env")(
-            broker if broker is not None else request.getfixturevalue("broker"),
-            topic_root if topic_root is not None else request.getfixturevalue("topic_root"),
-            protocol,
-        )
-
-    return make
-
-
-@pytest.fixture
-def sim_program(program_env: Callable[..., dict[str, str]]) -> Iterator[Callable[..., RoleProcess]]:
+def sim_program(broker_env: Callable[..., dict[str, str]]) -> Iterator[Callable[..., RoleProcess]]:
     """Start ``python -m <module> <args>`` and (by default) wait for its ready line.
 
     :param module: ``"sim.device"``, ``"sim.controller"``...
     :param args: its command-line arguments.
-    :param broker: default: the shared ``broker`` (or a ``broker_factory`` one, or ``nowhere``).
+    :param broker: default: the shared ``broker`` (or a ``make_broker`` one, or ``nowhere``).
     :param topic_root: default: the test's ``topic_root``.
     :param protocol: ``"5"`` or ``"3.1.1"`` (``VF_MQTT_PROTOCOL``).
     :param wait_ready: return only once it printed ``ready <id>``.
@@ -131,7 +109,7 @@ def sim_program(program_env: Callable[..., dict[str, str]]) -> Iterator[Callable
             module,
             name or module.rpartition(".")[2],
             [sys.executable, "-m", module, *args],
-            env=program_env(broker, topic_root, protocol),
+            env=broker_env(broker, topic_root, protocol),
             cwd=PROJECT_ROOT,
         )
         started.append((program, stop_timeout))
@@ -148,7 +126,7 @@ def sim_program(program_env: Callable[..., dict[str, str]]) -> Iterator[Callable
 
 @pytest.fixture
 def run_program(
-    program_env: Callable[..., dict[str, str]],
+    broker_env: Callable[..., dict[str, str]],
 ) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run ``python -m <module> <args>`` to its end; its stdout and stderr come back apart.
 
@@ -167,7 +145,7 @@ def run_program(
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", module, *args],
-            env=program_env(broker, topic_root, protocol),
+            env=broker_env(broker, topic_root, protocol),
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
@@ -282,3 +260,47 @@ def run_lesson(tmp_path: Path, pytestconfig: pytest.Config) -> Callable[..., Les
         return LessonRun(done.returncode, done.stdout + done.stderr, outcomes, messages)
 
     return run
+
+
+@pytest.fixture
+def mutant_solution(tmp_path: Path) -> Callable[..., Path]:
+    """``mutant_solution("device", "--retain", "telemetry")``: the reference with one broken role.
+
+    Writes a manifest like the reference ``solution.toml`` whose ``role`` runs its program
+    through ``tests/broken/mutate.py`` with the given mutation (a mistake a student could
+    make), and returns its path, for ``run_lesson(..., solution=path)``.
+    """
+    import tomllib
+
+    mutate = Path(__file__).parent / "broken" / "mutate.py"
+
+    def make(role: str, *mutation: str) -> Path:
+        reference = tomllib.loads((PROJECT_ROOT / "solution.toml").read_text())
+        lines = ["[solution]", f'name = "reference, {role} broken: {" ".join(mutation)}"', ""]
+        for name, spec in reference["roles"].items():
+            command = list(spec["command"])
+            if name == role:
+                assert command[1] == "-m", f"the reference {role} is not run with -m"
+                command = [command[0], str(mutate), *mutation, *command[2:]]
+            lines += [f"[roles.{name}]", f"command = {json.dumps(command)}"]
+            if "ready" in spec:
+                lines.append(f"ready = {json.dumps(spec['ready'])}")
+            for option, args in spec.get("options", {}).items():
+                lines.append(f"options.{option} = {json.dumps(args)}")
+            lines.append("")
+        files = {
+            k: str((PROJECT_ROOT / v).resolve()) for k, v in reference.get("files", {}).items()
+        }
+        lines += ["[files]", *(f"{k} = {json.dumps(v)}" for k, v in files.items())]
+        filters = reference.get("filters", {})
+        if filters:
+            lines += ["", "[filters]", *(f"{k} = {json.dumps(v)}" for k, v in filters.items())]
+        folder = tmp_path / f"mutant-{role}-{'-'.join(m.strip('-') for m in mutation)}"[:120]
+        folder.mkdir(parents=True, exist_ok=True)
+        # the reference's programs (python -m sim.…) import from the lab's folder
+        (folder / "sim").symlink_to(PROJECT_ROOT / "sim")
+        manifest = folder / "solution.toml"
+        manifest.write_text("\n".join(lines) + "\n")
+        return manifest
+
+    return make

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import sim.alarms
 from mqtt_factory_lab.schemas import validate
 from sim.alarms import CLEARED, RAISED, AlarmMonitor, AlarmPanel
-from sim.machines import KINDS, kind_spec
+from sim.machines import DEVICE_KINDS, kind_spec
 
 
 def states(monitor: AlarmMonitor, values: list[float]) -> list[tuple[str, float]]:
@@ -93,7 +93,7 @@ def test_settings_without_a_clear_band_are_refused(low: float, high: float, hyst
         AlarmMonitor("x", "u", low=low, high=high, hysteresis=hysteresis)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 def test_panel_watches_every_sensor_with_its_limits(kind: str) -> None:
     panel = AlarmPanel.for_kind(kind)
     spec = kind_spec(kind)

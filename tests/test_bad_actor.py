@@ -52,8 +52,8 @@ def describe(reports: dict[str, dict]) -> str:
     )
 
 
-def test_mqtt5_publishes_are_denied_with_reason_code_135(broker_factory, run_bad_actor):
-    acl = broker_factory("acl")
+def test_mqtt5_publishes_are_denied_with_reason_code_135(make_broker, run_bad_actor):
+    acl = make_broker("acl")
     mark = acl.log_mark()
     reports = run_bad_actor(broker=acl, topic_root="factory", protocol="5")
     for name in PUBLISHES:
@@ -71,8 +71,8 @@ def test_mqtt5_publishes_are_denied_with_reason_code_135(broker_factory, run_bad
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_forbidden_subscriptions_deliver_nothing(broker_factory, run_bad_actor, protocol):
-    acl = broker_factory("acl")
+def test_forbidden_subscriptions_deliver_nothing(make_broker, run_bad_actor, protocol):
+    acl = make_broker("acl")
     reports = run_bad_actor(broker=acl, topic_root="factory", protocol=protocol)
     for name in SUBSCRIBES:
         report = reports[name]
@@ -89,8 +89,8 @@ def test_forbidden_subscriptions_deliver_nothing(broker_factory, run_bad_actor, 
     assert reports["subscribe-other-private"]["topic"] == "lab/sync/bad-actor-probe/#"
 
 
-def test_mqtt311_publishes_are_dropped_silently_and_proven(broker_factory, run_bad_actor):
-    acl = broker_factory("acl")
+def test_mqtt311_publishes_are_dropped_silently_and_proven(make_broker, run_bad_actor):
+    acl = make_broker("acl")
     mark = acl.log_mark()
     reports = run_bad_actor(broker=acl, topic_root="factory", protocol="3.1.1")
     for name in PUBLISHES:

@@ -91,8 +91,8 @@ def test_pub_to_unreachable_broker_fails_with_a_clear_error(nowhere, unique_id, 
     assert "Traceback" not in result.stderr
 
 
-def test_pub_refused_by_acl_exits_4_with_the_reason(broker_factory, run_program):
-    acl = broker_factory("acl")
+def test_pub_refused_by_acl_exits_4_with_the_reason(make_broker, run_program):
+    acl = make_broker("acl")
     as_dashboard = ["--client-id", "dashboard", "-m", '{"command": "stop"}', "--qos", "1"]
     topic = "factory/commands/controller/press"
     result = run_program(

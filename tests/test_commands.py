@@ -26,7 +26,7 @@ from sim.commands import (
     CommandRejected,
     parse_command,
 )
-from sim.machines import KINDS, kind_spec
+from sim.machines import DEVICE_KINDS, kind_spec
 
 DETERMINISTIC = settings(derandomize=True, database=None, max_examples=300, deadline=None)
 TS = 1767225600.0
@@ -237,13 +237,13 @@ def outcome(payload: bytes, kind: str | None = None) -> Command | CommandRejecte
 
 
 @DETERMINISTIC
-@given(st.binary(max_size=300), st.sampled_from((None, *KINDS)))
+@given(st.binary(max_size=300), st.sampled_from((None, *DEVICE_KINDS)))
 def test_arbitrary_bytes_never_crash(payload: bytes, kind: str | None) -> None:
     outcome(payload, kind)
 
 
 @DETERMINISTIC
-@given(anything, st.sampled_from((None, *KINDS)))
+@given(anything, st.sampled_from((None, *DEVICE_KINDS)))
 def test_arbitrary_json_never_crashes(value: object, kind: str | None) -> None:
     outcome(json.dumps(value).encode(), kind)  # json.dumps writes NaN/Infinity: also tried
 
@@ -281,7 +281,11 @@ def valid_commands(kind: str | None = None) -> st.SearchStrategy[dict[str, objec
 
 
 @DETERMINISTIC
-@given(st.sampled_from((None, *KINDS)).flatmap(lambda k: st.tuples(st.just(k), valid_commands(k))))
+@given(
+    st.sampled_from((None, *DEVICE_KINDS)).flatmap(
+        lambda k: st.tuples(st.just(k), valid_commands(k))
+    )
+)
 def test_valid_commands_always_parse_and_round_trip(case: tuple[str | None, dict]) -> None:
     kind, payload = case
     command = parse_command(json.dumps(payload).encode(), kind)

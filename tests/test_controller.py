@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.roles import RoleProcess
 from mqtt_factory_lab.schemas import validate
 
@@ -37,10 +37,18 @@ def run_controller(broker, sim_program, mqtt_client) -> Iterator[StartController
     """
     started: list[tuple[str, RoleProcess]] = []
 
-    def start(cid: str, *args: str, protocol: str = "5", name: str = "controller") -> RoleProcess:
-        program = sim_program(
-            "sim.controller", "--client-id", cid, *args, protocol=protocol, name=name
-        )
+    def start(
+        cid: str,
+        *args: str,
+        protocol: str = "5",
+        name: str = "controller",
+        mutation: Sequence[str] = (),
+    ) -> RoleProcess:
+        """:param mutation: options of ``tests.broken.mutate``: run a broken controller."""
+        command = ["sim.controller", "--client-id", cid, *args]
+        if mutation:
+            command = ["tests.broken.mutate", *mutation, *command]
+        program = sim_program(*command, protocol=protocol, name=name)
         started.append((cid, program))
         return program
 
@@ -49,6 +57,31 @@ def run_controller(broker, sim_program, mqtt_client) -> Iterator[StartController
         program.stop()
     for cid in {cid for cid, _ in started}:
         mqtt_client(cid, clean_start=True)
+
+
+def stop_command_for_an_alarm(
+    watch: RecordingClient, alarm_topic: str, command_topic: str
+) -> ReceivedMessage:
+    """Raise an alarm; return the command it causes, checked: QoS 1 and never retained."""
+    watch.publish(alarm_topic, alarm("press", "temperature", "raised", 97.5), qos=1)
+    stop = watch.wait_for_message(command_topic)
+    assert stop.qos == 1, f"commands are QoS 1: {stop.describe()}"
+    assert not stop.retain, (
+        f"commands are never retained: a retained stop would stop the conveyor again each "
+        f"time it reconnects. {stop.describe()}"
+    )
+    return stop
+
+
+def test_command_check_catches_a_controller_that_retains_its_commands(
+    topic_root, mqtt_client, run_controller, controller_id
+):
+    watch = watcher(mqtt_client, topic_root)
+    run_controller(controller_id, mutation=["--retain", "commands"])
+    command_topic = f"{topic_root}/commands/{controller_id}/conveyor"
+    with pytest.raises(AssertionError, match="never retained"):
+        stop_command_for_an_alarm(watch, f"{topic_root}/alarms/press/temperature", command_topic)
+    watch.publish(command_topic, b"", qos=1, retain=True)  # leave no retained command behind
 
 
 def alarm(device: str, sensor: str, state: str, value: float) -> dict:
@@ -66,9 +99,15 @@ def alarm(device: str, sensor: str, state: str, value: float) -> dict:
 
 
 def watcher(mqtt_client, topic_root: str, protocol: str = "5") -> RecordingClient:
+    """Watches commands and events; on MQTT 5 it sees each retain flag as published.
+
+    (A live subscriber otherwise always gets retain=0, whatever the publisher set, and a
+    check of ``not message.retain`` could never fail.)
+    """
     client = mqtt_client(protocol=protocol)
-    client.subscribe(f"{topic_root}/commands/#", qos=1)
-    client.subscribe(f"{topic_root}/events/#", qos=1)
+    as_published = protocol == "5"
+    client.subscribe(f"{topic_root}/commands/#", qos=1, retain_as_published=as_published)
+    client.subscribe(f"{topic_root}/events/#", qos=1, retain_as_published=as_published)
     return client
 
 
@@ -104,9 +143,7 @@ def test_raised_alarm_stops_target_and_cleared_alarm_starts_it(
     events_topic = f"{topic_root}/events/{controller_id}"
     alarm_topic = f"{topic_root}/alarms/press/temperature"
 
-    watch.publish(alarm_topic, alarm("press", "temperature", "raised", 97.5), qos=1)
-    stop = watch.wait_for_message(command_topic)
-    assert stop.qos == 1 and not stop.retain, "commands are QoS 1 and never retained"
+    stop = stop_command_for_an_alarm(watch, alarm_topic, command_topic)
     payload = validate("command", stop.payload)
     assert payload["command"] == "stop", (
         f"the default rule press/temperature=conveyor stops the conveyor; got {payload}"

@@ -21,8 +21,8 @@ from mqtt_factory_lab.schemas import validate_message
 from sim.device import DeviceCore, Outgoing
 from sim.machines import (
     CLIP_SIGMAS,
+    DEVICE_KINDS,
     FAULT,
-    KINDS,
     RUNNING,
     STOPPED,
     AnomalySchedule,
@@ -51,7 +51,7 @@ def test_module_examples_still_run() -> None:
 # -- reproducibility ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 def test_same_seed_gives_the_same_series(kind: str) -> None:
     first = series(Machine(kind, seed=7, anomaly=True), 300, dt=2.0)
     second = series(Machine(kind, seed=7, anomaly=True), 300, dt=2.0)
@@ -61,7 +61,7 @@ def test_same_seed_gives_the_same_series(kind: str) -> None:
     )
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 def test_different_seeds_give_different_series(kind: str) -> None:
     assert series(Machine(kind, seed=1), 20) != series(Machine(kind, seed=2), 20), (
         f"seeds 1 and 2 gave the same {kind} readings: the seed is not used"
@@ -81,7 +81,7 @@ def test_global_random_state_does_not_matter() -> None:
 # -- dynamics ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 def test_healthy_readings_stay_within_noise_and_drift_and_inside_limits(kind: str) -> None:
     machine = Machine(kind, seed=11)
     spec = kind_spec(kind)
@@ -232,7 +232,7 @@ def _out_of_range(kind: str, readings: dict[str, float]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DEVICE_KINDS)
 @pytest.mark.parametrize("dt", [0.5, 7.0, 60.0])
 def test_anomaly_excursions_are_seen_whatever_the_step(kind: str, dt: float) -> None:
     """Every excursion shows in at least one reading, even when a step is longer than it."""
@@ -386,3 +386,18 @@ def test_status_and_will_follow_the_contract() -> None:
     assert (topic, qos, retain) == (f"{ROOT}/status/robot_arm-01", 1, True)
     check_contract([core.status("online", "connected"), core.status("offline", "shutdown")])
     assert validate_message(topic, payload, root=ROOT)["reason"] == "last-will"
+
+
+def test_anomalies_start_within_seconds_and_differ_between_devices() -> None:
+    """A newcomer who asks for anomalies sees one soon, and not on every device at once."""
+    firsts = {
+        kind: Machine(kind, seed=1, identity=f"{kind}-01", anomaly=True).excursion
+        for kind in DEVICE_KINDS
+    }
+    starts = {kind: excursion.start for kind, excursion in firsts.items() if excursion}
+    assert max(starts.values()) <= 10.0, f"first excursions (plant seconds): {starts}"
+    assert len(set(starts.values())) == len(starts), f"devices share a first instant: {starts}"
+    again = Machine("press", seed=1, identity="press-01", anomaly=True).excursion
+    assert again == firsts["press"], "the same seed and device id give the same schedule"
+    other = Machine("press", seed=1, identity="press-02", anomaly=True).excursion
+    assert other != again, "two presses under one seed must not share their anomalies"

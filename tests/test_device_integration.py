@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -34,13 +35,21 @@ def start_device(
     Its device id, unique to the test (``press-1a2b3c4d``), is the process's ``name``.
 
     :param protocol: ``"5"`` or ``"3.1.1"`` (through ``VF_MQTT_PROTOCOL``).
-    :param on_broker: another broker than the shared one (from ``broker_factory``).
+    :param on_broker: another broker than the shared one (from ``make_broker``).
     Every device is stopped when the test ends, whatever happened.
     """
 
-    def start(kind: str, *args: str, protocol: str = "5", on_broker: Any = None) -> RoleProcess:
+    def start(
+        kind: str,
+        *args: str,
+        protocol: str = "5",
+        on_broker: Any = None,
+        mutation: Sequence[str] = (),
+    ) -> RoleProcess:
         device_id = unique_id(kind)
+        mutant = ("tests.broken.mutate", *mutation) if mutation else ()
         return sim_program(
+            *mutant,
             "sim.device",
             "--device",
             kind,
@@ -66,6 +75,22 @@ def status_watcher(mqtt_client: Callable[..., RecordingClient], topics: Topics) 
     watcher = mqtt_client()
     watcher.subscribe(f"{topics.root}/status/#", qos=1)
     return watcher
+
+
+@contextmanager
+def caught_if_broken(mutation: Sequence[str], match: str) -> Iterator[None]:
+    """The checks in the block must pass for the reference and fail, saying ``match``, for a
+    broken variant (``mutation``, options of ``tests.broken.mutate``)."""
+    if not mutation:
+        yield
+        return
+    with pytest.raises(AssertionError, match=match):
+        yield
+
+
+RETAINING = ["--retain", "telemetry,alarms,events"]
+#: the reference, and a device that retains what it must not (each check must catch it)
+VARIANTS = [pytest.param((), id="reference"), pytest.param(RETAINING, id="retains-everything")]
 
 
 def retained_now(mqtt_client: Callable[..., RecordingClient], topic: str) -> ReceivedMessage:
@@ -150,24 +175,29 @@ def test_ready_device_has_retained_online_status_and_state(
     assert state_data["setpoints"] == kind_spec("press").default_setpoints()
 
 
+@pytest.mark.parametrize("mutation", VARIANTS)
 def test_telemetry_is_qos0_not_retained_and_plausible(
     start_device: Callable[..., RoleProcess],
     mqtt_client: Callable[..., RecordingClient],
     topics: Topics,
+    mutation: Sequence[str],
 ) -> None:
     watcher = mqtt_client()
-    watcher.subscribe(f"{topics.root}/telemetry/#", qos=1)
-    device = start_device("conveyor", "--time-scale", "60", "--rate", "20")
+    # retain as published: a live subscriber would otherwise see retain=0 whatever was sent
+    watcher.subscribe(f"{topics.root}/telemetry/#", qos=1, retain_as_published=True)
+    device = start_device("conveyor", "--time-scale", "60", "--rate", "20", mutation=mutation)
     messages = watcher.wait_for_messages(30, f"{topics.root}/telemetry/#", timeout=10)
     spec = kind_spec("conveyor")
     last_seq: dict[str, int] = {}
+    with caught_if_broken(mutation, "telemetry must not be retained"):
+        for message in messages:
+            assert not message.retain, f"telemetry must not be retained: {message.describe()}"
     for message, data in zip(messages, payloads(messages, topics.root), strict=True):
         assert message.qos == 0, (
             f"subscribed at QoS 1 but {message.topic} arrived at QoS {message.qos}: the broker "
             "delivers min(publish QoS, subscription QoS), so the device must publish telemetry "
             "at QoS 0"
         )
-        assert not message.retain, f"telemetry must not be retained: {message.describe()}"
         sensor = spec.sensor(data["sensor"])
         assert message.topic == topics.telemetry(device.name, sensor.name)
         assert data["unit"] == sensor.unit
@@ -190,9 +220,9 @@ def test_device_publishes_what_the_seeded_model_computes(
     """Same seed, same time scale and rate: the values are the model's, reading for reading."""
     watcher = mqtt_client()
     watcher.subscribe(f"{topics.root}/telemetry/#", qos=0)
-    start_device("oven", "--seed", str(lab_seed), "--time-scale", "30", "--rate", "10")
+    oven = start_device("oven", "--seed", str(lab_seed), "--time-scale", "30", "--rate", "10")
     got = payloads(watcher.wait_for_messages(10, timeout=10), topics.root)
-    model = Machine("oven", seed=lab_seed)
+    model = Machine("oven", seed=lab_seed, identity=oven.name)
     rounds = max(d["seq"] for d in got) + 1
     expected = [model.step(30 / 10)["temperature"].value for _ in range(rounds)]
     for data in got:
@@ -207,36 +237,43 @@ def test_device_publishes_what_the_seeded_model_computes(
 # -- alarms ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mutation", VARIANTS)
 def test_anomaly_raises_then_clears_an_alarm_at_qos1(
     start_device: Callable[..., RoleProcess],
     mqtt_client: Callable[..., RecordingClient],
     topics: Topics,
     lab_seed: int,
+    mutation: Sequence[str],
 ) -> None:
     watcher = mqtt_client()
-    watcher.subscribe(f"{topics.root}/alarms/#", qos=2)
+    watcher.subscribe(f"{topics.root}/alarms/#", qos=2, retain_as_published=True)
     watcher.subscribe(f"{topics.root}/state/#", qos=1)
     device = start_device(
-        "conveyor", "--anomaly", "--seed", str(lab_seed), "--time-scale", "60", "--rate", "10"
+        "conveyor",
+        *("--anomaly", "--seed", str(lab_seed), "--time-scale", "60", "--rate", "10"),
+        mutation=mutation,
     )
+    model = Machine("conveyor", seed=lab_seed, identity=device.name, anomaly=True)
     raised, cleared = watcher.wait_for_messages(2, f"{topics.root}/alarms/#", timeout=10)
     first, second = payloads([raised, cleared], topics.root)
     assert (first["state"], second["state"]) == ("raised", "cleared"), (
         f"one excursion gives one 'raised' then one 'cleared': {first} / {second}"
     )
-    assert (
-        first["sensor"]
-        == second["sensor"]
-        == Machine("conveyor", seed=lab_seed, anomaly=True).excursion.sensor
-    ), "the first excursion's sensor is fixed by the seed"
+    assert first["sensor"] == second["sensor"] == model.excursion.sensor, (
+        "the first excursion's sensor is fixed by the seed and the device id"
+    )
     sensor = kind_spec("conveyor").sensor(first["sensor"])
     assert first["value"] > sensor.high, f"raised at {first['value']}, inside the limit?"
     assert second["value"] <= sensor.high - sensor.hysteresis
     for message in (raised, cleared):
-        assert message.qos == 1 and not message.retain, (
-            f"alarms are published at QoS 1, not retained (subscribed at QoS 2): "
-            f"{message.describe()}"
+        assert message.qos == 1, (
+            f"alarms are published at QoS 1 (subscribed at QoS 2): {message.describe()}"
         )
+        with caught_if_broken(mutation, "alarms are not retained"):
+            assert not message.retain, (
+                f"alarms are not retained: a retained 'raised' would reach every new subscriber "
+                f"as if it were news. {message.describe()}"
+            )
         assert message.topic == topics.alarm(device.name, sensor.name)
     watcher.wait_for_message(
         lambda m: (
@@ -278,16 +315,18 @@ def test_commands_change_the_retained_state(
     assert data["counters"]["produced"] > 0, "a packer that ran for minutes produced packs"
 
 
+@pytest.mark.parametrize("mutation", VARIANTS)
 def test_malformed_command_gives_error_event_and_device_keeps_running(
     start_device: Callable[..., RoleProcess],
     mqtt_client: Callable[..., RecordingClient],
     topics: Topics,
+    mutation: Sequence[str],
 ) -> None:
-    device = start_device("oven", "--time-scale", "60", "--rate", "10")
+    device = start_device("oven", "--time-scale", "60", "--rate", "10", mutation=mutation)
     events = topics.events(device.name)
     telemetry = topics.telemetry(device.name, "temperature")
     watcher = mqtt_client()
-    watcher.subscribe(events, qos=1)
+    watcher.subscribe(events, qos=1, retain_as_published=True)
     watcher.subscribe(telemetry, qos=0)
     sender = mqtt_client()
     command_topic = topics.command("dashboard", device.name)
@@ -302,7 +341,9 @@ def test_malformed_command_gives_error_event_and_device_keeps_running(
     for message, data, (payload, why) in zip(
         got, payloads(got, topics.root), bad.items(), strict=True
     ):
-        assert message.qos == 1 and not message.retain
+        assert message.qos == 1, message.describe()
+        with caught_if_broken(mutation, "events are not retained"):
+            assert not message.retain, f"events are not retained: {message.describe()}"
         assert data["event"] == "command_rejected" and why in data["reason"], data
         assert data["topic"] == command_topic
         assert data["received"] == payload.decode("utf-8", "replace")
@@ -315,11 +356,11 @@ def test_malformed_command_gives_error_event_and_device_keeps_running(
 def test_device_comes_back_after_a_broker_restart(
     start_device: Callable[..., RoleProcess],
     mqtt_client: Callable[..., RecordingClient],
-    broker_factory: Callable[..., Any],
+    make_broker: Callable[..., Any],
     topics: Topics,
 ) -> None:
     """The broker forgets everything (no persistence): the device must re-announce itself."""
-    own = broker_factory("open")
+    own = make_broker("open")
     device = start_device("conveyor", "--time-scale", "60", "--rate", "10", on_broker=own)
     own.restart()
     status_topic, state_topic = topics.status(device.name), topics.state(device.name)

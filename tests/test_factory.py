@@ -125,11 +125,11 @@ def test_devices_speak_the_protocol_the_lab_asks_for(factory_launcher, broker, p
 
 @pytest.mark.broker_needs(CONFIG, LOG)
 def test_the_reference_factory_needs_nothing_the_acl_denies(
-    broker_factory, factory_launcher, observer_capture
+    make_broker, factory_launcher, observer_capture
 ):
     # As with docker/docker-compose.yml: the ACL in force, the default `factory` root, and each
     # program connecting under the client id the ACL's patterns expect.
-    broker = broker_factory("acl+persistent")
+    broker = make_broker("acl+persistent")
     capture = observer_capture(broker=broker, root="factory")
     launcher = factory_launcher(broker, root="factory")
     mark = broker.log_mark()

@@ -29,11 +29,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -45,7 +45,7 @@ from mqtt_factory_lab.brokers import (
     BrokerStartError,
     BrokerUnavailable,
     CapabilityMissing,
-    make_broker,
+    create_broker,
     resolve_backend,
 )
 from mqtt_factory_lab.brokers import local as local_backend
@@ -54,6 +54,7 @@ from mqtt_factory_lab.brokers.config import BrokerConfigError
 from mqtt_factory_lab.brokers.external import ExternalBroker, parse_url
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
 from mqtt_factory_lab.client import MQTTTimeout
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "harness_support"
@@ -154,18 +155,11 @@ def child_project(tmp_path: Path, case: str) -> Path:
 
 def processes_mentioning(marker: str) -> dict[int, str]:
     """Living processes (zombies excluded) whose command line contains ``marker``."""
-    listing = subprocess.run(
-        ["ps", "-A", "-ww", "-o", "pid=,stat=,args="],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
     found = {}
-    for line in listing.splitlines():
-        fields = line.split(None, 2)
-        if len(fields) == 3 and marker in fields[2] and not fields[1].startswith("Z"):
-            found[int(fields[0])] = fields[2]
+    for process in psutil.process_iter(["cmdline", "status"]):
+        command = " ".join(process.info["cmdline"] or ())
+        if marker in command and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found[process.pid] = command
     return found
 
 
@@ -173,12 +167,12 @@ def alive(pids: list[int]) -> dict[int, str]:
     """Those of ``pids`` that still run (not zombies), with their command lines."""
     running = {}
     for pid in pids:
-        result = subprocess.run(
-            ["ps", "-ww", "-o", "stat=,args=", "-p", str(pid)], capture_output=True, text=True
-        )
-        stat, _, args = result.stdout.strip().partition(" ")
-        if result.returncode == 0 and stat and not stat.startswith("Z"):
-            running[pid] = args.strip()
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running[pid] = " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            continue
     return running
 
 
@@ -186,16 +180,16 @@ def wait_for_file(
     path: Path, process: subprocess.Popen[bytes], output: Path, timeout: float
 ) -> str:
     """Poll for a file the child writes once its brokers run; fail early if the child exits."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            pytest.fail(f"the child pytest exited before its test was ready:\n{output.read_text()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait(5)
-            pytest.fail(f"the child's test was not ready within {timeout}s:\n{output.read_text()}")
-        time.sleep(0.02)
-    return path.read_text()
+    try:
+        wait_until(path.exists, timeout, stop_early=lambda: process.poll() is not None)
+        return path.read_text()
+    except ProcessTimeout:
+        pass
+    if process.poll() is not None:
+        pytest.fail(f"the child pytest exited before its test was ready:\n{output.read_text()}")
+    process.kill()
+    process.wait(5)
+    pytest.fail(f"the child's test was not ready within {timeout}s:\n{output.read_text()}")
 
 
 def assert_nothing_left(child_tmp: Path, pids: list[int], how: str) -> None:
@@ -265,7 +259,7 @@ def test_external_backend_needs_a_url():
     with pytest.raises(BrokerUnavailable, match="--broker-url mqtt://HOST:PORT"):
         resolve_backend("external")
     with pytest.raises(BrokerUnavailable, match="needs --broker-url"):
-        make_broker("external", url=None)
+        create_broker("external", url=None)
 
 
 @pytest.mark.parametrize("requested", ["auto", "external"])

@@ -7,39 +7,39 @@ these tests record every child's PID and check that each one is gone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
-import time
-from pathlib import Path
 
+import psutil
 import pytest
 
-from sim.run_all import DEVICE_KINDS
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from sim.connection import BrokerSettings
+from sim.run_all import DEVICE_KINDS, Programs, build_parser, plan
 
 STARTED = re.compile(r"^run_all: started (\S+) as pid (\d+)$")
 
 
-def start_time(pid: int) -> str | None:
-    """The kernel's start time of a live (non-zombie) process, or None when it is gone.
+def start_time(pid: int) -> float | None:
+    """When a live (non-zombie) process started, or None when it is gone.
 
     Comparing it later tells our process from a new one that reused the PID.
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.NoSuchProcess:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def parent_of(pid: int) -> int | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        return psutil.Process(pid).ppid()
+    except psutil.NoSuchProcess:
         return None
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 def children(lines: list[str]) -> dict[str, int]:
@@ -47,7 +47,7 @@ def children(lines: list[str]) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in map(STARTED.match, lines) if m}
 
 
-def assert_all_gone(started: dict[str, tuple[int, str | None]]) -> None:
+def assert_all_gone(started: dict[str, tuple[int, float | None]]) -> None:
     left = {
         name: pid
         for name, (pid, when) in started.items()
@@ -64,11 +64,6 @@ def run_all(sim_program):
     before it is killed (which would leave them running).
     """
     return lambda *args: sim_program("sim.run_all", *args, ready_timeout=40, stop_timeout=15)
-
-
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/stat").exists(), reason="PID checks read /proc (Linux)"
-)
 
 
 def test_factory_starts_then_stops_cleanly_even_after_a_crash(topic_root, mqtt_client, run_all):
@@ -155,9 +150,45 @@ def test_children_stop_even_when_run_all_is_killed(run_all):
 
     factory.kill()  # SIGKILL: run_all gets no chance to stop anything
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        when is not None and start_time(pid) == when for pid, when in started.values()
-    ):
-        time.sleep(0.05)
+    def all_gone() -> bool:
+        return not any(when is not None and start_time(p) == when for p, when in started.values())
+
+    with contextlib.suppress(ProcessTimeout):
+        wait_until(all_gone, 10, interval=0.05)
     assert_all_gone(started)
+
+
+def test_children_get_all_connection_settings_through_vf_variables_never_on_argv():
+    """Every setting reaches the children (TLS too), and a password never sits on a command line."""
+    args = build_parser().parse_args(
+        [
+            *("--password", "s3cret", "--username", "line-7", "--tls-ca", "/ca.pem"),
+            *("--tls-cert", "/client.pem", "--tls-key", "/client.key", "--port", "8883"),
+        ]
+    )
+    programs = Programs(args, lambda *line: None, BrokerSettings.from_args(args))
+    assert {
+        name: programs.env.get(name)
+        for name in ("VF_PASSWORD", "VF_USERNAME", "VF_TLS_CA", "VF_TLS_CERT", "VF_TLS_KEY")
+    } == {
+        "VF_PASSWORD": "s3cret",
+        "VF_USERNAME": "line-7",
+        "VF_TLS_CA": "/ca.pem",
+        "VF_TLS_CERT": "/client.pem",
+        "VF_TLS_KEY": "/client.key",
+    }
+    assert programs.env["VF_BROKER_PORT"] == "8883"
+    for name, _module, argv in plan(args):
+        assert "s3cret" not in argv, f"{name} would show the password to `ps`: {argv}"
+
+
+def test_a_password_given_to_run_all_is_not_visible_in_any_process_list(run_all):
+    factory = run_all(
+        "--devices", "press", "--no-observer", "--username", "u", "--password", "pw-0xC0FFEE"
+    )
+    pids = children(factory.output().splitlines())
+    assert set(pids) == {"controller", "press"}, factory.output()
+    for name, pid in pids.items():
+        command = psutil.Process(pid).cmdline()
+        assert not any("pw-0xC0FFEE" in part for part in command), f"{name}: {command}"
+        assert psutil.Process(pid).environ().get("VF_PASSWORD") == "pw-0xC0FFEE", name

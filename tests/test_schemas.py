@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from mqtt_factory_lab import schemas
 from mqtt_factory_lab.schemas import PayloadError, schema_for_topic, validate, validate_message
+from sim.machines import DEVICE_KINDS
 from sim.topics import QOS, RETAINED, Topics
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -643,9 +644,7 @@ STRATEGIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         {
             "ts": stamps,
             "device_id": device_ids,
-            "kind": st.sampled_from(
-                ["press", "conveyor", "robot_arm", "oven", "packer", "environment"]
-            ),
+            "kind": st.sampled_from(schemas.device_kinds()),
             "state": st.sampled_from(["running", "stopped", "fault"]),
             "setpoints": st.dictionaries(levels, reals, max_size=3),
             "counters": st.fixed_dictionaries({name: counts for name in counter_names}),
@@ -699,7 +698,7 @@ ENUM_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "command": {"command": ("start", "stop", "reset", "set")},
     "state": {
         "state": ("running", "stopped", "fault"),
-        "kind": ("press", "conveyor", "robot_arm", "oven", "packer", "environment"),
+        "kind": DEVICE_KINDS,  # the simulator's kinds are the contract's
     },
     "status": {"status": ("online", "offline")},
     "error_event": {"event": ("command_rejected", "decision")},

@@ -112,6 +112,17 @@ def test_pytest_refuses_a_broken_solution_before_running_anything(tmp_path):
             "connecting...",
             id="never-comes-online",
         ),
+        pytest.param(
+            [
+                sys.executable,
+                str(Path(__file__).parent / "broken" / "mutate.py"),
+                *("--no-retain", "status", "sim.device", "--device", "press"),
+                *("--device-id", "press-01", "--client-id", "{client_id}"),
+            ],
+            "published 'online' on",
+            "without the retain flag",
+            id="online-not-retained",
+        ),
     ],
 )
 def test_a_misbehaving_device_fails_with_its_role_and_output(
@@ -157,3 +168,17 @@ def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_a_pytest_without_the_labs_packages_says_what_to_run(tmp_path):
+    hide_paho = (
+        "import importlib.util as u; real = u.find_spec; "
+        "u.find_spec = lambda name, *a: None if name == 'paho' else real(name, *a); "
+        "import mqtt_factory_lab.requirements_check"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide_paho], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode != 0
+    assert "Run scripts/setup once, then use .venv/bin/pytest" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, "one sentence, not an import traceback"

@@ -74,7 +74,7 @@ def resolve_backend(requested: str, url: str | None = None) -> str:
     raise BrokerUnavailable(NO_BACKEND)
 
 
-def make_broker(
+def create_broker(
     backend: str, variant: str = "open", *, url: str | None = None, **options
 ) -> Broker:
     """A (not yet started) broker of the given concrete backend."""
@@ -106,6 +106,6 @@ __all__ = [
     "BrokerStartError",
     "BrokerUnavailable",
     "CapabilityMissing",
-    "make_broker",
+    "create_broker",
     "resolve_backend",
 ]

@@ -19,6 +19,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
+
 #: What a backend can do to its broker; lessons declare what they need.
 RESTART = "restart"  #: stop() / start() / restart()
 CONFIG = "config"  #: the harness chose the configuration files (ACL, persistence)
@@ -163,19 +165,20 @@ class Broker(ABC):
         """
         self.require(LOG)
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = self.log_lines()[since:]
-            for line in lines:
-                if regex.search(line):
-                    return line
-            if time.monotonic() >= deadline:
-                tail = "\n".join("    " + line for line in lines[-15:]) or "    (no lines)"
-                raise AssertionError(
-                    f"the broker never logged a line matching {pattern!r} within {timeout}s; "
-                    f"its last lines were:\n{tail}"
-                )
-            time.sleep(0.02)
+
+        def matching_line() -> str | None:
+            return next((line for line in self.log_lines()[since:] if regex.search(line)), None)
+
+        try:
+            return wait_until(matching_line, timeout)
+        except ProcessTimeout:
+            pass
+        lines = self.log_lines()[since:]
+        tail = "\n".join("    " + line for line in lines[-15:]) or "    (no lines)"
+        raise AssertionError(
+            f"the broker never logged a line matching {pattern!r} within {timeout}s; "
+            f"its last lines were:\n{tail}"
+        )
 
     def require(self, *capabilities: str) -> None:
         """Raise :class:`CapabilityMissing` unless the backend has all ``capabilities``."""

@@ -50,6 +50,7 @@ from mqtt_factory_lab.brokers.base import (
     free_port,
     mqtt_ping,
 )
+from mqtt_factory_lab.process import ProcessTimeout, close_forgotten, track, untrack, wait_until
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -69,7 +70,6 @@ INSTALL_HINT = (
     "(it brings `docker`), or use --broker-backend=local"
 )
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
-_LIVE: set[DockerMosquitto] = set()
 _STARTED_ANY = False
 
 
@@ -253,10 +253,27 @@ class DockerMosquitto(Broker):
             return container.get_docker_client().host() in _LOCAL_HOSTS
         return False
 
+    def _ensure_image(self, container: DockerContainer) -> None:
+        """Have the image locally before starting: a pull that fails is named as what it is."""
+        import docker.errors
+
+        images = container.get_docker_client().client.images
+        try:
+            images.get(self.image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            images.pull(self.image)
+        except docker.errors.DockerException as error:  # ImageNotFound, APIError (no registry)
+            self._forget(container)
+            raise BrokerStartError(self._image_missing(error)) from error
+
     def _run(self, container: DockerContainer) -> None:
         """Create and start the container, turning Docker's errors into advice."""
         import docker.errors
 
+        self._ensure_image(container)
         try:
             container.start()
         except docker.errors.ImageNotFound as error:
@@ -270,8 +287,6 @@ class DockerMosquitto(Broker):
                     f"testcontainers could not start its Ryuk cleanup container before "
                     f"{self.image}: {_first_line(error)}.{_ryuk_hint(error)}"
                 ) from error
-            if _is_pull_failure(text):
-                raise BrokerStartError(self._image_missing(error)) from error
             if "address already in use" in text.lower() or "port is already allocated" in text:
                 raise BrokerStartError(
                     f"Docker could not publish port {self.port} for {self.image}: "
@@ -292,7 +307,7 @@ class DockerMosquitto(Broker):
         _STARTED_ANY = True
         self._container = container
         self.container_ids.append(container.get_container_id())
-        _LIVE.add(self)
+        track(self)
 
     def _wait_until_ready(self, container: DockerContainer, deadline: float) -> None:
         """Wait for the ready line, then for a real CONNECT; fail fast if the container exits."""
@@ -315,12 +330,18 @@ class DockerMosquitto(Broker):
                 )
             ) from error
         self.host = self._client_host(container)
-        while time.monotonic() < deadline:
-            if mqtt_ping(self.host, self.port, timeout=0.5):
-                return
+        try:
+            wait_until(
+                lambda: mqtt_ping(self.host, self.port, timeout=0.5),
+                max(0.0, deadline - time.monotonic()),
+                stop_early=lambda: not self.is_running(),
+            )
+            return
+        except ProcessTimeout:
             if not self.is_running():
-                raise BrokerStartError(self._start_failure("exited after logging its ready line"))
-            time.sleep(0.02)
+                raise BrokerStartError(
+                    self._start_failure("exited after logging its ready line")
+                ) from None
         raise BrokerStartError(
             self._start_failure(
                 f"logged its ready line but accepted no MQTT CONNECT at {self.host}:{self.port} "
@@ -399,7 +420,7 @@ class DockerMosquitto(Broker):
             # Kept files (a caller's workdir) get a graceful stop so persistence is saved.
             self._discard_container(graceful=not self._owns_workdir)
         finally:
-            _LIVE.discard(self)
+            untrack(self)
             if self._owns_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -411,7 +432,7 @@ class DockerMosquitto(Broker):
         self._container = None
         import docker.errors
 
-        wrapped = container._container
+        wrapped = _wrapped(container)
         if wrapped is not None:
             with contextlib.suppress(docker.errors.DockerException):
                 if graceful:
@@ -426,8 +447,8 @@ class DockerMosquitto(Broker):
         import docker.errors
 
         with contextlib.suppress(docker.errors.NotFound):
-            if container._container is not None:
-                container._container.remove(force=True, v=True)
+            if (wrapped := _wrapped(container)) is not None:
+                wrapped.remove(force=True, v=True)
         with contextlib.suppress(Exception):
             container.get_docker_client().client.close()
 
@@ -445,7 +466,7 @@ class DockerMosquitto(Broker):
 
     # -- what tests look at -------------------------------------------------
     def _wrapped(self) -> Any:
-        return self._container._container if self._container is not None else None
+        return _wrapped(self._container) if self._container is not None else None
 
     @property
     def container_id(self) -> str | None:
@@ -487,28 +508,19 @@ class DockerMosquitto(Broker):
         return f"{line} (container image {self.image}, {self.network} network)"
 
 
+def _wrapped(container: DockerContainer) -> Any:
+    """The docker SDK's container behind a testcontainers one, or None before it was created."""
+    from testcontainers.core.exceptions import ContainerStartException
+
+    try:
+        return container.get_wrapped_container()
+    except ContainerStartException:
+        return None
+
+
 def _decode(raw: bytes) -> str:
     text = raw.decode("utf-8", errors="replace")
     return text if not text or text.endswith("\n") else text + "\n"
-
-
-def _is_pull_failure(text: str) -> bool:
-    lowered = text.lower()
-    return any(
-        marker in lowered
-        for marker in (
-            "pull access denied",
-            "manifest unknown",
-            "not found: manifest",
-            "no such image",
-            "registry",
-            "dial tcp",
-            "no such host",
-            "i/o timeout",
-            "connection refused",
-            "tls handshake timeout",
-        )
-    )
 
 
 def _port_taken(message: str) -> bool:
@@ -549,10 +561,8 @@ def remove_containers(pid: int | None = None) -> list[str]:
 
 @atexit.register
 def _remove_forgotten_containers() -> None:
-    """Close the brokers a caller forgot, then sweep this process's label, just in case."""
-    for broker in list(_LIVE):
-        with contextlib.suppress(Exception):
-            broker.close()
+    """Close what a caller forgot, then sweep this process's label, just in case."""
+    close_forgotten()
     if _STARTED_ANY:
         with contextlib.suppress(Exception):
             remove_containers(os.getpid())

@@ -10,6 +10,7 @@ import time
 from urllib.parse import urlsplit
 
 from mqtt_factory_lab.brokers.base import Broker, BrokerStartError, mqtt_ping
+from mqtt_factory_lab.process import ProcessTimeout, wait_until
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -46,12 +47,17 @@ class ExternalBroker(Broker):
 
     def start(self) -> None:
         started = time.monotonic()
-        deadline = started + self.start_timeout
-        while time.monotonic() < deadline:
-            if mqtt_ping(self.host, self.port, timeout=1.0):
-                self.ready_seconds = time.monotonic() - started
-                return
-            time.sleep(0.05)  # poll interval: a refused connection returns at once
+        try:
+            # poll interval 0.05 s: a refused connection returns at once
+            wait_until(
+                lambda: mqtt_ping(self.host, self.port, timeout=1.0),
+                self.start_timeout,
+                interval=0.05,
+            )
+            self.ready_seconds = time.monotonic() - started
+            return
+        except ProcessTimeout:
+            pass
         raise BrokerStartError(
             f"no MQTT broker accepted a CONNECT at {self.url} within {self.start_timeout}s: "
             "check that it runs and that --broker-url is right (it must allow anonymous clients)"

@@ -1,17 +1,15 @@
 """The local backend: the ``mosquitto`` executable as a child process.
 
 The broker listens on a free 127.0.0.1 port and writes its log to a file that
-tests can read. It is started in a session of its own, so a Ctrl-C in the
-terminal reaches only pytest, which then stops every broker in order; an
-``atexit`` hook stops any broker a crashed caller forgot.
+tests can read. It runs as a :class:`~mqtt_factory_lab.process.ChildProcess`
+(its own session, a parent-death signal, SIGTERM then SIGKILL), and the
+process module's ``atexit`` registry closes any broker a crashed caller forgot.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,24 +26,13 @@ from mqtt_factory_lab.brokers.base import (
     free_port,
     mqtt_ping,
 )
+from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, track, untrack, wait_until
 
 INSTALL_HINT = (
     "install it with your package manager (Debian/Ubuntu: `sudo apt-get install -y mosquitto`, "
     "macOS: `brew install mosquitto`), or use --broker-backend=docker, "
     "or point the lab at a running broker with --broker-url mqtt://HOST:PORT"
 )
-_LIVE: set[LocalMosquitto] = set()
-
-
-def die_with_parent() -> list[str]:
-    """A command prefix that makes the child get SIGTERM if this process dies (Linux).
-
-    ``setpriv --pdeathsig`` (util-linux) sets the parent-death signal and then
-    runs the command, so even a ``kill -9`` of pytest leaves no broker behind.
-    Elsewhere the prefix is empty and teardown plus ``atexit`` do the work.
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def find_mosquitto(executable: str | None = None) -> str | None:
@@ -106,7 +93,7 @@ class LocalMosquitto(Broker):
         self.workdir.chmod(0o755)
         self.extra_config = extra_config
         self.start_timeout = start_timeout
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ChildProcess | None = None
         self.rendered: broker_config.RenderedConfig | None = None
         self.log_path = self.workdir / "mosquitto.log"
         self._log_chunks: list[str] = []
@@ -139,30 +126,31 @@ class LocalMosquitto(Broker):
         self.port = port
         self._archive_log()
         started = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [*die_with_parent(), self.executable, "-c", str(self.rendered.main_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.workdir,
+        process = self.process = ChildProcess(
+            [self.executable, "-c", str(self.rendered.main_file)],
+            name=f"mosquitto-{self.variant}",
+            cwd=self.workdir,
+            output_path=self.log_path,
+        ).start()
+        track(self)
+        try:
+            wait_until(
+                lambda: mqtt_ping(self.host, port, timeout=0.5),
+                self.start_timeout,
+                interval=0.01,
+                stop_early=lambda: not process.is_running(),
             )
-        _LIVE.add(self)
-        deadline = started + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
+        except ProcessTimeout:
+            if not process.is_running():
                 self.process = None
-                raise BrokerStartError(self._start_failure(f"exited at start with status {code}"))
-            if mqtt_ping(self.host, port, timeout=0.5):
-                self.ready_seconds = time.monotonic() - started
-                return
-            time.sleep(0.01)
-        self._terminate()
-        raise BrokerStartError(
-            self._start_failure(f"did not accept an MQTT CONNECT within {self.start_timeout}s")
-        )
+                raise BrokerStartError(
+                    self._start_failure(f"exited at start with status {process.returncode}")
+                ) from None
+            self._terminate()
+            raise BrokerStartError(
+                self._start_failure(f"did not accept an MQTT CONNECT within {self.start_timeout}s")
+            ) from None
+        self.ready_seconds = time.monotonic() - started
 
     def _start_failure(self, what: str) -> str:
         lines = self._current_log().splitlines()
@@ -188,31 +176,22 @@ class LocalMosquitto(Broker):
         self._terminate()
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None:
             self.process.kill()
-            self.process.wait(timeout=5)
 
     def _terminate(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        if self.process is not None:
+            self.process.stop()
 
     def close(self) -> None:
         self._terminate()
         self.process = None
-        _LIVE.discard(self)
+        untrack(self)
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.is_running()
 
     # -- what tests look at -------------------------------------------------
     @property
@@ -238,9 +217,3 @@ class LocalMosquitto(Broker):
 
     def log(self) -> str:
         return "".join(self._log_chunks) + self._current_log()
-
-
-@atexit.register
-def _stop_forgotten_brokers() -> None:
-    for broker in list(_LIVE):
-        broker.close()

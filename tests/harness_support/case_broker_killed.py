@@ -9,8 +9,8 @@ started again for the following test.
 from __future__ import annotations
 
 
-def test_dedicated_broker_killed_while_waiting(broker_factory, mqtt_client, topic_root):
-    broker = broker_factory()
+def test_dedicated_broker_killed_while_waiting(make_broker, mqtt_client, topic_root):
+    broker = make_broker()
     listener = mqtt_client(broker=broker)
     listener.subscribe(f"{topic_root}/telemetry/#", qos=1)
     broker.kill()

@@ -41,15 +41,15 @@ def report_pids(*pids: int | None) -> None:
     partial.rename(ready)  # the parent never reads a half-written file
 
 
-def test_fails_while_brokers_and_roles_run(broker, broker_factory, sleeper, device):
-    dedicated = broker_factory("acl+persistent")
+def test_fails_while_brokers_and_roles_run(broker, make_broker, sleeper, device):
+    dedicated = make_broker("acl+persistent")
     press = device("press")
     report_pids(broker.pid, dedicated.pid, sleeper.pid, press.process.pid)
     assert broker.is_running() and dedicated.is_running()
     raise AssertionError("this test fails on purpose, with two brokers and a role running")
 
 
-def test_blocks_until_stopped(broker, broker_factory, sleeper):
-    dedicated = broker_factory("persistent")
+def test_blocks_until_stopped(broker, make_broker, sleeper):
+    dedicated = make_broker("persistent")
     report_pids(broker.pid, dedicated.pid, sleeper.pid)
     threading.Event().wait(60)

@@ -1,0 +1,289 @@
+"""Fixtures that give a test brokers and MQTT clients.
+
+``broker``           the shared broker of the ``open`` variant (per worker)
+``make_broker``      ``make_broker("acl+persistent")``: a dedicated broker for one test
+``mqtt_client``      ``mqtt_client(protocol="3.1.1")``: connected :class:`RecordingClient` s
+``topic_root``       a topic root no other test uses, such as ``lab/3f9a1c2b/factory``
+``protocol``         each MQTT version in turn: a test that asks for it runs twice
+``broker_env``       ``broker_env()``: the ``VF_*`` environment a factory program needs
+``lab_seed``         the run's random seed (``--lab-seed``)
+``broker_pool``      every broker of this pytest process (session scope)
+
+The brokers themselves (:mod:`mqtt_factory_lab.brokers`) know nothing of pytest;
+these fixtures only choose, start, share and stop them.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from mqtt_factory_lab.brokers import (
+    RESTART,
+    Broker,
+    BrokerError,
+    BrokerUnavailable,
+    create_broker,
+    resolve_backend,
+)
+from mqtt_factory_lab.client import PROTOCOLS, RecordingClient
+from mqtt_factory_lab.factory import Address, program_env
+
+#: the brokers a test used, with the log position at which it started using each
+BROKERS_USED = pytest.StashKey[list[tuple[Broker, int]]]()
+
+
+class BrokerPool:
+    """Starts brokers for one pytest process and stops every one of them at the end.
+
+    Shared brokers are kept per variant; dedicated ones belong to one test.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._backend: str | None = None
+        self._unavailable: BrokerUnavailable | None = None
+        self._shared: dict[str, Broker] = {}
+        self._all: list[Broker] = []
+
+    @property
+    def backend(self) -> str:
+        """The concrete backend; decided once per process (a missing one is reported once too)."""
+        if self._unavailable is not None:
+            raise self._unavailable
+        if self._backend is None:
+            try:
+                self._backend = resolve_backend(
+                    self.config.getoption("--broker-backend"), self.config.getoption("--broker-url")
+                )
+            except BrokerUnavailable as error:
+                self._unavailable = error
+                raise
+        return self._backend
+
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.backend == "docker":
+            if self.config.getoption("--docker-image"):
+                options["image"] = self.config.getoption("--docker-image")
+            if self.config.getoption("--docker-network"):
+                options["network"] = self.config.getoption("--docker-network")
+        return options
+
+    def start(self, variant: str = "open", **options: Any) -> Broker:
+        """Start a dedicated broker (closed by :meth:`release` or :meth:`close`)."""
+        broker = create_broker(
+            self.backend,
+            variant,
+            url=self.config.getoption("--broker-url"),
+            **self._options(),
+            **options,
+        )
+        self._all.append(broker)
+        try:
+            broker.start()
+        except BaseException:
+            broker.close()
+            raise
+        return broker
+
+    def shared(self, variant: str = "open") -> Broker:
+        """The broker of this variant that tests share; started (again) when needed."""
+        broker = self._shared.get(variant)
+        if broker is None:
+            broker = self._shared[variant] = self.start(variant)
+        elif not broker.is_running() and RESTART in broker.capabilities:
+            broker.start()  # a previous test stopped or killed it
+        return broker
+
+    def release(self, broker: Broker) -> None:
+        broker.close()
+        if broker in self._all:
+            self._all.remove(broker)
+
+    def close(self) -> None:
+        while self._all:
+            self._all.pop().close()
+        self._shared.clear()
+
+
+def _broker_or_fail(start: Callable[[], Broker]) -> Broker:
+    """Start a broker, turning a harness error into one clean failure message."""
+    try:
+        return start()
+    except BrokerUnavailable as error:
+        message = str(error)
+    except BrokerError as error:
+        message = f"the broker could not start:\n{error}"
+    # Outside the except block, so the report shows the advice once, without a chained traceback.
+    pytest.fail(message, pytrace=False)
+
+
+def _remember(request: pytest.FixtureRequest, broker: Broker) -> Broker:
+    """Note that the test uses ``broker``, so that a failure report shows its log from here on."""
+    node = request.node
+    if any(used is broker for used, _ in node.stash.get(BROKERS_USED, [])):
+        return broker
+    try:
+        mark = broker.log_mark()
+    except BrokerError:
+        mark = 0
+    node.stash[BROKERS_USED] = [*node.stash.get(BROKERS_USED, []), (broker, mark)]
+    return broker
+
+
+def shared_broker(request: pytest.FixtureRequest, pool: BrokerPool) -> Broker:
+    """The shared ``open`` broker, for fixtures whose callers may pass another one.
+
+    Fixtures take it from the session's pool (not ``request.getfixturevalue("broker")``),
+    so that teardown order stays the order of their signatures.
+    """
+    return _remember(request, _broker_or_fail(lambda: pool.shared("open")))
+
+
+@pytest.fixture(scope="session")
+def broker_pool(pytestconfig: pytest.Config) -> Iterator[BrokerPool]:
+    """Every broker this pytest process starts; all are stopped at the end of the session."""
+    pool = BrokerPool(pytestconfig)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def broker(broker_pool: BrokerPool, request: pytest.FixtureRequest) -> Broker:
+    """A running broker of the ``open`` variant, shared by the tests of this worker.
+
+    Tests on it must isolate themselves (``topic_root``, unique client ids) and
+    must not stop it; use :func:`make_broker` for that.
+    """
+    return shared_broker(request, broker_pool)
+
+
+@pytest.fixture
+def make_broker(
+    broker_pool: BrokerPool, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Broker]]:
+    """Start dedicated brokers for this test: ``make_broker("acl+persistent")``.
+
+    :param variant: fragments of ``docker/variants`` joined with ``+``.
+    :param extra_config: more ``mosquitto.conf`` lines for this broker only.
+    Each broker is stopped and its files removed when the test ends.
+    """
+    mine: list[Broker] = []
+    config = request.config
+
+    def start(variant: str = "open", *, extra_config: str = "") -> Broker:
+        if broker_pool.backend == "external" and (variant != "open" or extra_config):
+            pytest.skip(
+                f"the external broker at {config.getoption('--broker-url')} is not the lab's to "
+                f"configure: this test needs the {variant!r} variant"
+                + (" with extra settings" if extra_config else "")
+            )
+        options = {"extra_config": extra_config} if extra_config else {}
+        broker = _broker_or_fail(lambda: broker_pool.start(variant, **options))
+        mine.append(broker)
+        return _remember(request, broker)
+
+    yield start
+    for broker in mine:
+        broker_pool.release(broker)
+
+
+@pytest.fixture
+def topic_root() -> str:
+    """A topic root that no other test uses: ``lab/<8 hex>/factory``."""
+    return f"lab/{uuid.uuid4().hex[:8]}/factory"
+
+
+@pytest.fixture(params=[pytest.param(p, id=f"mqtt{p}") for p in PROTOCOLS])
+def protocol(request: pytest.FixtureRequest) -> str:
+    """Each MQTT version the lab speaks (``"3.1.1"``, ``"5"``): a test that asks for it runs
+    once per version (ids ``mqtt3.1.1`` and ``mqtt5``)."""
+    return request.param
+
+
+@pytest.fixture
+def lab_seed(pytestconfig: pytest.Config) -> int:
+    """The seed simulators and generated data use (``--lab-seed``)."""
+    return pytestconfig.getoption("--lab-seed")
+
+
+@pytest.fixture
+def mqtt_client(
+    request: pytest.FixtureRequest, broker_pool: BrokerPool
+) -> Iterator[Callable[..., RecordingClient]]:
+    """Make connected MQTT clients; all are disconnected after the test.
+
+    :param client_id: default: the test's name plus a counter and a random suffix.
+    :param protocol: ``"5"`` (default) or ``"3.1.1"``.
+    :param clean_start: MQTT 5 clean start / 3.1.1 clean session (default True).
+    :param session_expiry: MQTT 5 session expiry interval in seconds.
+    :param will: Last Will ``(topic, payload, qos, retain)``.
+    :param broker: the broker to use (default: the shared ``broker``).
+    :param connect: connect now (default True).
+
+    Example::
+
+        def test_hello(mqtt_client, topic_root):
+            sub = mqtt_client(protocol="3.1.1")
+            sub.subscribe(f"{topic_root}/#")
+    """
+    clients: list[RecordingClient] = []
+    base = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40].strip("-")
+
+    def make(
+        client_id: str | None = None,
+        *,
+        protocol: str = "5",
+        clean_start: bool = True,
+        session_expiry: int | None = None,
+        will: tuple[str, bytes | str, int, bool] | None = None,
+        broker: Broker | None = None,
+        connect: bool = True,
+    ) -> RecordingClient:
+        target = broker if broker is not None else shared_broker(request, broker_pool)
+        client = RecordingClient(
+            target.host,
+            target.port,
+            client_id or f"{base}-{len(clients) + 1}-{uuid.uuid4().hex[:6]}",
+            protocol=protocol,
+            clean_start=clean_start,
+            session_expiry=session_expiry,
+            will=will,
+            describe_broker=target.health,
+        )
+        clients.append(client)
+        if connect:
+            client.connect()
+        return client
+
+    yield make
+    for client in clients:
+        client.disconnect()
+
+
+@pytest.fixture
+def broker_env(
+    request: pytest.FixtureRequest, broker_pool: BrokerPool, topic_root: str
+) -> Callable[..., dict[str, str]]:
+    """``broker_env(broker=None, topic_root=None, protocol="5")``: a factory program's environment.
+
+    A copy of ``os.environ`` with ``VF_BROKER_HOST``, ``VF_BROKER_PORT``, ``VF_TOPIC_ROOT``
+    and ``VF_MQTT_PROTOCOL`` set, and unbuffered Python output
+    (:func:`mqtt_factory_lab.factory.program_env`). By default the shared broker and the
+    test's topic root.
+    """
+
+    def make(
+        broker: Broker | Address | None = None, root: str | None = None, protocol: str = "5"
+    ) -> dict[str, str]:
+        target = broker if broker is not None else shared_broker(request, broker_pool)
+        return program_env(target, root or topic_root, protocol)
+
+    return make

@@ -1,0 +1,78 @@
+"""Run a reference program with one mistake a student could make, to prove a check can fail.
+
+    python tests/broken/mutate.py --retain telemetry,alarms sim.device --device press ...
+
+patches paho-mqtt inside the program, then runs the module as ``__main__``:
+
+``--retain KINDS``      publishes on these topic kinds (the level after the topic root:
+                        telemetry, alarms, commands, state, status, events) go out retained
+``--no-retain KINDS``   ...go out without the retain flag
+``--retain-once KINDS`` ...keep their retain flag only the first time on each topic
+``--qos KIND=N``        ...go out at QoS N (repeatable)
+``--no-will``           the program connects without its Last Will
+
+Every check of a solution in this project has a test that runs it against such a
+variant and expects it to fail (see ``tests/test_mutants.py``); lessons' broken
+solutions under ``tests/broken/lessonNN_*`` use the same runner in their manifests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+#: the lab's folder, so that ``sim`` imports from any working directory (a broken solution's
+#: folder is its programs' working directory)
+LAB_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _kinds(text: str) -> set[str]:
+    return {kind for kind in text.split(",") if kind}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="mutate.py", description=__doc__)
+    parser.add_argument("--retain", type=_kinds, default=set(), metavar="KINDS")
+    parser.add_argument("--no-retain", type=_kinds, default=set(), metavar="KINDS")
+    parser.add_argument("--retain-once", type=_kinds, default=set(), metavar="KINDS")
+    parser.add_argument("--qos", action="append", default=[], metavar="KIND=N")
+    parser.add_argument("--no-will", action="store_true")
+    parser.add_argument("module", help="the program to run, such as sim.device")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    options = parser.parse_args()
+    qos_by_kind = {kind: int(n) for kind, _, n in (item.partition("=") for item in options.qos)}
+    root = os.environ.get("VF_TOPIC_ROOT", "factory")
+    publish = mqtt.Client.publish
+    published_once: set[str] = set()
+
+    def mutated_publish(
+        self: mqtt.Client,
+        topic: str,
+        payload: Any = None,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Any = None,
+    ) -> mqtt.MQTTMessageInfo:
+        kind = topic[len(root) + 1 :].split("/")[0] if topic.startswith(root + "/") else ""
+        retain = (retain or kind in options.retain) and kind not in options.no_retain
+        if kind in options.retain_once:
+            retain = retain and topic not in published_once
+            published_once.add(topic)
+        return publish(self, topic, payload, qos_by_kind.get(kind, qos), retain, properties)
+
+    mqtt.Client.publish = mutated_publish  # type: ignore[method-assign]
+    if options.no_will:
+        mqtt.Client.will_set = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    sys.path.insert(0, str(LAB_ROOT))
+    sys.argv = [options.module, *options.args]
+    runpy.run_module(options.module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -84,7 +84,13 @@ import pytest
 from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import FactoryLauncher
 from mqtt_factory_lab.roles import RoleError, RoleProcess
-from mqtt_factory_lab.schemas import PayloadError, schema, validate, validate_message
+from mqtt_factory_lab.schemas import (
+    PayloadError,
+    chocolate_steps,
+    schema,
+    validate,
+    validate_message,
+)
 from mqtt_factory_lab.solution import ManifestError, Solution
 
 pytestmark = [pytest.mark.lesson(7)]
@@ -100,16 +106,7 @@ POLICY = {
     "batch": (1, False),
 }
 RECORD_TYPES = ("alarm", "quality", "batch")
-STEPS = (
-    "s1_roasting",
-    "s2_grinding",
-    "s3_refining",
-    "s4_conching",
-    "s5_tempering",
-    "s6_molding",
-    "s7_cooling",
-    "s8_packaging",
-)
+STEPS = chocolate_steps()
 #: white chocolate has no cocoa mass: no roasting, no grinding
 ROUTES = {"dark": STEPS, "milk": STEPS, "white": STEPS[2:]}
 QC_STEPS = ("s3_refining", "s5_tempering", "s8_packaging")

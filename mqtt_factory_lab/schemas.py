@@ -69,16 +69,6 @@ CHOCOLATE_SCHEMAS: dict[str, str] = {
 }
 #: batch events exist in two versions; ``schema_version`` in the payload picks one (absent: 1)
 CHOCOLATE_BATCH_VERSIONS: dict[int, str] = {1: "chocolate_batch_legacy", 2: "chocolate_batch"}
-CHOCOLATE_STEPS = (
-    "s1_roasting",
-    "s2_grinding",
-    "s3_refining",
-    "s4_conching",
-    "s5_tempering",
-    "s6_molding",
-    "s7_cooling",
-    "s8_packaging",
-)
 CHOCOLATE_LAYOUT = "<site>/<line>/<step>/<machine>/<message_type>"
 
 _TYPE_WORDS = {
@@ -203,6 +193,11 @@ def payload_names() -> list[str]:
 def device_kinds() -> tuple[str, ...]:
     """The kinds of machine the factory has: the contract's ``device_kind`` (``common``)."""
     return tuple(schema(SHARED)["$defs"]["device_kind"]["enum"])
+
+
+def chocolate_steps() -> tuple[str, ...]:
+    """The chocolate line's eight steps, in order: the contract's ``step`` (``chocolate_batch``)."""
+    return tuple(schema("chocolate_batch")["$defs"]["step"]["enum"])
 
 
 def schema(name: str) -> dict[str, Any]:
@@ -632,7 +627,7 @@ def _chocolate_levels(topic: str, root: str) -> tuple[str, str, str, str, str] |
     if parts[:n] != root_parts or len(parts) != n + 5:
         return None
     site, line, step, machine, message_type = parts[n:]
-    if step not in CHOCOLATE_STEPS or message_type not in CHOCOLATE_SCHEMAS:
+    if step not in chocolate_steps() or message_type not in CHOCOLATE_SCHEMAS:
         return None
     if any(not level or "+" in level or "#" in level for level in (site, line, machine)):
         return None

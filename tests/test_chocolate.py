@@ -7,16 +7,21 @@ against the test broker and watch the wire.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
 
+import sim.datacenter.contract
+from mqtt_factory_lab import schemas
+from mqtt_factory_lab.paths import LABS_DIR
 from mqtt_factory_lab.schemas import validate_message
 from sim.chocolate.line import LineCore, Outgoing
 from sim.chocolate.lots import MaterialStore
-from sim.chocolate.plant import MACHINES, PLANT, QOS, ChocolateTopics
+from sim.chocolate.plant import MACHINES, PLANT, QOS, RETAINED, ChocolateTopics
 from sim.chocolate.recipes import RECIPES, STEPS
 
 TS = 1767225600.0
@@ -175,6 +180,37 @@ def test_raw_lots_are_used_up_one_after_another() -> None:
 def test_every_step_has_machines_and_a_yield_below_one() -> None:
     for step in PLANT.values():
         assert step.machines and 0.5 < step.nominal_yield < 1.0
+
+
+# -- one copy of each fact, tied together ------------------------------------------------
+
+
+def test_steps_and_message_types_agree_between_line_contract_data_center_and_lesson() -> None:
+    assert schemas.chocolate_steps() == STEPS, (
+        "sim/chocolate/recipes.py (STEPS) and schemas/chocolate_batch.schema.json "
+        "($defs.step) must list the same steps, in the same order"
+    )
+    assert set(QOS) == set(schemas.CHOCOLATE_SCHEMAS) == set(sim.datacenter.contract.MESSAGE_TYPES)
+    assert sim.datacenter.contract.BATCH_SCHEMAS == schemas.CHOCOLATE_BATCH_VERSIONS
+    spec = importlib.util.spec_from_file_location("lesson07", LABS_DIR / "07_traceability.py")
+    assert spec and spec.loader
+    lesson = importlib.util.module_from_spec(spec)
+    sys.modules["lesson07"] = lesson  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(lesson)
+    finally:
+        del sys.modules["lesson07"]
+    assert {kind: (QOS[kind], kind in RETAINED) for kind in QOS} == lesson.POLICY, (
+        "labs/07_traceability.py (POLICY) grades the QoS policy sim/chocolate/plant.py publishes"
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(QOS))
+def test_schema_description_states_qos_and_retain_as_the_line_publishes(kind: str) -> None:
+    text = schemas.schema(schemas.CHOCOLATE_SCHEMAS[kind])["description"]
+    retained = "RETAINED" if kind in RETAINED else "NOT retained"
+    for needed in (f"<root>/<site>/<line>/<step>/<machine>/{kind}", f"QoS {QOS[kind]}", retained):
+        assert needed in text, f"the {kind} schema's description should say {needed!r}: {text}"
 
 
 # -- the program on a broker ------------------------------------------------------------

@@ -325,7 +325,11 @@ class LineCore:
         verdict, reason = "ok", ""
         for check in spec.quality:
             failed = self.rng.random() < self.fail_rate
-            value = check.failing if failed else round(check.nominal + self.rng.gauss(0, 0.05), 2)
+            value = (
+                check.failing
+                if failed
+                else round(check.nominal + self.rng.gauss(0, check.noise), 2)
+            )
             if not failed:
                 value = _clamp(value, check)
             action = "release"

@@ -44,6 +44,8 @@ class QualityCheck:
     failing: float
     #: what a failure leads to (a second failure always scraps)
     on_fail: str = "rework"
+    #: spread of a passing measurement around ``nominal`` (0 for counts)
+    noise: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,9 @@ PLANT: dict[str, Step] = {
             0.995,
             (
                 QualityCheck("net_weight", "g", 99.0, 102.0, 100.4, 98.1),
-                QualityCheck("metal_detection", "detections", None, 0.0, 0.0, 1.0, "scrap"),
+                QualityCheck(
+                    "metal_detection", "detections", None, 0.0, 0.0, 1.0, "scrap", noise=0.0
+                ),
             ),
         ),
     )

@@ -115,7 +115,8 @@ def _print_backward(found: dict[str, Any], say: Callable[[str], object]) -> None
         say(
             f"  {step['step']} attempt {step['attempt']} on {step['machine']}: "
             f"{step['started']} .. {step['completed']}, {step['quantity_in']} kg in, "
-            f"{step['quantity_out']} kg out {step['parameters'] or ''}"
+            f"{step['quantity_out']} kg out"
+            + "".join(f", {name} {value}" for name, value in step["parameters"].items())
         )
         for lot in step["inputs"]:
             say(f"    in  {lot['lot']} {lot['material']} {lot['quantity']} kg")

@@ -81,6 +81,7 @@ from typing import Any
 
 import pytest
 
+from mqtt_factory_lab import process
 from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import FactoryLauncher
 from mqtt_factory_lab.roles import RoleError, RoleProcess
@@ -144,15 +145,13 @@ def fail_on_setup_error(start: Callable[[], Any]) -> Any:
     pytest.fail(message, pytrace=False)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (the lab's one polling loop)."""
+    try:
+        process.wait_until(condition, timeout, interval=interval)
+    except process.ProcessTimeout:
+        return False
+    return True
 
 
 def msg_id_of(payload: bytes | str) -> str | None:

@@ -37,12 +37,14 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from mqtt_factory_lab.brokers import Broker, BrokerError, make_broker, resolve_backend
+from mqtt_factory_lab import process
+from mqtt_factory_lab.brokers import Broker, BrokerError, create_broker, resolve_backend
 from mqtt_factory_lab.client import RecordingClient
 from mqtt_factory_lab.factory import program_env
 from mqtt_factory_lab.paths import LAB_ROOT as ROOT
@@ -110,12 +112,12 @@ def _stored_count(db: Path) -> int:
         connection.close()
 
 
-def _wait(condition, timeout: float, interval: float = 0.01) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
+def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (the lab's one polling loop)."""
+    try:
+        process.wait_until(condition, timeout, interval=interval)
+    except process.ProcessTimeout:
+        return False
     return True
 
 
@@ -136,7 +138,7 @@ def _sent_total(line: RoleProcess) -> int:
 
 def ingest_race(backend: str, batches: int, workdir: Path) -> dict[str, float]:
     """The data center and a bare subscriber on the same full-speed stream."""
-    with make_broker(backend, "open", extra_config=UNLIMITED_QUEUE) as broker:
+    with create_broker(backend, "open", extra_config=UNLIMITED_QUEUE) as broker:
         root = f"bench/{uuid.uuid4().hex[:8]}/factory"
         env = program_env(broker, root)
         db = workdir / "ingest.db"
@@ -229,7 +231,7 @@ def trace_times(batches: int, workdir: Path, samples: int = 30) -> dict[str, flo
 
 def kill_run(backend: str, kills: int, workdir: Path) -> dict[str, int]:
     """Kill the data center ``kills`` times during production; count what reached the database."""
-    with make_broker(backend, "open", extra_config=UNLIMITED_QUEUE) as broker:
+    with create_broker(backend, "open", extra_config=UNLIMITED_QUEUE) as broker:
         root = f"bench/{uuid.uuid4().hex[:8]}/factory"
         env = program_env(broker, root)
         db = workdir / "kill.db"

@@ -13,7 +13,6 @@ import io
 import json
 import random
 import sqlite3
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from mqtt_factory_lab import process
 from mqtt_factory_lab.brokers import LOG
 from sim.chocolate.line import LineCore, Outgoing
 from sim.chocolate.plant import ChocolateTopics
@@ -301,12 +301,12 @@ def test_help_names_the_trace_command(run_program, nowhere) -> None:
     assert done.returncode == 0 and "trace" in done.stdout and "--db" in done.stdout
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (the lab's one polling loop)."""
+    try:
+        process.wait_until(condition, timeout, interval=interval)
+    except process.ProcessTimeout:
+        return False
     return True
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import sys
 from collections import Counter, defaultdict
 from typing import Any
@@ -257,3 +258,20 @@ def test_line_publishes_valid_messages_and_leaves_machines_offline(
     states = {m.topic: json.loads(m.payload) for m in dashboard.received()}
     assert len(states) == len(MACHINES)
     assert {(s["state"], s.get("reason")) for s in states.values()} == {("offline", "shutdown")}
+
+
+def test_sigterm_stops_the_line_with_every_machine_offline_by_shutdown(
+    sim_program, mqtt_client, topic_root, unique_id
+) -> None:
+    line = sim_program(
+        "sim.chocolate", "--batches", "1000", "--time-scale", "600", "--client-id", unique_id("l")
+    )
+    line.signal(signal.SIGTERM)
+    assert line.wait_exit(15) == 0, line.describe_failure("did not stop cleanly on SIGTERM")
+    assert "stopped: " in line.output()
+    dashboard = mqtt_client()
+    dashboard.subscribe(f"{topic_root}/+/+/+/+/state", qos=1)
+    dashboard.sync()
+    states = [json.loads(m.payload) for m in dashboard.received()]
+    assert len(states) == len(MACHINES)
+    assert {(s["state"], s.get("reason")) for s in states} == {("offline", "shutdown")}

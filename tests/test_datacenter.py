@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import random
+import signal
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
@@ -389,3 +390,16 @@ def test_killed_again_and_again_the_datacenter_loses_and_doubles_nothing(
     counts = stored()
     assert not expected - set(counts), f"lost: {sorted(expected - set(counts))[:5]}"
     assert all(n == 1 for n in counts.values()), "a record was stored twice"
+
+
+def test_sigterm_stores_what_arrived_and_exits_cleanly(
+    sim_program, mqtt_client, topic_root, tmp_path, unique_id
+) -> None:
+    db = tmp_path / "dc.db"
+    datacenter = sim_program("sim.datacenter", "--db", str(db), "--client-id", unique_id("dc"))
+    message = next(m for m in produce(1, seed=4) if m.message_type == "batch")
+    mqtt_client().publish(message.topic.replace(ROOT, topic_root, 1), message.encode(), qos=1)
+    assert wait_until(lambda: rows_with_key(db, message.payload["msg_id"]) == 1, 10)
+    datacenter.signal(signal.SIGTERM)
+    assert datacenter.wait_exit(10) == 0, datacenter.describe_failure("did not stop on SIGTERM")
+    assert "1 stored, 0 duplicates ignored, 0 dead letters" in datacenter.output()

@@ -82,6 +82,8 @@ from typing import Any
 import pytest
 
 from mqtt_factory_lab import process
+from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
+from mqtt_factory_lab.brokers import Broker
 from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import FactoryLauncher
 from mqtt_factory_lab.roles import RoleError, RoleProcess
@@ -356,6 +358,7 @@ class ProductionRun:
     """Everything one run of the solution's line produced, and what its data center stored."""
 
     root: str
+    broker: Broker
     launcher: FactoryLauncher
     database: Database
     datacenter: RoleProcess
@@ -386,11 +389,11 @@ def _valid(message: ReceivedMessage, root: str) -> dict[str, Any] | str:
 
 
 @pytest.fixture(scope="module")
-def production(
-    broker_pool, solution: Solution, pytestconfig, tmp_path_factory
+def _production_of_module(
+    broker_pool: BrokerPool, solution: Solution, pytestconfig, tmp_path_factory
 ) -> Iterator[ProductionRun]:
     """Run the solution's data center and line once for the module: four batches, all recipes."""
-    broker = fail_on_setup_error(lambda: broker_pool.shared("open"))
+    broker = broker_or_fail(lambda: broker_pool.shared("open"))
     run_id = uuid.uuid4().hex[:6]
     root = f"lab/{run_id}/factory"
     tmp = tmp_path_factory.mktemp("lesson07")
@@ -412,7 +415,9 @@ def production(
         )
         status = fail_on_setup_error(lambda: line.wait_exit(60))
         observer.sync()
-        run = ProductionRun(root, launcher, database, datacenter, line, observer.received(), 4, tmp)
+        run = ProductionRun(
+            root, broker, launcher, database, datacenter, line, observer.received(), 4, tmp
+        )
         if status != 0:
             run.problems.append(line.describe_failure(f"exited with status {status}"))
         expected = qos1_ids(run.messages)
@@ -421,6 +426,13 @@ def production(
     finally:
         observer.disconnect()
         launcher.close()
+
+
+@pytest.fixture
+def production(_production_of_module: ProductionRun, request) -> ProductionRun:
+    """The module's production run; a failing experiment's report shows the broker's log."""
+    remember_broker(request, _production_of_module.broker)
+    return _production_of_module
 
 
 @pytest.mark.solution

@@ -230,6 +230,20 @@ def test_backward_trace_of_a_finished_lot_reaches_its_raw_lots_with_alarms_and_q
             assert all(s["machine"] and s["started"] and s["completed"] for s in back["steps"])
 
 
+def test_recalling_a_finished_lot_recalls_that_lot_and_its_shipments(stored) -> None:
+    path, messages = stored
+    shipped = next(
+        (m.payload["shipment"]["shipment_id"], m.payload["shipment"]["lots"][0]["lot"])
+        for m in messages
+        if m.message_type == "batch" and m.payload["event"] == "shipped"
+    )
+    with Traceability(path) as trace:
+        found = trace.forward(shipped[1])
+        rows = trace.recall_rows(shipped[1])
+    assert found["finished_lots"] == [shipped[1]] and found["lots"] == []
+    assert [(r["lot_code"], r["shipment_id"]) for r in rows] == [(shipped[1], shipped[0])]
+
+
 def test_an_unknown_lot_is_reported_as_such(stored) -> None:
     path, _ = stored
     with Traceability(path) as trace, pytest.raises(UnknownLot, match="appears in no batch event"):

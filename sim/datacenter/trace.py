@@ -190,7 +190,11 @@ class Traceability:
 
     # -- forward ------------------------------------------------------------------------
     def forward(self, code: str) -> dict[str, Any]:
-        """Every lot made from lot ``code``, the finished ones, and where they went."""
+        """Every lot made from lot ``code``, the finished ones, and where they went.
+
+        The finished lots and shipments include ``code`` itself when it is a finished lot:
+        recalling a pallet recalls that pallet.
+        """
         known = self.db.execute(
             "SELECT 1 FROM lots WHERE lot = ? UNION ALL SELECT 1 FROM lot_consumption WHERE lot = ?"
             " LIMIT 1",
@@ -205,7 +209,6 @@ class Traceability:
                    b.recipe, b.scrapped_reason
             FROM down JOIN lots l ON l.lot = down.lot
             LEFT JOIN batches b ON b.batch_id = l.batch_id
-            WHERE down.lot != :lot
             ORDER BY l.lot
             """,
             {"lot": code},
@@ -228,7 +231,7 @@ class Traceability:
             "scrapped_batches": sorted(
                 {lot["batch_id"] for lot in lots if lot["scrapped_reason"] is not None}
             ),
-            "lots": [lot["lot"] for lot in lots],
+            "lots": [lot["lot"] for lot in lots if lot["lot"] != code],
             "finished_lots": [lot["lot"] for lot in finished],
             "finished": finished,
             "shipments": shipments,

@@ -177,6 +177,20 @@ def test_bad_input_goes_to_dead_letters_with_its_reason(
     assert reason in rows[0][2], rows[0][2]
 
 
+def test_an_empty_retained_state_deletes_the_machine_state_and_is_no_dead_letter(
+    tmp_path: Path,
+) -> None:
+    state = next(m for m in produce(1) if m.message_type == "state")
+    store = Store(tmp_path / "dc.db", ROOT)
+    store.ingest([Incoming(state.topic, state.encode(), 1, True, TS)])
+    cleared = store.ingest([Incoming(state.topic, b"", 1, True, TS)])
+    store.close()
+    db = sqlite3.connect(tmp_path / "dc.db")
+    assert (cleared.stored, cleared.dead_letters) == (1, 0)
+    assert db.execute("SELECT count(*) FROM machine_states").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM mqtt_messages WHERE payload = ''").fetchone()[0] == 1
+
+
 def test_a_payload_naming_another_machine_than_its_topic_is_a_dead_letter(tmp_path: Path) -> None:
     message = next(m for m in produce(1) if m.message_type == "quality")
     wrong_topic = message.topic.replace(message.payload["machine"], "ghost-01")

@@ -52,6 +52,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "takes about a minute); 0 = as fast as possible",
     )
     parser.add_argument(
-        "--batch-kg", type=float, default=500.0, help="finished kg per batch (default 500)"
+        "--batch-kg", type=_positive, default=500.0, help="finished kg per batch (default 500)"
     )
     parser.add_argument(
         "--batch-schema",

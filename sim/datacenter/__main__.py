@@ -29,6 +29,16 @@ from sim.runtime import broker_settings, setup_logging
 DEFAULT_DB = "datacenter.db"
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sim.datacenter",
@@ -48,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--session-expiry",
-        type=int,
+        type=_at_least(0),
         default=86400,
         metavar="S",
         help="MQTT 5 session expiry: how long the broker queues QoS 1 messages while the "
@@ -56,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=_at_least(1),
         default=500,
         metavar="N",
         help="at most N messages per transaction (default 500)",

@@ -1,6 +1,7 @@
 """What the data center accepts: the chocolate topic namespace and the payload schemas.
 
-A message is accepted when its topic is ``<root>/<site>/<line>/<step>/<machine>/<type>``
+An empty payload on a ``state`` topic is accepted too: it is how MQTT deletes a retained
+message. A message is accepted when its topic is ``<root>/<site>/<line>/<step>/<machine>/<type>``
 with a known type, its payload is a UTF-8 JSON object that fits the type's schema in
 ``schemas/`` (batch events: version 1 or 2, told apart by ``schema_version``), and the
 payload names the step and machine its topic names. Anything else raises
@@ -48,6 +49,7 @@ class Accepted:
     machine: str
     message_type: str
     payload: dict[str, Any]
+    #: batch events: 1 or 2; other types 1; 0 for an empty state (a retained state deleted)
     schema_version: int
 
 
@@ -121,6 +123,10 @@ def check(topic: str, payload: bytes, root: str) -> Accepted:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as error:
         raise Rejected(f"payload is not UTF-8 text ({error})") from None
+    if not payload and message_type == "state":
+        # An empty retained publish deletes a machine's stored state (a machine taken out
+        # of service): MQTT's own way to say so, not bad input.
+        return Accepted(site, line, step, machine, message_type, {}, 0)
     if not text.strip():
         raise Rejected("payload is empty (not a JSON object)")
     try:

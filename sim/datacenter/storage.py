@@ -344,6 +344,8 @@ def _normalise(db: sqlite3.Connection, key: str, message: Accepted) -> None:
                 payload["ts"],
             ),
         )
+    elif kind == "state" and not payload:
+        db.execute("DELETE FROM machine_states WHERE machine = ?", (message.machine,))
     elif kind == "state":
         db.execute(
             "INSERT INTO machine_states (machine, site, line, step, state, batch_id, reason, ts)"

@@ -123,12 +123,15 @@ def topic_of(root: str, step: str, machine: str, message_type: str) -> str:
     return f"{root}/{SITE}/{LINE}/{step}/{machine}/{message_type}"
 
 
-def record(message_type: str, *, check: bool = True, **changes: Any) -> dict[str, Any]:
-    """A chocolate payload (the schema's own example) with a fresh msg_id and ts, and
-    ``changes``; checked against its schema unless ``check=False`` (a deliberately bad one)."""
+def record(message_type: str, step: str, *, check: bool = True, **changes: Any) -> dict[str, Any]:
+    """A chocolate payload of ``step``'s machine (the schema's own example, a fresh msg_id
+    and ts, then ``changes``); checked against its schema unless ``check=False``."""
     name = {"batch": "chocolate_batch"}.get(message_type, f"chocolate_{message_type}")
     payload = copy.deepcopy(schema(name)["examples"][0])
-    payload.update(ts=time.time(), msg_id=f"lab-{uuid.uuid4().hex[:12]}", **changes)
+    payload.update(
+        ts=time.time(), msg_id=f"lab-{uuid.uuid4().hex[:12]}", step=step, machine=MACHINE[step]
+    )
+    payload.update(changes)
     return validate(name, payload) if check else payload
 
 
@@ -246,7 +249,7 @@ def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
     datacenter.subscribe(f"{topic_root}/+/+/+/+/+", qos=1)
     datacenter.disconnect()
 
-    sent = record(message_type)
+    sent = record(message_type, step)
     line = mqtt_client(protocol=protocol)
     line.publish(topic, sent, qos=qos)
     line.sync()  # the broker has handled the publish before the data center comes back
@@ -263,7 +266,9 @@ def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
             "is persistent: the broker queues the record while the data center is away and "
             "delivers it when the session resumes. Nothing came on " + topic,
         )
-        assert got.json() == sent, "The queued record must arrive exactly as it was published."
+        assert validate_message(got.topic, got.payload, root=topic_root) == sent, (
+            "The queued record must arrive exactly as it was published."
+        )
     else:
         back.assert_nothing_received(
             topic,
@@ -299,8 +304,8 @@ def test_unacknowledged_record_comes_back_and_acknowledged_one_does_not(
     datacenter.subscribe(topic, qos=1)
 
     line = mqtt_client(protocol=protocol)
-    committed = record("quality", result="pass")
-    crashed = record("quality", result="pass")
+    committed = record("quality", step, result="pass")
+    crashed = record("quality", step, result="pass")
     line.publish(topic, committed, qos=1)
     line.publish(topic, crashed, qos=1)
     datacenter.wait_for_messages(2, topic)
@@ -334,9 +339,9 @@ def test_machine_state_is_retained_and_its_last_will_says_offline(
 ):
     step = "s5_tempering"
     topic = topic_of(topic_root, step, MACHINE[step], "state")
-    will = record("state", state="offline", reason="last-will", step=step, machine="temper-01")
+    will = record("state", step, state="offline", reason="last-will")
     machine = mqtt_client(protocol=protocol, will=(topic, json.dumps(will), 1, True))
-    machine.publish(topic, record("state", state="running"), qos=1, retain=True)
+    machine.publish(topic, record("state", step, state="running"), qos=1, retain=True)
     machine.drop()  # the tempering machine's controller loses power
 
     dashboard = mqtt_client(protocol=protocol)
@@ -748,8 +753,8 @@ def test_datacenter_stores_a_record_sent_twice_only_once(
     )
     step = "s5_tempering"
     topic = topic_of(topic_root, step, MACHINE[step], "batch")
-    event = record("batch", machine=MACHINE[step], step=step)
-    marker = record("batch", machine=MACHINE[step], step=step)
+    event = record("batch", step)
+    marker = record("batch", step)
     publisher = mqtt_client()
     publisher.publish(topic, event, qos=1)
     publisher.publish(topic, event, qos=1)  # the same record again: a redelivery
@@ -773,13 +778,13 @@ BAD_PAYLOADS = [
     pytest.param("quality", b"\xff\xfe\x00q", "is not UTF-8 text", id="not-utf8"),
     pytest.param(
         "quality",
-        json.dumps(record("quality", check=False, result="maybe")).encode(),
+        json.dumps(record("quality", "s8_packaging", check=False, result="maybe")).encode(),
         "breaks its schema",
         id="schema-invalid",
     ),
     pytest.param(
         "batch",
-        json.dumps(record("batch", check=False, schema_version=3)).encode(),
+        json.dumps(record("batch", "s8_packaging", check=False, schema_version=3)).encode(),
         "has an unknown version",
         id="unknown-version",
     ),
@@ -798,7 +803,7 @@ def test_malformed_payload_ends_in_the_dead_letter_table(
     )
     step = "s8_packaging"
     topic = topic_of(topic_root, step, MACHINE[step], message_type)
-    good = record(message_type, step=step, machine=MACHINE[step])
+    good = record(message_type, step)
     publisher = mqtt_client()
     publisher.publish(topic, payload, qos=1)
     publisher.publish(topic, good, qos=1)

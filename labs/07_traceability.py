@@ -729,7 +729,8 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
     assert not doubled, (
         f"After the restart the broker sent again what was never acknowledged, some of it "
         f"already committed: {len(doubled)} record(s) are now stored twice, e.g. {doubled[:3]}. "
-        "At least once means sometimes twice: store each msg_id once (a UNIQUE key)."
+        "At least once means sometimes twice: store each msg_id once (an idempotency key: a "
+        "UNIQUE column, INSERT OR IGNORE)."
     )
     telemetry = {
         i for m in observer.received() if m.qos == 0 and (i := msg_id_of(m.payload)) is not None

@@ -126,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure publish-to-page latency of sim.dashboard in headless Chromium "
         "(python -m mqtt_factory_lab.bench_dashboard)",
     )
+    parser.add_argument(
+        "--chocolate",
+        action="store_true",
+        help="also measure the data center: QoS 1 ingest against a bare subscriber, trace "
+        "queries on a ~1M-message database (minutes), kill -9 runs "
+        "(python -m mqtt_factory_lab.bench_chocolate)",
+    )
     args = parser.parse_args(argv)
 
     lessons = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "labs").glob("[0-9][0-9]_*.py"))
@@ -165,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print("dashboard")
         bench_dashboard.main([])
+    if args.chocolate:
+        from mqtt_factory_lab import bench_chocolate
+
+        print("chocolate data center")
+        bench_chocolate.main([])
     return 0
 
 

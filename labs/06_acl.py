@@ -182,10 +182,8 @@ def publish_for_ack(client: RecordingClient, topic: str, payload: bytes, qos: in
 
     MQTT 3.1.1 PUBACKs carry no code, so paho reports success for them.
     """
-    acks: dict[int, ReasonCode] = {}
-    client.paho.on_publish = lambda _c, _u, mid, code, _p: acks.__setitem__(mid, code)
     info = client.publish(topic, payload, qos=qos)
-    return acks.get(info.mid, ReasonCode(PacketTypes.PUBACK, "Success"))
+    return client.puback_reason(info) or ReasonCode(PacketTypes.PUBACK, "Success")
 
 
 def round_trip(client: RecordingClient) -> None:

@@ -161,6 +161,8 @@ class RecordingClient:
         self._cond = threading.Condition()
         self._connected = False
         self._suback: dict[int, list[ReasonCode]] = {}
+        #: reason code of the broker's acknowledgement of each QoS 1/2 publish, by message id
+        self.pubacks: dict[int, ReasonCode] = {}
         #: the QoS the broker granted for each topic filter (SUBACK), and the refused filters
         self.granted: dict[str, int] = {}
         self.refused: dict[str, ReasonCode] = {}
@@ -210,7 +212,17 @@ class RecordingClient:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._cond:  # wakes publish() waits; paho marks the message published itself
+            self.pubacks[mid] = reason_code
             self._cond.notify_all()
+
+    def puback_reason(self, info: mqtt.MQTTMessageInfo) -> ReasonCode | None:
+        """The broker's answer to a QoS 1/2 publish (PUBACK or PUBREC reason code), if any.
+
+        MQTT 3.1.1 acknowledgements carry no code: paho reports success for them. An MQTT 5
+        broker may answer 0x87 "Not authorized" to a publish its ACL denies.
+        """
+        with self._cond:
+            return self.pubacks.get(info.mid)
 
     # -- connection ---------------------------------------------------------
     def connect(self, timeout: float = 5.0) -> dict[str, Any]:

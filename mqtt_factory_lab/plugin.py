@@ -34,7 +34,11 @@ from mqtt_factory_lab.roles import RoleError
 from mqtt_factory_lab.schemas import PayloadError
 from mqtt_factory_lab.solution import ManifestError, load
 
-pytest_plugins = ["mqtt_factory_lab.broker_fixtures", "mqtt_factory_lab.factory_fixtures"]
+pytest_plugins = [
+    "mqtt_factory_lab.broker_fixtures",
+    "mqtt_factory_lab.factory_fixtures",
+    "mqtt_factory_lab.points",
+]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
 ENV_URL = "MQTT_LAB_BROKER_URL"

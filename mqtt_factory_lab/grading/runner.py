@@ -321,7 +321,7 @@ class UnitRunner:
                         break
         finally:
             end(process)
-            killed = sweep(token)
+            killed = sweep(token, limits.uid)
             with self._lock:
                 self._live.pop(token, None)
         return UnitResult(
@@ -343,7 +343,7 @@ class UnitRunner:
             live = list(self._live.items())
         for token, process in live:
             end(process)
-            sweep(token)
+            sweep(token)  # (the slots' users are swept by the units themselves)
 
 
 def end(process: subprocess.Popen[bytes]) -> None:
@@ -362,11 +362,13 @@ def end(process: subprocess.Popen[bytes]) -> None:
         process.wait(5)
 
 
-def sweep(token: str) -> int:
-    """Kill every process whose environment carries ``token``; return how many there were.
+def sweep(token: str, uid: int | None = None) -> int:
+    """Kill every process whose environment carries ``token`` or that runs as ``uid``.
 
     A program that forked children into new sessions escapes its process group and its
-    parent-death signal; its environment still names the unit that started it.
+    parent-death signal; its environment still names the unit that started it. One that
+    also cleared its environment still runs as the slot's own user (when the grader drops
+    privileges). :returns: how many processes there were.
     """
     found: list[psutil.Process] = []
     me = os.getpid()
@@ -374,7 +376,9 @@ def sweep(token: str) -> int:
         if process.pid == me:
             continue
         with contextlib.suppress(psutil.Error):
-            if process.environ().get(ENV_TOKEN) == token:
+            if (uid is not None and process.uids().real == uid) or process.environ().get(
+                ENV_TOKEN
+            ) == token:
                 found.append(process)
     for process in found:
         with contextlib.suppress(psutil.Error):
@@ -536,7 +540,9 @@ class ClassGrader:
         except ManifestError as error:
             shutil.rmtree(work, ignore_errors=True)
             message = str(error).replace(str(copy), student)
-            return self._all_zero(student, digest, f"the solution manifest cannot be used: {message}")
+            return self._all_zero(
+                student, digest, f"the solution manifest cannot be used: {message}"
+            )
         except SubmissionTooLarge as error:
             shutil.rmtree(work, ignore_errors=True)
             return self._all_zero(student, digest, str(error))
@@ -593,10 +599,13 @@ class ClassGrader:
         shutil.copytree(folder, target, symlinks=True, ignore=IGNORED)
         uid = self.settings.uid_for(slot)
         if uid is not None:
+            # the programs' user owns the copy (they may write in their own folder); no one
+            # else may enter it (another slot's programs run as another user)
             os.chmod(target.parent, 0o755)
             for path in [target, *target.rglob("*")]:
                 with contextlib.suppress(OSError):
                     os.chown(path, uid, uid, follow_symlinks=False)
+            os.chmod(target, 0o700)
         return target
 
     def cached(self, folder: Path) -> SubmissionResult | None:

@@ -83,7 +83,7 @@ def run_all_throughput(broker: Broker, seconds: float, rate: float) -> tuple[int
     counter.connect()
     counter.subscribe(f"{root}/#", qos=0)
     env = program_env(broker, root)
-    command = [sys.executable, "-m", "sim.run_all", "--no-observer"]
+    command = [sys.executable, "-m", "sim.run_all", "--no-observer", "--no-dashboard"]
     command += ["--rate", str(rate), "--time-scale", "60", "--duration", str(seconds)]
     process = RoleProcess("run_all", "bench", command, env=env, cwd=ROOT).start()
     try:

@@ -15,9 +15,11 @@ these fixtures only choose, start, share and stop them.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,8 +113,12 @@ class BrokerPool:
         self._shared.clear()
 
 
-def _broker_or_fail(start: Callable[[], Broker]) -> Broker:
-    """Start a broker, turning a harness error into one clean failure message."""
+def broker_or_fail(start: Callable[[], Broker]) -> Broker:
+    """Start a broker, turning a harness error into one clean failure message.
+
+    For fixtures of other scopes that start their own brokers from the pool
+    (``broker_or_fail(lambda: broker_pool.start("acl"))``).
+    """
     try:
         return start()
     except BrokerUnavailable as error:
@@ -123,7 +129,7 @@ def _broker_or_fail(start: Callable[[], Broker]) -> Broker:
     pytest.fail(message, pytrace=False)
 
 
-def _remember(request: pytest.FixtureRequest, broker: Broker) -> Broker:
+def remember_broker(request: pytest.FixtureRequest, broker: Broker) -> Broker:
     """Note that the test uses ``broker``, so that a failure report shows its log from here on."""
     node = request.node
     if any(used is broker for used, _ in node.stash.get(BROKERS_USED, [])):
@@ -142,7 +148,7 @@ def shared_broker(request: pytest.FixtureRequest, pool: BrokerPool) -> Broker:
     Fixtures take it from the session's pool (not ``request.getfixturevalue("broker")``),
     so that teardown order stays the order of their signatures.
     """
-    return _remember(request, _broker_or_fail(lambda: pool.shared("open")))
+    return remember_broker(request, broker_or_fail(lambda: pool.shared("open")))
 
 
 @pytest.fixture(scope="session")
@@ -173,22 +179,35 @@ def make_broker(
 
     :param variant: fragments of ``docker/variants`` joined with ``+``.
     :param extra_config: more ``mosquitto.conf`` lines for this broker only.
+    :param acl_file: the ACL this broker loads instead of ``docker/acl`` (a solution's own).
+    :param password_file: a ``mosquitto_passwd`` file for the ``hardened`` variant.
     Each broker is stopped and its files removed when the test ends.
     """
     mine: list[Broker] = []
     config = request.config
 
-    def start(variant: str = "open", *, extra_config: str = "") -> Broker:
-        if broker_pool.backend == "external" and (variant != "open" or extra_config):
+    def start(
+        variant: str = "open",
+        *,
+        extra_config: str = "",
+        acl_file: os.PathLike[str] | str | None = None,
+        password_file: os.PathLike[str] | str | None = None,
+    ) -> Broker:
+        custom = extra_config or acl_file or password_file
+        if broker_pool.backend == "external" and (variant != "open" or custom):
             pytest.skip(
                 f"the external broker at {config.getoption('--broker-url')} is not the lab's to "
                 f"configure: this test needs the {variant!r} variant"
-                + (" with extra settings" if extra_config else "")
+                + (" with extra settings" if custom else "")
             )
-        options = {"extra_config": extra_config} if extra_config else {}
-        broker = _broker_or_fail(lambda: broker_pool.start(variant, **options))
+        options: dict[str, Any] = {"extra_config": extra_config} if extra_config else {}
+        if acl_file is not None:
+            options["acl_file"] = Path(acl_file)
+        if password_file is not None:
+            options["password_file"] = Path(password_file)
+        broker = broker_or_fail(lambda: broker_pool.start(variant, **options))
         mine.append(broker)
-        return _remember(request, broker)
+        return remember_broker(request, broker)
 
     yield start
     for broker in mine:
@@ -227,6 +246,7 @@ def mqtt_client(
     :param will: Last Will ``(topic, payload, qos, retain)``.
     :param broker: the broker to use (default: the shared ``broker``).
     :param connect: connect now (default True).
+    :param username: user name in the CONNECT (with ``password``), for brokers that check them.
 
     Example::
 
@@ -246,6 +266,8 @@ def mqtt_client(
         will: tuple[str, bytes | str, int, bool] | None = None,
         broker: Broker | None = None,
         connect: bool = True,
+        username: str | None = None,
+        password: str | None = None,
     ) -> RecordingClient:
         target = broker if broker is not None else shared_broker(request, broker_pool)
         client = RecordingClient(
@@ -256,6 +278,8 @@ def mqtt_client(
             clean_start=clean_start,
             session_expiry=session_expiry,
             will=will,
+            username=username,
+            password=password,
             describe_broker=target.health,
         )
         clients.append(client)

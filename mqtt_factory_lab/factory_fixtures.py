@@ -228,7 +228,10 @@ def observer_capture(
 
 
 def _or_fail(start: Callable[[], Any]) -> Any:
+    """Run ``start``; a solution's missing role or misbehaving program fails the test with its
+    message alone (no traceback, no chained "During handling of..." block)."""
     try:
         return start()
     except (RoleError, ManifestError) as error:
-        pytest.fail(str(error), pytrace=False)
+        message = str(error)
+    pytest.fail(message, pytrace=False)

@@ -52,6 +52,8 @@ PLACEHOLDERS = {
     "crash_after": "seconds after which to end abruptly (no DISCONNECT)",
     "duration": "seconds after which to stop gracefully",
     "rules": "controller rules, SOURCE/SENSOR=TARGET",
+    "keepalive": "MQTT keepalive in seconds (1 = the shortest legal value); the broker sends "
+    "the Last Will of a client silent for 1.5 times as long",
 }
 
 

@@ -6,11 +6,11 @@
     ready bad-actor
     DENIED   publish   factory/commands/controller/press  q1 MQTT 5  PUBACK reason code 135 ...
 
-Run it against the ``acl`` broker variant (``docker/acl``): everyone may read
-``factory/#``; a device (client id = device id) may write only its own
-telemetry, alarms, state, status and events; a command publisher only
-``factory/commands/<its id>/#``; ``lab/sync/<client id>/#`` is each client's
-own. As client ``bad-actor`` it tries to:
+Run it against the ``acl`` broker variant (``docker/acl``): only the users
+``dashboard`` and ``observer`` may read ``factory/#``; a device (client id =
+device id) may write only its own telemetry, alarms, state, status and events;
+a command publisher only ``factory/commands/<its id>/#``; ``lab/sync/<client
+id>/#`` is each client's own. As client ``bad-actor`` it tries to:
 
 1. impersonate the controller: ``stop`` on ``<root>/commands/controller/press``;
 2. overwrite the retained ``<root>/state/press``;
@@ -35,7 +35,9 @@ Each attempt is reported with how the outcome was *proven*:
     the message went through (an open broker).
 
 For a PUBLISH the witness is a probe client (``<client id>-probe``) that may
-read the target topic. For a SUBSCRIBE the bad actor is its own witness: the
+read the target topic: it logs in as user ``observer`` (``--probe-username``),
+whom ``docker/acl`` lets read the whole plant, so that "it never arrived" means
+dropped and not "the probe could not have seen it". For a SUBSCRIBE the bad actor is its own witness: the
 probe puts a message in its own ``lab/sync/<probe id>/`` space (the "other
 client" of attempt 4), which ``#`` would match too; for ``$SYS/#`` the
 witness messages are the retained ``$SYS/broker/...`` topics the broker
@@ -62,7 +64,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -230,11 +232,23 @@ class Peer:
 class BadActor:
     """Runs the attempts with a bad client and a witness probe."""
 
-    def __init__(self, settings: BrokerSettings, client_id: str, probe_id: str) -> None:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        client_id: str,
+        probe_id: str,
+        probe_username: str | None = None,
+    ) -> None:
         self.settings = settings
         self.client_id = client_id
         self.bad = Peer(client_id, settings)
-        self.probe = Peer(probe_id, settings)
+        # The witness must be allowed to read what it watches (docker/acl: user observer).
+        probe_settings = (
+            replace(settings, username=probe_username, password=None)
+            if probe_username
+            else settings
+        )
+        self.probe = Peer(probe_id, probe_settings)
 
     def connect(self) -> None:
         self.bad.connect()
@@ -453,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the witness client's id (default <client id>-probe); it also plays "
         "the 'other client' whose lab/sync space we try to read",
     )
+    parser.add_argument(
+        "--probe-username",
+        default="observer",
+        help="user name the witness probe logs in with; the ACL must let it read the attacked "
+        "topics (default observer, who reads factory/# in docker/acl; '' for none)",
+    )
     parser.add_argument("--device", default="press", help="the device to attack (default press)")
     parser.add_argument(
         "--impersonate", default="controller", help="whose commands to forge (default controller)"
@@ -479,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A short run: SIGTERM interrupts it like Ctrl-C, and both disconnect cleanly.
     interrupt_on_sigterm()
     probe_id = args.probe_id or f"{args.client_id}-probe"
-    actor = BadActor(settings, args.client_id, probe_id)
+    actor = BadActor(settings, args.client_id, probe_id, args.probe_username or None)
     attempts = default_attempts(
         Topics(settings.topic_root),
         args.client_id,

@@ -19,6 +19,11 @@ variable               default       meaning
 ``VF_TLS_KEY``         (none)        client key
 ``VF_TOPIC_ROOT``      ``factory``   first topic level of the namespace
 =====================  ============  =========================================
+
+``--keepalive SECONDS`` (default 30) has no variable: it is a property of the
+program, not of the broker. The broker declares a client that stays silent for
+1.5 × its keepalive dead and publishes its Last Will; the lab gives devices the
+shortest legal value (1) to see that happen quickly.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ class BrokerSettings:
             name: getattr(args, name)
             for name in (
                 *("host", "port", "protocol", "username", "password", "topic_root"),
-                *("tls_ca", "tls_cert", "tls_key"),
+                *("tls_ca", "tls_cert", "tls_key", "keepalive"),
             )
             if getattr(args, name, None) is not None
         }
@@ -123,6 +128,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-ca", help="CA certificate file; turns TLS on (VF_TLS_CA)")
     group.add_argument("--tls-cert", help="client certificate for mutual TLS (VF_TLS_CERT)")
     group.add_argument("--tls-key", help="client private key for mutual TLS (VF_TLS_KEY)")
+    group.add_argument(
+        "--keepalive",
+        type=_keepalive,
+        metavar="SECONDS",
+        help="MQTT keepalive: the broker declares us dead (and sends our Last Will) after "
+        "1.5 x this many silent seconds (1-65535, default 30)",
+    )
+
+
+def _keepalive(text: str) -> int:
+    """A keepalive the broker accepts: 1 to 65535 seconds (0 would switch the check off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"keepalive must be a whole number of seconds from 1 to 65535, not {text!r}"
+        )
+    return value
 
 
 def make_client(

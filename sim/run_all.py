@@ -8,23 +8,26 @@
     ready run_all
 
 The programs are the lab's own: the observer first (so it sees everything),
-then the controller, then one device of each kind (``press``, ``conveyor``,
-``robot_arm``, ``oven``, ``packer``, ``environment``; the device id and the
-client id are the kind's name, which is what ``docker/acl`` expects). Each is
+then the controller and the dashboard (``sim.dashboard``, whose address
+run_all prints: ``run_all: dashboard at http://127.0.0.1:8080/``;
+``--no-dashboard`` leaves it out), then one device of each kind (``press``,
+``conveyor``, ``robot_arm``, ``oven``, ``packer``, ``environment``; the
+device id and the client id are the kind's name, which is what
+``docker/acl`` expects). Each is
 waited for until it prints its ``ready <id>`` line; one that exits first or
 stays silent past ``--ready-timeout`` stops the start with an error naming it
 and quoting its output.
 
 Everything the children print is forwarded, prefixed with their name
 (``press      | ...``). Ctrl-C, SIGTERM or the end of ``--duration`` stops
-them in order: devices first (the observer still sees them go offline), then
-the controller, then the observer; each gets SIGTERM, some seconds to finish,
-then SIGKILL. A child that crashes meanwhile is reported and the rest of the
+them in order: devices first (the observer and the dashboard still see them
+go offline), then the controller, then the observer and the dashboard; each
+gets SIGTERM, some seconds to finish, then SIGKILL. A child that crashes meanwhile is reported and the rest of the
 factory keeps running, as a real plant would. SIGHUP (a closed terminal)
 stops it the same way. SIGKILL of run_all itself cannot be caught; on Linux
 the children are started with a parent-death signal (``setpriv --pdeathsig``)
 and stop anyway. Elsewhere they would keep running: find them with
-``pgrep -af 'sim.device|sim.controller|sim.observer'`` and stop them by PID.
+``pgrep -af 'sim.device|sim.controller|sim.observer|sim.dashboard'`` and stop them by PID.
 
 Exit status: 0 after a normal stop, 1 when the factory could not start (or
 every program had exited by itself).
@@ -41,6 +44,7 @@ import argparse
 import atexit
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -273,6 +277,21 @@ class Component:
                 self._cond.wait(min(remaining, 0.1))
             return self.ready_id
 
+    def wait_for_line(self, pattern: str, timeout: float = 5.0) -> re.Match[str] | None:
+        """The first stdout line matching ``pattern``, waiting up to ``timeout`` s; None if none came."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self._lines["stdout"]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._finished_reading():
+                    return None
+                self._cond.wait(min(remaining, 0.1))
+
     def __repr__(self) -> str:
         return f"<Component {self.name} pid={self.pid}>"
 
@@ -287,10 +306,20 @@ def _stop_forgotten_components() -> None:
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
-    """``(name, module, args)`` of every program, in start order."""
+    """``(name, module, args)`` of every program, in start order.
+
+    Unless a user name was given for all, the observer, the controller and the dashboard
+    connect with their role as user name: docker/acl grants what they read (everything,
+    the alarms) to user names, since read rights that do not follow the topic tree cannot
+    be tied to a client id.
+    """
     programs: list[tuple[str, str, list[str]]] = []
+
+    def as_user(role: str) -> list[str]:
+        return [] if getattr(args, "username", None) else ["--username", role]
+
     if not args.no_observer:
-        observer_args = ["--client-id", args.observer_id]
+        observer_args = ["--client-id", args.observer_id, *as_user("observer")]
         if args.observer_json:
             observer_args.append("--json")
         if args.stats_interval:
@@ -300,9 +329,28 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
         (
             "controller",
             "sim.controller",
-            ["--client-id", args.controller_id, "--session", args.controller_session],
+            [
+                *("--client-id", args.controller_id, "--session", args.controller_session),
+                *as_user("controller"),
+            ],
         )
     )
+    if not args.no_dashboard:
+        programs.append(
+            (
+                "dashboard",
+                "sim.dashboard",
+                [
+                    "--client-id",
+                    args.dashboard_id,
+                    "--http-host",
+                    args.http_host,
+                    "--http-port",
+                    str(args.http_port),
+                    *as_user("dashboard"),
+                ],
+            )
+        )
     for kind in args.devices:
         device_args = [
             "--device",
@@ -360,6 +408,14 @@ class Programs:
                 component.wait_ready(remaining, abort=abort)
                 log.info("%s is ready", component.name)
 
+    def dashboard_url(self) -> str | None:
+        """The address the dashboard printed (``dashboard at <url>``), if it runs."""
+        for component in self.components:
+            if component.name == "dashboard":
+                match = component.wait_for_line(r"^dashboard at (\S+)$")
+                return match.group(1) if match else None
+        return None
+
     def check(self) -> int:
         """Report children that ended by themselves; return how many are still running."""
         running = 0
@@ -394,15 +450,16 @@ class Programs:
         return 1 if all_exited.is_set() else 0
 
     def stop(self, timeout: float) -> None:
-        """Devices first, then controller, then observer; SIGTERM, wait, SIGKILL.
+        """Devices first, then controller, then observer and dashboard; SIGTERM, wait, SIGKILL.
 
         Members of a group get SIGTERM together, so the whole stop takes about
         one ``timeout`` at worst per group, not one per program.
         """
+        watchers = ("observer", "dashboard")
         groups = [
-            [c for c in self.components if c.name not in ("controller", "observer")],
+            [c for c in self.components if c.name not in ("controller", *watchers)],
             [c for c in self.components if c.name == "controller"],
-            [c for c in self.components if c.name == "observer"],
+            [c for c in self.components if c.name in watchers],
         ]
         for group in groups:
             for component in group:
@@ -425,8 +482,8 @@ def _make_echo(width: int) -> Echo:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sim.run_all",
-        description="Run the whole virtual factory: observer, controller and one device of each "
-        "kind, until Ctrl-C, SIGTERM or --duration.",
+        description="Run the whole virtual factory: observer, controller, dashboard and one "
+        "device of each kind, until Ctrl-C, SIGTERM or --duration.",
         epilog="Exit status: 0 after a normal stop, 1 if a program failed to start "
         "(the error names it and shows its output).",
     )
@@ -465,6 +522,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-observer", action="store_true", help="do not start the observer")
     parser.add_argument("--observer-id", default="observer", help="the observer's client id")
     parser.add_argument("--observer-json", action="store_true", help="observer prints JSON lines")
+    parser.add_argument(
+        "--no-dashboard", action="store_true", help="do not start the dashboard (sim.dashboard)"
+    )
+    parser.add_argument(
+        "--dashboard-id",
+        default="dashboard",
+        help="the dashboard's client id, also its name in command topics (default dashboard)",
+    )
+    parser.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="address the dashboard serves on (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=8080,
+        help="port the dashboard serves on (default 8080; 0 picks a free one)",
+    )
     parser.add_argument(
         "--stats-interval",
         type=float,
@@ -518,6 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return 0
                 log.error("the factory could not start: %s", error)
                 return 1
+            url = factory.dashboard_url()
+            if url:
+                log.info("dashboard at %s", url)
             print_ready("run_all")
             return factory.watch(stop, args.duration)
         finally:

@@ -234,7 +234,14 @@ def run_lesson(tmp_path: Path, pytestconfig: pytest.Config) -> Callable[..., Les
         ]
         if solution is not None:
             command.append(f"--solution={solution}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MQTT_LAB_"))}
+        # The child takes the backend from its command line; of the lab's variables it
+        # keeps only the docker image and network (CI's offline image), not a solution.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PYTEST_", "MQTT_LAB_"))
+            or k in ("MQTT_LAB_DOCKER_IMAGE", "MQTT_LAB_DOCKER_NETWORK", "MQTT_LAB_MOSQUITTO")
+        }
         done = subprocess.run(
             [*command, *args],
             cwd=PROJECT_ROOT,

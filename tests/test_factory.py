@@ -9,6 +9,7 @@ import pytest
 
 from mqtt_factory_lab.brokers import CONFIG, LOG
 from mqtt_factory_lab.factory import DEVICE_KINDS
+from mqtt_factory_lab.factory_fixtures import ObserverCapture
 from mqtt_factory_lab.schemas import validate
 
 PLANT_SECONDS = 30.0
@@ -124,22 +125,28 @@ def test_devices_speak_the_protocol_the_lab_asks_for(factory_launcher, broker, p
 
 
 @pytest.mark.broker_needs(CONFIG, LOG)
-def test_the_reference_factory_needs_nothing_the_acl_denies(
-    make_broker, factory_launcher, observer_capture
-):
+def test_the_reference_factory_needs_nothing_the_acl_denies(make_broker, factory_launcher):
     # As with docker/docker-compose.yml: the ACL in force, the default `factory` root, and each
-    # program connecting under the client id the ACL's patterns expect.
+    # program connecting under the client id the ACL's patterns expect. docker/acl lets only the
+    # users `dashboard` and `observer` read the whole plant, so the capture logs in as observer
+    # (and the launcher's anonymous status watcher could not see the devices come online).
     broker = make_broker("acl+persistent")
-    capture = observer_capture(broker=broker, root="factory")
-    launcher = factory_launcher(broker, root="factory")
-    mark = broker.log_mark()
-    for kind in DEVICE_KINDS:
-        launcher.start_device(kind, kind, client_id=kind, anomaly=True)
-    launcher.start_role("controller", "controller", session="persistent")
+    capture = ObserverCapture(broker.host, broker.port, "observer", username="observer")
+    capture.topic_root = "factory"
+    capture.connect()
+    try:
+        capture.subscribe("factory/#", qos=1)
+        launcher = factory_launcher(broker, root="factory")
+        mark = broker.log_mark()
+        for kind in DEVICE_KINDS:
+            launcher.start_device(kind, kind, client_id=kind, anomaly=True, wait_online=False)
+        launcher.start_role("controller", "controller", session="persistent")
 
-    for kind in DEVICE_KINDS:
-        capture.wait_for_message(f"factory/telemetry/{kind}/#", timeout=10)
-    capture.sync()
-    capture.assert_all_valid()
+        for kind in DEVICE_KINDS:
+            capture.wait_for_message(f"factory/telemetry/{kind}/#", timeout=10)
+        capture.sync()
+        capture.assert_all_valid()
+    finally:
+        capture.disconnect()
     denied = [line for line in broker.log_lines()[mark:] if "Denied" in line]
     assert not denied, "the reference factory must work within docker/acl:\n" + "\n".join(denied)

@@ -12,10 +12,12 @@ import os
 import re
 import shutil
 import signal
+import urllib.request
 
 import psutil
 import pytest
 
+from mqtt_factory_lab.brokers.base import free_port
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from sim.connection import BrokerSettings
 from sim.run_all import DEVICE_KINDS, Programs, build_parser, plan
@@ -69,13 +71,21 @@ def run_all(sim_program):
 def test_factory_starts_then_stops_cleanly_even_after_a_crash(topic_root, mqtt_client, run_all):
     watch = mqtt_client()
     watch.subscribe(f"{topic_root}/status/+", qos=1)
-    factory = run_all("--time-scale", "10", "--stop-timeout", "5")
-    assert "ready run_all" in factory.output().splitlines(), factory.output()
+    port = free_port()
+    factory = run_all("--time-scale", "10", "--stop-timeout", "5", "--http-port", str(port))
+    lines = factory.output().splitlines()
+    assert "ready run_all" in lines, factory.output()
+    # The dashboard is part of the factory, as in the seed's start script, and run_all says where.
+    address = f"run_all: dashboard at http://127.0.0.1:{port}/"
+    assert address in lines and lines.index(address) < lines.index("ready run_all"), lines
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+        assert page.status == 200 and b"static/app.js" in page.read()
 
     # Its own log lines start with "run_all: "; its children's are forwarded as "name | ...".
     pids = children(factory.output().splitlines())
-    assert set(pids) == {"observer", "controller", *DEVICE_KINDS}, (
-        f"run_all should start the observer, the controller and one device per kind: {pids}"
+    assert set(pids) == {"observer", "controller", "dashboard", *DEVICE_KINDS}, (
+        f"run_all should start the observer, the controller, the dashboard and one device "
+        f"per kind: {pids}"
     )
     for name, pid in pids.items():
         assert parent_of(pid) == factory.pid, f"{name} (pid {pid}) is not a child of run_all"
@@ -103,13 +113,16 @@ def test_factory_starts_then_stops_cleanly_even_after_a_crash(topic_root, mqtt_c
     stopped = [line for line in factory.output().splitlines() if "stopped (status" in line]
     order = [line.split()[1] for line in stopped]
     assert order.index("controller") > max(order.index(k) for k in DEVICE_KINDS if k != "press")
-    assert order[-1] == "observer", f"devices stop first, the observer last: {order}"
+    assert set(order[-2:]) == {"observer", "dashboard"}, (
+        f"devices stop first, the observer and the dashboard last: {order}"
+    )
 
 
 def test_ctrl_c_stops_everything(run_all):
-    factory = run_all("--devices", "conveyor,oven", "--no-observer")
+    factory = run_all("--devices", "conveyor,oven", "--no-observer", "--no-dashboard")
     pids = children(factory.output().splitlines())
     assert set(pids) == {"controller", "conveyor", "oven"}
+    assert "dashboard at" not in factory.output()
     started = {name: (pid, start_time(pid)) for name, pid in pids.items()}
     factory.signal(signal.SIGINT)
     assert factory.wait_exit(30) == 0, factory.describe_failure(
@@ -119,7 +132,7 @@ def test_ctrl_c_stops_everything(run_all):
 
 
 def test_duration_ends_the_run(run_all):
-    factory = run_all("--devices", "press", "--no-observer", "--duration", "0.5")
+    factory = run_all("--devices", "press", "--no-observer", "--no-dashboard", "--duration", "0.5")
     started = {n: (p, start_time(p)) for n, p in children(factory.output().splitlines()).items()}
     assert factory.wait_exit(30) == 0, factory.describe_failure(
         "should stop by itself after --duration"
@@ -130,7 +143,9 @@ def test_duration_ends_the_run(run_all):
 
 def test_a_component_that_cannot_start_is_named_with_its_output(nowhere, run_program):
     # No broker there: the first programs cannot connect.
-    result = run_program("sim.run_all", "--ready-timeout", "20", broker=nowhere, timeout=60)
+    result = run_program(
+        "sim.run_all", "--ready-timeout", "20", "--http-port", "0", broker=nowhere, timeout=60
+    )
     assert result.returncode == 1, f"expected exit 1, got {result.returncode}\n{result.stderr}"
     assert "observer exited before printing its 'ready' line" in result.stderr, result.stderr
     assert f"cannot reach the MQTT broker at 127.0.0.1:{nowhere.port}" in result.stderr, (
@@ -144,8 +159,9 @@ def test_a_component_that_cannot_start_is_named_with_its_output(nowhere, run_pro
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv (Linux)")
 def test_children_stop_even_when_run_all_is_killed(run_all):
-    factory = run_all("--devices", "press", "--no-observer")
+    factory = run_all("--devices", "press", "--no-observer", "--http-port", str(free_port()))
     pids = children(factory.output().splitlines())
+    assert "dashboard" in pids, pids
     started = {name: (pid, start_time(pid)) for name, pid in pids.items()}
 
     factory.kill()  # SIGKILL: run_all gets no chance to stop anything
@@ -184,11 +200,30 @@ def test_children_get_all_connection_settings_through_vf_variables_never_on_argv
 
 def test_a_password_given_to_run_all_is_not_visible_in_any_process_list(run_all):
     factory = run_all(
-        "--devices", "press", "--no-observer", "--username", "u", "--password", "pw-0xC0FFEE"
+        *("--devices", "press", "--no-observer", "--http-port", str(free_port())),
+        *("--username", "u", "--password", "pw-0xC0FFEE"),
     )
     pids = children(factory.output().splitlines())
-    assert set(pids) == {"controller", "press"}, factory.output()
+    assert set(pids) == {"controller", "dashboard", "press"}, factory.output()
     for name, pid in pids.items():
         command = psutil.Process(pid).cmdline()
         assert not any("pw-0xC0FFEE" in part for part in command), f"{name}: {command}"
         assert psutil.Process(pid).environ().get("VF_PASSWORD") == "pw-0xC0FFEE", name
+
+
+def test_the_factory_runs_under_docker_acl_with_nothing_denied(sim_program, make_broker):
+    """The compose broker's ACL: the observer and the controller read as their user names."""
+    broker = make_broker("acl")
+    mark = broker.log_mark()
+    factory = sim_program(
+        "sim.run_all",
+        *("--devices", "press,conveyor", "--no-dashboard", "--anomaly", "--time-scale", "60"),
+        broker=broker,
+        topic_root="factory",
+        ready_timeout=40,
+        stop_timeout=15,
+    )
+    factory.wait_for_output(r"^observer\s+\| .*factory/telemetry/press/", timeout=15)
+    factory.wait_for_output(r"^observer\s+\| .*factory/alarms/", timeout=20)
+    denied = [line for line in broker.log_lines()[mark:] if "Denied" in line]
+    assert not denied, "run_all must work within docker/acl:\n" + "\n".join(denied[:5])

@@ -51,15 +51,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def mqtt_ping(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Return whether a real MQTT CONNECT to ``host:port`` is accepted within ``timeout``.
+    """Return whether a real MQTT CONNECT to ``host:port`` is answered within ``timeout``.
 
     This is the readiness test: a port that accepts TCP is not yet a broker.
+    A CONNACK that refuses the anonymous ping (``allow_anonymous false``, the
+    ``hardened`` variant) still proves the broker is up.
     """
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"lab-ping-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv311,
     )
+    answered: list[object] = []
+    client.on_connect = lambda client, userdata, flags, reason, properties: answered.append(reason)
     try:
         client.connect(host, port, keepalive=5)
     except OSError:
@@ -68,7 +72,7 @@ def mqtt_ping(host: str, port: int, timeout: float = 1.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             client.loop(timeout=0.05)
-            if client.is_connected():
+            if client.is_connected() or answered:
                 return True
         return False
     finally:

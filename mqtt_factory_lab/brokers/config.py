@@ -103,6 +103,8 @@ def render(
     local_paths: bool = True,
     docker_dir: Path = DOCKER_DIR,
     extra: str = "",
+    acl_file: Path | None = None,
+    password_file: Path | None = None,
 ) -> RenderedConfig:
     """Build a broker folder for ``variant`` under ``root``.
 
@@ -113,6 +115,10 @@ def render(
         ``False`` keeps container paths (docker backend).
     :param extra: configuration lines appended as ``conf.d/zz-extra.conf``,
         for a test that needs one more option.
+    :param acl_file: an ACL to install as ``config/acl`` instead of ``docker/acl``
+        (a solution's own ACL, or a platform team's).
+    :param password_file: a ``mosquitto_passwd`` file to install as ``config/passwd``
+        (the ``hardened`` variant reads it).
     """
     fragments = parse_variant(variant, docker_dir)
     config_dir = root / "config"
@@ -135,9 +141,15 @@ def render(
         raise BrokerConfigError(f"{docker_dir / 'mosquitto.conf'} has no 'listener' line")
     base = _LISTENER.sub(listener, base, count=1)
     (config_dir / "mosquitto.conf").write_text(localise(base))
-    acl = docker_dir / "acl"
+    acl = Path(acl_file) if acl_file is not None else docker_dir / "acl"
+    if acl_file is not None and not acl.is_file():
+        raise BrokerConfigError(f"the ACL file {acl} does not exist (or is not a file)")
     if acl.exists():
         shutil.copyfile(acl, config_dir / "acl")
+    if password_file is not None:
+        if not Path(password_file).is_file():
+            raise BrokerConfigError(f"the password file {password_file} does not exist")
+        shutil.copyfile(password_file, config_dir / "passwd")
     for name in fragments:
         text = (docker_dir / "variants" / f"{name}.conf").read_text()
         (conf_d / f"{name}.conf").write_text(localise(text))

@@ -143,6 +143,8 @@ class DockerMosquitto(Broker):
         folder that :meth:`close` removes.
     :param extra_config: more configuration lines for this broker only.
     :param start_timeout: seconds to wait for the ready line and an accepted CONNECT.
+    :param acl_file: the ACL to load instead of ``docker/acl``.
+    :param password_file: a ``mosquitto_passwd`` file, installed as ``config/passwd``.
 
     Example::
 
@@ -163,6 +165,8 @@ class DockerMosquitto(Broker):
         workdir: Path | None = None,
         extra_config: str = "",
         start_timeout: float = 30.0,
+        acl_file: Path | None = None,
+        password_file: Path | None = None,
     ) -> None:
         super().__init__(variant)
         broker_config.parse_variant(variant)
@@ -178,6 +182,8 @@ class DockerMosquitto(Broker):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mqtt-lab-container-"))
         self.workdir.chmod(0o755)
         self.extra_config = extra_config
+        self.acl_file = acl_file
+        self.password_file = password_file
         self.start_timeout = start_timeout
         self.rendered: broker_config.RenderedConfig | None = None
         #: ids of every container this broker ran, oldest first (for tests and cleanup).
@@ -220,6 +226,8 @@ class DockerMosquitto(Broker):
             bind_address=bind_address,
             local_paths=False,
             extra=self.extra_config,
+            acl_file=self.acl_file,
+            password_file=self.password_file,
         )
         container = self._build(tc.DockerContainer)
         started = time.monotonic()

@@ -58,6 +58,8 @@ class LocalMosquitto(Broker):
         that :meth:`close` removes.
     :param extra_config: more configuration lines for this broker only.
     :param start_timeout: seconds to wait for the first accepted CONNECT.
+    :param acl_file: the ACL to load instead of ``docker/acl``.
+    :param password_file: a ``mosquitto_passwd`` file, installed as ``config/passwd``.
 
     Example::
 
@@ -77,6 +79,8 @@ class LocalMosquitto(Broker):
         workdir: Path | None = None,
         extra_config: str = "",
         start_timeout: float = 10.0,
+        acl_file: Path | None = None,
+        password_file: Path | None = None,
     ) -> None:
         super().__init__(variant)
         found = find_mosquitto(executable)
@@ -92,6 +96,8 @@ class LocalMosquitto(Broker):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mqtt-lab-broker-"))
         self.workdir.chmod(0o755)
         self.extra_config = extra_config
+        self.acl_file = acl_file
+        self.password_file = password_file
         self.start_timeout = start_timeout
         self.process: ChildProcess | None = None
         self.rendered: broker_config.RenderedConfig | None = None
@@ -122,7 +128,14 @@ class LocalMosquitto(Broker):
             # may not reach a private temp folder (its ACL file, its database) and
             # loses the parent-death signal below. Root stays root for a test broker.
             extra = "user root\n" + extra
-        self.rendered = broker_config.render(self.variant, self.workdir, port=port, extra=extra)
+        self.rendered = broker_config.render(
+            self.variant,
+            self.workdir,
+            port=port,
+            extra=extra,
+            acl_file=self.acl_file,
+            password_file=self.password_file,
+        )
         self.port = port
         self._archive_log()
         started = time.monotonic()

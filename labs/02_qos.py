@@ -1,0 +1,561 @@
+"""Lesson 02 — Quality of Service: how hard the network tries to deliver a message.
+
+Every PUBLISH carries a **QoS level**, the sender's request for how much
+effort the next hop spends on it (MQTT 3.1.1 §4.3, MQTT 5 §4.3):
+
+* **QoS 0, at most once**: sent once, never acknowledged, never stored for an
+  absent client. Cheap; a lost message is simply gone.
+* **QoS 1, at least once**: the receiver answers PUBACK; until it does, the
+  sender keeps the message and sends it again after a reconnection, with the
+  **DUP flag** set. The receiver may see a message twice and must cope.
+* **QoS 2, exactly once**: a four-step exchange — PUBLISH, PUBREC ("I have
+  it"), PUBREL ("then release it"), PUBCOMP ("done"). After a reconnection the
+  exchange resumes where it stopped: once the receiver has sent PUBREC, the
+  sender resends PUBREL, never the message, so it is delivered once.
+
+QoS is chosen **per hop**. The publisher's QoS governs publisher → broker; the
+subscription's QoS is a ceiling for broker → subscriber. What a subscriber
+receives comes at the **lower of the two**: a QoS 2 subscriber gets QoS 0
+telemetry at QoS 0; a QoS 0 subscriber gets QoS 1 alarms at QoS 0, with none
+of the guarantees. The broker answers each SUBSCRIBE with the QoS it
+**granted** (SUBACK), which may legally be lower than asked for.
+
+While a client with a **persistent session** is offline, the broker keeps its
+subscriptions and queues the messages that match them — only those delivered
+at QoS 1 or 2 (Mosquitto: ``queue_qos0_messages false``, the default). They
+arrive, in order, when it returns. QoS 0 messages for it are dropped.
+
+The virtual factory chooses per kind of message (the seed's "MQTT Behavior
+Highlights"):
+
+* telemetry at **QoS 0**: ten readings a second; the next one replaces a lost
+  one, and acknowledging each would double the traffic;
+* alarms, state and status at **QoS 1**: each must arrive; a duplicate is
+  harmless (an alarm raised twice is still one alarm, a state is idempotent);
+* commands at **QoS 1**, from the controller and the dashboard;
+* the controller subscribes to alarms at **QoS 1** with a persistent session,
+  so the alarms raised while it is restarting wait for it.
+
+Pitfalls:
+
+* Telemetry at QoS 1: every reading is stored and acknowledged, and queued
+  for every offline persistent subscriber — thousands of stale readings
+  delivered at once when a dashboard comes back.
+* Subscribing at QoS 0 to QoS 1 data: the publisher paid for reliability and
+  the subscriber threw it away. A controller that subscribes to alarms at
+  QoS 0 loses every alarm raised while it is away, persistent session or not.
+* Expecting QoS 1 to deliver once: it delivers *at least* once; handle DUP.
+
+Try it (the seed's exercise 2), each command in its own terminal::
+
+    python -m sim.run_all --anomaly --no-observer
+    python -m sim.observer --qos 2
+    # each line starts with the QoS it came at: [q0 -] telemetry, [q1 R] state...
+    python -m sim.controller --session persistent --client-id controller-2
+    # stop this second controller (Ctrl-C) for a while, then start it again with the
+    # same command: it acts at once on the QoS 1 alarms raised meanwhile (its
+    # "decision" lines); the QoS 0 telemetry of that time is gone for good.
+
+Your programs in this lesson: ``[roles.device]`` (started with the
+``anomaly`` option, so that it raises alarms within a few seconds) and
+``[roles.controller]`` (with ``{session}`` = ``clean`` or ``persistent`` — the
+lab stops a persistent controller with SIGTERM and starts it again with the
+same ``{client_id}`` — and the ``rules`` option ``press/temperature=conveyor``:
+stop the conveyor while the press's temperature alarm is raised, start it when
+it clears). The lab watches their
+messages with QoS 2 subscriptions, so each arrives at the QoS it was published
+with.
+
+Run it: ``pytest labs/02_qos.py -v`` (``-m broker`` or ``-m solution``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from mqtt_factory_lab.brokers import LOG
+from mqtt_factory_lab.client import MQTTTimeout, ReceivedMessage, RecordingClient
+from mqtt_factory_lab.factory import DeviceHandle
+from mqtt_factory_lab.roles import RoleError, RoleProcess
+from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.solution import ManifestError
+
+pytestmark = [pytest.mark.lesson(2)]
+
+QOS_LEVELS = [0, 1, 2]
+#: the controller rule the solution experiments give (the seed's default)
+RULE = "press/temperature=conveyor"
+SESSION_EXPIRY = 60
+
+
+def telemetry(device_id: str, seq: int, value: float = 65.0) -> dict:
+    """A temperature reading as the factory's devices publish it (checked against its schema)."""
+    return validate(
+        "telemetry",
+        {
+            "ts": time.time(),
+            "device_id": device_id,
+            "sensor": "temperature",
+            "value": value,
+            "unit": "C",
+            "seq": seq,
+        },
+    )
+
+
+def alarm(device_id: str, sensor: str, state: str, value: float) -> dict:
+    """An alarm payload (raised above 90, cleared below), checked against its schema."""
+    return validate(
+        "alarm",
+        {
+            "ts": time.time(),
+            "device_id": device_id,
+            "sensor": sensor,
+            "state": state,
+            "value": value,
+            "low": None,
+            "high": 90.0,
+            "severity": "warning",
+            "message": f"{sensor} {value} {'above' if state == 'raised' else 'back below'} 90",
+        },
+    )
+
+
+def json_field(message: ReceivedMessage, name: str) -> object:
+    """A field of a JSON object payload, or None when the payload is anything else."""
+    try:
+        payload = json.loads(message.payload)
+    except ValueError:
+        return None
+    return payload.get(name) if isinstance(payload, dict) else None
+
+
+def granted_qos(codes) -> int:
+    """The QoS a SUBACK granted (its reason code 0, 1 or 2); fails on a refusal."""
+    __tracebackhide__ = True
+    assert codes and not codes[0].is_failure, f"the broker refused the subscription: {codes}"
+    return codes[0].value
+
+
+class PacketLog:
+    """Paho's own account of the packets it sends and receives (``on_log``), per client."""
+
+    def __init__(self, client: RecordingClient) -> None:
+        self.lines: list[str] = []
+        client.paho.on_log = lambda _client, _userdata, _level, text: self.lines.append(text)
+
+    def find(self, pattern: str) -> list[re.Match[str]]:
+        return [m for line in list(self.lines) if (m := re.search(pattern, line))]
+
+
+@pytest.fixture
+def session_client(broker, mqtt_client) -> Iterator[Callable[..., RecordingClient]]:
+    """``session_client(client_id, protocol, manual_ack=False, connect=True)``: a client with a
+    persistent session (MQTT 5: clean start off, expiry 60 s; 3.1.1: clean session off).
+
+    Every session it made is removed at the end (a clean connection with the same id), so the
+    shared broker does not keep queueing for it.
+    """
+    made: list[RecordingClient] = []
+
+    def make(
+        client_id: str, protocol: str, *, manual_ack: bool = False, connect: bool = True
+    ) -> RecordingClient:
+        client = mqtt_client(
+            client_id,
+            protocol=protocol,
+            clean_start=False,
+            session_expiry=SESSION_EXPIRY,
+            connect=False,
+        )
+        made.append(client)
+        # paho 2.x: with manual acknowledgement, on_message runs but no PUBACK (QoS 1) or
+        # PUBCOMP (QoS 2) is sent until client.ack(mid, qos) is called.
+        client.paho.manual_ack_set(manual_ack)
+        if connect:
+            client.connect()
+        return client
+
+    yield make
+    for client in made:  # first leave, so that the clean connection below takes over nothing
+        client.disconnect()
+    for client_id, protocol in {(c.client_id, c.protocol) for c in made}:
+        mqtt_client(client_id, protocol=protocol, clean_start=True).disconnect()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# -- the broker's rules ---------------------------------------------------------------------
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("sub_qos", QOS_LEVELS, ids=lambda q: f"sub{q}")
+@pytest.mark.parametrize("pub_qos", QOS_LEVELS, ids=lambda q: f"pub{q}")
+def test_delivered_qos_is_the_lower_of_publish_and_granted_qos(
+    mqtt_client, topic_root, protocol, pub_qos, sub_qos
+):
+    topic = f"{topic_root}/telemetry/press/temperature"
+    subscriber = mqtt_client(protocol=protocol)
+    granted = granted_qos(subscriber.subscribe(topic, qos=sub_qos))
+    assert granted <= sub_qos, (
+        f"A broker may grant a lower QoS than a SUBSCRIBE asks for, never a higher one: asked "
+        f"{sub_qos}, granted {granted}."
+    )
+
+    mqtt_client(protocol=protocol).publish(topic, telemetry("press", 1), qos=pub_qos)
+    message = subscriber.wait_for_message(
+        topic, why="A subscriber gets every publish on a topic its filter matches."
+    )
+
+    expected = min(pub_qos, granted)
+    assert message.qos == expected, (
+        f"QoS is per hop: the broker forwards a message at the lower of the publisher's QoS "
+        f"({pub_qos}) and the QoS it granted the subscription ({granted}), so QoS {expected} "
+        f"on {topic}; it came at QoS {message.qos}."
+    )
+    validate("telemetry", message.payload)
+
+
+@pytest.mark.broker
+def test_qos1_is_sent_again_with_dup_when_the_puback_never_came(
+    mqtt_client, session_client, topic_root, protocol
+):
+    topic = f"{topic_root}/alarms/press/temperature"
+    client_id = unique("qos1-dup")
+    subscriber = session_client(client_id, protocol, manual_ack=True)
+    subscriber.subscribe(topic, qos=1)
+
+    sent = alarm("press", "temperature", "raised", 97.5)
+    mqtt_client(protocol=protocol).publish(topic, sent, qos=1)
+    first = subscriber.wait_for_message(topic, why="The alarm reaches its QoS 1 subscriber.")
+    # It never acknowledges (manual ack, no ack() call) and leaves; its session stays.
+    subscriber.disconnect()
+
+    again = session_client(client_id, protocol)
+    second = again.wait_for_message(
+        topic,
+        why=f"QoS 1 is at-least-once: the broker keeps a message until the subscriber's PUBACK "
+        f"and sends it again when the session resumes. The subscriber received the alarm on "
+        f"{topic} but left before acknowledging it; after reconnecting to its persistent "
+        f"session it got nothing.",
+    )
+
+    assert not first.dup, "The first delivery of a message carries DUP=0."
+    assert second.dup, (
+        "A message sent again because its PUBACK never came carries the DUP flag (MQTT "
+        "§3.3.1.1), so the receiver knows it may have seen it already; it came with DUP=0."
+    )
+    assert validate("alarm", second.payload) == sent, "The redelivery is the same message."
+
+
+@pytest.mark.broker
+def test_qos2_resumes_at_pubrel_and_delivers_exactly_once(
+    mqtt_client, session_client, topic_root, protocol
+):
+    topic = f"{topic_root}/commands/dashboard/press"
+    client_id = unique("qos2-once")
+    subscriber = session_client(client_id, protocol, manual_ack=True, connect=False)
+    packets = PacketLog(subscriber)
+    subscriber.connect()
+    subscriber.subscribe(topic, qos=2)
+
+    command = validate("command", {"command": "stop", "reason": "lesson 02: exactly once"})
+    mqtt_client(protocol=protocol).publish(topic, command, qos=2)
+    subscriber.wait_for_message(topic, why="The command reaches its QoS 2 subscriber.")
+    received = packets.find(r"Received PUBLISH \(d\d, q2, r\d, m(\d+)\)")
+    mid = received[0].group(1)
+    assert packets.find(rf"Sending PUBREC \(Mid: {mid}\)") and packets.find(
+        rf"Received PUBREL \(Mid: {mid}\)"
+    ), f"QoS 2 runs PUBLISH → PUBREC → PUBREL; paho's packet log: {packets.lines}"
+    # Paho hands a QoS 2 message over at PUBREL; with manual ack it holds back the PUBCOMP.
+    subscriber.disconnect()
+
+    again = session_client(client_id, protocol, connect=False)
+    packets_again = PacketLog(again)
+    again.connect()
+    again.sync()
+
+    assert packets_again.find(rf"Received PUBREL \(Mid: {mid}\)"), (
+        f"After a reconnection a QoS 2 exchange resumes where it stopped: the subscriber had "
+        f"sent PUBREC for message {mid}, so the broker must send PUBREL again (MQTT §4.4) to "
+        f"get its PUBCOMP. Paho's packet log: {packets_again.lines}"
+    )
+    assert not again.received(topic), (
+        f"QoS 2 is exactly-once: the subscriber had already received the command on {topic} "
+        f"(it answered PUBREC), so the broker must not send the PUBLISH again; it did: "
+        f"{[m.describe() for m in again.received(topic)]}"
+    )
+
+
+@pytest.mark.broker
+def test_offline_persistent_subscriber_loses_qos0_and_gets_qos1_queued_in_order(
+    mqtt_client, session_client, topic_root, protocol
+):
+    client_id = unique("observer")
+    observer = session_client(client_id, protocol)
+    observer.subscribe(f"{topic_root}/telemetry/#", qos=1)
+    observer.subscribe(f"{topic_root}/alarms/#", qos=1)
+    observer.disconnect()  # a clean goodbye: the persistent session stays on the broker
+
+    press = mqtt_client(protocol=protocol)
+    values = [91.0, 92.5, 94.0, 95.5]
+    for seq, value in enumerate(values):
+        press.publish(
+            f"{topic_root}/telemetry/press/temperature", telemetry("press", seq, value), 0
+        )
+        state = "raised" if seq % 2 == 0 else "cleared"
+        press.publish(
+            f"{topic_root}/alarms/press/temperature", alarm("press", "temperature", state, value), 1
+        )
+
+    back = session_client(client_id, protocol)
+    assert back.connack["session_present"], (
+        "A client that reconnects with clean start off finds its session (CONNACK "
+        "session-present = 1): its subscriptions and the messages queued for it."
+    )
+    queued = back.wait_for_messages(
+        len(values),
+        f"{topic_root}/alarms/#",
+        why="While a persistent-session subscriber is offline, the broker queues the QoS 1 "
+        "messages that match its subscriptions and delivers them when it returns.",
+    )
+    back.sync()
+
+    got = [validate("alarm", m.payload)["value"] for m in queued]
+    assert got == values, (
+        f"Queued messages are delivered in the order they were published (MQTT §4.6): "
+        f"expected alarm values {values}, got {got}."
+    )
+    lost = back.received(f"{topic_root}/telemetry/#")
+    assert not lost, (
+        f"The telemetry was published at QoS 0 while the subscriber was away. QoS 0 is "
+        f"at-most-once: a broker need not keep it for an offline client (MQTT 3.1.1 §3.1.2.4 "
+        f"only allows it), and Mosquitto drops it unless `queue_qos0_messages true` is set — "
+        f"the lab expects the default. Yet {len(lost)} reading(s) arrived."
+    )
+
+
+# -- The solution's programs ----------------------------------------------------------------
+# The watcher subscribes at QoS 2, so each message reaches it at the QoS its publisher chose.
+
+
+def qos2_watcher(mqtt_client, topic_filter: str) -> RecordingClient:
+    watcher = mqtt_client()
+    granted = granted_qos(watcher.subscribe(topic_filter, qos=2))
+    if granted < 2:
+        pytest.fail(
+            f"The broker granted the lab's watcher QoS {granted}, not 2: messages then arrive "
+            f"at QoS ≤ {granted} whatever their publisher chose, and the lesson cannot judge "
+            f"them. Allow QoS 2 subscriptions (Mosquitto: max_qos 2).",
+            pytrace=False,
+        )
+    return watcher
+
+
+def by_qos(messages: list[ReceivedMessage], root: str) -> str:
+    """``telemetry/press/temperature at QoS 1 (x12)`` lines, for failure messages."""
+    counts: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic.replace(root, "{root}"), m.qos)
+        counts[key] = counts.get(key, 0) + 1
+    return "\n".join(
+        f"    {topic} at QoS {qos} (x{n})" for (topic, qos), n in sorted(counts.items())[:6]
+    )
+
+
+def start_press(factory_launcher, protocol: str, anomaly: bool = False) -> DeviceHandle:
+    """Start the solution's press and wait for its ``online`` status; a missing role or a
+    device that never comes online fails the test with one message."""
+    try:
+        return factory_launcher(protocol=protocol).start_device("press", anomaly=anomaly)
+    except (RoleError, ManifestError) as error:
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)  # outside the except block: no chained traceback
+
+
+@pytest.mark.solution
+def test_device_sends_telemetry_at_qos0(factory_launcher, mqtt_client, topic_root, protocol):
+    watcher = qos2_watcher(mqtt_client, f"{topic_root}/#")
+    press = start_press(factory_launcher, protocol)
+    readings = watcher.wait_for_messages(
+        4,
+        f"{topic_root}/telemetry/{press.device_id}/+",
+        why=f"A running device publishes telemetry on {topic_root}/telemetry/<device>/<sensor> "
+        f"several times a second.",
+    )
+
+    wrong = [m for m in readings if m.qos != 0]
+    for m in readings:
+        validate("telemetry", m.payload)
+    if wrong:
+        pytest.fail(
+            f"Telemetry goes at QoS 0 (at most once): a reading lost is replaced by the next one a "
+            f"moment later, while QoS 1 makes every reading wait for a PUBACK and be queued for "
+            f"every offline persistent subscriber. Your device published (seen by a QoS 2 "
+            f"subscriber, so at the publisher's own QoS):\n{by_qos(wrong, topic_root)}\n"
+            f"Publish telemetry with qos=0.",
+            pytrace=False,
+        )
+
+
+@pytest.mark.solution
+def test_device_sends_alarms_state_and_status_at_qos1(
+    factory_launcher, mqtt_client, topic_root, protocol
+):
+    watcher = qos2_watcher(mqtt_client, f"{topic_root}/#")
+    press = start_press(factory_launcher, protocol, anomaly=True)
+    needed = {
+        "status": press.topic("status"),
+        "state": press.topic("state"),
+        "alarms": f"{press.topic('alarms')}/+",
+    }
+    for kind, topic_filter in needed.items():
+        watcher.wait_for_message(
+            topic_filter,
+            timeout=8,
+            why=f"A device publishes its {kind} on {topic_filter} (alarms: within seconds when "
+            f"started with the anomaly option).",
+        )
+
+    wrong = [m for f in needed.values() for m in watcher.received(f) if m.qos != 1]
+    if wrong:
+        pytest.fail(
+            "Alarms, state and status go at QoS 1 (at least once): each must arrive — a missed "
+            "alarm is a machine nobody stops, a missed state a dashboard that lies — and a "
+            "duplicate does no harm. Your device published (seen by a QoS 2 subscriber, so at the "
+            f"publisher's own QoS):\n{by_qos(wrong, topic_root)}\nPublish them with qos=1.",
+            pytrace=False,
+        )
+
+
+def publish_alarm_until_command(
+    mqtt_client, watcher: RecordingClient, root: str, state: str, command: str
+) -> ReceivedMessage | None:
+    """Publish the press's temperature alarm (QoS 1) until the controller commands the conveyor;
+    None when no command came within 5 s.
+
+    Publishing again covers a controller that is connected but has not subscribed yet.
+    """
+    press = mqtt_client()
+
+    def answered(m: ReceivedMessage) -> bool:
+        return (
+            m.topic.startswith(f"{root}/commands/")
+            and m.topic.endswith("/conveyor")
+            and json_field(m, "command") == command
+        )
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        payload = alarm("press", "temperature", state, 97.0)
+        press.publish(f"{root}/alarms/press/temperature", payload, 1)
+        with contextlib.suppress(MQTTTimeout):
+            return watcher.wait_for_message(answered, timeout=0.5)
+    return None
+
+
+def start_controller(launcher, controller_id: str, session: str = "persistent") -> RoleProcess:
+    """Start the solution's controller with the lesson's rule; a missing role or a program that
+    never gets ready fails the test with one message."""
+    try:
+        return launcher.start_role(
+            "controller", controller_id, options={"rules": RULE}, session=session
+        )
+    except (RoleError, ManifestError) as error:
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)  # outside the except block: no chained traceback
+
+
+def no_command(root: str, command: str) -> str:
+    return (
+        f"The controller (rule {RULE}) sent no {command} to the conveyor on "
+        f"{root}/commands/<controller id>/conveyor within 5 s of the press's temperature alarm "
+        f"on {root}/alarms/press/temperature: it must subscribe to the alarms and act on them."
+    )
+
+
+@pytest.mark.solution
+def test_controller_sends_commands_at_qos1(factory_launcher, mqtt_client, topic_root, protocol):
+    watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
+    start_controller(factory_launcher(protocol=protocol), unique("controller"), session="clean")
+    command = publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop")
+    if command is None:
+        pytest.fail(no_command(topic_root, "stop"), pytrace=False)
+
+    validate("command", command.payload)
+    if command.qos != 1:
+        pytest.fail(
+            f"Commands go at QoS 1 (at least once): a stop that is lost leaves a machine running "
+            f"into trouble. The controller published {command.topic} at QoS {command.qos} (seen by "
+            f"a QoS 2 subscriber, so at the publisher's own QoS); publish commands with qos=1.",
+            pytrace=False,
+        )
+
+
+def subscriptions_in_log(broker, client_id: str, since: int) -> list[str]:
+    """``filter at QoS n`` for every SUBSCRIBE the broker logged for ``client_id``."""
+    pattern = re.compile(rf"(?:^|: ){re.escape(client_id)} (\d) (.+)$")
+    found = [
+        f"{m.group(2)} at QoS {m.group(1)}"
+        for line in broker.log_lines()[since:]
+        if (m := pattern.search(line))
+    ]
+    return list(dict.fromkeys(found))  # once each, in order
+
+
+@pytest.mark.solution
+def test_controller_gets_the_alarms_raised_while_it_was_away(
+    broker, factory_launcher, mqtt_client, topic_root, protocol
+):
+    launcher = factory_launcher(protocol=protocol)
+    controller_id = unique("controller")
+    mark = broker.log_mark()
+
+    watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
+    controller = start_controller(launcher, controller_id)
+    # First, live: the controller is subscribed and acts on the press's alarm.
+    if publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop") is None:
+        pytest.fail(no_command(topic_root, "stop"), pytrace=False)
+    controller.stop()
+
+    # While it is away, the alarm clears; the broker must keep that for it.
+    alarm_topic = f"{topic_root}/alarms/press/temperature"
+    mqtt_client().publish(alarm_topic, alarm("press", "temperature", "cleared", 80.0), qos=1)
+    restarted_controller = start_controller(launcher, controller_id)
+
+    def restarted(m: ReceivedMessage) -> bool:
+        return m.topic.endswith("/conveyor") and json_field(m, "command") == "start"
+
+    acted = True
+    try:
+        watcher.wait_for_message(restarted, timeout=3)
+    except MQTTTimeout:
+        acted = False
+    finally:
+        # Its persistent session would outlive the test on the shared broker: end it.
+        restarted_controller.stop()
+        mqtt_client(controller_id, protocol=protocol).disconnect()
+    if acted:
+        return
+    evidence = ""
+    if LOG in broker.capabilities:
+        subscriptions = subscriptions_in_log(broker, controller_id, mark)
+        evidence = f"\nThe broker logged its subscriptions: {', '.join(subscriptions) or 'none'}."
+    pytest.fail(
+        f"The alarm on {alarm_topic} cleared (QoS 1) while the controller was stopped, and it "
+        f"never acted on it after its restart (no start for the conveyor within 3 s). A broker "
+        f"queues a message for an offline client only when it delivers it at QoS 1 or 2 — the "
+        f"lower of publish and subscription QoS, so a QoS 0 subscription has nothing queued "
+        f"(Mosquitto's default) — and only in a persistent session. Subscribe to alarms at QoS 1, with clean start off "
+        f"and the client id the manifest gives ({{client_id}}) at every start.{evidence}",
+        pytrace=False,
+    )

@@ -46,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--anomaly", action="store_true", help="TODO: raise alarms")
     parser.add_argument("--crash-after", type=float, help="TODO: vanish after this many seconds")
     parser.add_argument("--duration", type=float, help="TODO: stop after this many seconds")
+    parser.add_argument("--keepalive", type=int, default=30, help="MQTT keepalive, seconds")
     return parser.parse_args()
 
 
@@ -71,7 +72,7 @@ def main() -> int:
     # TODO (lesson 04): set a Last Will before connecting, so that the broker announces
     # "offline" (reason "last-will") for you when you vanish: client.will_set(...)
     try:
-        client.connect(host, port, keepalive=30)
+        client.connect(host, port, keepalive=args.keepalive)
     except OSError as error:
         print(f"{args.device_id}: cannot reach the broker at {host}:{port}: {error}", flush=True)
         return 1

@@ -110,6 +110,20 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Graded]:
     yield Graded(out, submissions, output, seconds, tokens)
 
 
+def test_the_reference_like_submissions_follow_solution_toml() -> None:
+    sys.path.insert(0, str(CLASS))
+    try:
+        from make_reference_like import expected_files
+    finally:
+        sys.path.remove(str(CLASS))
+    stale = [str(p.relative_to(CLASS)) for p, text in expected_files().items()
+             if not p.exists() or p.read_text() != text]  # fmt: skip
+    assert not stale, (
+        f"{stale} differ from the lab's solution.toml: run "
+        "python tests/class_example/make_reference_like.py"
+    )
+
+
 def test_every_student_gets_the_expected_points(graded: Graded) -> None:
     with (graded.out / "gradebook.csv").open() as stream:
         rows = {row["student"]: row for row in csv.DictReader(stream)}

@@ -559,6 +559,9 @@ class ClassGrader:
                 units.append(record)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        for exp in experiments:  # the copy's path means nothing to the student: their folder
+            exp.message = exp.message.replace(str(copy), student)
+            exp.output = {k: v.replace(str(copy), student) for k, v in exp.output.items()}
         problems = []
         for unit_record in units:
             if unit_record["timed_out"]:

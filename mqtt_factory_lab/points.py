@@ -8,8 +8,11 @@ Loaded by :mod:`mqtt_factory_lab.plugin` (``pytest_plugins``). Every experiment 
 * otherwise :data:`DEFAULT_POINTS`: a ``solution`` experiment (the student's programs) is
   worth 2, a ``broker`` experiment (the broker's rules, nothing the student wrote) 1.
 
-Each parametrised case is one experiment (a check run on MQTT 3.1.1 and 5 is worth its
-points twice). A skipped experiment is not part of the maximum: it was not asked.
+The points belong to the test *function*: its parametrised cases share them evenly (a check
+run on MQTT 3.1.1 and 5 gives half its points per protocol; the 110 cells of a permission
+matrix do not outweigh every other lesson). Cases are counted before ``-m``/``-k``
+deselection, so a selection never changes what a case is worth. A skipped experiment is not
+part of the maximum: it was not asked.
 
 At the end of a run the terminal shows, per lesson, experiments passed / total and points /
 maximum, then each failure's teaching message (the plugin already made the report of a
@@ -36,6 +39,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +114,9 @@ def summarize(experiments: list[Experiment]) -> dict[str, dict[str, Any]]:
         entry["passed"] += exp.outcome == "passed"
         entry["points"] += exp.points
         entry["max_points"] += exp.max_points
+    for entry in lessons.values():  # cases carry shares of a function's points
+        entry["points"] = round(entry["points"], 2)
+        entry["max_points"] = round(entry["max_points"], 2)
     return dict(sorted(lessons.items()))
 
 
@@ -127,8 +134,18 @@ def concept_of(item: pytest.Item) -> str:
     return first.split(":", 1)[0].strip().rstrip(".")
 
 
-def points_of(item: pytest.Item) -> float:
-    """What ``item`` is worth: its closest ``points`` marker, else :data:`DEFAULT_POINTS`."""
+def function_key(item: pytest.Item) -> str:
+    """The test function an item is a case of: its node id without the parameters."""
+    return item.nodeid.split("[", 1)[0]
+
+
+def points_of(item: pytest.Item, cases: int = 1) -> float:
+    """What ``item`` is worth: its function's points (closest ``points`` marker, else
+    :data:`DEFAULT_POINTS`) divided among the function's ``cases``."""
+    return round(_function_points(item) / max(cases, 1), 4)
+
+
+def _function_points(item: pytest.Item) -> float:
     mark = item.get_closest_marker("points")
     if mark is not None:
         value = mark.args[0] if mark.args else mark.kwargs.get("n")
@@ -150,6 +167,14 @@ def lesson_of(item: pytest.Item) -> int | None:
 
 
 # -- pytest hooks ------------------------------------------------------------------------
+
+#: how many parametrised cases each test function has, counted before deselection
+CASES = pytest.StashKey[Counter[str]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[CASES] = Counter(function_key(item) for item in items)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -212,6 +237,7 @@ class PointsRecorder:
     # with every report (also from pytest-xdist workers) and land in the JUnit XML.
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        cases = self.config.stash.get(CASES, Counter())
         for item in items:
             lesson = lesson_of(item)
             if lesson is None and not any(
@@ -222,7 +248,7 @@ class PointsRecorder:
                 ("lesson", lesson),
                 ("concept", concept_of(item) if lesson is not None else "extra experiments"),
                 ("kind", kind_of(item)),
-                ("points", points_of(item)),
+                ("points", points_of(item, cases[function_key(item)])),
             ]
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -294,8 +320,8 @@ class PointsRecorder:
                 green=entry["passed"] == entry["total"],
                 red=entry["passed"] < entry["total"],
             )
-        total = sum(e["points"] for e in lessons.values())
-        maximum = sum(e["max_points"] for e in lessons.values())
+        total = round(sum(e["points"] for e in lessons.values()), 2)
+        maximum = round(sum(e["max_points"] for e in lessons.values()), 2)
         terminalreporter.write_line(f"total: {_num(total)} of {_num(maximum)} points", bold=True)
         failures = [e for e in experiments if e.outcome in ("failed", "error", "not run")]
         for exp in failures:
@@ -369,8 +395,8 @@ def document(experiments: list[Experiment], solution: str | None = None) -> dict
     return {
         "format": FORMAT,
         "solution": solution,
-        "score": sum(e["points"] for e in lessons.values()),
-        "max_score": sum(e["max_points"] for e in lessons.values()),
+        "score": round(sum(e["points"] for e in lessons.values()), 2),
+        "max_score": round(sum(e["max_points"] for e in lessons.values()), 2),
         "lessons": lessons,
         "experiments": [e.to_dict() for e in experiments],
     }
@@ -401,7 +427,7 @@ def gradescope(experiments: list[Experiment], seconds: float) -> dict[str, Any]:
             }
         )
     return {
-        "score": sum(t["score"] for t in tests),
+        "score": round(sum(t["score"] for t in tests), 2),
         "execution_time": round(seconds),
         "tests": tests,
     }

@@ -1,6 +1,6 @@
 """The example class (tests/class_example) graded end to end with ``mqtt-lab grade``.
 
-Ten submissions against lesson 03's solution experiments (6 experiments × 2 points): the
+Ten submissions against lesson 03's solution experiments (6 experiments, 1 point each): the
 reference, the starter kit, two partly broken solutions, one that hangs, one that crashes
 at start, one that floods, one that forks without end, one with a broken manifest and one
 that tries to change the tests. The class is graded once (a module fixture); each test
@@ -39,12 +39,12 @@ HIDDEN = HERE / "grading_hidden"
 #: a minute on 2 cores)
 OPTIONS = ["--lessons", "03", "-j", "2", "--lesson-timeout", "30", "--cpu-seconds", "5",
            "--processes", "64"]  # fmt: skip
-#: expected points of lesson 03 (maximum 12) by student
+#: expected points of lesson 03 (3 solution checks × 2 points, each run on 2 protocols: 6) by student
 EXPECTED = {
-    "reference": 12,
+    "reference": 6,
     "starter": 0,
-    "state_not_retained": 4,
-    "retains_telemetry": 8,
+    "state_not_retained": 2,
+    "retains_telemetry": 4,
     "hangs": 0,
     "crashes_at_start": 0,
     "floods": 0,
@@ -130,7 +130,7 @@ def test_every_student_gets_the_expected_points(graded: Graded) -> None:
     assert list(next(iter(rows.values()))) == ["student", "lesson 03", "total", "max", "problem"]
     scores = {student: float(row["total"]) for student, row in rows.items()}
     assert scores == EXPECTED, graded.output
-    assert {row["max"] for row in rows.values()} == {"12"}
+    assert {row["max"] for row in rows.values()} == {"6"}
     assert {row["lesson 03"] for row in rows.values()} == {f"{v:g}" for v in EXPECTED.values()}
 
 
@@ -151,7 +151,7 @@ def test_partly_broken_solutions_lose_exactly_the_experiments_of_their_mistake(
         "test_device_retained_state_follows_the_device",
     }
     report = graded.report("state_not_retained")
-    assert "# state_not_retained: 4 of 12 points" in report
+    assert "# state_not_retained: 2 of 6 points" in report
     assert "publish it with retain=True" in report
 
 
@@ -236,7 +236,7 @@ def test_a_second_run_regrades_only_what_changed(graded: Graded) -> None:
         p.stem: json.loads(p.read_text())["graded_at"] for p in (graded.out / "runs").glob("*.json")
     }
     assert {s for s in after if after[s] != before[s]} == {"reference"}
-    assert graded.run("reference")["score"] == 12
+    assert graded.run("reference")["score"] == 6
 
 
 def test_hidden_experiments_shards_and_merge(tmp_path: Path) -> None:
@@ -259,10 +259,10 @@ def test_hidden_experiments_shards_and_merge(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     with (merged / "gradebook.csv").open() as stream:
         rows = {row["student"]: row for row in csv.DictReader(stream)}
-    # lesson 03: 12 + the hidden experiment's 5; extra: the hidden one without a lesson, 3
-    assert (rows["reference"]["lesson 03"], rows["reference"]["extra"]) == ("17", "3")
-    assert (rows["reference"]["total"], rows["reference"]["max"]) == ("20", "20")
-    assert (rows["starter"]["total"], rows["starter"]["max"]) == ("0", "20")
+    # lesson 03: 6 + the hidden experiment's 5; extra: the hidden one without a lesson, 3
+    assert (rows["reference"]["lesson 03"], rows["reference"]["extra"]) == ("11", "3")
+    assert (rows["reference"]["total"], rows["reference"]["max"]) == ("14", "14")
+    assert (rows["starter"]["total"], rows["starter"]["max"]) == ("0", "14")
     assert "test_hidden_state_names_the_device_kind" in (merged / "reports/starter.md").read_text()
 
 

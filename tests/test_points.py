@@ -89,26 +89,27 @@ def test_points_summary_json_gradescope_and_junit(lesson: Path) -> None:
 
     # the terminal: per lesson passed / total and points / maximum, then the teaching message
     assert (
-        "lesson 09 (Pretend concept): 4 of 5 experiments passed, 9 of 14 points" in done.stdout
+        "lesson 09 (Pretend concept): 4 of 5 experiments passed, 6.5 of 9 points" in done.stdout
     ), done.stdout
-    assert "total: 9 of 14 points" in done.stdout
-    assert "✗ lesson 09 test_solution_fails_on_one_protocol[3.1.1] (0 of 5 points" in done.stdout
+    assert "total: 6.5 of 9 points" in done.stdout
+    assert "✗ lesson 09 test_solution_fails_on_one_protocol[3.1.1] (0 of 2.5 points" in done.stdout
     assert "publish state with retain=True" in done.stdout
 
     document = json.loads((folder / "out/points.json").read_text())
-    assert (document["score"], document["max_score"]) == (9, 14)
+    assert (document["score"], document["max_score"]) == (6.5, 9)
     assert document["lessons"]["09"] == {
         "concept": "Pretend concept",
         "passed": 4,
         "total": 5,
-        "points": 9,
-        "max_points": 14,
+        "points": 6.5,
+        "max_points": 9,
     }
     by_name = {e["name"]: e for e in document["experiments"]}
     assert "test_not_an_experiment" not in by_name  # no lesson, no marker: not graded
     assert by_name["test_untagged_experiment"]["max_points"] == 1  # a lesson's, untagged
     failed = by_name["test_solution_fails_on_one_protocol[3.1.1]"]
-    assert (failed["outcome"], failed["points"], failed["max_points"]) == ("failed", 0, 5)
+    # points(5) belong to the function: its two cases share them
+    assert (failed["outcome"], failed["points"], failed["max_points"]) == ("failed", 0, 2.5)
     assert failed["kind"] == "solution" and failed["lesson"] == 9
     assert "A retained message must carry the retain flag" in failed["message"]
     assert "Traceback" not in failed["message"]
@@ -121,11 +122,11 @@ def test_points_summary_json_gradescope_and_junit(lesson: Path) -> None:
     assert sorted(json.loads(line)["name"] for line in lines) == sorted(by_name)
 
     gradescope = json.loads((folder / "out/results.json").read_text())
-    assert gradescope["score"] == 9
+    assert gradescope["score"] == 6.5
     tests = {t["name"]: t for t in gradescope["tests"]}
     assert len(tests) == 5  # the skipped experiment was not asked
     failing = tests["lesson 09: test_solution_fails_on_one_protocol[3.1.1]"]
-    assert failing["status"] == "failed" and failing["max_score"] == 5 and failing["score"] == 0
+    assert failing["status"] == "failed" and failing["max_score"] == 2.5 and failing["score"] == 0
     assert "retain=True" in failing["output"]
 
     cases = ET.parse(folder / "out/junit.xml").getroot().iter("testcase")
@@ -137,7 +138,7 @@ def test_points_summary_json_gradescope_and_junit(lesson: Path) -> None:
         "lesson": "9",
         "concept": "Pretend concept",
         "kind": "solution",
-        "points": "2",
+        "points": "2.0",
     }
 
 
@@ -150,9 +151,20 @@ def test_plan_lists_the_selected_experiments_without_running_them(lesson: Path) 
     assert done.returncode == 0, done.stdout + done.stderr
     plan = json.loads((folder / "plan.json").read_text())["experiments"]
     assert sorted((e["name"], e["max_points"], e["outcome"]) for e in plan) == [
-        ("test_solution_fails_on_one_protocol[3.1.1]", 5, "not run"),
-        ("test_solution_fails_on_one_protocol[5]", 5, "not run"),
+        ("test_solution_fails_on_one_protocol[3.1.1]", 2.5, "not run"),
+        ("test_solution_fails_on_one_protocol[5]", 2.5, "not run"),
         ("test_solution_passes", 2, "not run"),
+    ]
+
+
+def test_a_selection_does_not_change_what_a_case_is_worth(lesson: Path) -> None:
+    folder = lesson.parent
+    done = run_pytest(folder, "-p", "no:xdist", lesson.name, "-k", "protocol and 5",
+                      "--points-json=points.json")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads((folder / "points.json").read_text())
+    assert [(e["name"], e["max_points"]) for e in document["experiments"]] == [
+        ("test_solution_fails_on_one_protocol[5]", 2.5)
     ]
 
 
@@ -161,7 +173,7 @@ def test_points_under_xdist_are_counted_once_by_the_controller(lesson: Path) -> 
     done = run_pytest(folder, "-n", "2", lesson.name, "--points-json=points.json")
     assert done.returncode == 1, done.stdout + done.stderr
     document = json.loads((folder / "points.json").read_text())
-    assert (document["score"], document["max_score"]) == (9, 14)
+    assert (document["score"], document["max_score"]) == (6.5, 9)
     assert len(document["experiments"]) == 6
 
 

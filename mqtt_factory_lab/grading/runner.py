@@ -417,11 +417,11 @@ class SubmissionResult:
 
     @property
     def score(self) -> float:
-        return sum(e["points"] for e in self.lessons.values())
+        return round(sum(e["points"] for e in self.lessons.values()), 2)
 
     @property
     def max_score(self) -> float:
-        return sum(e["max_points"] for e in self.lessons.values())
+        return round(sum(e["max_points"] for e in self.lessons.values()), 2)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -114,7 +114,7 @@ class Settings:
         """A hash of the lessons' and hidden experiments' text and of these settings."""
         digest = hashlib.sha256()
         for path in (*self.lessons, *self.extra_tests):
-            digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         settings = {
             "marker": self.marker,
             "lesson_timeout": self.lesson_timeout,
@@ -226,6 +226,8 @@ class UnitRunner:
         self.settings = settings
         self.workdir = workdir
         self.ini = workdir / "pytest.ini"
+        #: the grader's own copy of the lessons and hidden experiments (``labs/``, ``extra/``)
+        self.root = workdir / "lab"
         self.cancel = threading.Event()
         self._live: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
@@ -251,9 +253,9 @@ class UnitRunner:
             "-c",
             str(self.ini),
             "--rootdir",
-            str(LAB_ROOT),
+            str(self.root),
             "--confcutdir",
-            str(LAB_ROOT),
+            str(self.root),
             "-p",
             "no:cacheprovider",
             "-p",
@@ -495,6 +497,13 @@ class ClassGrader:
         self._tmp = Path(tempfile.mkdtemp(prefix="mqtt-lab-grade-"))
         os.chmod(self._tmp, 0o755)
         self.units = UnitRunner(settings, self._tmp)
+        # The grader's own copy of the lessons, made once: what every submission is graded
+        # with, whatever happens to labs/ (or a student program) during the run.
+        self.settings = settings = replace(
+            settings,
+            lessons=_copy_files(settings.lessons, self.units.root / "labs"),
+            extra_tests=_copy_files(settings.extra_tests, self.units.root / "extra"),
+        )
         self.plan: dict[str, list[Experiment]] = {}
 
     def close(self) -> None:
@@ -689,6 +698,15 @@ class ClassGrader:
 
 class SubmissionTooLarge(Exception):
     pass
+
+
+def _copy_files(files: tuple[Path, ...], folder: Path) -> tuple[Path, ...]:
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in files:
+        shutil.copy2(path, folder / path.name)
+        copies.append(folder / path.name)
+    return tuple(copies)
 
 
 def _reference_manifest() -> Path:

@@ -77,7 +77,6 @@ rules only, ``-m solution --solution PATH`` to grade a solution).
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import struct
@@ -89,6 +88,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from mqtt_factory_lab.brokers import LOG
+from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import DeviceHandle
 from mqtt_factory_lab.roles import RoleError
@@ -929,17 +929,6 @@ def test_a_stop_for_the_conveyor_does_not_stop_the_press(
     assert handles["press"].process.is_running()
 
 
-def subscriptions_in_log(broker, client_id: str, since: int) -> list[tuple[int, str]]:
-    """``(qos, filter)`` of every SUBSCRIBE the broker logged for ``client_id`` (log_type all)."""
-    pattern = re.compile(rf"(?:^|: ){re.escape(client_id)} (\d) (.+)$")
-    found = []
-    for line in broker.log_lines()[since:]:
-        match = pattern.search(line)
-        if match:
-            found.append((int(match.group(1)), match.group(2)))
-    return found
-
-
 @pytest.mark.solution
 @pytest.mark.broker_needs(LOG)
 def test_a_device_subscribes_only_to_its_own_commands(
@@ -964,7 +953,7 @@ def test_a_device_subscribes_only_to_its_own_commands(
         why=f"The press obeys a 'set' sent to {topic_root}/commands/dashboard/press and "
         f"publishes its new state; it never did.",
     )
-    filters = [f for _qos, f in subscriptions_in_log(broker, press.client_id, mark)]
+    filters = [f for f, _qos in subscriptions(broker.log_lines()[mark:], press.client_id)]
     own = [f"{topic_root}/commands/{who}/press" for who in ("dashboard", "controller-7")]
     foreign = [f"{topic_root}/commands/{who}/conveyor" for who in ("dashboard", "controller-7")]
 

@@ -81,6 +81,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from mqtt_factory_lab.brokers import LOG
+from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.client import MQTTTimeout, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import DeviceHandle
 from mqtt_factory_lab.roles import RoleError, RoleProcess
@@ -501,17 +502,6 @@ def test_controller_sends_commands_at_qos1(factory_launcher, mqtt_client, topic_
         )
 
 
-def subscriptions_in_log(broker, client_id: str, since: int) -> list[str]:
-    """``filter at QoS n`` for every SUBSCRIBE the broker logged for ``client_id``."""
-    pattern = re.compile(rf"(?:^|: ){re.escape(client_id)} (\d) (.+)$")
-    found = [
-        f"{m.group(2)} at QoS {m.group(1)}"
-        for line in broker.log_lines()[since:]
-        if (m := pattern.search(line))
-    ]
-    return list(dict.fromkeys(found))  # once each, in order
-
-
 @pytest.mark.solution
 def test_controller_gets_the_alarms_raised_while_it_was_away(
     broker, factory_launcher, mqtt_client, topic_root, protocol
@@ -548,8 +538,9 @@ def test_controller_gets_the_alarms_raised_while_it_was_away(
         return
     evidence = ""
     if LOG in broker.capabilities:
-        subscriptions = subscriptions_in_log(broker, controller_id, mark)
-        evidence = f"\nThe broker logged its subscriptions: {', '.join(subscriptions) or 'none'}."
+        logged = subscriptions(broker.log_lines()[mark:], controller_id)
+        shown = ", ".join(dict.fromkeys(f"{f} at QoS {q}" for f, q in logged)) or "none"
+        evidence = f"\nThe broker logged its subscriptions: {shown}."
     pytest.fail(
         f"The alarm on {alarm_topic} cleared (QoS 1) while the controller was stopped, and it "
         f"never acted on it after its restart (no start for the conveyor within 3 s). A broker "

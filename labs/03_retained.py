@@ -39,8 +39,27 @@ Pitfalls:
 * Expecting history: a late subscriber sees only the last state, never the
   states in between.
 
-Run it: ``pytest labs/03_retained.py -v``. Each experiment publishes device
-state JSON (``schemas/state.schema.json``) and checks what a subscriber sees.
+Try it (the seed's exercise 3), with the broker of ``docker compose up`` and
+``python -m sim.run_all --no-dashboard`` running: start the dashboard, open
+http://localhost:8080, stop it (Ctrl-C) and start it again — every card shows its
+device's state and online status at once, before any device publishes again::
+
+    python -m sim.dashboard --username dashboard  # Ctrl-C, start again: the state is there
+    python -m sim.cli sub --username observer --topic 'factory/state/#' --count 6
+    python -m sim.cli sub --username observer --topic 'factory/telemetry/#' --count 1
+                                                  # (waits for the next reading: not retained)
+
+Your programs in this lesson: ``[roles.device]`` of your manifest. The lab starts a
+press (``device("press")``) on each MQTT version and waits for its retained ``online``
+status. It must publish its state and status retained (QoS 1), never its telemetry, and
+publish each new state retained again — after a ``stop`` command
+(``<root>/commands/dashboard/<device_id>``) a dashboard opened later must see
+``stopped``.
+
+Run it: ``pytest labs/03_retained.py -v``; grade your device with
+``pytest labs/03_retained.py -m solution --solution path/to/solution.toml``. Each
+experiment publishes device state JSON (``schemas/state.schema.json``) and checks what a
+subscriber sees.
 """
 
 from __future__ import annotations

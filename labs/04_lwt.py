@@ -80,7 +80,6 @@ import contextlib
 import json
 import re
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -159,19 +158,6 @@ def wait_broker_saw_disconnect(broker, client_id: str, mark: int) -> None:
         broker.wait_for_log(f"Client {re.escape(client_id)} disconnected", timeout=5, since=mark)
 
 
-def lose_connection(client: RecordingClient) -> None:
-    """End a client's connection as a crash would: the socket closes, no DISCONNECT is sent.
-
-    ``RecordingClient.drop()`` alone first waits for paho's network loop to end (up to a
-    second); shutting the socket down first wakes that loop at once, and nothing more — not
-    even a DISCONNECT — can reach the broker through it.
-    """
-    sock = client.paho.socket()
-    if sock is not None:
-        sock.shutdown(socket.SHUT_RDWR)
-    client.drop()
-
-
 def will_delay(client: RecordingClient, topic: str, payload: str, delay: int) -> None:
     """Give a not yet connected MQTT 5 client a will with a will delay interval."""
     properties = Properties(PacketTypes.WILLMESSAGE)
@@ -193,7 +179,7 @@ def test_broker_publishes_the_will_when_the_connection_drops_without_disconnect(
     will = will_of(topic, "press-01", qos=qos, retain=False)
     press = mqtt_client(protocol=protocol, will=will)
 
-    lose_connection(press)  # the socket closes, as when the process dies: no DISCONNECT
+    press.drop()  # the socket closes, as when the process dies: no DISCONNECT
 
     message = dashboard.wait_for_message(
         topic,
@@ -240,7 +226,7 @@ def test_retained_will_reaches_dashboards_opened_after_the_crash(mqtt_client, to
     live.subscribe(topic, qos=1)
     live.wait_for_message(topic, why="The retained 'online' status is delivered at subscribe.")
 
-    lose_connection(press)
+    press.drop()
     live.wait_for_message(
         says_offline_on(topic),
         timeout=PROMPT,
@@ -360,8 +346,8 @@ def test_will_delay_postpones_the_will_and_a_quick_return_cancels_it(mqtt_client
     flaky.connect()
     gone.connect()
 
-    lose_connection(flaky)
-    lose_connection(gone)
+    flaky.drop()
+    gone.drop()
     dropped_at = time.monotonic()
     back = mqtt_client(flaky_id, session_expiry=60, clean_start=False)  # the conveyor returns
     assert back.connack["session_present"], (

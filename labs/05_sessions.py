@@ -72,7 +72,6 @@ import contextlib
 import re
 import time
 import uuid
-from dataclasses import dataclass
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -80,6 +79,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
+from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.roles import RoleError, RoleProcess
 from mqtt_factory_lab.schemas import validate
@@ -355,15 +355,6 @@ def test_persistent_session_survives_a_broker_restart_only_with_persistence(
 # would, start it again and watch the commands it sends.
 
 RULE = "press-01/temperature=conveyor-01"
-CONNECTED = re.compile(r"New client connected from \S+ as (\S+) \(p\d+, c(\d)")
-
-
-@dataclass(frozen=True)
-class Connection:
-    """One connection of the controller, as the broker logged it."""
-
-    client_id: str
-    clean: bool
 
 
 def start_controller(launcher, client_id: str, session_kind: str) -> RoleProcess:
@@ -386,12 +377,8 @@ def controller_connection(broker, mark: int, ours: set[str]) -> Connection | Non
         return None
 
     def last_connection() -> Connection | None:
-        found = None
-        for line in broker.log_lines()[mark:]:
-            match = CONNECTED.search(line)
-            if match and match.group(1) not in ours:
-                found = Connection(match.group(1), match.group(2) == "1")
-        return found
+        theirs = [c for c in connections(broker.log_lines()[mark:]) if c.client_id not in ours]
+        return theirs[-1] if theirs else None
 
     with contextlib.suppress(ProcessTimeout):
         return wait_until(last_connection, timeout=PROMPT)

@@ -120,6 +120,19 @@ def main(argv: list[str] | None = None) -> int:
         default=20.0,
         help="telemetry rounds/s per device for run_all (default 20)",
     )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also measure publish-to-page latency of sim.dashboard in headless Chromium "
+        "(python -m mqtt_factory_lab.bench_dashboard)",
+    )
+    parser.add_argument(
+        "--chocolate",
+        action="store_true",
+        help="also measure the data center: QoS 1 ingest against a bare subscriber, trace "
+        "queries on a ~1M-message database (minutes), kill -9 runs "
+        "(python -m mqtt_factory_lab.bench_chocolate)",
+    )
     args = parser.parse_args(argv)
 
     lessons = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "labs").glob("[0-9][0-9]_*.py"))
@@ -154,6 +167,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {lesson:<28} {elapsed:6.2f} s   {summary}")
         elapsed, summary = lesson_wall_time(["labs"], backend)
         print(f"  {'labs/ (all lessons)':<28} {elapsed:6.2f} s   {summary}")
+    if args.dashboard:
+        from mqtt_factory_lab import bench_dashboard
+
+        print("dashboard")
+        bench_dashboard.main([])
+    if args.chocolate:
+        from mqtt_factory_lab import bench_chocolate
+
+        print("chocolate data center")
+        bench_chocolate.main([])
     return 0
 
 

@@ -19,7 +19,9 @@ for us before it has arrived too.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 import uuid
@@ -136,6 +138,9 @@ class RecordingClient:
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=PROTOCOLS[protocol],
+            # A lost connection is an event an experiment observes, never one to hide by
+            # reconnecting in the background (and a dropped client's loop then ends at once).
+            reconnect_on_failure=False,
             **kwargs,
         )
         if username:
@@ -243,9 +248,17 @@ class RecordingClient:
             self.paho.loop_stop()
 
     def drop(self) -> None:
-        """Close the socket without DISCONNECT, as a crash would: the broker sends our Last Will."""
-        self.paho.loop_stop()
+        """Close the socket without DISCONNECT, as a crash would: the broker sends our Last Will.
+
+        The socket is shut down first: that wakes paho's network loop at once (it would
+        otherwise finish its wait of up to a second), and nothing more — not even a
+        DISCONNECT — can reach the broker through it.
+        """
         sock = self.paho.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.paho.loop_stop()
         if sock is not None:
             sock.close()
         self._connected = False

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mqtt_factory_lab.brokers.base import LOG, Broker
+from mqtt_factory_lab.brokers.mosquitto_log import connections
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.roles import RoleError, RoleProcess
@@ -156,10 +157,9 @@ class FactoryLauncher:
         return process
 
     def _wait_connected(self, process: RoleProcess, client_id: str, mark: int) -> None:
-        connected = re.compile(f"New client connected from .* as {re.escape(client_id)} ")
-
         def in_log() -> bool:
-            return any(connected.search(line) for line in self.broker.log_lines()[mark:])
+            logged = connections(self.broker.log_lines()[mark:])
+            return any(c.client_id == client_id for c in logged)
 
         try:
             wait_until(in_log, self.ready_timeout, stop_early=lambda: not process.is_running())

@@ -57,6 +57,20 @@ TOPIC_SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "events": ("event", ("<component_id>",)),
 }
 
+# The chocolate line (sim/chocolate, lesson 07) has its own namespace, as in its seed:
+# <root>/<site>/<line>/<step>/<machine>/<message_type>. Five levels after the root and a
+# step name at the third, so it cannot be mistaken for a virtual-factory topic.
+CHOCOLATE_SCHEMAS: dict[str, str] = {
+    "telemetry": "chocolate_telemetry",
+    "state": "chocolate_state",
+    "alarm": "chocolate_alarm",
+    "quality": "chocolate_quality",
+    "batch": "chocolate_batch",
+}
+#: batch events exist in two versions; ``schema_version`` in the payload picks one (absent: 1)
+CHOCOLATE_BATCH_VERSIONS: dict[int, str] = {1: "chocolate_batch_legacy", 2: "chocolate_batch"}
+CHOCOLATE_LAYOUT = "<site>/<line>/<step>/<machine>/<message_type>"
+
 _TYPE_WORDS = {
     "number": "a finite number",
     "integer": "a whole number",
@@ -179,6 +193,11 @@ def payload_names() -> list[str]:
 def device_kinds() -> tuple[str, ...]:
     """The kinds of machine the factory has: the contract's ``device_kind`` (``common``)."""
     return tuple(schema(SHARED)["$defs"]["device_kind"]["enum"])
+
+
+def chocolate_steps() -> tuple[str, ...]:
+    """The chocolate line's eight steps, in order: the contract's ``step`` (``chocolate_batch``)."""
+    return tuple(schema("chocolate_batch")["$defs"]["step"]["enum"])
 
 
 def schema(name: str) -> dict[str, Any]:
@@ -594,7 +613,66 @@ def schema_for_topic(topic: str, root: str = "factory") -> str | None:
         True
     """
     found = _topic_levels(topic, root)
-    return TOPIC_SCHEMAS[found[0]][0] if found else None
+    if found is None:
+        chocolate = _chocolate_levels(topic, root)
+        return CHOCOLATE_SCHEMAS[chocolate[4]] if chocolate else None
+    return TOPIC_SCHEMAS[found[0]][0]
+
+
+def _chocolate_levels(topic: str, root: str) -> tuple[str, str, str, str, str] | None:
+    """``(site, line, step, machine, message_type)`` of a chocolate-line topic under ``root``."""
+    root_parts = root.strip("/").split("/")
+    parts = topic.split("/")
+    n = len(root_parts)
+    if parts[:n] != root_parts or len(parts) != n + 5:
+        return None
+    site, line, step, machine, message_type = parts[n:]
+    if step not in chocolate_steps() or message_type not in CHOCOLATE_SCHEMAS:
+        return None
+    if any(not level or "+" in level or "#" in level for level in (site, line, machine)):
+        return None
+    return site, line, step, machine, message_type
+
+
+def _validate_chocolate(
+    levels: tuple[str, str, str, str, str],
+    topic: str,
+    payload: Mapping[str, Any] | bytes | bytearray | str,
+) -> Any:
+    """A chocolate-line message: its schema (batch events by version), and its topic's levels."""
+    site, line, step, machine, message_type = levels
+    name = CHOCOLATE_SCHEMAS[message_type]
+    if message_type == "batch":
+        document = payload if isinstance(payload, Mapping) else parse(payload, label="the batch")
+        version = document.get("schema_version", 1) if isinstance(document, Mapping) else 1
+        if isinstance(version, bool) or version not in CHOCOLATE_BATCH_VERSIONS:
+            known = ", ".join(map(str, CHOCOLATE_BATCH_VERSIONS))
+            raise PayloadError(
+                f"the batch event on {topic!r} has schema_version {version!r}, which no schema "
+                f"describes: batch events exist in versions {known}",
+                schema_name=name,
+                problems=[f"unknown schema_version {version!r}"],
+                payload=payload,
+            )
+        name = CHOCOLATE_BATCH_VERSIONS[version]
+        payload = document
+    instance = validate(name, payload)
+    expected = {"step": step, "machine": machine}
+    if "site" in instance or name != "chocolate_batch_legacy":
+        expected.update(site=site, line=line)
+    problems = [
+        f"field {key!r} is {instance.get(key)!r}, but the topic names {want!r}"
+        for key, want in expected.items()
+        if instance.get(key) != want
+    ]
+    if problems:
+        raise PayloadError(
+            f"the {name} payload does not match its topic {topic!r}: {'; '.join(problems)}",
+            schema_name=name,
+            problems=problems,
+            payload=payload,
+        )
+    return instance
 
 
 def validate_message(
@@ -612,10 +690,14 @@ def validate_message(
     """
     __tracebackhide__ = True
     found = _topic_levels(topic, root)
+    chocolate = _chocolate_levels(topic, root) if found is None else None
+    if chocolate is not None:
+        return _validate_chocolate(chocolate, topic, payload)
     if found is None:
         layout = ", ".join(
             "/".join([root, kind, *levels]) for kind, (_, levels) in TOPIC_SCHEMAS.items()
         )
+        layout += f"; and for the chocolate line: {root}/{CHOCOLATE_LAYOUT}"
         raise PayloadError(
             f"topic {topic!r} is not a factory topic under root {root!r}; "
             f"the contract's topics are: {layout}",

@@ -1,0 +1,866 @@
+"""Lesson 07 — Traceability: a data center that never loses a batch record.
+
+A chocolate factory must answer one question fast, on the day a supplier
+calls: *this lot of hazelnut paste is contaminated: which chocolate did it go
+into, and where is that chocolate now?* The answer is only as good as the
+records: one lost batch event, and a contaminated pallet is missing from the
+recall. This lesson is where MQTT's delivery guarantees meet a database.
+
+The line (``python -m sim.chocolate``) has eight steps, ``s1_roasting`` to
+``s8_packaging``, and publishes under
+``<root>/<site>/<line>/<step>/<machine>/<message_type>``, with the QoS chosen by
+how much a message matters:
+
+* ``telemetry`` at **QoS 0**: the next reading replaces a lost one;
+* ``state`` at **QoS 1, retained**, with a **Last Will** (``offline``): a
+  dashboard opened later sees every machine at once, and a dead machine does
+  not stay "running";
+* ``alarm``, ``quality`` and ``batch`` at **QoS 1**: each must arrive *at least
+  once*. Batch events name the lots each step consumed and produced: the
+  traceability graph.
+
+The data center (``python -m sim.datacenter``) stores every message in SQLite.
+"At least once" only holds end to end if it follows three rules:
+
+* **A persistent session.** A fixed client id, clean start off, a session
+  expiry: while the data center is down, the broker *queues* QoS 1 messages for
+  it. QoS 0 messages are not queued: telemetry sent during an outage is a gap,
+  by design.
+* **Acknowledge after commit.** The PUBACK tells the broker "I have it, forget
+  it". Sent before the database commit, a crash in between loses the record for
+  good. paho acknowledges when ``on_message`` returns unless the client is made
+  with ``manual_ack``; then the program calls ``client.ack(mid, qos)`` after the
+  commit. A message never acknowledged is sent again (``dup`` flag set) when the
+  session resumes.
+* **Idempotent storage.** "At least once" means "sometimes twice": a record
+  committed just before a crash, but not yet acknowledged, comes again. Each
+  payload carries a ``msg_id``; stored under a UNIQUE key, the second copy is a
+  no-op.
+
+And **bad input is kept, never fatal**: a payload that is not JSON, breaks its
+schema, or has a batch-event version nobody knows goes to a ``dead_letters``
+table with the reason. Crashing on it would be worse than losing it: the broker
+would hand it back at every restart.
+
+Try it (a broker on localhost:1884, e.g. ``mosquitto -p 1884``)::
+
+    python -m sim.datacenter --db choc.db &                  # ready datacenter
+    python -m sim.chocolate --batches 6 --time-scale 20000    # ready choc-line-a ... done
+    python -m sim.datacenter trace --db choc.db balance       # mass balance per batch
+    python -m sim.datacenter trace --db choc.db forward HZP-<run>-001
+    python -m sim.datacenter trace --db choc.db recall HZP-<run>-001 --output recall.csv
+    python -m sim.datacenter trace --db choc.db backward FG-B-<run>-0002-1
+
+Kill the data center with ``kill -9`` while the line runs, start it again: it
+resumes its session and nothing QoS 1 is missing (``docs/chocolate.md``).
+
+Your programs in this lesson: the solution manifest's ``[roles.chocolate_line]``
+(the line: ``{batches}``, ``{time_scale}``, ``{run_id}``, ``{seed}``; prints
+``ready {client_id}``), ``[roles.datacenter]`` (writes ``{db}``: table
+``mqtt_messages`` with ``topic``, ``payload``, ``qos`` and table ``dead_letters``
+with ``topic``, ``payload``, ``reason``; prints ``ready {client_id}``) and
+``[roles.trace]`` (writes to ``{output}`` a JSON object whose ``finished_lots``
+are every finished lot made from ``{lot}``). See ``solution.toml``.
+
+Run it: ``pytest labs/07_traceability.py -v`` (``-m broker`` for the broker's
+part, ``-m solution --solution PATH`` to grade a solution).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqtt_factory_lab import process
+from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
+from mqtt_factory_lab.brokers import Broker
+from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.factory import FactoryLauncher
+from mqtt_factory_lab.roles import RoleError, RoleProcess
+from mqtt_factory_lab.schemas import (
+    PayloadError,
+    chocolate_steps,
+    schema,
+    validate,
+    validate_message,
+)
+from mqtt_factory_lab.solution import ManifestError, Solution
+
+pytestmark = [pytest.mark.lesson(7)]
+
+PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
+SITE, LINE = "tunis-01", "line-a"
+#: message type -> (QoS, retained), the seed's policy
+POLICY = {
+    "telemetry": (0, False),
+    "state": (1, True),
+    "alarm": (1, False),
+    "quality": (1, False),
+    "batch": (1, False),
+}
+RECORD_TYPES = ("alarm", "quality", "batch")
+STEPS = chocolate_steps()
+#: white chocolate has no cocoa mass: no roasting, no grinding
+ROUTES = {"dark": STEPS, "milk": STEPS, "white": STEPS[2:]}
+QC_STEPS = ("s3_refining", "s5_tempering", "s8_packaging")
+#: a machine of each step, for the experiments that publish by hand
+MACHINE = {"s4_conching": "conche-01", "s5_tempering": "temper-01", "s8_packaging": "packer-03"}
+#: plant seconds per wall second: a batch (about 11 plant hours) in about half a second
+FAST = 80000
+
+
+def topic_of(root: str, step: str, machine: str, message_type: str) -> str:
+    return f"{root}/{SITE}/{LINE}/{step}/{machine}/{message_type}"
+
+
+def record(message_type: str, step: str, *, check: bool = True, **changes: Any) -> dict[str, Any]:
+    """A chocolate payload of ``step``'s machine (the schema's own example, a fresh msg_id
+    and ts, then ``changes``); checked against its schema unless ``check=False``."""
+    name = {"batch": "chocolate_batch"}.get(message_type, f"chocolate_{message_type}")
+    payload = copy.deepcopy(schema(name)["examples"][0])
+    payload.update(
+        ts=time.time(), msg_id=f"lab-{uuid.uuid4().hex[:12]}", step=step, machine=MACHINE[step]
+    )
+    payload.update(changes)
+    return validate(name, payload) if check else payload
+
+
+def unique(prefix: str) -> str:
+    """A client id no other test uses: two clients with one id take the session from each other."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def fail_on_setup_error(start: Callable[[], Any]) -> Any:
+    """Start a program of the solution; a missing role or a crash is one clean failure."""
+    try:
+        return start()
+    except (ManifestError, RoleError) as error:
+        message = str(error)
+    # Outside the except block: one sentence, without a chained traceback.
+    pytest.fail(message, pytrace=False)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (the lab's one polling loop)."""
+    try:
+        process.wait_until(condition, timeout, interval=interval)
+    except process.ProcessTimeout:
+        return False
+    return True
+
+
+def msg_id_of(payload: bytes | str) -> str | None:
+    try:
+        document = json.loads(payload)
+    except (ValueError, TypeError):
+        return None
+    return document.get("msg_id") if isinstance(document, dict) else None
+
+
+class Database:
+    """The data center's SQLite file, read the way the lab grades it: the two contract tables.
+
+    Opened read-only for each query, so the lab never holds a lock the data center waits on.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _rows(self, sql: str) -> list[tuple[Any, ...]] | None:
+        if not self.path.exists():
+            return None
+        try:
+            connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+            try:
+                return connection.execute(sql).fetchall()
+            finally:
+                connection.close()
+        except sqlite3.OperationalError:
+            return None  # no such table yet, or busy: not ready
+
+    def has_table(self, table: str) -> bool:
+        rows = self._rows(f"SELECT name FROM sqlite_master WHERE type='table' AND name='{table}'")
+        return bool(rows)
+
+    def messages(self) -> list[tuple[str, Any, int]]:
+        """``(topic, payload, qos)`` of every row of ``mqtt_messages``."""
+        return self._rows("SELECT topic, payload, qos FROM mqtt_messages") or []
+
+    def msg_ids(self) -> Counter[str]:
+        """How many rows of ``mqtt_messages`` hold each msg_id."""
+        return Counter(
+            i for i in (msg_id_of(payload) for _, payload, _ in self.messages()) if i is not None
+        )
+
+    def dead_letters(self) -> list[tuple[str, bytes, str]]:
+        """``(topic, payload as bytes, reason)`` of every row of ``dead_letters``."""
+        rows = self._rows("SELECT topic, payload, reason FROM dead_letters") or []
+        return [
+            (topic, payload.encode() if isinstance(payload, str) else bytes(payload), reason)
+            for topic, payload, reason in rows
+        ]
+
+    def describe(self) -> str:
+        if not self.path.exists():
+            return f"the data center never created its database {self.path}"
+        missing = [t for t in ("mqtt_messages", "dead_letters") if not self.has_table(t)]
+        if missing:
+            return f"its database {self.path} has no table {' or '.join(missing)}"
+        return f"its database holds {len(self.messages())} message(s)"
+
+
+def watch(client: RecordingClient, root: str) -> RecordingClient:
+    """Record everything under ``root`` *as published*: QoS 2 keeps the publisher's QoS, and
+    retain-as-published (MQTT 5) keeps its retain flag even on live messages."""
+    client.subscribe(f"{root}/#", qos=2, retain_as_published=True)
+    return client
+
+
+def qos1_ids(messages: list[ReceivedMessage]) -> set[str]:
+    return {i for m in messages if m.qos == 1 and (i := msg_id_of(m.payload)) is not None}
+
+
+# -- The broker's part: what "at least once" is made of ---------------------------------
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("message_type", ["telemetry", *RECORD_TYPES])
+def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
+    mqtt_client, topic_root, protocol, message_type
+):
+    qos, _retained = POLICY[message_type]
+    step = "s5_tempering"
+    topic = topic_of(topic_root, step, MACHINE[step], message_type)
+    datacenter_id = unique("datacenter")
+    datacenter = mqtt_client(
+        datacenter_id, protocol=protocol, clean_start=False, session_expiry=300
+    )
+    datacenter.subscribe(f"{topic_root}/+/+/+/+/+", qos=1)
+    datacenter.disconnect()
+
+    sent = record(message_type, step)
+    line = mqtt_client(protocol=protocol)
+    line.publish(topic, sent, qos=qos)
+    line.sync()  # the broker has handled the publish before the data center comes back
+
+    back = mqtt_client(datacenter_id, protocol=protocol, clean_start=False, session_expiry=300)
+    assert back.connack["session_present"], (
+        f"The data center reconnected with client id {datacenter_id!r} and clean start off, so "
+        "the broker must resume its session (CONNACK session present = 1); it started a new one."
+    )
+    if qos == 1:
+        got = back.wait_for_message(
+            topic,
+            why=f"A {message_type} record is published at QoS 1 and the data center's session "
+            "is persistent: the broker queues the record while the data center is away and "
+            "delivers it when the session resumes. Nothing came on " + topic,
+        )
+        assert validate_message(got.topic, got.payload, root=topic_root) == sent, (
+            "The queued record must arrive exactly as it was published."
+        )
+    else:
+        back.assert_nothing_received(
+            topic,
+            why="Telemetry is published at QoS 0: the broker does not queue QoS 0 messages for a "
+            "subscriber that is away, even with a persistent session. The data center must see "
+            "a gap, not a late reading.",
+        )
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unacknowledged_record_comes_back_and_acknowledged_one_does_not(
+    mqtt_client, topic_root, protocol
+):
+    step = "s8_packaging"
+    topic = topic_of(topic_root, step, MACHINE[step], "quality")
+    datacenter_id = unique("datacenter")
+    datacenter = mqtt_client(
+        datacenter_id, protocol=protocol, clean_start=False, session_expiry=300, connect=False
+    )
+    # Acknowledge by hand, as a data center does after its commit; note each packet id (mid).
+    datacenter.paho.manual_ack_set(True)
+    mids: list[int] = []
+    record_message = datacenter.paho.on_message
+
+    def remember_mid(client: Any, userdata: Any, message: Any) -> None:
+        if message.topic == topic:
+            mids.append(message.mid)
+        record_message(client, userdata, message)
+
+    datacenter.paho.on_message = remember_mid
+    datacenter.connect()
+    datacenter.subscribe(topic, qos=1)
+
+    line = mqtt_client(protocol=protocol)
+    committed = record("quality", step, result="pass")
+    crashed = record("quality", step, result="pass")
+    line.publish(topic, committed, qos=1)
+    line.publish(topic, crashed, qos=1)
+    datacenter.wait_for_messages(2, topic)
+    datacenter.paho.ack(mids[0], 1)  # the first record is committed: acknowledge it
+    datacenter.sync()  # our PUBACK has reached the broker before we "crash"
+    datacenter.drop()  # killed before the second commit: no PUBACK for it, no DISCONNECT
+
+    back = mqtt_client(datacenter_id, protocol=protocol, clean_start=False, session_expiry=300)
+    again = back.wait_for_message(
+        topic,
+        why="The data center received a QoS 1 record but died before acknowledging it: the "
+        "broker must send it again when the session resumes. Nothing came back on " + topic,
+    )
+    back.sync()
+    ids = [msg_id_of(m.payload) for m in back.received(topic)]
+    assert ids == [crashed["msg_id"]], (
+        "After the restart the broker sends again exactly the records that were never "
+        "acknowledged: the acknowledged one is gone for good (the broker forgot it at the "
+        f"PUBACK), the unacknowledged one comes back. Expected [{crashed['msg_id']!r}], got {ids}."
+    )
+    assert again.dup, (
+        "A QoS 1 message the broker sends again after an unacknowledged delivery carries the "
+        "DUP flag, telling the receiver it may have seen it before: it arrived with dup=0."
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_machine_state_is_retained_and_its_last_will_says_offline(
+    mqtt_client, topic_root, protocol
+):
+    step = "s5_tempering"
+    topic = topic_of(topic_root, step, MACHINE[step], "state")
+    will = record("state", step, state="offline", reason="last-will")
+    machine = mqtt_client(protocol=protocol, will=(topic, json.dumps(will), 1, True))
+    machine.publish(topic, record("state", step, state="running"), qos=1, retain=True)
+    machine.drop()  # the tempering machine's controller loses power
+
+    dashboard = mqtt_client(protocol=protocol)
+    dashboard.subscribe(topic, qos=1)
+    got = dashboard.wait_for_message(
+        lambda m: m.topic == topic and m.json().get("state") == "offline",
+        why="The machine vanished without DISCONNECT, so the broker publishes its Last Will "
+        "(state offline, retained) in its place; a dashboard opened afterwards must find it.",
+    )
+    assert got.retain, "The Last Will was published retained, so a late dashboard gets it stored."
+    assert validate_message(topic, got.payload, root=topic_root)["reason"] == "last-will"
+
+
+# -- The solution's line and data center over one production run ----------------------
+
+
+@dataclass
+class ProductionRun:
+    """Everything one run of the solution's line produced, and what its data center stored."""
+
+    root: str
+    broker: Broker
+    launcher: FactoryLauncher
+    database: Database
+    datacenter: RoleProcess
+    line: RoleProcess
+    messages: list[ReceivedMessage]
+    batches: int
+    tmp: Path
+    problems: list[str] = field(default_factory=list)
+
+    def of_type(self, message_type: str) -> list[ReceivedMessage]:
+        return [m for m in self.messages if m.topic.endswith("/" + message_type)]
+
+    def batch_events(self) -> dict[str, list[dict[str, Any]]]:
+        """Valid batch events by batch id, in the order they were published."""
+        events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for message in self.of_type("batch"):
+            with_errors = _valid(message, self.root)
+            if isinstance(with_errors, dict):
+                events[with_errors["batch_id"]].append(with_errors)
+        return events
+
+
+def _valid(message: ReceivedMessage, root: str) -> dict[str, Any] | str:
+    try:
+        return validate_message(message.topic, message.payload, root=root)
+    except PayloadError as error:
+        return str(error)
+
+
+@pytest.fixture(scope="module")
+def _production_of_module(
+    broker_pool: BrokerPool, solution: Solution, pytestconfig, tmp_path_factory
+) -> Iterator[ProductionRun]:
+    """Run the solution's data center and line once for the module: four batches, all recipes."""
+    broker = broker_or_fail(lambda: broker_pool.shared("open"))
+    run_id = uuid.uuid4().hex[:6]
+    root = f"lab/{run_id}/factory"
+    tmp = tmp_path_factory.mktemp("lesson07")
+    launcher = FactoryLauncher(
+        solution, broker, root, seed=pytestconfig.getoption("--lab-seed"), protocol="5"
+    )
+    observer = RecordingClient(broker.host, broker.port, f"lab-choc-observer-{run_id}")
+    try:
+        observer.connect()
+        watch(observer, root)
+        database = Database(tmp / "datacenter.db")
+        datacenter = fail_on_setup_error(
+            lambda: launcher.start_role("datacenter", f"datacenter-{run_id}", db=database.path)
+        )
+        line = fail_on_setup_error(
+            lambda: launcher.start_role(
+                "chocolate_line", f"line-{run_id}", batches=4, time_scale=FAST, run_id=run_id
+            )
+        )
+        status = fail_on_setup_error(lambda: line.wait_exit(60))
+        observer.sync()
+        run = ProductionRun(
+            root, broker, launcher, database, datacenter, line, observer.received(), 4, tmp
+        )
+        if status != 0:
+            run.problems.append(line.describe_failure(f"exited with status {status}"))
+        expected = qos1_ids(run.messages)
+        wait_until(lambda: expected <= set(database.msg_ids()), timeout=15)
+        yield run
+    finally:
+        observer.disconnect()
+        launcher.close()
+
+
+@pytest.fixture
+def production(_production_of_module: ProductionRun, request) -> ProductionRun:
+    """The module's production run; a failing experiment's report shows the broker's log."""
+    remember_broker(request, _production_of_module.broker)
+    return _production_of_module
+
+
+@pytest.mark.solution
+@pytest.mark.parametrize("message_type", list(POLICY))
+def test_line_publishes_each_message_type_at_its_qos_and_retains_only_state(
+    production, message_type
+):
+    qos, retained = POLICY[message_type]
+    messages = production.of_type(message_type)
+    assert messages, (
+        f"The line made {production.batches} batches but published no {message_type} message "
+        f"under {production.root}/<site>/<line>/<step>/<machine>/{message_type}."
+        + "".join("\n" + p for p in production.problems)
+    )
+    wrong_qos = Counter(m.qos for m in messages if m.qos != qos)
+    assert not wrong_qos, (
+        f"{message_type} must be published at QoS {qos} (telemetry 0; state, alarm, quality "
+        f"and batch 1: every record must arrive at least once, a reading need not). "
+        f"{sum(wrong_qos.values())} of {len(messages)} came at QoS {sorted(wrong_qos)}, e.g. "
+        f"{next(m for m in messages if m.qos != qos).topic}."
+    )
+    wrong_retain = [m for m in messages if m.retain != retained]
+    assert not wrong_retain, (
+        f"Only state is retained (the broker keeps the last one for late dashboards); "
+        f"{message_type} must be published with retain={int(retained)}, but "
+        f"{len(wrong_retain)} of {len(messages)} had retain={int(not retained)}, e.g. "
+        f"{wrong_retain[0].topic}."
+    )
+    invalid = [(m.topic, r) for m in messages if isinstance(r := _valid(m, production.root), str)]
+    assert not invalid, (
+        f"{len(invalid)} {message_type} payload(s) break their JSON Schema "
+        f"(schemas/chocolate_*.schema.json), e.g. {invalid[0][0]}: {invalid[0][1]}"
+    )
+
+
+@pytest.mark.solution
+def test_every_machine_leaves_its_state_retained(production, mqtt_client):
+    machines = {m.topic.rsplit("/", 1)[0] for m in production.messages}
+    dashboard = mqtt_client()
+    dashboard.subscribe(f"{production.root}/+/+/+/+/state", qos=1)
+    dashboard.sync()
+    stored = {m.topic.rsplit("/", 1)[0]: m for m in dashboard.received() if m.retain}
+    missing = sorted(machines - set(stored))
+    assert not missing, (
+        f"Every machine publishes its state retained, so a dashboard opened after the run "
+        f"still sees all {len(machines)} machines; no stored state for {missing[:3]}"
+        f"{' ...' if len(missing) > 3 else ''}."
+    )
+    running = [t for t, m in stored.items() if m.json().get("state") == "running"]
+    assert not running, (
+        "The line has finished, so no machine may still be stored as 'running': a machine "
+        f"that stops publishes its state (offline) before it disconnects. Still running: {running}"
+    )
+
+
+@pytest.mark.solution
+@pytest.mark.parametrize("recipe", list(ROUTES))
+def test_every_batch_has_a_complete_schema_valid_trace(production, recipe):
+    batches = {
+        batch_id: events
+        for batch_id, events in production.batch_events().items()
+        if events[0]["recipe"] == recipe
+    }
+    assert batches, (
+        f"The line made {production.batches} batches and none was {recipe}: the line must make "
+        f"white, milk and dark chocolate (each three batches in a row cover all three)."
+    )
+    for batch_id, events in batches.items():
+        # Events of different machines come over different connections: MQTT orders the
+        # messages of one publisher, not of several, so nothing below relies on arrival order.
+        kinds = [e["event"] for e in events]
+        assert "batch_started" in kinds, f"{batch_id}: a batch begins with a batch_started event"
+        scrap = [e["step"] for e in events if e["event"] == "scrapped"]
+        route = ROUTES[recipe]
+        expected = route[: route.index(scrap[0]) + 1] if scrap else route
+        done_steps = [e["step"] for e in events if e["event"] == "step_completed"]
+        assert set(done_steps) == set(expected), (
+            f"{batch_id} ({recipe}) must complete the steps {list(expected)}"
+            f"{' (white chocolate has no cocoa mass: no roasting, no grinding)' if recipe == 'white' else ''}"
+            f"{' up to where it was scrapped' if scrap else ''}; its step_completed events were "
+            f"for {done_steps}."
+        )
+        produced = {
+            lot["lot"] for e in events if e["event"] == "step_completed" for lot in e["outputs"]
+        }
+        for event in events:
+            if event["event"] == "step_started" and event["step"] != expected[0]:
+                assert {lot["lot"] for lot in event["inputs"]} & produced, (
+                    f"{batch_id}: step_started at {event['step']} (attempt {event['attempt']}) "
+                    f"must consume a lot an earlier step of the batch produced, or the trace "
+                    f"breaks there; its inputs were {[lot['lot'] for lot in event['inputs']]}."
+                )
+        scrapped = bool(scrap)
+        checked = {e["step"] for e in production_quality(production, batch_id)}
+        reached_qc = [s for s in QC_STEPS if s in done_steps]
+        assert set(reached_qc) <= checked, (
+            f"{batch_id}: every QC point the batch reached ({reached_qc}) must publish a quality "
+            f"result; results came from {sorted(checked)}."
+        )
+        if not scrapped:
+            shipped = {
+                lot["lot"]
+                for e in events
+                if e["event"] == "shipped"
+                for lot in e["shipment"]["lots"]
+            }
+            finished = {
+                lot["lot"]
+                for e in events
+                if e["event"] == "step_completed" and e["step"] == "s8_packaging"
+                for lot in e["outputs"]
+            }
+            last_attempt = _last_packaging_outputs(events)
+            assert last_attempt <= shipped, (
+                f"{batch_id}: every finished lot must leave in a shipment (a 'shipped' event) so "
+                f"a recall can find it; not shipped: {sorted(last_attempt - shipped)} "
+                f"(packed: {sorted(finished)})."
+            )
+    stored = production.database.msg_ids()
+    missing = [
+        (e["batch_id"], e["event"], e["step"])
+        for events in batches.values()
+        for e in events
+        if stored[e["msg_id"]] == 0
+    ]
+    assert not missing, (
+        f"The data center must store every batch event (QoS 1) of every {recipe} batch; "
+        f"{len(missing)} are missing from mqtt_messages, e.g. {missing[:3]}. "
+        f"{production.database.describe()}."
+    )
+
+
+def production_quality(run: ProductionRun, batch_id: str) -> list[dict[str, Any]]:
+    results = []
+    for message in run.of_type("quality"):
+        payload = _valid(message, run.root)
+        if isinstance(payload, dict) and payload["batch_id"] == batch_id:
+            results.append(payload)
+    return results
+
+
+def _last_packaging_outputs(events: list[dict[str, Any]]) -> set[str]:
+    packed = [e for e in events if e["event"] == "step_completed" and e["step"] == "s8_packaging"]
+    return {lot["lot"] for lot in packed[-1]["outputs"]} if packed else set()
+
+
+@pytest.mark.solution
+def test_datacenter_stores_every_qos1_record_of_the_run_exactly_once(production):
+    expected = qos1_ids(production.messages)
+    stored = production.database.msg_ids()
+    lost = sorted(expected - set(stored))
+    assert not lost, (
+        f"The data center must store every QoS 1 message (state, alarm, quality, batch): the line "
+        f"sent {len(expected)}, {len(lost)} never reached mqtt_messages, e.g. {lost[:3]}. "
+        f"{production.database.describe()}."
+    )
+    doubled = sorted(i for i, n in stored.items() if n > 1)
+    assert not doubled, (
+        f"Each record must be stored once: {len(doubled)} msg_id(s) are in mqtt_messages more "
+        f"than once, e.g. {doubled[:3]}. Use the msg_id as a UNIQUE idempotency key."
+    )
+    assert not production.database.dead_letters(), (
+        "The line's payloads are all valid, so none may end in dead_letters; found: "
+        f"{production.database.dead_letters()[:2]}"
+    )
+
+
+def _forward_truth(run: ProductionRun, lot: str) -> set[str]:
+    """The finished lots made from ``lot``, from the batch events seen on the wire."""
+    consumed_by: dict[str, set[tuple[str, str, int]]] = defaultdict(set)
+    produced_by: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+    material: dict[str, str] = {}
+    for events in run.batch_events().values():
+        for e in events:
+            key = (e["batch_id"], e["step"], e["attempt"])
+            for item in e.get("inputs", []):
+                consumed_by[item["lot"]].add(key)
+            for item in e.get("outputs", []):
+                produced_by[key].add(item["lot"])
+                material[item["lot"]] = item["material"]
+    seen, todo = {lot}, [lot]
+    while todo:
+        for key in consumed_by.get(todo.pop(), ()):
+            for made in produced_by.get(key, ()):
+                if made not in seen:
+                    seen.add(made)
+                    todo.append(made)
+    return {x for x in seen if material.get(x) == "finished_chocolate"}
+
+
+@pytest.mark.solution
+@pytest.mark.parametrize("raw_material", ["hazelnut_paste", "milk_powder", "sugar", "cocoa_beans"])
+def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(production, raw_material):
+    lots = sorted(
+        {
+            item["lot"]
+            for events in production.batch_events().values()
+            for e in events
+            for item in e.get("inputs", [])
+            if item["material"] == raw_material
+        }
+    )
+    assert lots, f"No batch of the run consumed {raw_material}: the recipes need it."
+    lot = lots[0]
+    truth = _forward_truth(production, lot)
+    answer_file = production.tmp / f"recall-{lot}.json"
+    trace = fail_on_setup_error(
+        lambda: production.launcher.start_role(
+            "trace",
+            f"trace-{raw_material}",
+            wait_ready=False,
+            db=production.database.path,
+            lot=lot,
+            output=answer_file,
+        )
+    )
+    status = fail_on_setup_error(lambda: trace.wait_exit(30))
+    assert status == 0 and answer_file.exists(), trace.describe_failure(
+        f"did not answer the recall query for lot {lot} (exit {status}, {answer_file.name} "
+        f"{'written' if answer_file.exists() else 'not written'})"
+    )
+    answer = set(json.loads(answer_file.read_text())["finished_lots"])
+    assert answer == truth, (
+        f"A recall of {raw_material} lot {lot} must name exactly the finished lots made from it "
+        f"(through every intermediate lot and rework): the batch events say {sorted(truth)}; "
+        f"the trace answered {sorted(answer)}. Missing: {sorted(truth - answer)}; not affected "
+        f"but named: {sorted(answer - truth)}."
+    )
+
+
+# -- Crashes and bad input ----------------------------------------------------------------
+
+
+@pytest.mark.solution
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
+    factory_launcher, mqtt_client, topic_root, tmp_path, protocol
+):
+    launcher = factory_launcher(protocol=protocol)
+    run_id = uuid.uuid4().hex[:6]
+    database = Database(tmp_path / "datacenter.db")
+    observer = watch(mqtt_client(), topic_root)
+
+    def start_datacenter() -> RoleProcess:
+        return fail_on_setup_error(
+            lambda: launcher.start_role("datacenter", f"datacenter-{run_id}", db=database.path)
+        )
+
+    first = start_datacenter()
+    line = fail_on_setup_error(
+        lambda: launcher.start_role(
+            "chocolate_line", f"line-{run_id}", batches=4, time_scale=FAST / 2, run_id=run_id
+        )
+    )
+    stored_some = wait_until(lambda: len(database.messages()) >= 40, timeout=20)
+    assert stored_some, first.describe_failure(
+        f"stored fewer than 40 messages while the line ran ({database.describe()})"
+    )
+    # Kill it mid-stream: the line has sent more records since the last commit we saw.
+    seen = len(qos1_ids(observer.received()))
+    wait_until(lambda: len(qos1_ids(observer.received())) >= seen + 15, timeout=10)
+    first.kill()  # SIGKILL: no goodbye, no last commit, no last acknowledgement
+    during = len(observer.received())
+    wait_until(
+        lambda: (
+            sum(m.qos == 0 for m in observer.received()[during:]) >= 10
+            and len(qos1_ids(observer.received()[during:])) >= 10
+        ),
+        timeout=10,
+    )
+    start_datacenter()  # same client id, same database: the session resumes
+    status = fail_on_setup_error(lambda: line.wait_exit(60))
+    assert status == 0, line.describe_failure(f"exited with status {status}")
+    observer.sync()
+
+    expected = qos1_ids(observer.received())
+    wait_until(lambda: expected <= set(database.msg_ids()), timeout=15)
+    stored = database.msg_ids()
+    lost = sorted(expected - set(stored))
+    assert not lost, (
+        f"The data center was killed (SIGKILL) during production and restarted: {len(lost)} of "
+        f"{len(expected)} QoS 1 records are lost, e.g. {lost[:3]}. A record acknowledged before "
+        "it was committed is gone for good when the process dies in between: acknowledge QoS 1 "
+        "messages only after the commit (paho: manual_ack=True, then client.ack(mid, qos)), and "
+        "resume the session (same client id, clean start off) so the broker sends the rest. "
+        f"{database.describe()}."
+    )
+    doubled = sorted(i for i, n in stored.items() if n > 1)
+    assert not doubled, (
+        f"After the restart the broker sent again what was never acknowledged, some of it "
+        f"already committed: {len(doubled)} record(s) are now stored twice, e.g. {doubled[:3]}. "
+        "At least once means sometimes twice: store each msg_id once (an idempotency key: a "
+        "UNIQUE column, INSERT OR IGNORE)."
+    )
+    telemetry = {
+        i for m in observer.received() if m.qos == 0 and (i := msg_id_of(m.payload)) is not None
+    }
+    gap = telemetry - set(stored)
+    assert gap, (
+        "Telemetry is QoS 0: what the line sent while the data center was dead cannot be queued "
+        "by the broker, so the database must show a gap; every reading is there, which means "
+        "telemetry was not published at QoS 0 or the data center is not the one that was killed."
+    )
+
+
+@pytest.mark.solution
+def test_datacenter_stores_a_record_sent_twice_only_once(
+    factory_launcher, mqtt_client, topic_root, tmp_path
+):
+    launcher = factory_launcher()
+    database = Database(tmp_path / "datacenter.db")
+    datacenter = fail_on_setup_error(
+        lambda: launcher.start_role("datacenter", unique("datacenter"), db=database.path)
+    )
+    step = "s5_tempering"
+    topic = topic_of(topic_root, step, MACHINE[step], "batch")
+    event = record("batch", step)
+    marker = record("batch", step)
+    publisher = mqtt_client()
+    publisher.publish(topic, event, qos=1)
+    publisher.publish(topic, event, qos=1)  # the same record again: a redelivery
+    publisher.publish(topic, marker, qos=1)
+    arrived = wait_until(lambda: database.msg_ids()[marker["msg_id"]] > 0, timeout=10)
+    assert arrived, datacenter.describe_failure(
+        f"never stored the batch events published on {topic} ({database.describe()})"
+    )
+    copies = database.msg_ids()[event["msg_id"]]
+    assert copies == 1, (
+        f"The batch event {event['msg_id']} arrived twice, as a QoS 1 redelivery does, and is "
+        f"stored {copies} times in mqtt_messages. Use the payload's msg_id as an idempotency "
+        "key (a UNIQUE column, INSERT OR IGNORE) so a redelivery is stored once."
+    )
+
+
+BAD_PAYLOADS = [
+    pytest.param(
+        "quality", b'{"batch_id": "B-1", "result": pass', "is not JSON", id="invalid-json"
+    ),
+    pytest.param("quality", b"\xff\xfe\x00q", "is not UTF-8 text", id="not-utf8"),
+    pytest.param(
+        "quality",
+        json.dumps(record("quality", "s8_packaging", check=False, result="maybe")).encode(),
+        "breaks its schema",
+        id="schema-invalid",
+    ),
+    pytest.param(
+        "batch",
+        json.dumps(record("batch", "s8_packaging", check=False, schema_version=3)).encode(),
+        "has an unknown version",
+        id="unknown-version",
+    ),
+]
+
+
+@pytest.mark.solution
+@pytest.mark.parametrize(("message_type", "payload", "what"), BAD_PAYLOADS)
+def test_malformed_payload_ends_in_the_dead_letter_table(
+    factory_launcher, mqtt_client, topic_root, tmp_path, message_type, payload, what
+):
+    launcher = factory_launcher()
+    database = Database(tmp_path / "datacenter.db")
+    datacenter = fail_on_setup_error(
+        lambda: launcher.start_role("datacenter", unique("datacenter"), db=database.path)
+    )
+    step = "s8_packaging"
+    topic = topic_of(topic_root, step, MACHINE[step], message_type)
+    good = record(message_type, step)
+    publisher = mqtt_client()
+    publisher.publish(topic, payload, qos=1)
+    publisher.publish(topic, good, qos=1)
+    stored = wait_until(
+        lambda: database.msg_ids()[good["msg_id"]] > 0 or not datacenter.is_running(),
+        timeout=10,
+    )
+    assert datacenter.is_running(), datacenter.describe_failure(
+        f"died after a payload that {what} arrived on {topic}: a data center must never crash "
+        "on a payload (the broker would hand it back at every restart); store it in "
+        "dead_letters with the reason and go on"
+    )
+    assert stored, datacenter.describe_failure(
+        f"did not store the valid record that followed a payload that {what} on {topic} "
+        f"({database.describe()})"
+    )
+    letters = [(t, p, r) for t, p, r in database.dead_letters() if t == topic]
+    assert any(p == payload and r for _, p, r in letters), (
+        f"A payload that {what} must not be dropped silently: it belongs in dead_letters with "
+        f"the reason, so someone can fix the sender and replay it. dead_letters holds "
+        f"{len(letters)} row(s) for {topic}: {[(p[:40], r) for _, p, r in letters]}."
+    )
+    kept = [p for t, p, _ in database.messages() if t == topic]
+    assert all((p.encode() if isinstance(p, str) else p) != payload for p in kept), (
+        f"A payload that {what} must not be stored in mqtt_messages as if it were a record: "
+        "the traceability tables would trust it."
+    )
+
+
+@pytest.mark.solution
+def test_line_machines_go_offline_by_last_will_when_the_line_dies(
+    factory_launcher, mqtt_client, topic_root
+):
+    launcher = factory_launcher()
+    run_id = uuid.uuid4().hex[:6]
+    dashboard = mqtt_client()
+    dashboard.subscribe(f"{topic_root}/+/+/+/+/state", qos=1)
+    line = fail_on_setup_error(
+        lambda: launcher.start_role(
+            "chocolate_line", f"line-{run_id}", batches=1000, time_scale=600, run_id=run_id
+        )
+    )
+    dashboard.sync()
+    machines = {m.topic for m in dashboard.received()}
+    assert machines, line.describe_failure("published no machine state before it was killed")
+    line.kill()  # power cut: no machine says goodbye
+
+    def all_offline() -> bool:
+        last = {m.topic: m for m in dashboard.received()}
+        return all(last[t].json().get("state") == "offline" for t in machines)
+
+    went_offline = wait_until(all_offline, timeout=10)
+    last = {m.topic: m.json() for m in dashboard.received()}
+    still = sorted(t.rsplit("/", 2)[-2] for t in machines if last[t].get("state") != "offline")
+    assert went_offline, (
+        "Each machine connects with a Last Will (its state 'offline', retained, QoS 1), so when "
+        f"the line dies without DISCONNECT the broker publishes it for every machine; still not "
+        f"offline after 10 s: {still}."
+    )

@@ -1,0 +1,44 @@
+"""What a Mosquitto log (``log_type all``) says about clients, parsed in one place.
+
+Lessons read the broker's own account as evidence: which client connected with which
+client id and clean flag, what it subscribed to at which QoS. The formats are
+Mosquitto's (checked on 2.0.11 and 2.0.x images)::
+
+    New client connected from 127.0.0.1:50312 as press-01 (p5, c1, k30).
+    press-01 1 factory/commands/+/press-01          (a SUBSCRIBE: client, QoS, filter)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+CONNECTED = re.compile(r"New client connected from \S+ as (\S+) \(p(\d+), c([01]), k(\d+)")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One logged connection: ``clean`` is the CONNECT's clean start / clean session flag."""
+
+    client_id: str
+    protocol_level: int
+    clean: bool
+    keepalive: int
+
+
+def connections(lines: Iterable[str]) -> list[Connection]:
+    """Every connection the lines log, in order."""
+    found = []
+    for line in lines:
+        match = CONNECTED.search(line)
+        if match:
+            client_id, level, clean, keepalive = match.groups()
+            found.append(Connection(client_id, int(level), clean == "1", int(keepalive)))
+    return found
+
+
+def subscriptions(lines: Iterable[str], client_id: str) -> list[tuple[str, int]]:
+    """``(filter, qos)`` of every SUBSCRIBE the lines log for ``client_id``, in order."""
+    pattern = re.compile(rf"(?:^|: ){re.escape(client_id)} (\d) (.+)$")
+    return [(m.group(2), int(m.group(1))) for line in lines if (m := pattern.search(line))]

@@ -379,7 +379,7 @@ def _message_body(message: str) -> str:
 
 
 def _num(value: float) -> str:
-    return f"{value:g}"
+    return f"{round(value, 2):g}"
 
 
 def _solution_name(config: pytest.Config) -> str | None:

@@ -23,7 +23,7 @@ OUTPUT_LINES = 40
 
 
 def _num(value: float) -> str:
-    return f"{value:g}"
+    return f"{round(value, 2):g}"
 
 
 def write_gradebook(results: list[SubmissionResult], path: Path) -> list[str]:

@@ -213,7 +213,11 @@ def run_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
             settings = replace(settings, run_as_uid_base=None)
     started = time.monotonic()
-    grader = ClassGrader(settings, args.out, jobs=args.jobs)
+    try:
+        grader = ClassGrader(settings, args.out, jobs=args.jobs)
+    except GradingError as error:
+        print(f"mqtt-lab grade: {error}", file=sys.stderr)
+        return 2
     try:
         try:
             grader.collect_plan()

@@ -216,6 +216,15 @@ def test_nothing_in_a_submission_changes_the_tests(graded: Graded) -> None:
         assert "the device role (press-01) exited" in experiment["message"]
 
 
+def test_student_programs_run_under_the_graders_limits(graded: Graded) -> None:
+    """The cheater's device prints its limits; its report quotes them (--cpu-seconds 5)."""
+    message = next(iter(graded.experiments("cheater").values()))["message"]
+    assert "RLIMIT_CPU 5\n" in message, message
+    assert f"RLIMIT_AS {1024 * 2**20}\n" in message and f"RLIMIT_FSIZE {20 * 2**20}\n" in message
+    if "uid 0\n" not in message:  # privileges dropped: the process limit holds too
+        assert "RLIMIT_NPROC 64\n" in message, message
+
+
 def test_nothing_is_left_running(graded: Graded) -> None:
     assert len(graded.tokens) == 9  # one lesson run per submission with a usable manifest
     left = grading_processes(graded.tokens)

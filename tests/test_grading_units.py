@@ -3,6 +3,7 @@ results merged with the plan, reports, and the command line's errors."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mqtt_factory_lab.grading.limits import ENV_LIMITS, Limits, describe_exit
-from mqtt_factory_lab.grading.report import html_report, markdown, write_gradebook
+from mqtt_factory_lab.grading.progress import Progress
+from mqtt_factory_lab.grading.report import html_report, markdown, write_gradebook, write_reports
 from mqtt_factory_lab.grading.runner import (
     GradingError,
     SubmissionResult,
@@ -189,3 +191,36 @@ def test_runs_read_back_as_they_were_written() -> None:
     result = SubmissionResult("bob", "abc", [experiment("test_a", outcome="passed", points=2.0)])
     again = SubmissionResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert (again.student, again.score, again.max_score) == ("bob", 2.0, 2.0)
+
+
+def test_the_progress_line_counts_done_running_and_left() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream)
+    progress.begin(2, reused=1, jobs=2)
+    progress.started("alice")
+    progress.started("bob")
+    progress.stopped("alice")
+    progress.finished(
+        SubmissionResult("alice", "h", [experiment("test_a", outcome="passed", points=2.0)])
+    )
+    progress.end()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "1 unchanged submissions reused from the last run"
+    assert lines[1].startswith("graded 0/2 · running 0 · left 2 · 0:00 elapsed · ~? left")
+    assert "graded 0/2 · running 2 · left 0" in lines[3]
+    assert "alice: 2 of 2 points in 0.0 s" in stream.getvalue()
+    assert lines[-1].startswith("graded 1/2 · running 1 · left 0")
+
+
+def test_the_index_page_links_every_report(tmp_path: Path) -> None:
+    results = [
+        SubmissionResult("bob", "h", [experiment("test_a", outcome="failed")], problem="x<y"),
+        SubmissionResult("amy", "h", [experiment("test_a", outcome="passed", points=2.0)]),
+    ]
+    write_reports(results, tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    assert page.index("reports/amy.html") < page.index("reports/bob.html")
+    assert "<td>0 / 2</td>" in page and "x&lt;y" in page
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
+        "amy.html", "amy.md", "bob.html", "bob.md",
+    ]  # fmt: skip

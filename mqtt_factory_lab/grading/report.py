@@ -159,11 +159,39 @@ pre {{ background: #f6f6f6; padding: .6rem; overflow-x: auto; white-space: pre-w
 """
 
 
+def index_page(results: list[SubmissionResult]) -> str:
+    """``index.html``: the gradebook as a page, each student linking to their report."""
+    esc = html.escape
+    columns = lesson_columns(results)
+    head = "".join(f"<th>{esc(c)}</th>" for c in ("student", *columns, "total", "problem"))
+    rows = []
+    for result in sorted(results, key=lambda r: r.student):
+        lessons = result.lessons
+        cells = "".join(
+            f"<td>{_num(lessons.get(c, {}).get('points', 0))}"
+            f" / {_num(lessons.get(c, {}).get('max_points', 0))}</td>"
+            for c in columns
+        )
+        rows.append(
+            f"<tr><td><a href='reports/{esc(result.student)}.html'>{esc(result.student)}</a></td>"
+            f"{cells}<td>{_num(result.score)} / {_num(result.max_score)}</td>"
+            f"<td>{esc(result.problem)}</td></tr>"
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>gradebook</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 2rem; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; }}
+</style></head><body><h1>gradebook ({len(results)} submissions)</h1>
+<table><tr>{head}</tr>{"".join(rows)}</table></body></html>
+"""
+
+
 def write_reports(results: list[SubmissionResult], out: Path) -> None:
-    """``gradebook.csv`` and ``reports/<student>.md`` / ``.html`` for every result."""
+    """``gradebook.csv``, ``index.html`` and ``reports/<student>.md`` / ``.html``."""
     reports = out / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     for result in results:
         (reports / f"{result.student}.md").write_text(markdown(result))
         (reports / f"{result.student}.html").write_text(html_report(result))
     write_gradebook(results, out / "gradebook.csv")
+    (out / "index.html").write_text(index_page(results))

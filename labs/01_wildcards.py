@@ -79,6 +79,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -87,7 +88,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 import pytest
 
-from mqtt_factory_lab.brokers import LOG
+from mqtt_factory_lab.brokers import LOG, Broker
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import DeviceHandle
@@ -326,12 +327,16 @@ def _check_case(mqtt_client, topic_root: str, case: MatchCase, protocol: str) ->
 
 @pytest.mark.broker
 @pytest.mark.parametrize("case", PLUS_CASES)
+@pytest.mark.needs("wildcards")
+@pytest.mark.spec("MQTT-3.3.2-3")
 def test_plus_matches_exactly_one_level_at_any_position(mqtt_client, topic_root, case, protocol):
     _check_case(mqtt_client, topic_root, case, protocol)
 
 
 @pytest.mark.broker
 @pytest.mark.parametrize("case", HASH_CASES)
+@pytest.mark.needs("wildcards")
+@pytest.mark.spec("MQTT-3.3.2-3")
 def test_hash_matches_every_level_below_including_the_parent(
     mqtt_client, topic_root, case, protocol
 ):
@@ -340,6 +345,7 @@ def test_hash_matches_every_level_below_including_the_parent(
 
 @pytest.mark.broker
 @pytest.mark.parametrize("case", EXACT_CASES)
+@pytest.mark.spec("MQTT-3.3.2-3")
 def test_levels_match_exactly_case_and_empty_levels_included(
     mqtt_client, topic_root, case, protocol
 ):
@@ -347,6 +353,8 @@ def test_levels_match_exactly_case_and_empty_levels_included(
 
 
 @pytest.mark.broker
+@pytest.mark.needs("wildcards", "sys")
+@pytest.mark.spec("MQTT-4.7.2-1")
 def test_dollar_topics_are_not_matched_by_a_leading_wildcard(mqtt_client, protocol):
     insider = mqtt_client(protocol=protocol)
     insider.subscribe("$SYS/#", qos=0)
@@ -377,14 +385,28 @@ PACKET_NAMES = {CONNACK: "CONNACK", PUBACK: "PUBACK", SUBACK: "SUBACK", DISCONNE
 
 
 class RawConnection:
-    """A TCP connection speaking MQTT byte by byte, to send what a correct library refuses to."""
+    """A TCP (or TLS) connection speaking MQTT byte by byte, to send what a correct library
+    refuses to. It logs in and uses TLS as the lab's other clients do (``--broker-url``)."""
 
-    def __init__(self, host: str, port: int, client_id: str, protocol: str) -> None:
+    def __init__(self, broker: Broker, client_id: str, protocol: str) -> None:
+        settings = broker.connection.for_protocol(protocol)
+        if settings.transport != "tcp":
+            pytest.skip(
+                f"hand-made MQTT packets travel over TCP or TLS only, and the broker is reached "
+                f"over {settings.transport} ({settings.display_url()})"
+            )
         self.v5 = protocol == "5"
-        self.sock = socket.create_connection((host, port), timeout=3)
+        self.sock = socket.create_connection((settings.host, settings.port), timeout=3)
+        if settings.tls:
+            context = ssl.create_default_context(cafile=settings.ca)
+            if settings.cert:
+                context.load_cert_chain(settings.cert, settings.key)
+            self.sock = context.wrap_socket(self.sock, server_hostname=settings.host)
         props = b"\x00" if self.v5 else b""
-        header = _string("MQTT") + bytes([5 if self.v5 else 4, 0x02]) + struct.pack("!H", 30)
-        self.send(CONNECT << 4, header + props + _string(client_id))
+        flags = 0x02 | (0x80 if settings.username else 0) | (0x40 if settings.password else 0)
+        header = _string("MQTT") + bytes([5 if self.v5 else 4, flags]) + struct.pack("!H", 30)
+        login = b"".join(_string(v) for v in (settings.username, settings.password) if v)
+        self.send(CONNECT << 4, header + props + _string(client_id) + login)
         answer = self.read()
         assert answer is not None and answer[0] == CONNACK, f"no CONNACK but {answer}"
 
@@ -414,18 +436,26 @@ class RawConnection:
         except (ConnectionResetError, TimeoutError):
             return None
 
+    def answer(self) -> tuple[int, bytes] | None:
+        """The broker's answer to what we sent: the next packet that is not a PUBLISH (a broker
+        may send messages, such as retained ones, at any time), or None once it closed."""
+        while True:
+            packet = self.read()
+            if packet is None or packet[0] != PUBLISH:
+                return packet
+
     def subscribe(self, topic_filter: str, qos: int = 1) -> tuple[int, bytes] | None:
         props = b"\x00" if self.v5 else b""
         self.send(
             SUBSCRIBE << 4 | 0x02,
             struct.pack("!H", 1) + props + _string(topic_filter) + bytes([qos]),
         )
-        return self.read()
+        return self.answer()
 
     def publish(self, topic: str, payload: bytes) -> tuple[int, bytes] | None:
         props = b"\x00" if self.v5 else b""
         self.send(PUBLISH << 4 | 0x02, _string(topic) + struct.pack("!H", 2) + props + payload)
-        return self.read()
+        return self.answer()
 
     def close(self) -> None:
         self.sock.close()
@@ -487,6 +517,7 @@ def refused(answer: tuple[int, bytes] | None, expected_ack: int, v5: bool) -> bo
         pytest.param("{root}/#x", id="hash-inside-a-level"),
     ],
 )
+@pytest.mark.spec(mqtt311=["MQTT-4.7.1-2", "MQTT-4.7.1-3"], mqtt5=["MQTT-4.7.1-1", "MQTT-4.7.1-2"])
 def test_invalid_filters_are_refused(broker, mqtt_client, topic_root, protocol, bad_filter):
     topic_filter = bad_filter.format(root=topic_root, parent=topic_root.rsplit("/", 1)[0])
     with pytest.raises(ValueError):
@@ -494,7 +525,7 @@ def test_invalid_filters_are_refused(broker, mqtt_client, topic_root, protocol, 
         mqtt_client(protocol=protocol).subscribe(topic_filter, qos=1)
 
     # ... and a broker that receives it anyway must refuse it too.
-    raw = RawConnection(broker.host, broker.port, f"raw-{topic_root.split('/')[1]}", protocol)
+    raw = RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol)
     try:
         answer = raw.subscribe(topic_filter)
     finally:
@@ -515,6 +546,7 @@ def test_invalid_filters_are_refused(broker, mqtt_client, topic_root, protocol, 
         pytest.param("{root}/#", id="hash"),
     ],
 )
+@pytest.mark.spec("MQTT-3.3.2-2", mqtt311=["MQTT-4.7.1-1"], mqtt5=["MQTT-4.7.0-1"])
 def test_a_publish_to_a_topic_with_a_wildcard_is_refused(
     broker, mqtt_client, topic_root, protocol, bad_topic
 ):
@@ -524,7 +556,7 @@ def test_a_publish_to_a_topic_with_a_wildcard_is_refused(
     with pytest.raises(ValueError):
         mqtt_client(protocol=protocol).publish(topic, b"{}", qos=1)
 
-    raw = RawConnection(broker.host, broker.port, f"raw-{topic_root.split('/')[1]}", protocol)
+    raw = RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol)
     try:
         answer = raw.publish(topic, b"{}")
     finally:
@@ -535,7 +567,8 @@ def test_a_publish_to_a_topic_with_a_wildcard_is_refused(
         f"DISCONNECT 0x82/0x90 (5) — but {describe_answer(answer, protocol == '5')}."
     )
     watcher.assert_nothing_received(
-        why="A refused PUBLISH must reach no subscriber, not even one whose filter matches."
+        f"{topic_root}/#",
+        why="A refused PUBLISH must reach no subscriber, not even one whose filter matches.",
     )
 
 

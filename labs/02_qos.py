@@ -201,6 +201,7 @@ def unique(prefix: str) -> str:
 @pytest.mark.broker
 @pytest.mark.parametrize("sub_qos", QOS_LEVELS, ids=lambda q: f"sub{q}")
 @pytest.mark.parametrize("pub_qos", QOS_LEVELS, ids=lambda q: f"pub{q}")
+@pytest.mark.spec(mqtt311=["MQTT-3.8.4-6"], mqtt5=["MQTT-3.8.4-8"])
 def test_delivered_qos_is_the_lower_of_publish_and_granted_qos(
     mqtt_client, topic_root, protocol, pub_qos, sub_qos
 ):
@@ -227,6 +228,8 @@ def test_delivered_qos_is_the_lower_of_publish_and_granted_qos(
 
 
 @pytest.mark.broker
+@pytest.mark.needs("qos1")
+@pytest.mark.spec("MQTT-4.4.0-1", "MQTT-3.3.1-1")
 def test_qos1_is_sent_again_with_dup_when_the_puback_never_came(
     mqtt_client, session_client, topic_root, protocol
 ):
@@ -259,6 +262,8 @@ def test_qos1_is_sent_again_with_dup_when_the_puback_never_came(
 
 
 @pytest.mark.broker
+@pytest.mark.needs("qos2")
+@pytest.mark.spec("MQTT-4.4.0-1")
 def test_qos2_resumes_at_pubrel_and_delivers_exactly_once(
     mqtt_client, session_client, topic_root, protocol
 ):
@@ -298,6 +303,8 @@ def test_qos2_resumes_at_pubrel_and_delivers_exactly_once(
 
 
 @pytest.mark.broker
+@pytest.mark.needs("qos1")
+@pytest.mark.spec("MQTT-4.6.0-6", mqtt311=["MQTT-3.1.2-5"])
 def test_offline_persistent_subscriber_loses_qos0_and_gets_qos1_queued_in_order(
     mqtt_client, session_client, topic_root, protocol
 ):

@@ -67,6 +67,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from paho.mqtt.client import topic_matches_sub as mqtt_topic_matches
 
 from mqtt_factory_lab.brokers import CONFIG, RESTART
 from mqtt_factory_lab.schemas import validate
@@ -93,6 +94,10 @@ def device_state(device_id: str, state: str, produced: int = 0) -> dict:
 
 
 @pytest.mark.broker
+@pytest.mark.needs("retain")
+@pytest.mark.spec(
+    mqtt311=["MQTT-3.3.1-5", "MQTT-3.3.1-6", "MQTT-3.3.1-8"], mqtt5=["MQTT-3.3.1-5", "MQTT-3.3.1-9"]
+)
 @pytest.mark.parametrize("qos", [0, 1, 2], ids=lambda q: f"qos{q}")
 def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, protocol, qos):
     topic = f"{topic_root}/state/press-01"
@@ -120,13 +125,38 @@ def test_late_subscriber_gets_last_retained_state(mqtt_client, topic_root, proto
     assert received == sent, (
         f"The broker must hand back the retained message exactly as published; it sent {received}"
     )
-    assert message.qos == qos, (
-        f"A message is delivered at the lower of the publish QoS ({qos}) and the subscription QoS "
-        f"(2), so QoS {qos} was expected; it came at QoS {message.qos}."
+
+
+@pytest.mark.broker
+@pytest.mark.needs("retain")
+@pytest.mark.spec(mqtt311=["MQTT-3.8.4-6"], mqtt5=["MQTT-3.8.4-8"])
+@pytest.mark.parametrize("qos", [0, 1, 2], ids=lambda q: f"qos{q}")
+def test_stored_state_comes_at_the_lower_of_its_qos_and_the_granted_qos(
+    mqtt_client, topic_root, protocol, qos
+):
+    topic = f"{topic_root}/state/press-01"
+    publisher = mqtt_client(protocol=protocol)
+    publisher.publish(topic, device_state("press-01", "running"), qos=qos, retain=True)
+
+    dashboard = mqtt_client(protocol=protocol)
+    dashboard.subscribe(topic, qos=2)
+    # A broker may grant less than QoS 2 (SUBACK): delivery is then capped at what it granted.
+    granted = dashboard.granted_qos(topic)
+    message = dashboard.wait_for_message(
+        topic, timeout=2, why="A new subscriber gets the stored (retained) state at once."
+    )
+
+    expected = min(qos, granted)
+    assert message.qos == expected, (
+        f"A message is delivered at the lower of the publish QoS ({qos}) and the QoS the broker "
+        f"granted the subscription in its SUBACK ({granted}), so QoS {expected} was expected on "
+        f"{topic}; it came at QoS {message.qos}."
     )
 
 
 @pytest.mark.broker
+@pytest.mark.needs("retain")
+@pytest.mark.spec(mqtt311=["MQTT-3.3.1-5", "MQTT-3.3.1-6"], mqtt5=["MQTT-3.3.1-5"])
 def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/press-01"
     publisher = mqtt_client(protocol=protocol)
@@ -149,6 +179,10 @@ def test_broker_keeps_only_the_last_retained_message_per_topic(mqtt_client, topi
 
 
 @pytest.mark.broker
+@pytest.mark.needs("retain")
+@pytest.mark.spec(
+    mqtt311=["MQTT-3.3.1-10", "MQTT-3.3.1-11"], mqtt5=["MQTT-3.3.1-6", "MQTT-3.3.1-7"]
+)
 def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/press-retired"
     publisher = mqtt_client(protocol=protocol)
@@ -165,6 +199,8 @@ def test_empty_retained_payload_clears_the_topic(mqtt_client, topic_root, protoc
 
 
 @pytest.mark.broker
+@pytest.mark.needs("retain")
+@pytest.mark.spec(mqtt311=["MQTT-3.3.1-8", "MQTT-3.3.1-9"], mqtt5=["MQTT-3.3.1-12"])
 def test_retain_flag_marks_stored_messages_not_live_ones(mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/state/conveyor-01"
     live_watcher = mqtt_client(protocol=protocol)
@@ -193,6 +229,8 @@ def test_retain_flag_marks_stored_messages_not_live_ones(mqtt_client, topic_root
 
 
 @pytest.mark.broker
+@pytest.mark.needs("mqtt5", "retain")
+@pytest.mark.spec(mqtt5=["MQTT-3.3.1-12", "MQTT-3.3.1-13"])
 def test_retain_as_published_keeps_the_flag_on_live_messages(mqtt_client, topic_root):
     topic = f"{topic_root}/state/oven-01"
     bridge = mqtt_client(protocol="5")
@@ -215,6 +253,8 @@ def test_retain_as_published_keeps_the_flag_on_live_messages(mqtt_client, topic_
 
 
 @pytest.mark.broker
+@pytest.mark.needs("mqtt5", "retain")
+@pytest.mark.spec(mqtt5=["MQTT-3.3.1-9", "MQTT-3.3.1-10", "MQTT-3.3.1-11", "MQTT-3.8.4-4"])
 @pytest.mark.parametrize(
     ("retain_handling", "at_first", "at_again"),
     [
@@ -250,6 +290,11 @@ def test_retain_handling_decides_when_stored_state_is_sent(
 
 
 @pytest.mark.broker
+@pytest.mark.needs("retain", "wildcards")
+@pytest.mark.spec(
+    mqtt311=["MQTT-3.3.1-6", "MQTT-3.3.2-3"],
+    mqtt5=["MQTT-3.3.1-9", "MQTT-3.3.2-3"],
+)
 def test_wildcard_subscription_receives_every_matching_retained_topic(
     mqtt_client, topic_root, protocol
 ):
@@ -261,8 +306,14 @@ def test_wildcard_subscription_receives_every_matching_retained_topic(
     publisher.publish(f"{topic_root}/status/press-01", status, qos=1, retain=True)
 
     dashboard = mqtt_client(protocol=protocol)
-    dashboard.subscribe(f"{topic_root}/state/+", qos=1)
+    pattern = f"{topic_root}/state/+"
+    dashboard.subscribe(pattern, qos=1)
     dashboard.sync()
+    strays = [m for m in dashboard.received() if not mqtt_topic_matches(pattern, m.topic)]
+    assert not strays, (
+        f"A subscription to {pattern} must receive only topics its filter matches, but the "
+        f"broker sent {len(strays)} other one(s): " + "; ".join(m.describe() for m in strays[:3])
+    )
     got = sorted(validate("state", m.payload)["device_id"] for m in dashboard.received())
 
     assert got == sorted(devices), (

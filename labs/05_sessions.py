@@ -142,6 +142,8 @@ def wait_broker_saw_disconnect(broker, client_id: str, mark: int) -> None:
 
 @pytest.mark.broker
 @pytest.mark.parametrize("persistent", SESSIONS)
+@pytest.mark.needs("qos1")
+@pytest.mark.spec("MQTT-3.1.2-4", "MQTT-3.1.2-5", mqtt311=["MQTT-3.1.2-6"])
 def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
     broker, mqtt_client, topic_root, protocol, persistent
 ):
@@ -198,6 +200,7 @@ def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
 
 
 @pytest.mark.broker
+@pytest.mark.spec(mqtt311=["MQTT-3.2.2-1", "MQTT-3.2.2-2"], mqtt5=["MQTT-3.2.2-2", "MQTT-3.2.2-3"])
 def test_connack_session_present_says_whether_the_broker_resumed_a_session(mqtt_client, protocol):
     client_id = unique("controller")
 
@@ -220,6 +223,8 @@ def test_connack_session_present_says_whether_the_broker_resumed_a_session(mqtt_
     ("expiry", "kept"),
     [pytest.param(0, False, id="expiry-0"), pytest.param(EXPIRY, True, id=f"expiry-{EXPIRY}")],
 )
+@pytest.mark.needs("mqtt5")
+@pytest.mark.spec(mqtt5=["MQTT-3.1.2-23"])
 def test_session_expiry_interval_decides_whether_the_session_outlives_the_connection(
     broker, mqtt_client, topic_root, expiry, kept
 ):
@@ -255,6 +260,8 @@ def test_session_expiry_interval_decides_whether_the_session_outlives_the_connec
 
 
 @pytest.mark.broker
+@pytest.mark.needs("mqtt5")
+@pytest.mark.spec(mqtt5=["MQTT-3.1.2-23"])
 def test_session_is_gone_once_its_expiry_interval_has_passed(broker, mqtt_client, topic_root):
     topic = f"{topic_root}/alarms/packer-01/temperature"
     ended_topic = f"{topic_root}/events/session-ended"

@@ -451,6 +451,7 @@ def lab_acl(_lab_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broke
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("qos", [0, 1], ids=lambda q: f"qos{q}")
+@pytest.mark.spec(mqtt311=["MQTT-3.3.5-2"])
 def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_client, protocol, qos):
     party = Parties(mqtt_client, lab_acl)
     press, oven = MatrixClient("press-01"), MatrixClient("oven-01")

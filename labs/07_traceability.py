@@ -236,6 +236,8 @@ def qos1_ids(messages: list[ReceivedMessage]) -> set[str]:
 @pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("message_type", ["telemetry", *RECORD_TYPES])
+@pytest.mark.needs("qos1")
+@pytest.mark.spec("MQTT-3.1.2-5", mqtt5=["MQTT-3.1.2-23"])
 def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
     mqtt_client, topic_root, protocol, message_type
 ):
@@ -280,6 +282,8 @@ def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
 
 @pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.needs("qos1")
+@pytest.mark.spec("MQTT-4.4.0-1")
 def test_unacknowledged_record_comes_back_and_acknowledged_one_does_not(
     mqtt_client, topic_root, protocol
 ):
@@ -334,6 +338,10 @@ def test_unacknowledged_record_comes_back_and_acknowledged_one_does_not(
 
 @pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.needs("retain")
+@pytest.mark.spec(
+    "MQTT-3.3.1-5", "MQTT-3.1.2-8", mqtt311=["MQTT-3.1.2-17"], mqtt5=["MQTT-3.1.2-15"]
+)
 def test_machine_state_is_retained_and_its_last_will_says_offline(
     mqtt_client, topic_root, protocol
 ):

@@ -8,6 +8,11 @@
 ``broker_env``       ``broker_env()``: the ``VF_*`` environment a factory program needs
 ``lab_seed``         the run's random seed (``--lab-seed``)
 ``broker_pool``      every broker of this pytest process (session scope)
+``broker_capabilities``  what the shared broker can do (:mod:`mqtt_factory_lab.capabilities`)
+
+An experiment that needs an optional feature says so with ``@pytest.mark.needs("mqtt5")``;
+the ``protocol`` fixture's MQTT 5 run and ``mqtt_client(protocol="5")`` need ``mqtt5`` by
+themselves. On a broker without it the experiment is skipped, with the probe's reason.
 
 The brokers themselves (:mod:`mqtt_factory_lab.brokers`) know nothing of pytest;
 these fixtures only choose, start, share and stop them.
@@ -32,11 +37,19 @@ from mqtt_factory_lab.brokers import (
     create_broker,
     resolve_backend,
 )
-from mqtt_factory_lab.client import PROTOCOLS, RecordingClient
+from mqtt_factory_lab.capabilities import CAPABILITIES, BrokerNotReady, Capabilities, probe
+from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.connection import PROTOCOLS, ConnectionSettings
 from mqtt_factory_lab.factory import Address, program_env
 
 #: the brokers a test used, with the log position at which it started using each
 BROKERS_USED = pytest.StashKey[list[tuple[Broker, int]]]()
+#: the run's ``--broker-url`` settings, parsed once (None: the lab starts its own brokers)
+CONNECTION = pytest.StashKey[ConnectionSettings | None]()
+#: what the shared broker can do, probed once per process (or handed down by xdist's controller)
+CAPABILITIES_KEY = pytest.StashKey[Capabilities]()
+#: why the probe could not even connect (reported once, then every test fails fast with it)
+NOT_READY_KEY = pytest.StashKey[str]()
 
 
 class BrokerPool:
@@ -81,7 +94,7 @@ class BrokerPool:
         broker = create_broker(
             self.backend,
             variant,
-            url=self.config.getoption("--broker-url"),
+            url=self.config.stash.get(CONNECTION, None),
             **self._options(),
             **options,
         )
@@ -195,8 +208,9 @@ def make_broker(
     ) -> Broker:
         custom = extra_config or acl_file or password_file
         if broker_pool.backend == "external" and (variant != "open" or custom):
+            where = config.stash[CONNECTION].display_url()
             pytest.skip(
-                f"the external broker at {config.getoption('--broker-url')} is not the lab's to "
+                f"the external broker at {where} is not the lab's to "
                 f"configure: this test needs the {variant!r} variant"
                 + (" with extra settings" if custom else "")
             )
@@ -223,8 +237,77 @@ def topic_root() -> str:
 @pytest.fixture(params=[pytest.param(p, id=f"mqtt{p}") for p in PROTOCOLS])
 def protocol(request: pytest.FixtureRequest) -> str:
     """Each MQTT version the lab speaks (``"3.1.1"``, ``"5"``): a test that asks for it runs
-    once per version (ids ``mqtt3.1.1`` and ``mqtt5``)."""
+    once per version (ids ``mqtt3.1.1`` and ``mqtt5``); the MQTT 5 run is skipped on a broker
+    that does not accept MQTT 5 (the probe's reason)."""
     return request.param
+
+
+def capabilities_of(config: pytest.Config, pool: BrokerPool) -> Capabilities:
+    """The shared broker's capabilities: probed at the first need, once per process.
+
+    An external broker was probed when the session started (and xdist's controller handed
+    the result to its workers); a broker the lab starts is probed once it runs.
+    """
+    if NOT_READY_KEY in config.stash:
+        pytest.fail(config.stash[NOT_READY_KEY], pytrace=False)
+    found = config.stash.get(CAPABILITIES_KEY, None)
+    if found is None:
+        broker = broker_or_fail(lambda: pool.shared("open"))
+        try:
+            found = probe(broker.connection)
+        except BrokerNotReady as error:
+            config.stash[NOT_READY_KEY] = str(error)
+            pytest.fail(str(error), pytrace=False)
+        config.stash[CAPABILITIES_KEY] = found
+    return found
+
+
+#: test parameters that hold the QoS a test publishes with (a will is published too)
+PUBLISH_QOS_PARAMETERS = ("qos", "pub_qos", "will_qos")
+
+
+def needed_capabilities(item: pytest.Item, *, implied: bool = True) -> list[str]:
+    """What an experiment needs: its ``needs`` marks and, when ``implied``, ``mqtt5`` for an
+    MQTT 5 run (a ``protocol`` parameter of "5") and ``qos1``/``qos2`` for the QoS it publishes
+    with (:data:`PUBLISH_QOS_PARAMETERS`)."""
+    names: list[str] = []
+    for mark in item.iter_markers("needs"):
+        names.extend(mark.args)
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if implied and params.get("protocol") == "5":
+        names.append("mqtt5")
+    if implied:
+        # the QoS a test publishes with (its subscriptions' QoS is the broker's to grant)
+        names.extend(f"qos{params[n]}" for n in PUBLISH_QOS_PARAMETERS if params.get(n) in (1, 2))
+    unknown = sorted(set(names) - set(CAPABILITIES))
+    if unknown:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.needs({', '.join(map(repr, unknown))}) names no "
+            f"capability the lab probes; choose from {', '.join(CAPABILITIES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+@pytest.fixture(autouse=True)
+def _skip_what_the_broker_lacks(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> None:
+    """Skip an experiment whose needs the shared broker lacks, before any client connects.
+
+    On a broker the lab starts (Mosquitto, which has everything) only declared needs cause
+    a probe; on an external one, MQTT 5 runs and QoS parameters count too.
+    """
+    external = request.config.stash.get(CONNECTION, None) is not None
+    names = needed_capabilities(request.node, implied=external)
+    if not names:
+        return
+    reason = capabilities_of(request.config, broker_pool).reason(names)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def broker_capabilities(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> Capabilities:
+    """What the shared broker can do (:class:`~mqtt_factory_lab.capabilities.Capabilities`)."""
+    return capabilities_of(request.config, broker_pool)
 
 
 @pytest.fixture
@@ -269,10 +352,18 @@ def mqtt_client(
         username: str | None = None,
         password: str | None = None,
     ) -> RecordingClient:
-        target = broker if broker is not None else shared_broker(request, broker_pool)
+        if broker is None:
+            target = shared_broker(request, broker_pool)
+            if protocol == "5" and request.config.stash.get(CONNECTION, None) is not None:
+                reason = capabilities_of(request.config, broker_pool).reason(["mqtt5"])
+                if reason is not None:
+                    pytest.skip(reason)
+        else:
+            target = broker
+        settings = target.connection.for_protocol(protocol)
         client = RecordingClient(
-            target.host,
-            target.port,
+            settings.host,
+            settings.port,
             client_id or f"{base}-{len(clients) + 1}-{uuid.uuid4().hex[:6]}",
             protocol=protocol,
             clean_start=clean_start,
@@ -281,6 +372,7 @@ def mqtt_client(
             username=username,
             password=password,
             describe_broker=target.health,
+            connection=settings,
         )
         clients.append(client)
         if connect:

@@ -36,7 +36,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+from mqtt_factory_lab.connection import PROTOCOLS, ConnectionSettings
+
 SYNC_PREFIX = "lab/sync"
 
 Matcher = str | Callable[["ReceivedMessage"], bool] | None
@@ -105,6 +106,8 @@ class RecordingClient:
     :param will: Last Will as ``(topic, payload, qos, retain)``.
     :param describe_broker: returns a line about the broker's health, added to
         timeout messages (so a killed broker reads as such, not as a lost message).
+    :param connection: transport, TLS and credentials (default: plain TCP, anonymous);
+        ``username``/``password`` given here win over its login.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class RecordingClient:
         password: str | None = None,
         keepalive: int = 30,
         describe_broker: Callable[[], str] | None = None,
+        connection: ConnectionSettings | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
@@ -134,15 +138,18 @@ class RecordingClient:
         kwargs: dict[str, Any] = {}
         if protocol == "3.1.1":
             kwargs["clean_session"] = clean_start
+        self.connection = connection or ConnectionSettings(host, port)
         self.paho = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=PROTOCOLS[protocol],
+            transport=self.connection.transport,
             # A lost connection is an event an experiment observes, never one to hide by
             # reconnecting in the background (and a dropped client's loop then ends at once).
             reconnect_on_failure=False,
             **kwargs,
         )
+        self.connection.configure(self.paho)
         if username:
             self.paho.username_pw_set(username, password)
         if will:
@@ -154,12 +161,16 @@ class RecordingClient:
         self._cond = threading.Condition()
         self._connected = False
         self._suback: dict[int, list[ReasonCode]] = {}
+        #: the QoS the broker granted for each topic filter (SUBACK), and the refused filters
+        self.granted: dict[str, int] = {}
+        self.refused: dict[str, ReasonCode] = {}
         self._sync_count = 0
         self.paho.on_connect = self._on_connect
         self.paho.on_disconnect = self._on_disconnect
         self.paho.on_message = self._on_message
         self.paho.on_subscribe = self._on_subscribe
         self.paho.on_unsubscribe = self._on_subscribe
+        self.paho.on_publish = self._on_publish
 
     # -- paho callbacks (network thread) ----------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -197,6 +208,10 @@ class RecordingClient:
             self._suback[mid] = list(reason_codes)
             self._cond.notify_all()
 
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._cond:  # wakes publish() waits; paho marks the message published itself
+            self._cond.notify_all()
+
     # -- connection ---------------------------------------------------------
     def connect(self, timeout: float = 5.0) -> dict[str, Any]:
         """Connect, start the network loop, and wait for the CONNACK.
@@ -214,6 +229,7 @@ class RecordingClient:
                 kwargs["properties"] = props
         with self._cond:
             self.connack = {}
+            before = len(self.disconnects)
         try:
             self.paho.connect(self.host, self.port, keepalive=self.keepalive, **kwargs)
         except OSError as error:
@@ -223,15 +239,30 @@ class RecordingClient:
             ) from error
         self.paho.loop_start()
         with self._cond:
-            if not self._cond.wait_for(lambda: bool(self.connack), timeout):
-                raise ConnectionError(
-                    f"{self.client_id} got no CONNACK from {self.host}:{self.port} within {timeout}s. "
-                    f"{self._broker_note()}"
-                )
+            answered = self._cond.wait_for(
+                lambda: bool(self.connack) or len(self.disconnects) > before, timeout
+            )
             connack = dict(self.connack)
-        if connack["reason_code"].is_failure:
-            raise ConnectionError(f"the broker refused {self.client_id}: {connack['reason_code']}")
-        return connack
+            closed = self.disconnects[before:]
+        if connack and not connack["reason_code"].is_failure:
+            return connack
+        # A refused client must not go on reconnecting in the background.
+        self.disconnect()
+        if connack:
+            code = connack["reason_code"]
+            raise ConnectionError(
+                f"the broker refused {self.client_id} (MQTT {self.protocol}): CONNACK "
+                f"{code} (reason code 0x{code.value:02X})"
+            )
+        if answered:
+            raise ConnectionError(
+                f"the broker closed {self.client_id}'s connection (MQTT {self.protocol}) before "
+                f"any CONNACK ({closed[0]}). {self._broker_note()}"
+            )
+        raise ConnectionError(
+            f"{self.client_id} got no CONNACK from {self.host}:{self.port} within {timeout}s. "
+            f"{self._broker_note()}"
+        )
 
     @property
     def connected(self) -> bool:
@@ -289,12 +320,39 @@ class RecordingClient:
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(f"{self.client_id} could not send SUBSCRIBE {topic!r}: {result}")
         with self._cond:
-            if not self._cond.wait_for(lambda: mid in self._suback, timeout):
+            if not self._cond.wait_for(lambda: mid in self._suback or not self._connected, timeout):
                 raise MQTTTimeout(
                     f"{self.client_id} subscribed to {topic!r} but got no SUBACK within {timeout}s. "
                     f"{self._broker_note()}"
                 )
-            return self._suback.pop(mid)
+            if mid not in self._suback:
+                raise ConnectionError(
+                    f"{self.client_id} subscribed to {topic!r} and the broker closed the "
+                    f"connection instead of answering: {self._lost()}"
+                )
+            codes = self._suback.pop(mid)
+        if codes and codes[0].is_failure:
+            self.refused[topic] = codes[0]
+            self.granted.pop(topic, None)
+        elif codes:
+            self.granted[topic] = codes[0].value
+            self.refused.pop(topic, None)
+        return codes
+
+    def granted_qos(self, topic: str) -> int:
+        """The QoS the broker granted in its SUBACK for the filter ``topic`` (it may grant less
+        than asked: MQTT 3.1.1 §3.9.3, MQTT 5 §3.9.3).
+
+        :raises AssertionError: when the broker refused the subscription, naming its reason.
+        """
+        __tracebackhide__ = True
+        if topic in self.refused:
+            code = self.refused[topic]
+            raise AssertionError(
+                f"the broker refused {self.client_id}'s subscription to {topic!r}: SUBACK "
+                f"{code} (reason code 0x{code.value:02X})"
+            )
+        return self.granted[topic]
 
     def unsubscribe(self, topic: str, timeout: float = 5.0) -> None:
         _result, mid = self.paho.unsubscribe(topic)
@@ -328,12 +386,22 @@ class RecordingClient:
                 f"{self.client_id} could not publish to {topic!r}: {mqtt.error_string(info.rc)}. "
                 f"{self._broker_note()}"
             )
-        try:
-            info.wait_for_publish(timeout)
-        except RuntimeError as error:
-            raise ConnectionError(
-                f"{self.client_id} lost its connection publishing to {topic!r}"
-            ) from error
+        if qos == 0:
+            try:
+                info.wait_for_publish(timeout)
+            except RuntimeError as error:
+                raise ConnectionError(
+                    f"{self.client_id} lost its connection publishing to {topic!r}: {self._lost()}"
+                ) from error
+        else:
+            with self._cond:
+                self._cond.wait_for(lambda: info.is_published() or not self._connected, timeout)
+            if not info.is_published() and not self._connected:
+                step = "PUBACK" if qos == 1 else "PUBREC/PUBCOMP"
+                raise ConnectionError(
+                    f"{self.client_id} published to {topic!r} at QoS {qos} and the broker closed "
+                    f"the connection before the {step}: {self._lost()}"
+                )
         if not info.is_published():
             raise MQTTTimeout(
                 f"{self.client_id} published to {topic!r} at QoS {qos} but it was not "
@@ -433,7 +501,22 @@ class RecordingClient:
         return f"  It received instead ({len(others)} in all, last shown):\n{lines}\n"
 
     def _broker_note(self) -> str:
-        return f"({self._describe_broker()})" if self._describe_broker else ""
+        notes = [
+            f"the broker refused the subscription to {t!r}: {c}" for t, c in self.refused.items()
+        ]
+        if self.disconnects and not self._connected:
+            notes.append(f"the connection was closed: {self._lost()}")
+        if self._describe_broker:
+            notes.append(self._describe_broker())
+        return f"({'; '.join(notes)})" if notes else ""
+
+    def _lost(self) -> str:
+        """How the connection ended, as the broker or the network put it."""
+        if not self.disconnects:
+            return "no reason given"
+        code = self.disconnects[-1]
+        value = getattr(code, "value", code)
+        return f"{code} (reason code 0x{value:02X})" if isinstance(value, int) else str(code)
 
     def __repr__(self) -> str:
         return f"<RecordingClient {self.client_id} MQTT {self.protocol} {self.host}:{self.port}>"

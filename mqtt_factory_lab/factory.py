@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from mqtt_factory_lab.brokers.base import LOG, Broker
 from mqtt_factory_lab.brokers.mosquitto_log import connections
 from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.connection import VF_CONNECTION_VARIABLES, ConnectionSettings
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.roles import RoleError, RoleProcess
 from mqtt_factory_lab.schemas import PayloadError, device_kinds, validate
@@ -44,12 +45,19 @@ def program_env(
     """The environment a factory program gets: ``os.environ`` plus the broker's ``VF_*`` settings.
 
     The solution contract passes broker settings this way only, so a student's
-    program in any language finds the broker under test (see ``sim/connection.py``).
+    program in any language finds the broker under test (see ``sim/connection.py``):
+    host and port, and for a broker with a login, TLS or WebSockets (``--broker-url``)
+    ``VF_USERNAME``/``VF_PASSWORD``, ``VF_TLS``/``VF_TLS_CA``/``VF_TLS_CERT``/``VF_TLS_KEY``,
+    ``VF_TRANSPORT``/``VF_WS_PATH``, for the listener of ``protocol``. Connection variables
+    of the lab's own environment are dropped, so a program never mixes two brokers' settings.
     """
+    connection = getattr(broker, "connection", None)
+    if not isinstance(connection, ConnectionSettings):
+        connection = ConnectionSettings(broker.host, broker.port)
+    inherited = {k: v for k, v in os.environ.items() if k not in VF_CONNECTION_VARIABLES}
     return {
-        **os.environ,
-        "VF_BROKER_HOST": broker.host,
-        "VF_BROKER_PORT": str(broker.port),
+        **inherited,
+        **connection.for_protocol(protocol).to_env(),
         "VF_TOPIC_ROOT": topic_root,
         "VF_MQTT_PROTOCOL": protocol,
         "PYTHONUNBUFFERED": "1",
@@ -262,11 +270,13 @@ class FactoryLauncher:
 
     def _watcher(self) -> RecordingClient:
         if self._status_watcher is None:
+            settings = self.broker.connection.for_protocol("5")
             self._status_watcher = RecordingClient(
-                self.broker.host,
-                self.broker.port,
+                settings.host,
+                settings.port,
                 f"lab-factory-watch-{uuid.uuid4().hex[:8]}",
                 describe_broker=self.broker.health,
+                connection=settings,
             )
             self._status_watcher.connect()
         return self._status_watcher

@@ -16,6 +16,7 @@ the markers.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -25,10 +26,21 @@ from typing import Any
 import pytest
 
 # First: a `pytest` from outside the lab's .venv stops here with one sentence.
-from mqtt_factory_lab import requirements_check  # noqa: F401
-from mqtt_factory_lab.broker_fixtures import BROKERS_USED
+from mqtt_factory_lab import (
+    requirements_check,  # noqa: F401
+    spec,
+)
+from mqtt_factory_lab.broker_fixtures import (
+    BROKERS_USED,
+    CAPABILITIES_KEY,
+    CONNECTION,
+    NOT_READY_KEY,
+    needed_capabilities,
+)
 from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART, BrokerError
 from mqtt_factory_lab.brokers.base import format_log
+from mqtt_factory_lab.capabilities import CAPABILITIES, BrokerNotReady, Capabilities, probe
+from mqtt_factory_lab.connection import ENV_PASSWORD, ConnectionSettings, mask_url
 from mqtt_factory_lab.factory_fixtures import LAUNCHERS, SOLUTION
 from mqtt_factory_lab.roles import RoleError
 from mqtt_factory_lab.schemas import PayloadError
@@ -51,6 +63,10 @@ _SKIP_REASONS = {
 }
 #: how many lines of a program's output and of a broker's log a failure report shows
 REPORT_LINES = 25
+#: the conformance recorder of this run (controller or single process only)
+RECORDER = pytest.StashKey[spec.Recorder]()
+#: the key under which xdist's controller hands the probed capabilities to its workers
+WORKER_CAPABILITIES = "mqtt_lab_capabilities"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,7 +85,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--broker-url",
         default=os.environ.get(ENV_URL),
         metavar="mqtt://HOST:PORT",
-        help=f"use a broker someone else runs (implies --broker-backend=external; ${ENV_URL})",
+        help="use a broker someone else runs (implies --broker-backend=external): mqtt://, "
+        f"mqtts:// (TLS), ws://, wss:// (WebSockets, path after the port), with an optional "
+        f"USER:PASSWORD@ (${ENV_URL})",
+    )
+    group.addoption(
+        "--broker-url-mqtt5",
+        default=os.environ.get("MQTT_LAB_BROKER_URL_MQTT5"),
+        metavar="URL",
+        help="where MQTT 5 clients connect, when the broker serves MQTT 5 on another listener "
+        "($MQTT_LAB_BROKER_URL_MQTT5)",
+    )
+    group.addoption(
+        "--broker-username",
+        default=os.environ.get("MQTT_LAB_BROKER_USERNAME"),
+        metavar="NAME",
+        help=f"user name for the external broker; the password comes from ${ENV_PASSWORD} "
+        "(never from an option, where ps would show it)",
+    )
+    group.addoption(
+        "--broker-password-env",
+        default=ENV_PASSWORD,
+        metavar="VARIABLE",
+        help=f"the environment variable that holds the password (default {ENV_PASSWORD})",
+    )
+    group.addoption(
+        "--broker-ca", metavar="FILE", help="CA certificate of the broker's TLS listener"
+    )
+    group.addoption(
+        "--broker-cert", metavar="FILE", help="client certificate, for brokers that want mutual TLS"
+    )
+    group.addoption("--broker-key", metavar="FILE", help="the client certificate's private key")
+    group.addoption(
+        "--conformance-report",
+        metavar="DIR",
+        help="write the conformance report (report.md, report.json) of this run to DIR "
+        "(`python -m mqtt_factory_lab.conformance` adds JUnit XML and runs the broker experiments)",
     )
     group.addoption(
         "--docker-image",
@@ -113,8 +164,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "(grading: `pytest labs -m solution --solution PATH`)",
         "broker_needs(*capabilities): skip on a backend that cannot 'restart', 'config' "
         "(choose ACL/persistence) or read the 'log' of its broker (--broker-url)",
+        f"needs(*capabilities): skip, with the probe's reason, on a broker that lacks one of "
+        f"{', '.join(CAPABILITIES)}",
+        spec.MARKER,
     ):
         config.addinivalue_line("markers", line)
+    _read_connection(config)
+    if hasattr(config, "workerinput"):
+        handed = config.workerinput.get(WORKER_CAPABILITIES)
+        if handed:
+            config.stash[CAPABILITIES_KEY] = Capabilities.from_json(json.loads(handed))
+    else:
+        recorder = config.stash[RECORDER] = spec.Recorder()
+        config.pluginmanager.register(recorder, "mqtt-lab-conformance-recorder")
     try:
         config.stash[SOLUTION] = load(config.getoption("--solution"))
     except ManifestError as error:
@@ -123,6 +185,61 @@ def pytest_configure(config: pytest.Config) -> None:
         # No --solution, and the reference is not where the lab would find it (the
         # package is used outside its checkout): only solution fixtures need one.
     _stop_cleanly_on_sigterm()
+
+
+def _read_connection(config: pytest.Config) -> None:
+    """Parse ``--broker-url`` and its companions once, into ``config.stash[CONNECTION]``."""
+    url = config.getoption("--broker-url")
+    config.stash[CONNECTION] = None
+    if not url:
+        for option in ("--broker-url-mqtt5", "--broker-ca", "--broker-cert", "--broker-key"):
+            if config.getoption(option):
+                raise pytest.UsageError(f"{option} goes with --broker-url (an external broker)")
+        return
+    try:
+        config.stash[CONNECTION] = ConnectionSettings.from_options(
+            url,
+            mqtt5_url=config.getoption("--broker-url-mqtt5"),
+            username=config.getoption("--broker-username"),
+            password_env=config.getoption("--broker-password-env"),
+            ca=config.getoption("--broker-ca"),
+            cert=config.getoption("--broker-cert"),
+            key=config.getoption("--broker-key"),
+        )
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Probe an external broker once, before anything runs: readiness and capabilities.
+
+    A broker that accepts no CONNECT ends the run here, with what it said and what to do,
+    instead of failing every test on its own. xdist's workers get the result from the
+    controller (:func:`pytest_configure_node`).
+    """
+    config = session.config
+    settings = config.stash.get(CONNECTION, None)
+    if settings is None or hasattr(config, "workerinput") or CAPABILITIES_KEY in config.stash:
+        return
+    if config.getoption("collectonly") or config.getoption("--broker-backend") not in (
+        "auto",
+        "external",
+    ):
+        return  # nothing will connect; a backend conflict is reported by the pool
+    try:
+        config.stash[CAPABILITIES_KEY] = probe(settings)
+    except BrokerNotReady as error:
+        config.stash[NOT_READY_KEY] = str(error)
+        raise pytest.UsageError(f"mqtt-factory-lab: {error}") from None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: hand the capabilities probed by the controller to each worker."""
+    found = node.config.stash.get(CAPABILITIES_KEY, None)
+    if found is not None:
+        node.workerinput[WORKER_CAPABILITIES] = json.dumps(found.to_json())
 
 
 def _stop_cleanly_on_sigterm() -> None:
@@ -139,7 +256,11 @@ def _stop_cleanly_on_sigterm() -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a broker the lab does not control, skip what needs control, saying why."""
+    """Tag each experiment with its protocol and statements; on a broker the lab does not
+    control, skip what needs control, saying why."""
+    spec.tag_items(items)
+    for item in items:
+        needed_capabilities(item, implied=False)  # an unknown name is a usage error, now
     if not (config.getoption("--broker-url") or config.getoption("--broker-backend") == "external"):
         return
     for item in items:
@@ -156,8 +277,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     backend = config.getoption("--broker-backend")
-    url = config.getoption("--broker-url")
+    settings = config.stash.get(CONNECTION, None)
+    url = settings.describe() if settings is not None else None
     lines = [f"mqtt-factory-lab: broker backend {backend}{f' ({url})' if url else ''}"]
+    found = config.stash.get(CAPABILITIES_KEY, None)
+    if found is not None:
+        lines.append(f"mqtt-factory-lab: what the broker can do (probed in {found.seconds:.2f}s):")
+        lines.extend(found.table())
     solution = config.stash.get(SOLUTION, None)
     if solution is not None:
         lines.append(f"mqtt-factory-lab: solution {solution.name!r} ({solution.path})")
@@ -247,6 +373,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             if kind is not None:
                 counts.setdefault(kind, {}).setdefault(outcome, 0)
                 counts[kind][outcome] += 1
+    recorder = config.stash.get(RECORDER, None)
+    report_dir = config.getoption("--conformance-report")
+    if recorder is not None and report_dir:
+        _write_report(config, recorder, Path(report_dir), terminalreporter)
     if not counts:
         return
     terminalreporter.section("mqtt-factory-lab")
@@ -270,3 +400,47 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             "grade your programs with --solution path/to/your/solution.toml",
             yellow=True,
         )
+    if recorder is not None:
+        _summarise_conformance(terminalreporter, recorder)
+
+
+def _summarise_conformance(terminalreporter: Any, recorder: spec.Recorder) -> None:
+    """Missing capabilities once each, and the statements the run tested, per protocol."""
+    for finding in recorder.findings():
+        terminalreporter.write_line(
+            f"finding: {finding['finding']} ({finding['skipped']} experiments skipped for it)",
+            yellow=True,
+        )
+    table = spec.statement_table(list(recorder.results.values()))
+    for protocol, rows in table.items():
+        statuses = [row["status"] for row in rows.values()]
+        terminalreporter.write_line(
+            f"MQTT {protocol} statements: {len(rows)} tested, "
+            + ", ".join(f"{statuses.count(s)} {s}" for s in ("passed", "failed", "skipped"))
+        )
+
+
+def _write_report(
+    config: pytest.Config, recorder: spec.Recorder, folder: Path, terminalreporter: Any
+) -> None:
+    """Write report.json and report.md of this run into ``folder``."""
+    settings = config.stash.get(CONNECTION, None)
+    found = config.stash.get(CAPABILITIES_KEY, None)
+    broker = (
+        settings.describe()
+        if settings
+        else f"the lab's own broker ({config.getoption('--broker-backend')} backend)"
+    )
+    command = ["pytest", *(mask_url(a) for a in config.invocation_params.args)]
+    report = spec.build_report(
+        recorder,
+        broker=broker,
+        capabilities=found.to_json() if found else None,
+        command=command,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.md").write_text(spec.render_markdown(report))
+    terminalreporter.write_line(
+        f"conformance report: {folder / 'report.md'}, {folder / 'report.json'}"
+    )

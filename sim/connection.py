@@ -14,9 +14,12 @@ variable               default       meaning
 ``VF_MQTT_PROTOCOL``   ``5``         ``5`` or ``3.1.1``
 ``VF_USERNAME``        (none)        username, if the broker wants one
 ``VF_PASSWORD``        (none)        password
-``VF_TLS_CA``          (none)        CA file: turns TLS on
+``VF_TLS``             (off)         ``1``: TLS with the system's CAs
+``VF_TLS_CA``          (none)        CA file: turns TLS on with that CA
 ``VF_TLS_CERT``        (none)        client certificate (mutual TLS)
 ``VF_TLS_KEY``         (none)        client key
+``VF_TRANSPORT``       ``tcp``       ``tcp`` or ``websockets``
+``VF_WS_PATH``         ``/mqtt``     WebSocket path (with ``websockets``)
 ``VF_TOPIC_ROOT``      ``factory``   first topic level of the namespace
 =====================  ============  =========================================
 
@@ -39,6 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+TRANSPORTS = ("tcp", "websockets")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class BrokerSettings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls: bool = False
+    transport: str = "tcp"
+    ws_path: str = "/mqtt"
     topic_root: str = "factory"
     keepalive: int = field(default=30)
 
@@ -67,7 +74,15 @@ class BrokerSettings:
             raise ValueError(
                 f"VF_MQTT_PROTOCOL must be one of {', '.join(PROTOCOLS)}, not {protocol!r}"
             )
+        transport = env.get("VF_TRANSPORT", "tcp") or "tcp"
+        if transport not in TRANSPORTS:
+            raise ValueError(
+                f"VF_TRANSPORT must be one of {', '.join(TRANSPORTS)}, not {transport!r}"
+            )
         return cls(
+            transport=transport,
+            ws_path=env.get("VF_WS_PATH") or "/mqtt",
+            tls=env.get("VF_TLS", "") not in ("", "0") or bool(env.get("VF_TLS_CA")),
             host=env.get("VF_BROKER_HOST", "localhost"),
             port=int(port),
             protocol=protocol,
@@ -109,6 +124,9 @@ class BrokerSettings:
             "VF_TLS_CA": self.tls_ca,
             "VF_TLS_CERT": self.tls_cert,
             "VF_TLS_KEY": self.tls_key,
+            "VF_TLS": "1" if self.tls else None,
+            "VF_TRANSPORT": self.transport if self.transport != "tcp" else None,
+            "VF_WS_PATH": self.ws_path if self.transport != "tcp" else None,
             "VF_TOPIC_ROOT": self.topic_root,
         }
         return {name: value for name, value in values.items() if value is not None}
@@ -171,14 +189,20 @@ def make_client(
     if protocol != mqtt.MQTTv5:
         kwargs["clean_session"] = clean_start
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=protocol,
+        transport=settings.transport,
+        **kwargs,
     )
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
-    if settings.tls_ca:
+    if settings.tls or settings.tls_ca:
         client.tls_set(
             ca_certs=settings.tls_ca, certfile=settings.tls_cert, keyfile=settings.tls_key
         )
+    if settings.transport == "websockets":
+        client.ws_set_options(path=settings.ws_path)
     if will:
         topic, payload, qos, retain = will
         client.will_set(topic, payload, qos=qos, retain=retain)

@@ -23,6 +23,7 @@ from mqtt_factory_lab.brokers.base import (
     BrokerUnavailable,
     CapabilityMissing,
 )
+from mqtt_factory_lab.connection import ConnectionSettings
 
 BACKENDS = ("auto", "local", "docker", "external")
 
@@ -75,9 +76,13 @@ def resolve_backend(requested: str, url: str | None = None) -> str:
 
 
 def create_broker(
-    backend: str, variant: str = "open", *, url: str | None = None, **options
+    backend: str, variant: str = "open", *, url: str | ConnectionSettings | None = None, **options
 ) -> Broker:
-    """A (not yet started) broker of the given concrete backend."""
+    """A (not yet started) broker of the given concrete backend.
+
+    :param url: for the external backend, ``--broker-url`` or the run's parsed settings
+        (credentials, TLS, WebSockets, an MQTT 5 listener).
+    """
     if backend == "local":
         from mqtt_factory_lab.brokers.local import LocalMosquitto
 

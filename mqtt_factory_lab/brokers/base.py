@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import re
 import socket
-import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from mqtt_factory_lab.connection import ConnectionSettings, try_connect
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
 
 #: What a backend can do to its broker; lessons declare what they need.
@@ -51,34 +47,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def mqtt_ping(host: str, port: int, timeout: float = 1.0) -> bool:
-    """Return whether a real MQTT CONNECT to ``host:port`` is answered within ``timeout``.
+    """Return whether an MQTT broker answers a CONNECT to ``host:port`` within ``timeout``.
 
-    This is the readiness test: a port that accepts TCP is not yet a broker.
-    A CONNACK that refuses the anonymous ping (``allow_anonymous false``, the
-    ``hardened`` variant) still proves the broker is up.
+    This is the readiness test of a broker the lab starts: a port that accepts TCP is
+    not yet a broker, but a CONNACK, even one that refuses an anonymous client, is. It
+    waits for the CONNACK on an event; for an external broker,
+    :func:`mqtt_factory_lab.connection.ready` also says why a broker is not ready.
     """
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"lab-ping-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv311,
-    )
-    answered: list[object] = []
-    client.on_connect = lambda client, userdata, flags, reason, properties: answered.append(reason)
-    try:
-        client.connect(host, port, keepalive=5)
-    except OSError:
-        return False
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            client.loop(timeout=0.05)
-            if client.is_connected() or answered:
-                return True
-        return False
-    finally:
-        client.disconnect()
-        client.loop(timeout=0.05)
-        client.socket_close() if client.socket() else None
+    outcome, _ = try_connect(ConnectionSettings(host, port), "3.1.1", timeout=timeout)
+    # A CONNACK that refuses (a broker that wants a login) still proves a broker is there.
+    return outcome.accepted or outcome.reason_code is not None
 
 
 class Broker(ABC):
@@ -143,6 +121,12 @@ class Broker(ABC):
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def connection(self) -> ConnectionSettings:
+        """How clients and programs connect: plain TCP to :attr:`host`/:attr:`port` for a
+        broker the lab starts; the external backend returns its ``--broker-url`` settings."""
+        return ConnectionSettings(self.host, self.port)
 
     @property
     def config_files(self) -> dict[str, Path]:

@@ -103,6 +103,7 @@ def render(
     local_paths: bool = True,
     docker_dir: Path = DOCKER_DIR,
     extra: str = "",
+    source: Path | None = None,
     acl_file: Path | None = None,
     password_file: Path | None = None,
 ) -> RenderedConfig:
@@ -115,11 +116,20 @@ def render(
         ``False`` keeps container paths (docker backend).
     :param extra: configuration lines appended as ``conf.d/zz-extra.conf``,
         for a test that needs one more option.
+    :param source: a team's own configuration folder (``--broker-config``) used instead of
+        the lab's files and ``variant``: its ``mosquitto.conf`` with the first ``listener``
+        line moved to ``port``, and every other file (ACL, password file, certificates)
+        copied beside it. Its paths follow the eclipse-mosquitto image's layout
+        (``/mosquitto/config/acl``...), as the lab's own files do.
     :param acl_file: an ACL to install as ``config/acl`` instead of ``docker/acl``
         (a solution's own ACL, or a platform team's).
     :param password_file: a ``mosquitto_passwd`` file to install as ``config/passwd``
         (the ``hardened`` variant reads it).
     """
+    if source is not None:
+        return _render_source(
+            source, root, port=port, bind_address=bind_address, local_paths=local_paths, extra=extra
+        )
     fragments = parse_variant(variant, docker_dir)
     config_dir = root / "config"
     conf_d = config_dir / "conf.d"
@@ -160,3 +170,44 @@ def render(
     config_dir.chmod(0o755)
     root.chmod(0o755)
     return RenderedConfig(root=root, variant="+".join(fragments), port=port)
+
+
+def _render_source(
+    source: Path,
+    root: Path,
+    *,
+    port: int,
+    bind_address: str | None,
+    local_paths: bool,
+    extra: str = "",
+) -> RenderedConfig:
+    """A team's configuration folder as a broker folder (see :func:`render`)."""
+    main = source / "mosquitto.conf"
+    if not main.is_file():
+        raise BrokerConfigError(
+            f"--broker-config {source}: no mosquitto.conf in it (the folder holds the broker's "
+            "mosquitto.conf and the files it names: ACL, password file, certificates)"
+        )
+    config_dir = root / "config"
+    data_dir = root / "data"
+    if root.exists():
+        shutil.rmtree(config_dir, ignore_errors=True)
+    shutil.copytree(source, config_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o777)
+    text = main.read_text()
+    listener = f"listener {port} {bind_address}" if bind_address else f"listener {port}"
+    text = (
+        _LISTENER.sub(listener, text, count=1) if _LISTENER.search(text) else f"{listener}\n{text}"
+    )
+    if extra:
+        text = f"{text.rstrip()}\n# added by the lab\n{extra}\n"
+    if local_paths:
+        text = text.replace(f"{CONTAINER_ROOT}/", f"{root}/")
+    (config_dir / "mosquitto.conf").write_text(text)
+    for path in config_dir.rglob("*"):
+        # mosquitto refuses a password file or key that others may read
+        path.chmod(0o755 if path.is_dir() else 0o600 if local_paths else 0o644)
+    config_dir.chmod(0o755)
+    root.chmod(0o755)
+    return RenderedConfig(root=root, variant=f"config from {source}", port=port)

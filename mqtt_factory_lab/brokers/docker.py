@@ -142,6 +142,8 @@ class DockerMosquitto(Broker):
     :param workdir: folder for the rendered config and data; default a fresh temp
         folder that :meth:`close` removes.
     :param extra_config: more configuration lines for this broker only.
+    :param config_source: a team's own configuration folder instead of the lab's files
+        (see :func:`~mqtt_factory_lab.brokers.config.render`).
     :param start_timeout: seconds to wait for the ready line and an accepted CONNECT.
     :param acl_file: the ACL to load instead of ``docker/acl``.
     :param password_file: a ``mosquitto_passwd`` file, installed as ``config/passwd``.
@@ -164,6 +166,7 @@ class DockerMosquitto(Broker):
         port: int | None = None,
         workdir: Path | None = None,
         extra_config: str = "",
+        config_source: Path | None = None,
         start_timeout: float = 30.0,
         acl_file: Path | None = None,
         password_file: Path | None = None,
@@ -182,6 +185,8 @@ class DockerMosquitto(Broker):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mqtt-lab-container-"))
         self.workdir.chmod(0o755)
         self.extra_config = extra_config
+        #: a team's own configuration folder used instead of the lab's (``--broker-config``)
+        self.config_source = config_source
         self.acl_file = acl_file
         self.password_file = password_file
         self.start_timeout = start_timeout
@@ -226,6 +231,7 @@ class DockerMosquitto(Broker):
             bind_address=bind_address,
             local_paths=False,
             extra=self.extra_config,
+            source=self.config_source,
             acl_file=self.acl_file,
             password_file=self.password_file,
         )

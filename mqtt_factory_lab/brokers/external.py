@@ -6,62 +6,67 @@ or restart it; tests that need those are skipped with a reason saying so.
 
 from __future__ import annotations
 
-import time
-from urllib.parse import urlsplit
-
-from mqtt_factory_lab.brokers.base import Broker, BrokerStartError, mqtt_ping
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.brokers.base import Broker, BrokerStartError
+from mqtt_factory_lab.connection import ConnectionSettings, ConnectOutcome, ready, try_connect
 
 
 def parse_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` → ``(host, port)``; port defaults to 1883.
+    """``mqtt://host:port`` → ``(host, port)``; the port defaults to the scheme's (1883 for mqtt).
 
     :raises ValueError: for another scheme or a malformed address.
     """
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ValueError(f"--broker-url must look like mqtt://HOST:PORT, not {url!r}")
-    try:
-        port = parts.port or 1883
-    except ValueError as error:
-        raise ValueError(f"--broker-url {url!r} has an invalid port") from error
-    if not parts.hostname:
-        raise ValueError(f"--broker-url {url!r} has no host")
-    return parts.hostname, port
+    settings = ConnectionSettings.from_url(url)
+    return settings.host, settings.port
 
 
 class ExternalBroker(Broker):
-    """A broker at a fixed address, checked with a real CONNECT at start.
+    """A broker at a fixed address, checked once with a real CONNECT at start.
 
-    :param url: ``mqtt://host:port``.
+    :param url: ``mqtt://host:port`` (or ``mqtts://``, ``ws://``, ``wss://``, with
+        ``user:password@``), or ready-made :class:`ConnectionSettings`.
     :param variant: what the caller asked for; only ``"open"`` is meaningful.
+    :param start_timeout: seconds each CONNECT attempt may wait for the network, and again
+        for the CONNACK.
+
+    A start that fails remembers why: starting again raises the same error at once, so
+    an unreachable broker costs one wait per run, not one per test.
     """
 
     backend = "external"
     capabilities = frozenset()
 
-    def __init__(self, url: str, variant: str = "open", start_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str | ConnectionSettings,
+        variant: str = "open",
+        start_timeout: float = 2.0,
+    ) -> None:
         super().__init__(variant)
-        self.host, self.port = parse_url(url)
+        self.settings = (
+            url if isinstance(url, ConnectionSettings) else ConnectionSettings.from_url(url)
+        )
+        self.host, self.port = self.settings.host, self.settings.port
         self.start_timeout = start_timeout
+        self.outcomes: list[ConnectOutcome] = []
+        self._failure: BrokerStartError | None = None
+
+    @property
+    def url(self) -> str:
+        return self.settings.display_url()
+
+    @property
+    def connection(self) -> ConnectionSettings:
+        return self.settings
 
     def start(self) -> None:
-        started = time.monotonic()
-        try:
-            # poll interval 0.05 s: a refused connection returns at once
-            wait_until(
-                lambda: mqtt_ping(self.host, self.port, timeout=1.0),
-                self.start_timeout,
-                interval=0.05,
-            )
-            self.ready_seconds = time.monotonic() - started
+        if self._failure is not None:
+            raise self._failure
+        self.outcomes = ready(self.settings, timeout=self.start_timeout)
+        if self.outcomes[-1].accepted:
+            self.ready_seconds = sum(o.seconds for o in self.outcomes)
             return
-        except ProcessTimeout:
-            pass
-        raise BrokerStartError(
-            f"no MQTT broker accepted a CONNECT at {self.url} within {self.start_timeout}s: "
-            "check that it runs and that --broker-url is right (it must allow anonymous clients)"
-        )
+        self._failure = BrokerStartError(not_ready_message(self.outcomes))
+        raise self._failure
 
     def stop(self) -> None:
         self.require("restart")
@@ -70,4 +75,16 @@ class ExternalBroker(Broker):
         """Nothing to stop: the broker is someone else's."""
 
     def is_running(self) -> bool:
-        return mqtt_ping(self.host, self.port, timeout=1.0)
+        protocol = self.outcomes[-1].protocol if self.outcomes else "3.1.1"
+        outcome, _ = try_connect(self.settings, protocol, timeout=1.0)
+        return outcome.accepted
+
+
+def not_ready_message(outcomes: list[ConnectOutcome]) -> str:
+    """Why no CONNECT was accepted, one line per attempt (what the broker said, what to do)."""
+    where = outcomes[0].settings.display_url()
+    lines = "\n".join(f"  - {o.sentence()}" for o in outcomes)
+    return (
+        f"no MQTT broker accepted a CONNECT at {where} (check --broker-url and the broker):\n"
+        f"{lines}"
+    )

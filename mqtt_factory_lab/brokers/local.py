@@ -57,6 +57,8 @@ class LocalMosquitto(Broker):
     :param workdir: folder for config, data and log; default a fresh temp folder
         that :meth:`close` removes.
     :param extra_config: more configuration lines for this broker only.
+    :param config_source: a team's own configuration folder instead of the lab's files
+        (see :func:`~mqtt_factory_lab.brokers.config.render`).
     :param start_timeout: seconds to wait for the first accepted CONNECT.
     :param acl_file: the ACL to load instead of ``docker/acl``.
     :param password_file: a ``mosquitto_passwd`` file, installed as ``config/passwd``.
@@ -78,6 +80,7 @@ class LocalMosquitto(Broker):
         executable: str | None = None,
         workdir: Path | None = None,
         extra_config: str = "",
+        config_source: Path | None = None,
         start_timeout: float = 10.0,
         acl_file: Path | None = None,
         password_file: Path | None = None,
@@ -96,6 +99,8 @@ class LocalMosquitto(Broker):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mqtt-lab-broker-"))
         self.workdir.chmod(0o755)
         self.extra_config = extra_config
+        #: a team's own configuration folder used instead of the lab's (``--broker-config``)
+        self.config_source = config_source
         self.acl_file = acl_file
         self.password_file = password_file
         self.start_timeout = start_timeout
@@ -135,6 +140,7 @@ class LocalMosquitto(Broker):
             extra=extra,
             acl_file=self.acl_file,
             password_file=self.password_file,
+            source=self.config_source,
         )
         self.port = port
         self._archive_log()

@@ -1,0 +1,666 @@
+"""Conformance mode: any broker by URL, a CONNECT that explains itself, the capability probe,
+statement tags and the report, proven on Mosquitto and on a second broker, amqtt.
+
+amqtt (pure Python, pinned in requirements.lock) speaks MQTT 3.1.1 only: the lab's MQTT 5
+experiments must be skipped once, with the broker's own answer as the reason, and nothing
+may fail that amqtt does right. Brokers here are started directly (not through the pool),
+because the runs under test are child pytests pointed at them with ``--broker-url``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mqtt_factory_lab.brokers.base import free_port, mqtt_ping
+from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
+from mqtt_factory_lab.capabilities import BrokerNotReady, probe
+from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.connection import (
+    ConnectionSettings,
+    mask_url,
+    ready,
+    try_connect,
+)
+from mqtt_factory_lab.factory import program_env
+from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, wait_until
+from sim.connection import BrokerSettings
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "s3cr3t-Pa55"  # the password of the login broker; must never be printed
+
+needs_mosquitto = pytest.mark.skipif(
+    find_mosquitto() is None, reason="these tests start mosquitto with the local backend"
+)
+
+
+# -- brokers ------------------------------------------------------------------------------
+
+
+@dataclass
+class Amqtt:
+    """An amqtt broker: TCP on ``port``, WebSockets on ``ws_port``."""
+
+    process: ChildProcess
+    port: int
+    ws_port: int
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def amqtt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Amqtt]:
+    """amqtt 0.12 started as a child process (stopped, by PID, at the end of the module)."""
+    folder = tmp_path_factory.mktemp("amqtt")
+    port, ws_port = free_port(), free_port()
+    config = folder / "broker.yaml"
+    config.write_text(
+        "listeners:\n"
+        f"  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+        f"  ws:\n    type: ws\n    bind: 127.0.0.1:{ws_port}\n"
+        "plugins:\n"
+        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        "  amqtt.plugins.sys.broker.BrokerSysPlugin:\n    sys_interval: 10\n"
+        # refuses subscriptions to 'top-secret' (and a few others): a refusal to observe
+        "  amqtt.plugins.topic_checking.TopicTabooPlugin: {}\n"
+    )
+    process = ChildProcess(
+        [
+            sys.executable,
+            "-c",
+            "from amqtt.scripts.broker_script import main; main()",
+            "-c",
+            str(config),
+        ],
+        name="amqtt",
+        cwd=folder,
+    ).start()
+    try:
+        wait_until(
+            lambda: mqtt_ping("127.0.0.1", port, timeout=0.5),
+            20,
+            interval=0.05,
+            stop_early=lambda: not process.is_running(),
+        )
+    except ProcessTimeout:
+        output = process.output()
+        process.close()
+        pytest.fail(f"amqtt did not start:\n{output[-3000:]}", pytrace=False)
+    yield Amqtt(process, port, ws_port)
+    process.close()
+
+
+@pytest.fixture
+def login_broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
+    """Mosquitto that wants a login: user ``lab``, password :data:`SECRET`, no anonymous."""
+    passwords = tmp_path / "passwords"
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(passwords), "lab", SECRET],
+        check=True,
+        capture_output=True,
+    )
+    broker = LocalMosquitto(
+        "open", extra_config=f"allow_anonymous false\npassword_file {passwords}\n"
+    )
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections and never answers (not an MQTT broker)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(2)
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+# -- child runs ---------------------------------------------------------------------------
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    output: str
+    seconds: float
+    outcomes: dict[str, str]
+    messages: dict[str, str]
+
+    def explain(self) -> str:
+        return f"exit status {self.returncode} after {self.seconds:.1f}s; output:\n{self.output[-5000:]}"
+
+
+def child_pytest(
+    tmp_path: Path, *args: str, password: str | None = None, timeout: float = 120
+) -> ChildRun:
+    """``pytest ARGS`` in a child (no xdist, nothing inherited from MQTT_LAB_*), JUnit read back."""
+    xml = tmp_path / f"junit-{time.monotonic_ns()}.xml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MQTT_LAB_"))}
+    if password is not None:
+        env["MQTT_LAB_BROKER_PASSWORD"] = password
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-rs",
+            f"--junitxml={xml}",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    outcomes, messages = junit_outcomes(xml)
+    return ChildRun(done.returncode, done.stdout + done.stderr, seconds, outcomes, messages)
+
+
+def junit_outcomes(xml: Path) -> tuple[dict[str, str], dict[str, str]]:
+    outcomes: dict[str, str] = {}
+    messages: dict[str, str] = {}
+    if not xml.exists():
+        return outcomes, messages
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        name = case.get("name", "")
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = "failed" if child.tag == "failure" else child.tag
+                messages[name] = (child.get("message") or "") + "\n" + (child.text or "")
+        outcomes[name] = outcome
+    return outcomes, messages
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://broker.example", ("broker.example", 1883, "tcp", False)),
+        ("mqtts://broker.example", ("broker.example", 8883, "tcp", True)),
+        ("ws://broker.example:9001/ws", ("broker.example", 9001, "websockets", False)),
+        ("wss://broker.example", ("broker.example", 443, "websockets", True)),
+        ("tcp://10.0.0.5:1884", ("10.0.0.5", 1884, "tcp", False)),
+    ],
+)
+def test_a_broker_url_names_host_port_transport_and_tls(url, expected):
+    settings = ConnectionSettings.from_url(url)
+    assert (settings.host, settings.port, settings.transport, settings.tls) == expected
+
+
+def test_credentials_in_the_url_are_used_and_never_shown():
+    settings = ConnectionSettings.from_url(f"mqtts://lab:{SECRET}@broker.example:8883")
+    assert (settings.username, settings.password) == ("lab", SECRET)
+    for shown in (settings.display_url(), settings.describe(), repr(settings)):
+        assert SECRET not in shown, f"the password leaked into {shown!r}"
+    assert settings.display_url() == "mqtts://lab:****@broker.example:8883"
+    assert SECRET not in mask_url(f"--broker-url=mqtt://lab:{SECRET}@h:1")
+    with pytest.raises(ValueError, match=r"must look like mqtt://HOST:PORT") as refused:
+        ConnectionSettings.from_url(f"http://lab:{SECRET}@broker.example")
+    assert SECRET not in str(refused.value)
+
+
+def test_options_give_login_certificates_and_an_mqtt5_listener(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
+    settings = ConnectionSettings.from_options(
+        "mqtt://broker.example:1883",
+        mqtt5_url="mqtt://broker.example:1885",
+        username="lab",
+        ca=str(ca),
+        environ={"MQTT_LAB_BROKER_PASSWORD": SECRET},
+    )
+    assert settings.password == SECRET and settings.tls, "a CA file turns TLS on"
+    five = settings.for_protocol("5")
+    assert (five.port, five.username, five.password, five.ca) == (1885, "lab", SECRET, str(ca))
+    assert settings.for_protocol("3.1.1").port == 1883
+    with pytest.raises(ValueError, match="go together"):
+        ConnectionSettings.from_options("mqtt://h", cert=str(ca))
+    with pytest.raises(ValueError, match="no such file"):
+        ConnectionSettings.from_options("mqtt://h", ca=str(tmp_path / "missing.pem"))
+
+
+def test_programs_get_the_same_settings_through_vf_variables(monkeypatch):
+    monkeypatch.setenv("VF_USERNAME", "someone-else")  # a stale setting of the lab's own shell
+    monkeypatch.setenv("VF_TLS_CA", "/elsewhere/ca.pem")
+    settings = ConnectionSettings.from_url(f"wss://lab:{SECRET}@broker.example:8443/mqtt-ws")
+
+    class External:
+        host, port, connection = settings.host, settings.port, settings
+
+    env = program_env(External(), "lab/t/factory", "3.1.1")
+    seen = BrokerSettings.from_env(env)
+    assert (seen.host, seen.port, seen.transport, seen.ws_path, seen.tls) == (
+        "broker.example",
+        8443,
+        "websockets",
+        "/mqtt-ws",
+        True,
+    )
+    assert (seen.username, seen.password, seen.tls_ca) == ("lab", SECRET, None), (
+        "the program must get the run's login, and none of the lab's stale VF_* variables"
+    )
+    plain = program_env(ConnectionSettings("127.0.0.1", 1883), "r", "5")
+    assert "VF_USERNAME" not in plain and plain["VF_BROKER_PORT"] == "1883"
+
+
+# -- a CONNECT that explains itself -----------------------------------------------------
+
+
+def test_nothing_listening_is_named_at_once():
+    outcome, _ = try_connect(ConnectionSettings("127.0.0.1", free_port()), "3.1.1")
+    assert outcome.kind == "refused" and outcome.seconds < 1, outcome
+    assert "refused the TCP connection" in outcome.sentence()
+    assert "start the broker, or correct the host and port" in outcome.sentence()
+
+
+def test_a_port_that_never_answers_mqtt_is_named_after_one_wait(silent_port):
+    settings = ConnectionSettings("127.0.0.1", silent_port)
+    started = time.monotonic()
+    outcomes = ready(settings, timeout=0.5)
+    assert [o.kind for o in outcomes] == ["no_connack"], (
+        "silence is not MQTT: trying MQTT 5 after it would only wait again"
+    )
+    assert time.monotonic() - started < 1.5
+    assert "is this an MQTT listener" in outcomes[0].sentence()
+
+
+def test_tls_to_a_plain_listener_is_named_as_such(amqtt):
+    outcome, _ = try_connect(
+        ConnectionSettings.from_url(f"mqtts://127.0.0.1:{amqtt.port}"), "3.1.1"
+    )
+    assert outcome.kind in ("not_tls", "tls"), outcome
+    assert "TLS" in outcome.sentence()
+
+
+def test_mqtt5_refused_by_a_311_broker_quotes_its_connack(amqtt):
+    outcome, _ = try_connect(ConnectionSettings.from_url(amqtt.url), "5")
+    assert outcome.kind == "unsupported_protocol" and outcome.reason_code == 0x84, outcome
+    assert "--broker-url-mqtt5" in outcome.sentence()
+
+
+def test_websockets_reach_a_broker_through_the_same_settings(amqtt, topic_root):
+    settings = ConnectionSettings.from_url(f"ws://127.0.0.1:{amqtt.ws_port}/mqtt")
+    client = RecordingClient(settings.host, settings.port, protocol="3.1.1", connection=settings)
+    client.connect()
+    try:
+        client.subscribe(f"{topic_root}/ws", qos=1)
+        client.publish(f"{topic_root}/ws", b"over websockets", qos=1)
+        assert client.wait_for_message(f"{topic_root}/ws").text == "over websockets"
+    finally:
+        client.disconnect()
+
+
+@needs_mosquitto
+def test_a_refused_client_says_why_and_stops_reconnecting(login_broker):
+    client = RecordingClient(login_broker.host, login_broker.port, "lab-refused", protocol="5")
+    with pytest.raises(ConnectionError, match=r"refused lab-refused .*Not authorized.*0x87"):
+        client.connect()
+    alive = [t.name for t in threading.enumerate() if "lab-refused" in t.name]
+    assert not alive, f"a refused client must stop its network thread (it would reconnect): {alive}"
+    outcome, _ = try_connect(login_broker.connection, "3.1.1")
+    assert outcome.kind == "not_authorized" and "--broker-username" in outcome.sentence()
+
+
+def max_qos_1(direct_broker) -> ConnectionSettings:
+    """A Mosquitto listener with ``max_qos 1`` (MQTT 5 clients learn it from the CONNACK)."""
+    port = free_port()
+    direct_broker(LocalMosquitto, "open", extra_config=f"listener {port} 127.0.0.1\nmax_qos 1\n")
+    return ConnectionSettings("127.0.0.1", port)
+
+
+@needs_mosquitto
+def test_a_broker_that_closes_the_connection_on_qos2_is_named_as_such(direct_broker, topic_root):
+    settings = max_qos_1(direct_broker)
+    client = RecordingClient(settings.host, settings.port, protocol="5")
+    client.connect()
+    assert client.connack["properties"].get("MaximumQoS") == 1
+    try:
+        with pytest.raises(
+            ConnectionError, match=r"closed the connection before the PUBREC/PUBCOMP: .*0x9B"
+        ):
+            client.publish(f"{topic_root}/q2", b"x", qos=2, timeout=3)
+    finally:
+        client.disconnect()
+
+
+def test_a_refused_subscription_is_named_as_such(amqtt, topic_root):
+    client = RecordingClient("127.0.0.1", amqtt.port, protocol="3.1.1")
+    client.connect()
+    try:
+        codes = client.subscribe("top-secret", qos=1)  # amqtt's taboo plugin refuses it
+        assert codes[0].is_failure, f"amqtt was expected to refuse 'top-secret', SUBACK: {codes}"
+        with pytest.raises(AssertionError, match=r"refused .*subscription to 'top-secret'"):
+            client.granted_qos("top-secret")
+        with pytest.raises(
+            AssertionError, match=r"the broker refused the subscription to 'top-secret'"
+        ):
+            client.wait_for_message("top-secret", timeout=0.2)
+    finally:
+        client.disconnect()
+
+
+# -- the capability probe -----------------------------------------------------------------
+
+
+@needs_mosquitto
+def test_mosquitto_has_every_capability(direct_broker):
+    broker = direct_broker(LocalMosquitto, "open")
+    found = probe(broker.connection)
+    missing = [c.name for c in found.items.values() if not c.present]
+    assert not missing, "\n".join(found.table())
+    assert found.seconds < 3, f"the probe took {found.seconds:.1f}s"
+
+
+def test_amqtt_lacks_mqtt5_and_shared_subscriptions_and_says_why(amqtt):
+    found = probe(ConnectionSettings.from_url(amqtt.url))
+    table = "\n".join(found.table())
+    assert found.has("mqtt3") and found.has("retain") and found.has("wildcards"), table
+    assert not found.has("mqtt5") and not found.has("shared_subscriptions"), table
+    assert found.reason(["mqtt5"]) == (
+        "the broker lacks MQTT 5: CONNACK 'Unsupported protocol version' (0x84) to an MQTT 5 CONNECT"
+    )
+    assert found.reason(["mqtt3", "retain"]) is None
+
+
+@needs_mosquitto
+def test_a_broker_that_grants_less_qos_loses_qos2_only(direct_broker):
+    found = probe(max_qos_1(direct_broker))
+    assert found.has("qos1") and not found.has("qos2"), "\n".join(found.table())
+    assert "Maximum QoS 1" in found.items["qos2"].detail
+
+
+def test_an_unreachable_broker_is_not_probed_further():
+    with pytest.raises(BrokerNotReady, match=r"no MQTT broker accepted a CONNECT.*\n.*refused"):
+        probe(ConnectionSettings("127.0.0.1", free_port()))
+
+
+# -- whole runs ---------------------------------------------------------------------------
+
+#: what amqtt 0.12.1 gets wrong, and the words the lab uses for it
+AMQTT_VIOLATIONS = {
+    "test_stored_state_comes_at_the_lower_of_its_qos_and_the_granted_qos[mqtt3.1.1-qos0]": (
+        "delivered at the lower of the publish QoS"
+    ),
+    "test_wildcard_subscription_receives_every_matching_retained_topic[mqtt3.1.1]": (
+        "must receive only topics its filter matches"
+    ),
+}
+
+
+def test_lesson_03_on_amqtt_skips_mqtt5_once_and_fails_only_what_amqtt_gets_wrong(tmp_path, amqtt):
+    run = child_pytest(tmp_path, "labs/03_retained.py", "-m", "broker", f"--broker-url={amqtt.url}")
+    failed = {n for n, o in run.outcomes.items() if o in ("failed", "error")}
+    assert failed == set(AMQTT_VIOLATIONS), (
+        "a failure on amqtt must be amqtt's, not the lab's: " + run.explain()
+    )
+    for name, words in AMQTT_VIOLATIONS.items():
+        assert words in run.messages[name], run.explain()
+    mqtt5 = [
+        n
+        for n in run.outcomes
+        if "mqtt5" in n or "retain_as_published" in n or "retain_handling" in n
+    ]
+    assert mqtt5 and all(run.outcomes[n] == "skipped" for n in mqtt5), run.explain()
+    findings = [line for line in run.output.splitlines() if line.startswith("finding:")]
+    assert findings == [
+        "finding: the broker lacks MQTT 5: CONNACK 'Unsupported protocol version' (0x84) to an "
+        f"MQTT 5 CONNECT ({len(mqtt5)} experiments skipped for it)"
+    ], run.explain()
+    assert "MQTT 3.1.1 statements:" in run.output and "MQTT 5 statements:" in run.output
+
+
+@needs_mosquitto
+def test_a_broker_that_wants_a_login_passes_with_one(tmp_path, login_broker):
+    url = f"mqtt://{login_broker.host}:{login_broker.port}"
+    run = child_pytest(
+        tmp_path,
+        "labs/03_retained.py",
+        "-m",
+        "broker",
+        f"--broker-url={url}",
+        "--broker-username=lab",
+        password=SECRET,
+    )
+    assert run.returncode == 0 and " passed" in run.output, run.explain()
+    assert SECRET not in run.output
+
+
+@needs_mosquitto
+@pytest.mark.parametrize("login", ["none", "wrong"])
+def test_a_broker_that_wants_a_login_fails_once_and_clearly_without_it(
+    tmp_path, login_broker, login
+):
+    url = f"mqtt://{login_broker.host}:{login_broker.port}"
+    args = ["--broker-username=lab"] if login == "wrong" else []
+    run = child_pytest(
+        tmp_path,
+        "labs/03_retained.py",
+        "-m",
+        "broker",
+        f"--broker-url={url}",
+        *args,
+        password="not-" + SECRET if login == "wrong" else None,
+    )
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert run.output.count("no MQTT broker accepted a CONNECT") == 1, run.explain()
+    advice = "check them" if login == "wrong" else "--broker-username NAME"
+    assert "Not authorized" in run.output and advice in run.output, run.explain()
+    assert not run.outcomes, "no experiment may run (or fail on its own) against it"
+    assert SECRET not in run.output
+
+
+def test_an_unreachable_broker_fails_the_run_once_in_under_5s(tmp_path):
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    run = child_pytest(tmp_path, "labs/03_retained.py", f"--broker-url={url}")
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert run.output.count("refused the TCP connection") == 1, run.explain()
+    assert "start the broker, or correct the host and port" in run.output
+    assert run.seconds < 5, f"an unreachable broker took {run.seconds:.1f}s to report"
+
+
+def test_a_port_that_is_not_mqtt_fails_the_run_once_in_under_5s(tmp_path, silent_port):
+    run = child_pytest(
+        tmp_path, "labs/03_retained.py", f"--broker-url=mqtt://127.0.0.1:{silent_port}"
+    )
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert run.output.count("sent no CONNACK") == 1, run.explain()
+    assert run.seconds < 5, f"a silent port took {run.seconds:.1f}s to report"
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def conformance(tmp_path: Path, *args: str, password: str | None = None) -> ChildRun:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MQTT_LAB_"))}
+    if password:
+        env["MQTT_LAB_BROKER_PASSWORD"] = password
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "mqtt_factory_lab.conformance", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    return ChildRun(done.returncode, done.stdout + done.stderr, time.monotonic() - started, {}, {})
+
+
+@needs_mosquitto
+def test_the_conformance_report_of_two_brokers_side_by_side(tmp_path, amqtt):
+    run = conformance(tmp_path, f"--broker-url={amqtt.url}", "--out=amqtt", "--", "-p", "no:xdist")
+    assert run.returncode == 1, run.explain()  # amqtt's violations fail the run
+    report = json.loads((tmp_path / "amqtt" / "report.json").read_text())
+    assert report["capabilities"]["capabilities"]["mqtt5"]["present"] is False
+    assert report["findings"][0]["finding"].startswith("the broker lacks MQTT 5")
+    assert (
+        report["statement_totals"]["5"]["skipped"] == report["statement_totals"]["5"]["tested"] > 0
+    )
+    assert report["statements"]["3.1.1"]["MQTT-3.3.2-3"]["status"] == "failed"
+    assert report["statements"]["3.1.1"]["MQTT-3.3.1-10"]["status"] == "passed"
+    markdown = (tmp_path / "amqtt" / "report.md").read_text()
+    assert "| mqtt5 | **no** |" in markdown and "## Failures" in markdown
+    junit = ET.parse(tmp_path / "amqtt" / "junit.xml").getroot()
+    properties = {p.get("name") for p in junit.iter("property")}
+    assert {"spec", "mqtt_protocol"} <= properties, "JUnit carries the statements of each case"
+
+    run = conformance(tmp_path, "--out=mosquitto", "--broker-backend=local", "--", "-p", "no:xdist")
+    assert run.returncode == 0, run.explain()
+    mosquitto = json.loads((tmp_path / "mosquitto" / "report.json").read_text())
+    assert mosquitto["totals"]["failed"] == 0 and not mosquitto["findings"]
+
+    run = conformance(tmp_path, "--compare", "mosquitto", "amqtt", "--out=compare")
+    assert run.returncode == 0, run.explain()
+    side_by_side = (tmp_path / "compare" / "compare.md").read_text()
+    assert "| mqtt5 ≠ | yes | **no** |" in side_by_side, side_by_side
+    assert "| MQTT 3.1.1 | MQTT-3.3.2-3 ≠ | passed | failed |" in side_by_side, side_by_side
+
+
+@needs_mosquitto
+def test_a_teams_own_config_with_a_password_file_is_started_and_tested(tmp_path):
+    team = tmp_path / "team"
+    team.mkdir()
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(team / "passwords"), "ci", SECRET],
+        check=True,
+        capture_output=True,
+    )
+    (team / "acl").write_text("user ci\ntopic readwrite #\n")
+    (team / "mosquitto.conf").write_text(
+        "listener 1883\nallow_anonymous false\n"
+        "password_file /mosquitto/config/passwords\nacl_file /mosquitto/config/acl\n"
+    )
+    run = conformance(
+        tmp_path,
+        "--broker-config=team",
+        "--broker-backend=local",
+        "--broker-username=ci",
+        "--out=team-report",
+        "--",
+        "-p",
+        "no:xdist",
+        password=SECRET,
+    )
+    assert run.returncode == 0, run.explain()
+    assert "started --broker-config team broker (local)" in run.output
+    assert SECRET not in run.output
+    report = json.loads((tmp_path / "team-report" / "report.json").read_text())
+    assert report["totals"]["passed"] > 0 and report["totals"]["failed"] == 0
+
+    run = conformance(tmp_path, "--broker-config=team", "--broker-backend=local", "--out=anon")
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert "Not authorized" in run.output and "--broker-username" in run.output, run.explain()
+
+
+@needs_mosquitto
+def test_a_broker_that_grants_at_most_qos1_passes_all_but_what_needs_qos2(tmp_path, direct_broker):
+    settings = max_qos_1(direct_broker)
+    run = child_pytest(
+        tmp_path,
+        "labs/02_qos.py",
+        "labs/03_retained.py",
+        "-m",
+        "broker",
+        f"--broker-url={settings.display_url()}",
+    )
+    failed = [n for n, o in run.outcomes.items() if o in ("failed", "error")]
+    assert run.returncode == 0 and not failed, (
+        "granting less QoS is legal (MQTT §3.9.3): only the experiments that publish at QoS 2 may "
+        "be skipped, and nothing may fail: " + run.explain()
+    )
+    skipped_for_qos2 = [n for n, m in run.messages.items() if "the broker lacks QoS 2" in m]
+    assert skipped_for_qos2 and all("qos2" in n or "pub2" in n for n in skipped_for_qos2), (
+        run.explain()
+    )
+    assert "finding: the broker lacks QoS 2: SUBACK granted QoS 1" in run.output, run.explain()
+
+
+# -- markers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("decorators", "complaint"),
+    [
+        ('@pytest.mark.needs("telepathy")', "names no capability the lab probes"),
+        ('@pytest.mark.spec("MQTT-3.3.1-9")', "without a protocol parameter"),
+        ('@pytest.mark.spec(mqtt5=["3.3.1-9"])', "is not a statement id"),
+        ('@pytest.mark.spec(mqtt6=["MQTT-3.3.1-9"])', "takes mqtt311= and mqtt5="),
+    ],
+)
+def test_a_misused_needs_or_spec_marker_is_a_usage_error(tmp_path, decorators, complaint):
+    case = tmp_path / "test_case.py"
+    case.write_text(f"import pytest\n\n{decorators}\ndef test_x(broker_capabilities):\n    pass\n")
+    run = child_pytest(tmp_path, str(case), "--broker-url=mqtt://127.0.0.1:1", "--co")
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR and complaint in run.output, run.explain()
+
+
+def test_a_statement_fails_with_any_of_its_experiments_and_is_skipped_only_when_all_were():
+    from mqtt_factory_lab.spec import Result, statement_table
+
+    results = [
+        Result("a", "passed", "5", {"5": ["MQTT-3.3.1-5", "MQTT-3.3.1-9"]}),
+        Result("b", "failed", "5", {"5": ["MQTT-3.3.1-9"]}),
+        Result("c", "skipped", "5", {"5": ["MQTT-3.3.1-10"]}),
+        Result("d", "skipped", "3.1.1", {"3.1.1": ["MQTT-3.3.1-5"]}),
+        Result("e", "passed", None, {"3.1.1": ["MQTT-3.3.1-5"], "5": ["MQTT-3.3.1-5"]}),
+    ]
+    table = statement_table(results)
+    assert {s: r["status"] for s, r in table["5"].items()} == {
+        "MQTT-3.3.1-5": "passed",  # by a and e
+        "MQTT-3.3.1-9": "failed",
+        "MQTT-3.3.1-10": "skipped",
+    }
+    assert table["3.1.1"]["MQTT-3.3.1-5"] | {"experiments": []} == {
+        "passed": 1,
+        "failed": 0,
+        "skipped": 1,
+        "experiments": [],
+        "status": "passed",
+    }
+    assert list(table["5"]) == ["MQTT-3.3.1-5", "MQTT-3.3.1-9", "MQTT-3.3.1-10"], "numeric order"

@@ -2,6 +2,8 @@
 
 ``mqtt-lab grade SUBMISSIONS_DIR --out DIR``   grade a class (see docs/grading.md)
 ``mqtt-lab merge OUT_DIR... --out DIR``        one gradebook from the outputs of several shards
+``mqtt-lab conformance ...``                   the broker experiments as a conformance report
+                                               (:mod:`mqtt_factory_lab.conformance`)
 
 Another subcommand is one more ``add_parser`` in :func:`build_parser` and a function.
 """
@@ -127,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grade.add_argument("--quiet", action="store_true", help="no progress display")
     grade.set_defaults(run=run_grade)
+
+    from mqtt_factory_lab import conformance
+
+    check = commands.add_parser(
+        "conformance",
+        help="run the lessons' broker experiments against a broker; write a report",
+        description="Run the lab's broker experiments against a broker and write a "
+        "conformance report (Markdown, JSON, JUnit XML). See docs/conformance.md.",
+    )
+    conformance.add_arguments(check)
+    check.set_defaults(run=lambda args, parser: conformance.run(args))
 
     merge = commands.add_parser(
         "merge",

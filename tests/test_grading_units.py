@@ -184,7 +184,8 @@ def test_the_command_line_says_what_is_wrong(tmp_path: Path) -> None:
     assert done.returncode == 2 and "no runs/*.json" in done.stderr
     assert "Traceback" not in done.stderr
     help_text = run_cli("--help").stdout
-    assert "grade" in help_text and "merge" in help_text
+    assert "grade" in help_text and "merge" in help_text and "conformance" in help_text
+    assert "--broker-url" in run_cli("conformance", "--help").stdout
 
 
 def test_runs_read_back_as_they_were_written() -> None:

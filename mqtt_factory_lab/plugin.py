@@ -50,6 +50,7 @@ pytest_plugins = [
     "mqtt_factory_lab.broker_fixtures",
     "mqtt_factory_lab.factory_fixtures",
     "mqtt_factory_lab.acl",
+    "mqtt_factory_lab.points",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"

@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -118,6 +118,9 @@ class ChildProcess:
         self.output_path = output_path
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
+        #: extra keyword arguments for :class:`subprocess.Popen` (``preexec_fn``, ``user``,
+        #: ``group``): the class grader's limits on a student's programs (see ``roles.py``)
+        self.popen_options: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> ChildProcess:
@@ -135,6 +138,7 @@ class ChildProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
+                **self.popen_options,
             )
         self.started_at = time.monotonic()
         track(self)

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from mqtt_factory_lab.grading.limits import describe_exit, popen_options_for
 from mqtt_factory_lab.process import ChildProcess, ProcessTimeout
 
 
@@ -41,6 +42,9 @@ class RoleProcess(ChildProcess):
     ) -> None:
         super().__init__(command, name=name, env=env, cwd=cwd)
         self.role = role
+        # Under the class grader: CPU, memory, file and process limits, and an unprivileged
+        # user when it runs as root (mqtt_factory_lab/grading/limits.py). Nothing otherwise.
+        self.popen_options = popen_options_for(role)
 
     def start(self) -> RoleProcess:
         """Start the program. :raises RoleError: when it cannot be run at all."""
@@ -85,6 +89,8 @@ class RoleProcess(ChildProcess):
             if self.returncode is not None
             else "it is still running"
         )
+        if self.popen_options and describe_exit(self.returncode):
+            status += f" ({describe_exit(self.returncode)})"
         return (
             f"the {self.role} role ({self.name}) {what}; {status}.\n"
             f"  command: {shlex.join(self.command)}\n"

@@ -1,0 +1,1 @@
+print("never run: the manifest is broken")

@@ -1,0 +1,314 @@
+"""The example class (tests/class_example) graded end to end with ``mqtt-lab grade``.
+
+Ten submissions against lesson 03's solution experiments (6 experiments, 1 point each): the
+reference, the starter kit, two partly broken solutions, one that hangs, one that crashes
+at start, one that floods, one that forks without end, one with a broken manifest and one
+that tries to change the tests. The class is graded once (a module fixture); each test
+checks one promise: the scores, the reasons, the reports, that the hostile submissions
+changed nothing for the others, and — by PID — that nothing is left running.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from mqtt_factory_lab.grading.runner import ENV_TOKEN
+from mqtt_factory_lab.process import wait_until
+
+#: grading the class takes about a minute on a busy 2-core machine: more than the default limit
+pytestmark = pytest.mark.timeout(300)
+
+HERE = Path(__file__).resolve().parent
+CLASS = HERE / "class_example"
+HIDDEN = HERE / "grading_hidden"
+#: the options the example class is graded with (short limits: it must grade in well under
+#: a minute on 2 cores)
+OPTIONS = ["--lessons", "03", "-j", "2", "--lesson-timeout", "30", "--cpu-seconds", "5",
+           "--processes", "64"]  # fmt: skip
+#: expected points of lesson 03 (3 solution checks × 2 points, each run on 2 protocols: 6) by student
+EXPECTED = {
+    "reference": 6,
+    "starter": 0,
+    "state_not_retained": 2,
+    "retains_telemetry": 4,
+    "hangs": 0,
+    "crashes_at_start": 0,
+    "floods": 0,
+    "forks": 0,
+    "broken_manifest": 0,
+    "cheater": 0,
+}
+
+
+@dataclass
+class Graded:
+    out: Path
+    submissions: Path
+    output: str
+    seconds: float
+    tokens: set[str]
+
+    def run(self, student: str) -> dict[str, Any]:
+        return json.loads((self.out / "runs" / f"{student}.json").read_text())
+
+    def experiments(self, student: str) -> dict[str, dict[str, Any]]:
+        return {e["name"]: e for e in self.run(student)["experiments"]}
+
+    def report(self, student: str, suffix: str = "md") -> str:
+        return (self.out / "reports" / f"{student}.{suffix}").read_text()
+
+
+def grade(submissions: Path, out: Path, *options: str, timeout: float = 300) -> tuple[str, float]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "mqtt_factory_lab.grading", str(submissions), "--out", str(out),
+         "--quiet", *options],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr, seconds
+
+
+def grading_processes(tokens: set[str]) -> dict[int, str]:
+    """Every process carrying one of the grader's ``tokens`` in its environment, by PID."""
+    found = {}
+    for process in psutil.process_iter():
+        try:
+            token = process.environ().get(ENV_TOKEN)
+        except psutil.Error:
+            continue
+        if token in tokens:
+            found[process.pid] = token
+    return found
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Graded]:
+    """The example class, copied (the starter through its link) and graded once."""
+    submissions = tmp_path_factory.mktemp("class") / "submissions"
+    shutil.copytree(CLASS, submissions, ignore=shutil.ignore_patterns("conftest.py"))
+    out = tmp_path_factory.mktemp("graded")
+    output, seconds = grade(submissions, out, *OPTIONS)
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    tokens = {u["token"] for r in runs for u in r["units"]}
+    print(f"\nthe example class graded in {seconds:.1f} s on {os.cpu_count()} cores")
+    yield Graded(out, submissions, output, seconds, tokens)
+
+
+def test_the_reference_like_submissions_follow_solution_toml() -> None:
+    sys.path.insert(0, str(CLASS))
+    try:
+        from make_reference_like import expected_files
+    finally:
+        sys.path.remove(str(CLASS))
+    stale = [str(p.relative_to(CLASS)) for p, text in expected_files().items()
+             if not p.exists() or p.read_text() != text]  # fmt: skip
+    assert not stale, (
+        f"{stale} differ from the lab's solution.toml: run "
+        "python tests/class_example/make_reference_like.py"
+    )
+
+
+def test_every_student_gets_the_expected_points(graded: Graded) -> None:
+    with (graded.out / "gradebook.csv").open() as stream:
+        rows = {row["student"]: row for row in csv.DictReader(stream)}
+    assert list(next(iter(rows.values()))) == ["student", "lesson 03", "total", "max", "problem"]
+    scores = {student: float(row["total"]) for student, row in rows.items()}
+    assert scores == EXPECTED, graded.output
+    assert {row["max"] for row in rows.values()} == {"6"}
+    assert {row["lesson 03"] for row in rows.values()} == {f"{v:g}" for v in EXPECTED.values()}
+
+
+def test_partly_broken_solutions_lose_exactly_the_experiments_of_their_mistake(
+    graded: Graded,
+) -> None:
+    failed = {n for n, e in graded.experiments("retains_telemetry").items() if e["points"] == 0}
+    assert failed == {
+        "test_device_does_not_retain_telemetry[mqtt5]",
+        "test_device_does_not_retain_telemetry[mqtt3.1.1]",
+    }
+    for name in failed:
+        message = graded.experiments("retains_telemetry")[name]["message"]
+        assert "publishes telemetry retained" in message, message
+    failed = {n for n, e in graded.experiments("state_not_retained").items() if e["points"] == 0}
+    assert {n.split("[")[0] for n in failed} == {
+        "test_device_state_and_status_wait_for_late_dashboards",
+        "test_device_retained_state_follows_the_device",
+    }
+    report = graded.report("state_not_retained")
+    assert "# state_not_retained: 2 of 6 points" in report
+    assert "publish it with retain=True" in report
+
+
+def test_the_starter_fails_with_teaching_messages_not_tracebacks(graded: Graded) -> None:
+    for name, experiment in graded.experiments("starter").items():
+        assert experiment["outcome"] == "failed", (name, experiment)
+        assert "without the retain flag" in experiment["message"], experiment["message"]
+        assert "Traceback" not in experiment["message"]
+    html = graded.report("starter", "html")
+    assert "published &#x27;online&#x27;" in html and "without the retain flag" in html
+
+
+def test_a_hanging_submission_is_stopped_at_the_lesson_time_limit(graded: Graded) -> None:
+    run = graded.run("hangs")
+    assert run["problem"] == "03_retained.py: stopped after 30 s"
+    assert run["units"][0]["timed_out"]
+    outcomes = [e["outcome"] for e in run["experiments"]]
+    assert outcomes[0] == "failed" and "not run" in outcomes, outcomes
+    first, *rest = run["experiments"]
+    assert "never published a retained 'online' status" in first["message"]
+    not_run = [e for e in rest if e["outcome"] == "not run"]
+    assert all("did not finish within 30 s" in e["message"] for e in not_run), not_run
+
+
+def test_a_crash_at_start_shows_the_programs_own_error(graded: Graded) -> None:
+    for experiment in graded.experiments("crashes_at_start").values():
+        assert experiment["outcome"] == "failed"
+        assert "exited before publishing online" in experiment["message"]
+        assert "ModuleNotFoundError: No module named 'paho.mqtt.clinet'" in experiment["message"]
+    assert "paho.mqtt.clinet" in graded.report("crashes_at_start")
+
+
+def test_a_flooding_submission_is_graded_and_stopped(graded: Graded) -> None:
+    run = graded.run("floods")
+    assert [e["points"] for e in run["experiments"]] == [0] * 6
+    assert all(e["message"] for e in run["experiments"])
+    assert run["seconds"] < 60, run["units"]
+
+
+def test_a_fork_bomb_is_swept_away(graded: Graded) -> None:
+    run = graded.run("forks")
+    assert run["units"][0]["killed_leftovers"] > 0, run["units"]
+    assert "programs were still running after the lesson and were killed" in run["problem"]
+
+
+def test_a_broken_manifest_scores_zero_with_the_reason(graded: Graded) -> None:
+    run = graded.run("broken_manifest")
+    assert run["units"] == []  # nothing was started
+    assert run["problem"].startswith("the solution manifest cannot be used: ")
+    assert "broken_manifest/solution.toml is not valid TOML" in run["problem"]
+    assert all(e["outcome"] == "error" and e["points"] == 0 for e in run["experiments"])
+    assert len(run["experiments"]) == 6
+
+
+def test_nothing_in_a_submission_changes_the_tests(graded: Graded) -> None:
+    """The cheater's conftest.py would pass every test, its pytest.ini would collect none,
+    its mqtt_factory_lab/ would break every import: all six experiments ran and failed."""
+    experiments = graded.experiments("cheater")
+    assert len(experiments) == 6
+    for experiment in experiments.values():
+        assert experiment["outcome"] == "failed", experiment
+        assert "the device role (press-01) exited" in experiment["message"]
+
+
+def test_student_programs_run_under_the_graders_limits(graded: Graded) -> None:
+    """The cheater's device prints its limits; its report quotes them (--cpu-seconds 5)."""
+    message = next(iter(graded.experiments("cheater").values()))["message"]
+    assert "RLIMIT_CPU 5\n" in message, message
+    assert f"RLIMIT_AS {1024 * 2**20}\n" in message and f"RLIMIT_FSIZE {20 * 2**20}\n" in message
+    if "uid 0\n" not in message:  # privileges dropped: the process limit holds too
+        assert "RLIMIT_NPROC 64\n" in message, message
+
+
+def test_nothing_is_left_running(graded: Graded) -> None:
+    assert len(graded.tokens) == 9  # one lesson run per submission with a usable manifest
+    left = grading_processes(graded.tokens)
+    assert not left, [psutil.Process(p).cmdline() for p in left if psutil.pid_exists(p)]
+    children = psutil.Process().children(recursive=True)
+    assert not children, [c.cmdline() for c in children]
+
+
+def test_a_second_run_regrades_only_what_changed(graded: Graded) -> None:
+    before = {
+        p.stem: json.loads(p.read_text())["graded_at"] for p in (graded.out / "runs").glob("*.json")
+    }
+    manifest = graded.submissions / "reference" / "solution.toml"
+    manifest.write_text(manifest.read_text() + "\n# changed after the deadline\n")
+    output, _ = grade(graded.submissions, graded.out, *OPTIONS)
+    assert "graded 10 submissions (9 unchanged)" in output, output
+    after = {
+        p.stem: json.loads(p.read_text())["graded_at"] for p in (graded.out / "runs").glob("*.json")
+    }
+    assert {s for s in after if after[s] != before[s]} == {"reference"}
+    assert graded.run("reference")["score"] == 6
+
+
+def test_hidden_experiments_shards_and_merge(tmp_path: Path) -> None:
+    submissions = tmp_path / "submissions"
+    for student in ("reference", "starter"):
+        shutil.copytree(CLASS / student, submissions / student)
+    outs = []
+    for part in ("1/2", "2/2"):
+        out = tmp_path / f"shard{part[0]}"
+        grade(submissions, out, "--lessons", "03", "-j", "1", "--extra-tests", str(HIDDEN),
+              "--shard", part)  # fmt: skip
+        outs.append(out)
+    assert [p.stem for p in (outs[0] / "runs").glob("*.json")] == ["reference"]
+    assert [p.stem for p in (outs[1] / "runs").glob("*.json")] == ["starter"]
+    merged = tmp_path / "merged"
+    done = subprocess.run(
+        [sys.executable, "-m", "mqtt_factory_lab.cli", "merge", *map(str, outs), "--out", str(merged)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    with (merged / "gradebook.csv").open() as stream:
+        rows = {row["student"]: row for row in csv.DictReader(stream)}
+    # lesson 03: 6 + the hidden experiment's 5; extra: the hidden one without a lesson, 3
+    assert (rows["reference"]["lesson 03"], rows["reference"]["extra"]) == ("11", "3")
+    assert (rows["reference"]["total"], rows["reference"]["max"]) == ("14", "14")
+    assert (rows["starter"]["total"], rows["starter"]["max"]) == ("0", "14")
+    assert "test_hidden_state_names_the_device_kind" in (merged / "reports/starter.md").read_text()
+
+
+def test_ctrl_c_stops_the_grader_and_everything_it_started(tmp_path: Path) -> None:
+    submissions = tmp_path / "submissions"
+    shutil.copytree(CLASS / "hangs", submissions / "hangs")
+    grader = subprocess.Popen(
+        [sys.executable, "-m", "mqtt_factory_lab.grading", str(submissions), "--out",
+         str(tmp_path / "out"), "--lessons", "03", "--quiet", "--lesson-timeout", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+
+        def hanging_device() -> list[psutil.Process] | None:
+            found = [
+                p
+                for p in psutil.Process(grader.pid).children(recursive=True)
+                if "device.py" in " ".join(_cmdline(p))
+            ]
+            return found or None
+
+        started = wait_until(hanging_device, 60)
+        family = psutil.Process(grader.pid).children(recursive=True)
+        grader.send_signal(signal.SIGINT)
+        output, _ = grader.communicate(timeout=60)
+    finally:
+        if grader.poll() is None:
+            grader.kill()
+            grader.wait()
+    assert grader.returncode == 130, output
+    assert "interrupted; every program it started was stopped" in output
+    _gone, alive = psutil.wait_procs([*started, *family], timeout=10)
+    assert not alive, [_cmdline(p) for p in alive]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []

@@ -54,6 +54,12 @@ def untrack(thing: Closeable) -> None:
     _LIVE.discard(thing)
 
 
+def tracked_pids() -> set[int]:
+    """The process ids of every running child this process is tracking (brokers included)."""
+    pids = {getattr(thing, "pid", None) for thing in _LIVE}
+    return {pid for pid in pids if isinstance(pid, int)}
+
+
 class ProcessTimeout(TimeoutError):
     """A condition did not come true before its deadline."""
 

@@ -533,6 +533,7 @@ def conformance(tmp_path: Path, *args: str, password: str | None = None) -> Chil
 
 
 @needs_mosquitto
+@pytest.mark.timeout(600)  # two whole conformance runs, one of them against a slow Python broker
 def test_the_conformance_report_of_two_brokers_side_by_side(tmp_path, amqtt):
     run = conformance(tmp_path, f"--broker-url={amqtt.url}", "--out=amqtt", "--", "-p", "no:xdist")
     assert run.returncode == 1, run.explain()  # amqtt's violations fail the run

@@ -92,7 +92,7 @@ from mqtt_factory_lab.brokers import LOG, Broker
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import DeviceHandle
-from mqtt_factory_lab.roles import RoleError
+from mqtt_factory_lab.factory_fixtures import or_fail
 from mqtt_factory_lab.schemas import PayloadError, validate, validate_message
 from mqtt_factory_lab.solution import ManifestError
 
@@ -630,15 +630,12 @@ def start_seed_devices(
     """Start the solution's devices at once (device id = kind, anomalies on); wait until each
     has published its ``online`` status, which ``observer`` (subscribed to the root) sees."""
     launcher = factory_launcher(protocol=protocol)
-    handles: dict[str, DeviceHandle] = {}
-    problem = ""
-    try:
-        for kind in kinds:
-            handles[kind] = launcher.start_device(kind, kind, anomaly=True, wait_online=False)
-    except (RoleError, ManifestError) as error:
-        problem = str(error)
-    if problem:  # outside the except block: one message, no chained traceback
-        pytest.fail(problem, pytrace=False)
+    handles: dict[str, DeviceHandle] = or_fail(
+        lambda: {
+            kind: launcher.start_device(kind, kind, anomaly=True, wait_online=False)
+            for kind in kinds
+        }
+    )
     deadline = time.monotonic() + launcher.ready_timeout
     for handle in handles.values():
         topic = handle.topic("status")

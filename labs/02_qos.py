@@ -84,9 +84,9 @@ from mqtt_factory_lab.brokers import LOG
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.client import MQTTTimeout, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import DeviceHandle
-from mqtt_factory_lab.roles import RoleError, RoleProcess
+from mqtt_factory_lab.factory_fixtures import or_fail
+from mqtt_factory_lab.roles import RoleProcess
 from mqtt_factory_lab.schemas import validate
-from mqtt_factory_lab.solution import ManifestError
 
 pytestmark = [pytest.mark.lesson(2)]
 
@@ -383,11 +383,9 @@ def by_qos(messages: list[ReceivedMessage], root: str) -> str:
 def start_press(factory_launcher, protocol: str, anomaly: bool = False) -> DeviceHandle:
     """Start the solution's press and wait for its ``online`` status; a missing role or a
     device that never comes online fails the test with one message."""
-    try:
-        return factory_launcher(protocol=protocol).start_device("press", anomaly=anomaly)
-    except (RoleError, ManifestError) as error:
-        problem = str(error)
-    pytest.fail(problem, pytrace=False)  # outside the except block: no chained traceback
+    return or_fail(
+        lambda: factory_launcher(protocol=protocol).start_device("press", anomaly=anomaly)
+    )
 
 
 @pytest.mark.solution
@@ -474,13 +472,11 @@ def publish_alarm_until_command(
 def start_controller(launcher, controller_id: str, session: str = "persistent") -> RoleProcess:
     """Start the solution's controller with the lesson's rule; a missing role or a program that
     never gets ready fails the test with one message."""
-    try:
-        return launcher.start_role(
+    return or_fail(
+        lambda: launcher.start_role(
             "controller", controller_id, options={"rules": RULE}, session=session
         )
-    except (RoleError, ManifestError) as error:
-        problem = str(error)
-    pytest.fail(problem, pytrace=False)  # outside the except block: no chained traceback
+    )
 
 
 def no_command(root: str, command: str) -> str:

@@ -93,10 +93,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from mqtt_factory_lab.brokers import LOG
 from mqtt_factory_lab.client import PROTOCOLS, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import DeviceHandle
+from mqtt_factory_lab.factory_fixtures import or_fail
 from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, wait_until
-from mqtt_factory_lab.roles import RoleError
 from mqtt_factory_lab.schemas import PayloadError, validate
-from mqtt_factory_lab.solution import ManifestError
 
 pytestmark = [pytest.mark.lesson(4)]
 
@@ -470,8 +469,8 @@ def start_device(launcher, kind: str, device_id: str, **options) -> DeviceHandle
     watcher.connect()
     try:
         watcher.subscribe(topic, qos=1)
-        try:
-            process = launcher.start_role(
+        process = or_fail(
+            lambda: launcher.start_role(
                 "device",
                 device_id,
                 options=options,
@@ -483,8 +482,7 @@ def start_device(launcher, kind: str, device_id: str, **options) -> DeviceHandle
                 time_scale=launcher.time_scale,
                 rate=launcher.rate,
             )
-        except (RoleError, ManifestError) as error:
-            pytest.fail(str(error), pytrace=False)
+        )
 
         def online() -> bool:
             for message in watcher.received(topic):

@@ -80,10 +80,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
 from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections
+from mqtt_factory_lab.factory_fixtures import or_fail
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.roles import RoleError, RoleProcess
+from mqtt_factory_lab.roles import RoleProcess
 from mqtt_factory_lab.schemas import validate
-from mqtt_factory_lab.solution import ManifestError
 
 pytestmark = [pytest.mark.lesson(5)]
 
@@ -365,12 +365,11 @@ RULE = "press-01/temperature=conveyor-01"
 
 
 def start_controller(launcher, client_id: str, session_kind: str) -> RoleProcess:
-    try:
-        return launcher.start_role(
+    return or_fail(
+        lambda: launcher.start_role(
             "controller", client_id, options={"rules": RULE}, session=session_kind
         )
-    except (RoleError, ManifestError) as error:
-        pytest.fail(str(error), pytrace=False)
+    )
 
 
 def controller_connection(broker, mark: int, ours: set[str]) -> Connection | None:

@@ -86,7 +86,8 @@ from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remembe
 from mqtt_factory_lab.brokers import Broker
 from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.factory import FactoryLauncher
-from mqtt_factory_lab.roles import RoleError, RoleProcess
+from mqtt_factory_lab.factory_fixtures import or_fail
+from mqtt_factory_lab.roles import RoleProcess
 from mqtt_factory_lab.schemas import (
     PayloadError,
     chocolate_steps,
@@ -94,7 +95,7 @@ from mqtt_factory_lab.schemas import (
     validate,
     validate_message,
 )
-from mqtt_factory_lab.solution import ManifestError, Solution
+from mqtt_factory_lab.solution import Solution
 
 pytestmark = [pytest.mark.lesson(7)]
 
@@ -138,16 +139,6 @@ def record(message_type: str, step: str, *, check: bool = True, **changes: Any) 
 def unique(prefix: str) -> str:
     """A client id no other test uses: two clients with one id take the session from each other."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def fail_on_setup_error(start: Callable[[], Any]) -> Any:
-    """Start a program of the solution; a missing role or a crash is one clean failure."""
-    try:
-        return start()
-    except (ManifestError, RoleError) as error:
-        message = str(error)
-    # Outside the except block: one sentence, without a chained traceback.
-    pytest.fail(message, pytrace=False)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
@@ -418,15 +409,15 @@ def _production_of_module(
         observer.connect()
         watch(observer, root)
         database = Database(tmp / "datacenter.db")
-        datacenter = fail_on_setup_error(
+        datacenter = or_fail(
             lambda: launcher.start_role("datacenter", f"datacenter-{run_id}", db=database.path)
         )
-        line = fail_on_setup_error(
+        line = or_fail(
             lambda: launcher.start_role(
                 "chocolate_line", f"line-{run_id}", batches=4, time_scale=FAST, run_id=run_id
             )
         )
-        status = fail_on_setup_error(lambda: line.wait_exit(60))
+        status = or_fail(lambda: line.wait_exit(60))
         observer.sync()
         run = ProductionRun(
             root, broker, launcher, database, datacenter, line, observer.received(), 4, tmp
@@ -652,7 +643,7 @@ def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(production
     lot = lots[0]
     truth = _forward_truth(production, lot)
     answer_file = production.tmp / f"recall-{lot}.json"
-    trace = fail_on_setup_error(
+    trace = or_fail(
         lambda: production.launcher.start_role(
             "trace",
             f"trace-{raw_material}",
@@ -662,7 +653,7 @@ def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(production
             output=answer_file,
         )
     )
-    status = fail_on_setup_error(lambda: trace.wait_exit(30))
+    status = or_fail(lambda: trace.wait_exit(30))
     assert status == 0 and answer_file.exists(), trace.describe_failure(
         f"did not answer the recall query for lot {lot} (exit {status}, {answer_file.name} "
         f"{'written' if answer_file.exists() else 'not written'})"
@@ -690,12 +681,12 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
     observer = watch(mqtt_client(), topic_root)
 
     def start_datacenter() -> RoleProcess:
-        return fail_on_setup_error(
+        return or_fail(
             lambda: launcher.start_role("datacenter", f"datacenter-{run_id}", db=database.path)
         )
 
     first = start_datacenter()
-    line = fail_on_setup_error(
+    line = or_fail(
         lambda: launcher.start_role(
             "chocolate_line", f"line-{run_id}", batches=4, time_scale=FAST / 2, run_id=run_id
         )
@@ -717,7 +708,7 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
         timeout=10,
     )
     start_datacenter()  # same client id, same database: the session resumes
-    status = fail_on_setup_error(lambda: line.wait_exit(60))
+    status = or_fail(lambda: line.wait_exit(60))
     assert status == 0, line.describe_failure(f"exited with status {status}")
     observer.sync()
 
@@ -757,7 +748,7 @@ def test_datacenter_stores_a_record_sent_twice_only_once(
 ):
     launcher = factory_launcher()
     database = Database(tmp_path / "datacenter.db")
-    datacenter = fail_on_setup_error(
+    datacenter = or_fail(
         lambda: launcher.start_role("datacenter", unique("datacenter"), db=database.path)
     )
     step = "s5_tempering"
@@ -807,7 +798,7 @@ def test_malformed_payload_ends_in_the_dead_letter_table(
 ):
     launcher = factory_launcher()
     database = Database(tmp_path / "datacenter.db")
-    datacenter = fail_on_setup_error(
+    datacenter = or_fail(
         lambda: launcher.start_role("datacenter", unique("datacenter"), db=database.path)
     )
     step = "s8_packaging"
@@ -850,7 +841,7 @@ def test_line_machines_go_offline_by_last_will_when_the_line_dies(
     run_id = uuid.uuid4().hex[:6]
     dashboard = mqtt_client()
     dashboard.subscribe(f"{topic_root}/+/+/+/+/state", qos=1)
-    line = fail_on_setup_error(
+    line = or_fail(
         lambda: launcher.start_role(
             "chocolate_line", f"line-{run_id}", batches=1000, time_scale=600, run_id=run_id
         )

@@ -108,7 +108,7 @@ def device(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., De
         protocol: str = "5",
         **kw: Any,
     ) -> DeviceHandle:
-        return _or_fail(
+        return or_fail(
             lambda: factory_launcher(broker, protocol=protocol).start_device(kind, device_id, **kw)
         )
 
@@ -168,7 +168,7 @@ def factory(factory_launcher: Callable[..., FactoryLauncher]) -> Callable[..., R
                 )
             return RunningFactory(launcher, devices, role)
 
-        return _or_fail(launch)
+        return or_fail(launch)
 
     return start
 
@@ -227,9 +227,12 @@ def observer_capture(
         capture.disconnect()
 
 
-def _or_fail(start: Callable[[], Any]) -> Any:
+def or_fail(start: Callable[[], Any]) -> Any:
     """Run ``start``; a solution's missing role or misbehaving program fails the test with its
-    message alone (no traceback, no chained "During handling of..." block)."""
+    message alone (no traceback, no chained "During handling of..." block).
+
+    For lessons that start roles themselves: ``or_fail(lambda: launcher.start_role(...))``.
+    """
     try:
         return start()
     except (RoleError, ManifestError) as error:

@@ -660,6 +660,14 @@ def _validate_chocolate(
     expected = {"step": step, "machine": machine}
     if "site" in instance or name != "chocolate_batch_legacy":
         expected.update(site=site, line=line)
+    return _matching_topic(name, topic, instance, expected, payload)
+
+
+def _matching_topic(
+    name: str, topic: str, instance: Any, expected: Mapping[str, str], payload: Any
+) -> Any:
+    """``instance``, once its fields equal what its topic names; else a PayloadError saying so."""
+    __tracebackhide__ = True
     problems = [
         f"field {key!r} is {instance.get(key)!r}, but the topic names {want!r}"
         for key, want in expected.items()
@@ -713,16 +721,4 @@ def validate_message(
         expected = {"device_id": levels[0], "sensor": levels[1]}
     elif kind in {"state", "status"}:
         expected = {"device_id": levels[0]}
-    problems = [
-        f"field {key!r} is {instance[key]!r}, but the topic names {want!r}"
-        for key, want in expected.items()
-        if instance.get(key) != want
-    ]
-    if problems:
-        raise PayloadError(
-            f"the {name} payload does not match its topic {topic!r}: {'; '.join(problems)}",
-            schema_name=name,
-            problems=problems,
-            payload=payload,
-        )
-    return instance
+    return _matching_topic(name, topic, instance, expected, payload)

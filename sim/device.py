@@ -66,7 +66,7 @@ from sim.alarms import RAISED, AlarmChange, AlarmPanel
 from sim.commands import Command, CommandRejected, parse_command
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
 from sim.machines import DEVICE_KINDS, AnomalySchedule, Machine, TransitionRefused
-from sim.runtime import JsonFormatter, StopSignals, print_ready, setup_logging
+from sim.runtime import JsonFormatter, StopSignals, add_log_level, print_ready, setup_logging
 from sim.topics import QOS, RETAINED, Topics
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -561,12 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="stderr log format (default text)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="stderr log level (default INFO)",
-    )
+    add_log_level(parser)
     add_arguments(parser)
     return parser
 

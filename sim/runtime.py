@@ -107,6 +107,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    """The ``--log-level`` option every program has (stderr log level, default INFO)."""
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="stderr log level (default INFO)",
+    )
+
+
 def setup_logging(fmt: str | logging.Formatter, level: int | str = logging.INFO) -> None:
     """Send every log record of ``level`` and above to stderr, formatted by ``fmt``.
 

@@ -21,7 +21,7 @@ from sim.chocolate.plant import ChocolateTopics
 from sim.chocolate.recipes import RECIPES
 from sim.chocolate.runner import run_line
 from sim.connection import add_arguments
-from sim.runtime import broker_settings, setup_logging
+from sim.runtime import add_log_level, broker_settings, setup_logging
 
 LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -119,12 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_level,
         help="makes batch ids, lot codes and msg_ids unique to this run (default: random)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="stderr log level (default INFO)",
-    )
+    add_log_level(parser)
     add_arguments(parser)
     return parser
 

@@ -60,7 +60,7 @@ from aiohttp import WSMsgType, web
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
 from sim.dashboard.commands import MAX_REQUEST_BYTES, DeviceInfo, RequestError, build_command
 from sim.dashboard.tracker import OutcomeTracker
-from sim.runtime import broker_settings, print_ready, setup_logging, write_line
+from sim.runtime import add_log_level, broker_settings, print_ready, setup_logging, write_line
 
 log = logging.getLogger("dashboard")
 
@@ -514,12 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MQTT client id, also the publisher in command topics (default dashboard, "
         "which docker/acl allows to write <root>/commands/dashboard/#)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="stderr log level (default INFO)",
-    )
+    add_log_level(parser)
     add_arguments(parser)
     return parser
 

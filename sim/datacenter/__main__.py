@@ -24,7 +24,7 @@ from sim.connection import add_arguments
 from sim.datacenter.ingest import DataCenter
 from sim.datacenter.storage import Store
 from sim.datacenter.trace import Traceability, UnknownLot
-from sim.runtime import broker_settings, setup_logging
+from sim.runtime import add_log_level, broker_settings, setup_logging
 
 DEFAULT_DB = "datacenter.db"
 
@@ -77,12 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsync every commit (SQLite synchronous=FULL): survives a power cut, not only "
         "a killed process",
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="stderr log level (default INFO)",
-    )
+    add_log_level(parser)
     add_arguments(parser)
     return parser
 

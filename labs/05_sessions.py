@@ -43,6 +43,11 @@ Pitfalls:
 * Subscribing at QoS 0: nothing is queued for a QoS 0 subscription.
 * Sessions of clients that never return, piling up queued messages in the broker: give
   MQTT 5 sessions an expiry.
+* Subscribing once, after ``connect()``, instead of in ``on_connect``. paho reconnects
+  by itself after a dropped connection, but a clean session (or one the broker lost: a
+  restart without persistence, a takeover) comes back with **no subscriptions**: the
+  device looks online and never hears another command. Subscribe in ``on_connect``, which
+  runs after every connection (or check CONNACK's session present flag).
 
 Try it (the seed's exercise 5, with the lab's reference programs)::
 
@@ -79,7 +84,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
-from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections
+from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections, subscriptions
 from mqtt_factory_lab.factory_fixtures import or_fail
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.roles import RoleProcess
@@ -488,4 +493,82 @@ def test_clean_session_controller_does_not_get_alarms_raised_while_it_was_stoppe
         f"'cleared' alarm was due. A clean session must not receive what was published while it "
         f"was disconnected: connect with clean start on (MQTT 3.1.1: clean_session=True) when "
         f"session = clean."
+    )
+
+
+# -- A device after its connection drops ------------------------------------------------
+
+
+@pytest.mark.solution
+@pytest.mark.broker_needs(LOG)
+def test_a_device_hears_its_commands_again_after_its_connection_drops(
+    broker, factory_launcher, mqtt_client, topic_root, protocol
+):
+    launcher = factory_launcher(protocol=protocol)
+    press = or_fail(lambda: launcher.start_device("press", "press-01"))
+    watcher = mqtt_client()
+    state = f"{topic_root}/state/press-01"
+    watcher.subscribe(state, qos=1)
+    commands = f"{topic_root}/commands/dashboard/press-01"
+    # The connection drops and the session is lost, as when the broker restarts without
+    # persistence: a client with the device's id and clean start takes it over and leaves.
+    mark = broker.log_mark()
+    mqtt_client(press.client_id, protocol=protocol, clean_start=True).disconnect()
+
+    def connected_again() -> int | None:
+        """The log position just after the device's own reconnection (the impostor's first)."""
+        lines = broker.log_lines()
+        seen = 0
+        for position, line in enumerate(lines[mark:], start=mark):
+            if any(c.client_id == press.client_id for c in connections([line])):
+                seen += 1
+                if seen == 2:
+                    return position + 1
+        return None
+
+    try:
+        reconnected = wait_until(connected_again, timeout=15)
+    except ProcessTimeout:
+        pytest.fail(
+            press.process.describe_failure(
+                "never reconnected within 15 s after the broker dropped its connection",
+                "keep paho's network loop running (loop_start/loop_forever): it reconnects",
+            ),
+            pytrace=False,
+        )
+
+    def subscribed_again() -> bool:
+        return bool(subscriptions(broker.log_lines()[reconnected:], press.client_id))
+
+    with contextlib.suppress(ProcessTimeout):  # a session it kept would need no SUBSCRIBE
+        wait_until(subscribed_again, timeout=PROMPT)
+    set_press = validate(
+        "command",
+        {"command": "set", "setpoint": "temperature", "value": 72.0, "reason": "lesson 05"},
+    )
+    mqtt_client(protocol=protocol).publish(commands, set_press, qos=1)
+    try:
+        watcher.wait_for_message(
+            lambda m: m.topic == state and m.json().get("setpoints", {}).get("temperature") == 72.0,
+            timeout=5,
+        )
+        return
+    except AssertionError:
+        pass
+    logged = [c for c in connections(broker.log_lines()[mark:]) if c.client_id == press.client_id]
+    flag = "clean session" if protocol == "3.1.1" else "clean start"
+    evidence = (
+        f"The broker logged its reconnection ({flag} = {int(logged[-1].clean)}) and no "
+        f"SUBSCRIBE from it afterwards."
+        if logged and not subscribed_again()
+        else ""
+    )
+    pytest.fail(
+        f"press-01's connection dropped and its session was lost (as in a broker restart "
+        f"without persistence); it reconnected, but then ignored a 'set' on "
+        f"{commands.replace(topic_root, '{root}')}: it no longer hears its commands. {evidence} "
+        f"A new session starts with no subscriptions (CONNACK session present = 0), and paho "
+        f"reconnects by itself without subscribing again: subscribe to your commands in "
+        f"on_connect, which runs after every connection, not once after connect().",
+        pytrace=False,
     )

@@ -74,8 +74,10 @@ Try it (the seed's exercise 6), with the broker of ``docker compose up``::
 Your programs in this lesson: ``[files] acl`` in your manifest — a Mosquitto
 ACL file, loaded as the broker's ``acl_file`` (topics under ``factory/``; the
 lab connects devices with their device id as client id, ``controller``,
-``dashboard`` and ``observer`` with that client id *and* user name, and keeps
-``pattern readwrite lab/sync/%c/#``); ``[roles.device]`` runs under it,
+``dashboard`` and ``observer`` with that client id *and* user name). Your ACL **must
+keep** ``pattern readwrite lab/sync/%c/#`` (the starter's ``acl`` has it): every denial is
+proven with a round trip through it, and without it the lesson stops at once, in one
+sentence, before any cell runs. ``[roles.device]`` runs under it,
 connecting with client id ``{client_id}`` = ``{device_id}`` and topic root
 ``factory``. Run ``pytest labs/06_acl.py -v``; a platform team checks its own
 ACL with ``--acl-file PATH --acl-matrix PATH`` (see ``docs/acl.md``).

@@ -33,6 +33,7 @@ Fixtures: ``acl_file`` (the ACL under test), ``acl_broker`` (a broker of the
 from __future__ import annotations
 
 import tomllib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,22 +254,70 @@ def acl_file(pytestconfig: pytest.Config, solution: Solution) -> Path:
     pytest.fail(message, pytrace=False)
 
 
+#: the rule every ACL under test keeps: the lab's round trip (``RecordingClient.sync``) through it
+SYNC_RULE = "pattern readwrite lab/sync/%c/#"
+
+
+def round_trip_problem(broker: Broker, acl_file: Path) -> str | None:
+    """One sentence when the lab's round trip cannot pass the ACL, else None.
+
+    Every cell proves a denial with a round trip through ``lab/sync/<client id>/#``;
+    without it each of them would wait for its deadline and fail alike. Checked once,
+    by one client, before any cell runs.
+    """
+    from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
+
+    settings = broker.connection.for_protocol("5")
+    client = RecordingClient(
+        settings.host,
+        settings.port,
+        f"lab-acl-probe-{uuid.uuid4().hex[:6]}",
+        describe_broker=broker.health,
+        connection=settings,
+    )
+    try:
+        client.connect()
+        client.sync(timeout=3)
+    except (MQTTTimeout, ConnectionError):
+        return (
+            f"The lab's round trip through lab/sync/<client id>/# does not pass your ACL "
+            f"({acl_file.name}), so no cell of the permission matrix can be proven: keep the "
+            f"line `{SYNC_RULE}` in it (the starter's acl has it)."
+        )
+    finally:
+        client.disconnect()
+    return None
+
+
+@dataclass
+class AclBroker:
+    """The module's broker and, when the ACL blocks the lab's round trip, why (checked once)."""
+
+    broker: Broker
+    problem: str | None
+
+
 @pytest.fixture(scope="module")
-def _acl_broker_of_module(broker_pool: BrokerPool, acl_file: Path) -> Iterator[Broker]:
+def _acl_broker_of_module(broker_pool: BrokerPool, acl_file: Path) -> Iterator[AclBroker]:
     # Experiments using it are marked broker_needs(CONFIG): skipped on an external broker.
     broker = broker_or_fail(lambda: broker_pool.start("acl", acl_file=acl_file))
-    yield broker
+    yield AclBroker(broker, round_trip_problem(broker, acl_file))
     broker_pool.release(broker)
 
 
 @pytest.fixture
-def acl_broker(_acl_broker_of_module: Broker, request: pytest.FixtureRequest) -> Broker:
+def acl_broker(_acl_broker_of_module: AclBroker, request: pytest.FixtureRequest) -> Broker:
     """A broker of the ``acl`` variant that loads the ACL under test (:func:`acl_file`).
 
     Shared by the tests of one module: each cell of the matrix isolates itself by
-    a unique payload, never by a topic root (the ACL names the real topics).
+    a unique payload, never by a topic root (the ACL names the real topics). When the
+    ACL blocks the lab's round trip, every cell fails at once with the one sentence of
+    :func:`round_trip_problem`, instead of each waiting for its deadline.
     """
-    if not _acl_broker_of_module.is_running():
-        _acl_broker_of_module.start()
-    remember_broker(request, _acl_broker_of_module)
-    return _acl_broker_of_module
+    if _acl_broker_of_module.problem:
+        pytest.fail(_acl_broker_of_module.problem, pytrace=False)
+    broker = _acl_broker_of_module.broker
+    if not broker.is_running():
+        broker.start()
+    remember_broker(request, broker)
+    return broker

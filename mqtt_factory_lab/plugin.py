@@ -42,6 +42,7 @@ from mqtt_factory_lab.brokers.base import format_log
 from mqtt_factory_lab.capabilities import CAPABILITIES, BrokerNotReady, Capabilities, probe
 from mqtt_factory_lab.connection import ENV_PASSWORD, ConnectionSettings, mask_url
 from mqtt_factory_lab.factory_fixtures import LAUNCHERS, SOLUTION
+from mqtt_factory_lab.mistakes import Mistake, describe, mistake_key
 from mqtt_factory_lab.roles import RoleError
 from mqtt_factory_lab.schemas import PayloadError
 from mqtt_factory_lab.solution import ManifestError, load
@@ -65,6 +66,8 @@ _SKIP_REASONS = {
 REPORT_LINES = 25
 #: the conformance recorder of this run (controller or single process only)
 RECORDER = pytest.StashKey[spec.Recorder]()
+#: failures seen so far in this process, by :func:`~mqtt_factory_lab.mistakes.mistake_key`
+MISTAKES = pytest.StashKey[dict[str, Mistake]]()
 #: the key under which xdist's controller hands the probed capabilities to its workers
 WORKER_CAPABILITIES = "mqtt_lab_capabilities"
 
@@ -311,6 +314,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if message is not None:
         report.longrepr = message
     failure = str(report.longrepr)
+    # The same mistake as an earlier experiment: its message, without the evidence again.
+    seen = item.config.stash.setdefault(MISTAKES, {})
+    key = mistake_key(failure)
+    if key in seen:
+        seen[key].names.append(report.nodeid)
+        report.longrepr = (
+            f"{failure}\n(the same mistake as {seen[key].first}: its report shows the evidence)"
+        )
+        return report
+    seen[key] = Mistake(report.nodeid, failure, [report.nodeid])
     for broker, mark in item.stash.get(BROKERS_USED, []):
         section = broker.health()
         if LOG in broker.capabilities:
@@ -380,6 +393,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not counts:
         return
     terminalreporter.section("mqtt-factory-lab")
+    for mistake in config.stash.get(MISTAKES, {}).values():
+        if len(mistake.names) > 1:
+            terminalreporter.write_line(describe(mistake), red=True)
     for kind, what in (
         ("broker", "the broker's MQTT rules"),
         ("solution", "the solution's programs"),

@@ -46,6 +46,8 @@ from typing import Any
 
 import pytest
 
+from mqtt_factory_lab.mistakes import SAME_AS, group, names_in_short
+
 #: points of an experiment that has no ``points`` marker, by its kind (``None``: untagged)
 DEFAULT_POINTS: dict[str | None, float] = {"solution": 2, "broker": 1, None: 1}
 #: the format name written into every JSON document, bumped when fields change meaning
@@ -324,19 +326,33 @@ class PointsRecorder:
         maximum = round(sum(e["max_points"] for e in lessons.values()), 2)
         terminalreporter.write_line(f"total: {_num(total)} of {_num(maximum)} points", bold=True)
         failures = [e for e in experiments if e.outcome in ("failed", "error", "not run")]
-        for exp in failures:
+        by_name = {e.name: e for e in failures}
+        for mistake in group((e.name, e.message) for e in failures):
+            exp = by_name[mistake.first]
             terminalreporter.write_line("")
             terminalreporter.write_line(
                 f"✗ lesson {lesson_key(exp.lesson)} {exp.name} "
                 f"(0 of {_num(exp.max_points)} points, {exp.outcome})",
                 red=True,
             )
-            lines = _message_body(exp.message).splitlines()
+            lines = [
+                line
+                for line in _message_body(exp.message).splitlines()
+                if not line.startswith(SAME_AS)
+            ]
             for line in lines[:SUMMARY_LINES]:
                 terminalreporter.write_line(f"    {line}")
             if len(lines) > SUMMARY_LINES:
                 terminalreporter.write_line(
                     f"    … ({len(lines) - SUMMARY_LINES} more lines in the report above)"
+                )
+            others = mistake.names[1:]
+            if others:
+                lost = sum(by_name[name].max_points for name in others)
+                terminalreporter.write_line(
+                    f"    … and the same mistake in {len(others)} more experiments "
+                    f"({_num(lost)} points): {names_in_short(others)}",
+                    red=True,
                 )
 
 

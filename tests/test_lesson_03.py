@@ -8,6 +8,8 @@ with a message that names the rule.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 LESSON = "labs/03_retained.py"
@@ -57,8 +59,6 @@ def test_a_broken_device_fails_the_experiment_that_teaches_its_rule(
 
 
 def test_a_controller_that_retains_its_commands_is_caught(run_lesson):
-    from pathlib import Path
-
     broken = Path(__file__).parent / "broken" / "lesson03_controller_retains_commands"
     experiment = "test_controller_does_not_retain_its_commands"
     result = run_lesson(LESSON, "-m", "solution", solution=broken)

@@ -151,3 +151,28 @@ def test_a_broker_folder_carries_the_given_acl_and_password_file(tmp_path):
     assert default.files["acl"].read_text() == (DOCKER_DIR / "acl").read_text()
     with pytest.raises(BrokerConfigError, match="does not exist"):
         render("acl", tmp_path / "missing", port=1883, acl_file=tmp_path / "nope")
+
+
+def test_an_acl_without_the_lab_round_trip_fails_every_cell_at_once_in_one_sentence(
+    run_lesson, tmp_path
+):
+    starter = Path(__file__).resolve().parent.parent / "starter"
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "".join(
+            line
+            for line in (starter / "acl").read_text().splitlines(keepends=True)
+            if not line.startswith("pattern readwrite lab/sync/")
+        )
+    )
+    (tmp_path / "solution.toml").write_text((starter / "solution.toml").read_text())
+    for program in ("device.py", "controller.py", "datacenter.py"):
+        (tmp_path / program).write_text((starter / program).read_text())
+    result = run_lesson(LESSON, "-m", "solution", "-k", "matrix", solution=tmp_path)
+
+    cells = result.failed("test_matrix_")
+    assert len(cells) == 108 and not result.passed(), result.outcomes
+    sentence = "so no cell of the permission matrix can be proven: keep the line `pattern"
+    odd = [name for name in cells if sentence not in result.messages[name]]
+    assert not odd, [result.messages[name] for name in odd[:3]]
+    assert "the same mistake in 108 experiments" in result.output, result.output[-3000:]

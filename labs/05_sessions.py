@@ -396,6 +396,36 @@ def controller_connection(broker, mark: int, ours: set[str]) -> Connection | Non
     return None
 
 
+def which_cause(broker, mark: int, client_id: str, protocol: str, first: Connection | None) -> str:
+    """Which of the three ways to lose a session the broker's log shows, with the fix.
+
+    A session keeps queued alarms only with the same client id (checked before), clean start
+    off (checked before), a QoS 1 subscription, and (MQTT 5) a session expiry > 0. The log
+    has the subscription's QoS and the clean flag; the expiry is what remains.
+    """
+    keep = (
+        "Keep the session: the same client id, clean start off (MQTT 5: a session expiry > 0) "
+        "and a QoS 1 subscription to the alarms."
+    )
+    if LOG not in broker.capabilities or first is None:
+        return keep
+    logged = subscriptions(broker.log_lines()[mark:], first.client_id)
+    if logged and all(qos == 0 for _filter, qos in logged):
+        shown = ", ".join(dict.fromkeys(f"{f} at QoS {q}" for f, q in logged))
+        return (
+            f"The broker logged the controller's subscription: {shown}. Nothing is queued for a "
+            "QoS 0 subscription, persistent session or not: subscribe to the alarms at QoS 1."
+        )
+    if protocol == "5" and not first.clean:
+        return (
+            "The broker logged clean start = 0 and a QoS 1 subscription, so the session ended "
+            "at the disconnect: an MQTT 5 session with no Session Expiry Interval (0, the "
+            "default) does not outlive its connection. Send SessionExpiryInterval > 0 in the "
+            "CONNECT properties (for instance 3600)."
+        )
+    return keep
+
+
 def command_names(messages) -> list[str]:
     return [validate("command", m.payload)["command"] for m in messages]
 
@@ -412,7 +442,7 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
     ours = {commands.client_id, press.client_id}
     client_id = unique("controller")
 
-    mark = broker.log_mark()
+    mark = mark_first = broker.log_mark()
     controller = start_controller(launcher, client_id, "persistent")
     before = controller_connection(broker, mark, ours)
     controller.stop()
@@ -451,9 +481,8 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
         why=f"A controller with a persistent session that is stopped while alarms are raised "
         f"gets them, queued by the broker, when it comes back, and acts on them. Three alarms "
         f"(raised, cleared, raised) were published on {alarm_topic} while it was stopped; "
-        f"under rule {RULE} they call for stop, start, stop on conveyor-01. Keep the session: "
-        f"the same client id, clean start off (MQTT 5: a session expiry > 0) and a QoS 1 "
-        f"subscription to the alarms.",
+        f"under rule {RULE} they call for stop, start, stop on conveyor-01. "
+        + which_cause(broker, mark_first, client_id, protocol, before),
     )
     assert all(m.qos == 1 for m in got), "Commands are sent at QoS 1."
     assert command_names(got) == ["stop", "start", "stop"], (

@@ -725,11 +725,23 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
         f"{database.describe()}."
     )
     doubled = sorted(i for i, n in stored.items() if n > 1)
-    assert not doubled, (
+    states = {
+        i for m in observer.received() if m.topic.endswith("/state") and (i := msg_id_of(m.payload))
+    }
+    resent_states = [i for i in doubled if i in states]
+    records = [i for i in doubled if i not in states]
+    assert not records, (
         f"After the restart the broker sent again what was never acknowledged, some of it "
-        f"already committed: {len(doubled)} record(s) are now stored twice, e.g. {doubled[:3]}. "
+        f"already committed: {len(records)} record(s) are now stored twice, e.g. {records[:3]}. "
         "At least once means sometimes twice: store each msg_id once (an idempotency key: a "
         "UNIQUE column, INSERT OR IGNORE)."
+    )
+    assert not resent_states, (
+        f"{len(resent_states)} machine state(s) are stored twice, e.g. {resent_states[:3]}: "
+        "these are retained states, which the broker hands again to every new subscription "
+        "(your data center subscribed again when it restarted), not unacknowledged records. "
+        "The same message is the same msg_id: store each msg_id once (an idempotency key: a "
+        "UNIQUE column, INSERT OR IGNORE), whatever brought it twice."
     )
     telemetry = {
         i for m in observer.received() if m.qos == 0 and (i := msg_id_of(m.payload)) is not None
@@ -821,6 +833,15 @@ def test_malformed_payload_ends_in_the_dead_letter_table(
         f"({database.describe()})"
     )
     letters = [(t, p, r) for t, p, r in database.dead_letters() if t == topic]
+    if letters and not any(p == payload for _, p, _r in letters):
+        pytest.fail(
+            f"dead_letters has a row for {topic} (reason {letters[0][2]!r}), but its payload "
+            f"column is not the payload that arrived: it holds {letters[0][1][:40]!r}, the "
+            f"broker delivered {payload[:40]!r}. Store the original bytes as received (a BLOB: "
+            "sqlite3.Binary(msg.payload)), never a decoded or re-encoded copy (errors='replace' "
+            "changes a non-UTF-8 payload), so someone can replay it once the sender is fixed.",
+            pytrace=False,
+        )
     assert any(p == payload and r for _, p, r in letters), (
         f"A payload that {what} must not be dropped silently: it belongs in dead_letters with "
         f"the reason, so someone can fix the sender and replay it. dead_letters holds "

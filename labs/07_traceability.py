@@ -447,7 +447,7 @@ def test_line_publishes_each_message_type_at_its_qos_and_retains_only_state(
     qos, retained = POLICY[message_type]
     messages = production.of_type(message_type)
     assert messages, (
-        f"The line made {production.batches} batches but published no {message_type} message "
+        f"The line was asked for {production.batches} batches but published no {message_type} message "
         f"under {production.root}/<site>/<line>/<step>/<machine>/{message_type}."
         + "".join("\n" + p for p in production.problems)
     )
@@ -501,7 +501,7 @@ def test_every_batch_has_a_complete_schema_valid_trace(production, recipe):
         if events[0]["recipe"] == recipe
     }
     assert batches, (
-        f"The line made {production.batches} batches and none was {recipe}: the line must make "
+        f"The line was asked for {production.batches} batches and none was {recipe}: the line must make "
         f"white, milk and dark chocolate (each three batches in a row cover all three)."
     )
     for batch_id, events in batches.items():

@@ -1,6 +1,6 @@
 """The example class (tests/class_example) graded end to end with ``mqtt-lab grade``.
 
-Ten submissions against lesson 03's solution experiments (6 experiments, 1 point each): the
+Ten submissions against lesson 03's solution experiments (8 experiments, 1 point each): the
 reference, the starter kit, two partly broken solutions, one that hangs, one that crashes
 at start, one that floods, one that forks without end, one with a broken manifest and one
 that tries to change the tests. The class is graded once (a module fixture); each test
@@ -39,12 +39,12 @@ HIDDEN = HERE / "grading_hidden"
 #: a minute on 2 cores)
 OPTIONS = ["--lessons", "03", "-j", "2", "--lesson-timeout", "30", "--cpu-seconds", "5",
            "--processes", "64"]  # fmt: skip
-#: expected points of lesson 03 (3 solution checks × 2 points, each run on 2 protocols: 6) by student
+#: expected points of lesson 03 (4 solution checks × 2 points, each run on 2 protocols: 8) by student
 EXPECTED = {
-    "reference": 6,
+    "reference": 8,
     "starter": 0,
-    "state_not_retained": 2,
-    "retains_telemetry": 4,
+    "state_not_retained": 4,
+    "retains_telemetry": 6,
     "hangs": 0,
     "crashes_at_start": 0,
     "floods": 0,
@@ -130,7 +130,7 @@ def test_every_student_gets_the_expected_points(graded: Graded) -> None:
     assert list(next(iter(rows.values()))) == ["student", "lesson 03", "total", "max", "problem"]
     scores = {student: float(row["total"]) for student, row in rows.items()}
     assert scores == EXPECTED, graded.output
-    assert {row["max"] for row in rows.values()} == {"6"}
+    assert {row["max"] for row in rows.values()} == {"8"}
     assert {row["lesson 03"] for row in rows.values()} == {f"{v:g}" for v in EXPECTED.values()}
 
 
@@ -151,14 +151,16 @@ def test_partly_broken_solutions_lose_exactly_the_experiments_of_their_mistake(
         "test_device_retained_state_follows_the_device",
     }
     report = graded.report("state_not_retained")
-    assert "# state_not_retained: 2 of 6 points" in report
+    assert "# state_not_retained: 4 of 8 points" in report
     assert "publish it with retain=True" in report
 
 
 def test_the_starter_fails_with_teaching_messages_not_tracebacks(graded: Graded) -> None:
     for name, experiment in graded.experiments("starter").items():
         assert experiment["outcome"] == "failed", (name, experiment)
-        assert "without the retain flag" in experiment["message"], experiment["message"]
+        # its device forgets the retain flag; its controller never acts on an alarm (lesson 02)
+        said = "sent no command" if "controller" in name else "without the retain flag"
+        assert said in experiment["message"], experiment["message"]
         assert "Traceback" not in experiment["message"]
     html = graded.report("starter", "html")
     assert "published &#x27;online&#x27;" in html and "without the retain flag" in html
@@ -186,7 +188,7 @@ def test_a_crash_at_start_shows_the_programs_own_error(graded: Graded) -> None:
 
 def test_a_flooding_submission_is_graded_and_stopped(graded: Graded) -> None:
     run = graded.run("floods")
-    assert [e["points"] for e in run["experiments"]] == [0] * 6
+    assert [e["points"] for e in run["experiments"]] == [0] * 8
     assert all(e["message"] for e in run["experiments"])
     assert run["seconds"] < 60, run["units"]
 
@@ -203,14 +205,14 @@ def test_a_broken_manifest_scores_zero_with_the_reason(graded: Graded) -> None:
     assert run["problem"].startswith("the solution manifest cannot be used: ")
     assert "broken_manifest/solution.toml is not valid TOML" in run["problem"]
     assert all(e["outcome"] == "error" and e["points"] == 0 for e in run["experiments"])
-    assert len(run["experiments"]) == 6
+    assert len(run["experiments"]) == 8
 
 
 def test_nothing_in_a_submission_changes_the_tests(graded: Graded) -> None:
     """The cheater's conftest.py would pass every test, its pytest.ini would collect none,
-    its mqtt_factory_lab/ would break every import: all six experiments ran and failed."""
+    its mqtt_factory_lab/ would break every import: all eight experiments ran and failed."""
     experiments = graded.experiments("cheater")
-    assert len(experiments) == 6
+    assert len(experiments) == 8
     for experiment in experiments.values():
         assert experiment["outcome"] == "failed", experiment
         assert "the device role (press-01) exited" in experiment["message"]
@@ -247,7 +249,7 @@ def test_a_second_run_regrades_only_what_changed(graded: Graded) -> None:
         p.stem: json.loads(p.read_text())["graded_at"] for p in (graded.out / "runs").glob("*.json")
     }
     assert {s for s in after if after[s] != before[s]} == {"reference"}
-    assert graded.run("reference")["score"] == 6
+    assert graded.run("reference")["score"] == 8
 
 
 def test_hidden_experiments_shards_and_merge(tmp_path: Path) -> None:
@@ -270,10 +272,10 @@ def test_hidden_experiments_shards_and_merge(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     with (merged / "gradebook.csv").open() as stream:
         rows = {row["student"]: row for row in csv.DictReader(stream)}
-    # lesson 03: 6 + the hidden experiment's 5; extra: the hidden one without a lesson, 3
-    assert (rows["reference"]["lesson 03"], rows["reference"]["extra"]) == ("11", "3")
-    assert (rows["reference"]["total"], rows["reference"]["max"]) == ("14", "14")
-    assert (rows["starter"]["total"], rows["starter"]["max"]) == ("0", "14")
+    # lesson 03: 8 + the hidden experiment's 5; extra: the hidden one without a lesson, 3
+    assert (rows["reference"]["lesson 03"], rows["reference"]["extra"]) == ("13", "3")
+    assert (rows["reference"]["total"], rows["reference"]["max"]) == ("16", "16")
+    assert (rows["starter"]["total"], rows["starter"]["max"]) == ("0", "16")
     assert "test_hidden_state_names_the_device_kind" in (merged / "reports/starter.md").read_text()
 
 

@@ -32,6 +32,27 @@ from mqtt_factory_lab.brokers.base import Broker, free_port
 from mqtt_factory_lab.roles import RoleProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SLOW_LANE = "slow_lane"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{SLOW_LANE}: the slow lane (CI runs it apart: `scripts/test -m {SLOW_LANE}`): every "
+        "broken variant in tests/broken/ graded 20 times; deselected unless -m names it",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow lane runs only when asked for by name (``-m slow_lane``)."""
+    if SLOW_LANE in (config.getoption("markexpr", "") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker(SLOW_LANE)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker(SLOW_LANE)]
+
+
 #: ``ready <id>`` alone on a line (see ``sim.runtime.print_ready``)
 READY_LINE = r"^ready \S+\s*$"
 
@@ -208,14 +229,17 @@ def run_lesson(tmp_path: Path, pytestconfig: pytest.Config) -> Callable[..., Les
 
     Runs the lesson in a child pytest on the same broker backend as this run, with the
     solution manifest given (default: the reference), and reads the outcome of every
-    experiment from its JUnit XML. The child inherits nothing from ``MQTT_LAB_*``.
+    experiment from its JUnit XML. The child inherits nothing from ``MQTT_LAB_*``;
+    ``timeout`` (seconds, default 300) bounds the child run.
     """
     import os
     import xml.etree.ElementTree as ET
 
     runs = iter(range(1, 1000))
 
-    def run(lesson: str, *args: str, solution: Path | str | None = None) -> LessonRun:
+    def run(
+        lesson: str, *args: str, solution: Path | str | None = None, timeout: float = 300
+    ) -> LessonRun:
         xml = tmp_path / f"{Path(lesson).stem}-{next(runs)}.xml"
         backend = pytestconfig.getoption("--broker-backend")
         command = [
@@ -248,7 +272,7 @@ def run_lesson(tmp_path: Path, pytestconfig: pytest.Config) -> Callable[..., Les
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=timeout,
             check=False,
         )
         outcomes: dict[str, str] = {}

@@ -56,6 +56,8 @@ FORMAT = "mqtt-factory-lab/points/1"
 SUMMARY_LINES = 8
 #: the report sections that are a program's output (added by the plugin on failure)
 PROGRAM_SECTION = re.compile(r"^program (?P<role>\S+) (?P<name>.+)$")
+#: the report sections that are a broker's state and trimmed log during the test
+BROKER_SECTION = re.compile(r"^broker (?P<variant>\S+) \((?P<backend>[\w-]+)\)$")
 
 
 @dataclass
@@ -72,7 +74,8 @@ class Experiment:
     :ivar max_points: what the experiment is worth.
     :ivar outcome: ``passed``, ``failed``, ``error``, ``skipped`` or ``not run``.
     :ivar message: the failure's teaching message (empty when passed).
-    :ivar output: what each program printed, by ``role name``, for a failure.
+    :ivar output: what each program printed, by ``role name``, for a failure, and each
+        broker's trimmed log during the test, by ``broker <variant>``.
     :ivar duration: seconds, setup to teardown.
     """
 
@@ -283,6 +286,11 @@ class PointsRecorder:
                         for title, content in report.sections
                         if (m := PROGRAM_SECTION.match(title))
                     }
+                    exp.output.update(
+                        (f"broker {m['variant']}", content)
+                        for title, content in report.sections
+                        if (m := BROKER_SECTION.match(title))
+                    )
             elif report.skipped and exp.outcome == "not run":
                 exp.outcome = "skipped"
                 exp.message = _skip_reason(report)

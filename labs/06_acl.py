@@ -41,7 +41,10 @@ own telemetry, alarms, state and status (the lab's devices also write their
 reads alarms and writes commands as ``controller``; the dashboard reads
 everything and writes commands as ``dashboard``; the observer reads and never
 writes; the bad actor gets nothing. ``MATRIX`` below is that matrix as data;
-every cell is one experiment against the solution's ACL.
+every cell is one experiment against the solution's ACL. Points follow harm: a cell weighs
+by what a wrong verdict exposes (a forged command more than a read reading), ten times more
+when the leak is to a client with no right at all, so an ACL that shows the plant to a
+stranger costs most of the matrix's points.
 
 Pitfalls:
 
@@ -248,6 +251,7 @@ def how_to_allow(who: MatrixClient, access: str, topic: str) -> str:
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.points(2.5)
 def test_matrix_says_who_may_publish_where(
     publish_cell: Cell, acl_broker: Broker, mqtt_client, acl_file: Path
 ):
@@ -310,6 +314,7 @@ def test_matrix_says_who_may_publish_where(
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.points(2.5)
 def test_matrix_says_who_may_read_what(
     subscribe_cell: Cell, acl_broker: Broker, mqtt_client, acl_file: Path
 ):
@@ -370,6 +375,7 @@ def test_matrix_says_who_may_read_what(
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.points(1)
 def test_solution_devices_need_nothing_their_acl_denies(
     make_broker, factory_launcher, mqtt_client, acl_file, protocol
 ):

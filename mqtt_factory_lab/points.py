@@ -10,7 +10,8 @@ Loaded by :mod:`mqtt_factory_lab.plugin` (``pytest_plugins``). Every experiment 
 
 The points belong to the test *function*: its parametrised cases share them evenly (a check
 run on MQTT 3.1.1 and 5 gives half its points per protocol; the 110 cells of a permission
-matrix do not outweigh every other lesson). Cases are counted before ``-m``/``-k``
+matrix do not outweigh every other lesson), or by their ``weight(w)`` marks (lesson 06's
+cells weigh by the harm of a wrong verdict). Cases are counted before ``-m``/``-k``
 deselection, so a selection never changes what a case is worth. A skipped experiment is not
 part of the maximum: it was not asked.
 
@@ -144,10 +145,22 @@ def function_key(item: pytest.Item) -> str:
     return item.nodeid.split("[", 1)[0]
 
 
-def points_of(item: pytest.Item, cases: int = 1) -> float:
+def points_of(item: pytest.Item, cases: float = 1) -> float:
     """What ``item`` is worth: its function's points (closest ``points`` marker, else
-    :data:`DEFAULT_POINTS`) divided among the function's ``cases``."""
-    return round(_function_points(item) / max(cases, 1), 4)
+    :data:`DEFAULT_POINTS`) shared among the function's cases by weight: ``cases`` is the
+    sum of their weights (each case weighs 1 unless marked ``weight(w)``)."""
+    return round(_function_points(item) * weight_of(item) / max(cases, 1e-9), 4)
+
+
+def weight_of(item: pytest.Item) -> float:
+    """A case's share of its function's points (``@pytest.mark.weight(w)``, default 1)."""
+    mark = item.get_closest_marker("weight")
+    value = mark.args[0] if mark is not None and mark.args else 1.0
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.weight needs a number > 0, got {value!r}"
+        )
+    return float(value)
 
 
 def _function_points(item: pytest.Item) -> float:
@@ -173,13 +186,16 @@ def lesson_of(item: pytest.Item) -> int | None:
 
 # -- pytest hooks ------------------------------------------------------------------------
 
-#: how many parametrised cases each test function has, counted before deselection
+#: the summed weights of each test function's parametrised cases, counted before deselection
 CASES = pytest.StashKey[Counter[str]]()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    config.stash[CASES] = Counter(function_key(item) for item in items)
+    weights: Counter[str] = Counter()
+    for item in items:
+        weights[function_key(item)] += weight_of(item)  # type: ignore[assignment]
+    config.stash[CASES] = weights
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -218,6 +234,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "points(n): what the experiment is worth when graded (default: solution 2, broker 1); "
         "in a lesson's pytestmark, for all its experiments",
+    )
+    config.addinivalue_line(
+        "markers",
+        "weight(w): a parametrised case's share of its function's points (default 1); lesson "
+        "06 weighs each permission cell by what a wrong verdict exposes",
     )
     recorder = PointsRecorder(config)
     config.pluginmanager.register(recorder, "mqtt-factory-lab-points")

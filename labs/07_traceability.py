@@ -60,7 +60,9 @@ Your programs in this lesson: the solution manifest's ``[roles.chocolate_line]``
 ``mqtt_messages`` with ``topic``, ``payload``, ``qos`` and table ``dead_letters``
 with ``topic``, ``payload``, ``reason``; prints ``ready {client_id}``) and
 ``[roles.trace]`` (writes to ``{output}`` a JSON object whose ``finished_lots``
-are every finished lot made from ``{lot}``). See ``solution.toml``.
+are every finished lot made from ``{lot}``). The whole contract, enough to write
+them without reading ``sim/``: ``docs/chocolate.md``, "Your line and data center"
+(the starter has a skeleton of each).
 
 Run it: ``pytest labs/07_traceability.py -v`` (``-m broker`` for the broker's
 part, ``-m solution --solution PATH`` to grade a solution).

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 _HEADING = re.compile(r"^\S+:\d+: \w+\n")
+#: the line pytest-xdist puts before a worker's report
+_WORKER = re.compile(r"^\[gw\d+\] .*\n")
 _TOPIC = re.compile(r"\S*/\S*")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 #: random ids (client ids, topic roots): hex runs with a digit in them
@@ -33,14 +35,14 @@ def same_as(first: str) -> str:
 def mistake_key(message: str) -> str:
     """What two failures of the same mistake have in common (for grouping, never for display)."""
     lines = [line for line in message.strip().splitlines() if not line.startswith(SAME_AS)]
-    text = _HEADING.sub("", "\n".join(lines), count=1)
+    text = _HEADING.sub("", _WORKER.sub("", "\n".join(lines), count=1), count=1)
     first_paragraph = text.split("\n\n", 1)[0]
     return _NUMBER.sub("#", _HEX.sub("#", _TOPIC.sub("<topic>", first_paragraph))).strip()
 
 
 def headline(message: str, limit: int = 240) -> str:
     """The message's first sentence or line, without its ``file:line: Kind`` heading."""
-    text = _HEADING.sub("", message.strip(), count=1).strip()
+    text = _HEADING.sub("", _WORKER.sub("", message.strip(), count=1), count=1).strip()
     line = text.splitlines()[0] if text else "(no message)"
     return line if len(line) <= limit else line[: limit - 1] + "…"
 

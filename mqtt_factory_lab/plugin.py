@@ -42,7 +42,7 @@ from mqtt_factory_lab.brokers.base import format_log
 from mqtt_factory_lab.capabilities import CAPABILITIES, BrokerNotReady, Capabilities, probe
 from mqtt_factory_lab.connection import ENV_PASSWORD, ConnectionSettings, mask_url
 from mqtt_factory_lab.factory_fixtures import LAUNCHERS, SOLUTION
-from mqtt_factory_lab.mistakes import Mistake, describe, mistake_key
+from mqtt_factory_lab.mistakes import Mistake, describe, group, mistake_key, same_as
 from mqtt_factory_lab.roles import RoleError
 from mqtt_factory_lab.schemas import PayloadError
 from mqtt_factory_lab.solution import ManifestError, load
@@ -319,9 +319,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     key = mistake_key(failure)
     if key in seen:
         seen[key].names.append(report.nodeid)
-        report.longrepr = (
-            f"{failure}\n(the same mistake as {seen[key].first}: its report shows the evidence)"
-        )
+        report.longrepr = f"{failure}\n{same_as(seen[key].first)}"
         return report
     seen[key] = Mistake(report.nodeid, failure, [report.nodeid])
     for broker, mark in item.stash.get(BROKERS_USED, []):
@@ -393,7 +391,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not counts:
         return
     terminalreporter.section("mqtt-factory-lab")
-    for mistake in config.stash.get(MISTAKES, {}).values():
+    # From the reports themselves, so that it also works when pytest-xdist workers ran them.
+    failures = [
+        (report.nodeid, report.longreprtext)
+        for outcome in ("failed", "error")
+        for report in stats.get(outcome, [])
+        if report.failed
+    ]
+    for mistake in group(failures):
         if len(mistake.names) > 1:
             terminalreporter.write_line(describe(mistake), red=True)
     for kind, what in (

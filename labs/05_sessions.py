@@ -539,6 +539,35 @@ def test_a_device_hears_its_commands_again_after_its_connection_drops(
     state = f"{topic_root}/state/press-01"
     watcher.subscribe(state, qos=1)
     commands = f"{topic_root}/commands/dashboard/press-01"
+    dashboard = mqtt_client(protocol=protocol)
+
+    def obeyed(value: float, timeout: float = 5) -> bool:
+        """Whether the press published a state with its temperature setpoint at ``value``."""
+        with contextlib.suppress(AssertionError):
+            watcher.wait_for_message(
+                lambda m: (
+                    m.topic == state and m.json().get("setpoints", {}).get("temperature") == value
+                ),
+                timeout=timeout,
+            )
+            return True
+        return False
+
+    # First, the press is at work: it obeys a command (so its start-up is over). Sent again
+    # until it does: a device may say online a moment before its subscription is in place.
+    before = validate("command", {"command": "set", "setpoint": "temperature", "value": 71.0})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        dashboard.publish(commands, before, qos=1)
+        if obeyed(71.0, timeout=0.5):
+            break
+    else:
+        pytest.fail(
+            f"press-01 never obeyed a 'set' on {commands.replace(topic_root, '{root}')} (no "
+            "state with the new setpoint within 5 s), even before its connection dropped: a "
+            "device subscribes to <root>/commands/+/<device_id> and obeys (lesson 01).",
+            pytrace=False,
+        )
     # The connection drops and the session is lost, as when the broker restarts without
     # persistence: a client with the device's id and clean start takes it over and leaves.
     mark = broker.log_mark()
@@ -575,15 +604,9 @@ def test_a_device_hears_its_commands_again_after_its_connection_drops(
         "command",
         {"command": "set", "setpoint": "temperature", "value": 72.0, "reason": "lesson 05"},
     )
-    mqtt_client(protocol=protocol).publish(commands, set_press, qos=1)
-    try:
-        watcher.wait_for_message(
-            lambda m: m.topic == state and m.json().get("setpoints", {}).get("temperature") == 72.0,
-            timeout=5,
-        )
+    dashboard.publish(commands, set_press, qos=1)
+    if obeyed(72.0):
         return
-    except AssertionError:
-        pass
     logged = [c for c in connections(broker.log_lines()[mark:]) if c.client_id == press.client_id]
     flag = "clean session" if protocol == "3.1.1" else "clean start"
     evidence = (

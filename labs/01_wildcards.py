@@ -1048,6 +1048,32 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
     press = start_seed_devices(factory_launcher, watcher, protocol, kinds=("press",))["press"]
     dashboard = mqtt_client()
     commands = f"{topic_root}/commands/dashboard/press"
+
+    def setpoint_is(value: float) -> Callable[[ReceivedMessage], bool]:
+        def answered(m: ReceivedMessage) -> bool:
+            """the press's state with its new temperature setpoint"""
+            return (
+                m.topic == f"{topic_root}/state/press"
+                and (json_field(m, "setpoints") or {}).get("temperature") == value
+            )
+
+        return answered
+
+    # First the press hears its commands (sent again until it obeys one: a device may say
+    # online a moment before its subscription is in place).
+    warm_up = {"command": "set", "setpoint": "temperature", "value": 69.0, "reason": "lesson 01"}
+    deadline = time.monotonic() + 5
+    while not watcher.received(setpoint_is(69.0)) and time.monotonic() < deadline:
+        dashboard.publish(commands, validate("command", warm_up), qos=1)
+        with contextlib.suppress(AssertionError):
+            watcher.wait_for_message(setpoint_is(69.0), timeout=0.5)
+    if not watcher.received(setpoint_is(69.0)):
+        pytest.fail(
+            f"The press never obeyed a valid 'set' on {commands.replace(topic_root, '{root}')} "
+            "(no state with the new setpoint within 5 s): a device subscribes to "
+            "{root}/commands/+/<its id> and publishes its new state once it obeys.",
+            pytrace=False,
+        )
     dashboard.publish(commands, bad_command, qos=1)
     # A good command after the bad one: one connection delivers in order, so once the press
     # has answered it, it has handled the bad one too, and survived it.
@@ -1056,12 +1082,7 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
         {"command": "set", "setpoint": "temperature", "value": 71.0, "reason": "lesson 01"},
     )
     dashboard.publish(commands, set_press, qos=1)
-
-    def answered(m: ReceivedMessage) -> bool:
-        return (
-            m.topic == f"{topic_root}/state/press"
-            and (json_field(m, "setpoints") or {}).get("temperature") == 71.0
-        )
+    answered = setpoint_is(71.0)
 
     deadline = time.monotonic() + 10
     while not watcher.received(answered) and press.process.is_running():

@@ -90,11 +90,11 @@ import pytest
 
 from mqtt_factory_lab.brokers import LOG, Broker
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
-from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
-from mqtt_factory_lab.factory import DeviceHandle
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.schemas import PayloadError, validate, validate_message
-from mqtt_factory_lab.solution import ManifestError
+from mqtt_factory_lab.contract import PayloadError, validate, validate_message
+from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.factory import DeviceHandle
+from mqtt_factory_lab.core.solution import ManifestError
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(1)]
 

@@ -82,11 +82,11 @@ import pytest
 
 from mqtt_factory_lab.brokers import LOG
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
-from mqtt_factory_lab.client import MQTTTimeout, ReceivedMessage, RecordingClient
-from mqtt_factory_lab.factory import DeviceHandle
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.factory import DeviceHandle
+from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(2)]
 

@@ -91,11 +91,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import LOG
-from mqtt_factory_lab.client import PROTOCOLS, ReceivedMessage, RecordingClient
-from mqtt_factory_lab.factory import DeviceHandle
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, wait_until
-from mqtt_factory_lab.schemas import PayloadError, validate
+from mqtt_factory_lab.contract import PayloadError, validate
+from mqtt_factory_lab.core.client import PROTOCOLS, ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.factory import DeviceHandle
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_until
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(4)]
 

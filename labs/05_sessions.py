@@ -80,10 +80,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
 from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(5)]
 

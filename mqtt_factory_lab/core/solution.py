@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mqtt_factory_lab.paths import REFERENCE_MANIFEST
+from mqtt_factory_lab.core.paths import REFERENCE_MANIFEST
 
 #: Placeholders a command may use, and what they stand for.
 PLACEHOLDERS = {

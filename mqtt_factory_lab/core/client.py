@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqtt_factory_lab.connection import PROTOCOLS, ConnectionSettings
+from mqtt_factory_lab.core.connection import PROTOCOLS, ConnectionSettings
 
 SYNC_PREFIX = "lab/sync"
 

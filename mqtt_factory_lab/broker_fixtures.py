@@ -328,6 +328,7 @@ def mqtt_client(
     :param session_expiry: MQTT 5 session expiry interval in seconds.
     :param will: Last Will ``(topic, payload, qos, retain)``.
     :param broker: the broker to use (default: the shared ``broker``).
+    :param connect_properties: more MQTT 5 CONNECT properties (``{"ReceiveMaximum": 1}``).
     :param connect: connect now (default True).
     :param username: user name in the CONNECT (with ``password``), for brokers that check them.
 
@@ -351,6 +352,7 @@ def mqtt_client(
         connect: bool = True,
         username: str | None = None,
         password: str | None = None,
+        connect_properties: dict[str, Any] | None = None,
     ) -> RecordingClient:
         if broker is None:
             target = shared_broker(request, broker_pool)
@@ -373,6 +375,7 @@ def mqtt_client(
             password=password,
             describe_broker=target.health,
             connection=settings,
+            connect_properties=connect_properties,
         )
         clients.append(client)
         if connect:

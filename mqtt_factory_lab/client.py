@@ -108,6 +108,8 @@ class RecordingClient:
         timeout messages (so a killed broker reads as such, not as a lost message).
     :param connection: transport, TLS and credentials (default: plain TCP, anonymous);
         ``username``/``password`` given here win over its login.
+    :param connect_properties: more MQTT 5 CONNECT properties by paho name, such as
+        ``{"ReceiveMaximum": 1, "MaximumPacketSize": 256}`` (lesson 09).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class RecordingClient:
         keepalive: int = 30,
         describe_broker: Callable[[], str] | None = None,
         connection: ConnectionSettings | None = None,
+        connect_properties: dict[str, Any] | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
@@ -133,6 +136,7 @@ class RecordingClient:
         self.protocol = protocol
         self.clean_start = clean_start
         self.session_expiry = session_expiry
+        self.connect_properties = dict(connect_properties or {})
         self.keepalive = keepalive
         self._describe_broker = describe_broker
         kwargs: dict[str, Any] = {}
@@ -158,6 +162,8 @@ class RecordingClient:
         self.messages: list[ReceivedMessage] = []
         self.connack: dict[str, Any] = {}
         self.disconnects: list[ReasonCode | int] = []
+        #: reason codes of the DISCONNECT packets the broker sent (MQTT 5), not of lost sockets
+        self.server_disconnects: list[ReasonCode] = []
         self._cond = threading.Condition()
         self._connected = False
         self._suback: dict[int, list[ReasonCode]] = {}
@@ -189,6 +195,8 @@ class RecordingClient:
         with self._cond:
             self._connected = False
             self.disconnects.append(reason_code)
+            if getattr(flags, "is_disconnect_packet_from_server", False):
+                self.server_disconnects.append(reason_code)
             self._cond.notify_all()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -235,9 +243,12 @@ class RecordingClient:
         kwargs: dict[str, Any] = {}
         if self.protocol == "5":
             kwargs["clean_start"] = self.clean_start
-            if self.session_expiry is not None:
+            if self.session_expiry is not None or self.connect_properties:
                 props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = self.session_expiry
+                if self.session_expiry is not None:
+                    props.SessionExpiryInterval = self.session_expiry
+                for name, value in self.connect_properties.items():
+                    setattr(props, name, value)
                 kwargs["properties"] = props
         with self._cond:
             self.connack = {}
@@ -315,9 +326,14 @@ class RecordingClient:
         no_local: bool = False,
         retain_as_published: bool = False,
         retain_handling: int = 0,
+        subscription_id: int | None = None,
         timeout: float = 5.0,
     ) -> list[ReasonCode]:
-        """Subscribe and wait for the SUBACK; return its reason codes (granted QoS or failure)."""
+        """Subscribe and wait for the SUBACK; return its reason codes (granted QoS or failure).
+
+        ``subscription_id`` (MQTT 5): the broker sends it back with every message this
+        subscription delivers.
+        """
         __tracebackhide__ = True
         if self.protocol == "5":
             options = SubscribeOptions(
@@ -326,7 +342,11 @@ class RecordingClient:
                 retainAsPublished=retain_as_published,
                 retainHandling=retain_handling,
             )
-            result, mid = self.paho.subscribe(topic, options=options)
+            properties = None
+            if subscription_id is not None:
+                properties = Properties(PacketTypes.SUBSCRIBE)
+                properties.SubscriptionIdentifier = subscription_id
+            result, mid = self.paho.subscribe(topic, options=options, properties=properties)
         else:
             result, mid = self.paho.subscribe(topic, qos)
         if result != mqtt.MQTT_ERR_SUCCESS:

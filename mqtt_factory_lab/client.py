@@ -54,6 +54,8 @@ class ReceivedMessage:
     dup: bool
     properties: dict[str, Any] = field(default_factory=dict)
     received_at: float = 0.0
+    #: the packet id (QoS 1/2), for a client with manual acknowledgement (``paho.ack``)
+    mid: int = 0
 
     @property
     def text(self) -> str:
@@ -208,6 +210,7 @@ class RecordingClient:
             dup=bool(msg.dup),
             properties=_properties(getattr(msg, "properties", None)),
             received_at=time.monotonic(),
+            mid=msg.mid,
         )
         with self._cond:
             self.messages.append(record)

@@ -624,7 +624,7 @@ def test_response_topic_and_correlation_data_reach_the_responder_unaltered(mqtt_
 
 
 @pytest.mark.broker
-@pytest.mark.needs("qos1", "shared_subscriptions")
+@pytest.mark.needs("mqtt5", "qos1", "shared_subscriptions")  # mqtt5 first: the finding
 @pytest.mark.spec(mqtt5=["MQTT-4.8.2-1", "MQTT-4.8.2-2", "MQTT-4.8.2-3"])
 def test_shared_subscription_gives_each_message_to_one_member_of_the_group(mqtt_client, topic_root):
     group = f"$share/datacenter/{topic_root}/#"
@@ -949,7 +949,7 @@ def publish_records(client: RecordingClient, root: str, n: int) -> list[str]:
 
 
 @pytest.mark.solution
-@pytest.mark.needs("qos1", "shared_subscriptions")
+@pytest.mark.needs("mqtt5", "qos1", "shared_subscriptions")  # mqtt5 first: the finding
 def test_two_datacenter_workers_on_a_shared_subscription_store_each_record_once(
     factory_launcher, mqtt_client, topic_root, tmp_path
 ):

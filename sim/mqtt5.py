@@ -65,6 +65,18 @@ def publish_properties(
     return properties
 
 
+def chocolate_properties(
+    message_type: str, payload: dict[str, Any], protocol: str
+) -> Properties | None:
+    """The PUBLISH properties of a chocolate-line message (None on MQTT 3.1.1): its schema
+    ``vf.chocolate_<type>/<version>`` (batch events say their version in ``schema_version``)."""
+    properties = publish_properties(None, protocol)
+    if properties is not None:
+        version = payload.get("schema_version", 1) if message_type == "batch" else 1
+        properties.UserProperty = [("schema", f"vf.chocolate_{message_type}/{version}")]
+    return properties
+
+
 @dataclass(frozen=True)
 class Request:
     """A request read from a command topic: what is asked, where to answer, how to label it."""

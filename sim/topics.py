@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-QOS = {"telemetry": 0, "alarms": 1, "commands": 1, "state": 1, "status": 1, "events": 1, "replies": 1}
+QOS = {
+    "telemetry": 0,
+    "alarms": 1,
+    "commands": 1,
+    "state": 1,
+    "status": 1,
+    "events": 1,
+    "replies": 1,
+}
 RETAINED = frozenset({"state", "status"})
 TOPIC_KINDS = tuple(QOS)
 #: each client's private scratch space (``<prefix>/<client id>/#``), outside the factory's

@@ -606,7 +606,7 @@ def test_response_topic_and_correlation_data_reach_the_responder_unaltered(mqtt_
     label = uuid.uuid4().bytes + b"\x00\xff"  # binary: correlation data is any bytes
     mqtt_client().publish(
         request_topic,
-        {"request": "setpoints"},
+        validate("setpoints_request", {"request": "setpoints"}),
         qos=1,
         properties=props(ResponseTopic=response_topic, CorrelationData=label),
     )
@@ -831,7 +831,7 @@ def test_device_answers_setpoint_requests_on_the_response_topic_with_their_corre
     for device_id, label in labels.items():  # both requests in flight before any answer
         asker.publish(
             f"{topic_root}/commands/controller/{device_id}",
-            {"request": "setpoints"},
+            validate("setpoints_request", {"request": "setpoints"}),
             qos=1,
             properties=props(
                 ResponseTopic=response_topic, CorrelationData=label, MessageExpiryInterval=30

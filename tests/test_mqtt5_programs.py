@@ -97,3 +97,17 @@ def test_datacenter_share_subscribes_through_a_shared_subscription(
         protocol=protocol,
     )
     assert "subscribing to $share/datacenter/" in datacenter.output(), datacenter.output()
+
+
+def test_the_lab_acl_lets_the_controller_ask_a_device_for_its_setpoints(sim_program, make_broker):
+    broker = make_broker("acl")  # docker/acl: the device answers only under replies/<itself>/
+    sim_program(
+        "sim.device", "--device", "press", "--device-id", "press-01", "--client-id", "press-01",
+        broker=broker, topic_root="factory", name="press",
+    )  # fmt: skip
+    controller = sim_program(
+        "sim.controller", "--client-id", "controller", "--ask-setpoints", "press-01",
+        broker=broker, topic_root="factory",
+    )  # fmt: skip
+    line = controller.wait_for_output(r"^setpoints press-01 ", timeout=10)
+    assert validate("setpoints_reply", json.loads(line.split(" ", 2)[2]))["setpoints"], line

@@ -188,7 +188,10 @@ def broker_lacks_mqtt5(request: pytest.FixtureRequest, broker_pool: BrokerPool) 
     if found is not None:
         pytest.skip(found)
     if request.config.stash.get(CONNECTION, None) is not None:
-        pytest.skip("an external broker is not the lab's to configure: this test needs its ACL file (and password file)")
+        pytest.skip(
+            "an external broker is not the lab's to configure: this test needs its ACL file "
+            "(and password file)"
+        )
 
 
 # -- Reason codes: the broker says why ------------------------------------------------

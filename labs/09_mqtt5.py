@@ -106,7 +106,6 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqtt_factory_lab import process
 from mqtt_factory_lab.broker_fixtures import (
@@ -367,7 +366,7 @@ def test_suback_answers_each_filter_of_one_subscribe_in_order(mqtt_client, topic
         (f"{topic_root}/telemetry/+/temperature", 0),  # readings: the next one replaces it
         (f"{topic_root}/state/+", 1),
     ]
-    codes = or_fail(lambda: subscribe_many(dashboard, filters))
+    codes = dashboard.subscribe_all(filters)
     got = [f"0x{c.value:02X}" for c in codes]
     assert len(codes) == len(filters), (
         f"One SUBSCRIBE with {len(filters)} filters gets one reason code per filter "
@@ -381,18 +380,6 @@ def test_suback_answers_each_filter_of_one_subscribe_in_order(mqtt_client, topic
             f"plugin's 0x87). Asked {[q for _, q in filters]}, got {got}: {topic} asked QoS "
             f"{asked} and got {reason(code)}."
         )
-
-
-def subscribe_many(client: RecordingClient, filters: list[tuple[str, int]]) -> list[ReasonCode]:
-    """One SUBSCRIBE packet with several filters; the SUBACK's reason codes, in order."""
-    pairs = [(topic, SubscribeOptions(qos=qos)) for topic, qos in filters]
-    result, mid = client.paho.subscribe(pairs)
-    if result != 0:
-        raise ConnectionError(f"could not send the SUBSCRIBE: {result}")
-    with client._cond:
-        if not client._cond.wait_for(lambda: mid in client._suback, PROMPT):
-            raise AssertionError(f"no SUBACK within {PROMPT}s for {filters}")
-        return client._suback.pop(mid)
 
 
 @pytest.mark.broker

@@ -374,6 +374,32 @@ class RecordingClient:
             self.refused.pop(topic, None)
         return codes
 
+    def subscribe_all(
+        self, filters: list[tuple[str, int]], timeout: float = 5.0
+    ) -> list[ReasonCode]:
+        """One SUBSCRIBE packet with several ``(filter, qos)`` pairs; the SUBACK's reason codes,
+        as the broker sent them (one per filter, in order, when it follows the rules)."""
+        __tracebackhide__ = True
+        if self.protocol == "5":
+            pairs: list[Any] = [(topic, SubscribeOptions(qos=qos)) for topic, qos in filters]
+        else:
+            pairs = list(filters)
+        result, mid = self.paho.subscribe(pairs)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"{self.client_id} could not send SUBSCRIBE {filters}: {result}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._suback or not self._connected, timeout):
+                raise MQTTTimeout(
+                    f"{self.client_id} subscribed to {filters} but got no SUBACK within "
+                    f"{timeout}s. {self._broker_note()}"
+                )
+            if mid not in self._suback:
+                raise ConnectionError(
+                    f"{self.client_id} subscribed to {filters} and the broker closed the "
+                    f"connection instead of answering: {self._lost()}"
+                )
+            return self._suback.pop(mid)
+
     def granted_qos(self, topic: str) -> int:
         """The QoS the broker granted in its SUBACK for the filter ``topic`` (it may grant less
         than asked: MQTT 3.1.1 §3.9.3, MQTT 5 §3.9.3).

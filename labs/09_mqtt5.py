@@ -1,4 +1,4 @@
-"""Lesson 09 — MQTT 5 in the factory: reason codes, expiry, properties, request/response, shared subscriptions.
+"""Lesson 09 — MQTT 5 in the factory: reason codes, expiry, properties, request/response, sharing.
 
 MQTT 3.1.1 moves a topic and some bytes, and says little when something goes wrong. MQTT 5
 keeps that core and adds what a factory kept reinventing on top of it. Each addition below
@@ -6,14 +6,17 @@ is taught where the factory uses it.
 
 * **Reason codes: the broker says why.** Every acknowledgement carries a one-byte reason
   (§2.4). CONNACK says why a login was refused: 0x86 *Bad user name or password*, 0x87 *Not
-  authorized* (Mosquitto answers 0x87 to both, revealing nothing to a guesser); to a protocol version it does not speak, a broker MAY answer 0x84 *Unsupported
-  protocol version* (or, as Mosquitto does, a 3.1.1 CONNACK with return code 1) and closes
-  the connection. PUBACK says 0x10 *No matching subscribers* — the alarm nobody listens to
+  authorized* (Mosquitto answers 0x87 to both, revealing nothing to a guesser). To a
+  protocol version it does not speak, a broker MAY answer 0x84 *Unsupported protocol
+  version* (or, as Mosquitto does, a 3.1.1 CONNACK with return code 1) and closes the
+  connection. PUBACK says 0x10 *No matching subscribers* — the alarm nobody listens to
   — and 0x87 when the ACL denies a publish: lesson 06's silent drop becomes visible. A SUBACK
-  has one code per filter: the QoS granted (maybe less than asked) or a refusal. When a
-  second client connects with a used client id, the first is disconnected (MQTT 5: with
-  DISCONNECT 0x8E *Session taken over* when the broker sends one). A client that leaves with
-  DISCONNECT 0x04 *Disconnect with Will Message* is gone cleanly *and* has its will sent.
+  has one code per filter: the QoS granted (maybe less than asked) or a refusal (an ACL
+  plugin's 0x87; Mosquitto's ``acl_file`` grants every SUBSCRIBE, see lesson 06). When a
+  second client connects with a used client id, the first is disconnected: the broker may
+  say so with DISCONNECT 0x8E *Session taken over* (Mosquitto 2.0.11 just closes the
+  socket). A client that leaves with DISCONNECT 0x04 *Disconnect with Will Message* is gone
+  cleanly *and* has its will sent.
 * **Message expiry.** A PUBLISH may carry a *message expiry interval*: when it passes
   before the broker could start delivering a copy, that copy is deleted (§3.3.2.3.3); a copy
   delivered later carries what is left of the interval. An alarm that waited an hour for a
@@ -56,8 +59,8 @@ Pitfalls:
   callback as a ``ReasonCode`` with a name.
 * A response topic every requester shares *without* correlation data: two answers in flight
   cannot be told apart.
-* Expecting a shared subscription to reach a worker's *offline* session's messages to
-  another worker: the broker keeps them for the session that was chosen.
+* Expecting the broker to hand a dead worker's in-flight messages to another member of its
+  group: it keeps them for the session it chose (MQTT-4.8.2-5).
 * Properties on MQTT 3.1.1: there are none. A program that must speak both versions sends
   them only on MQTT 5 (the lab's reference programs do).
 
@@ -69,7 +72,7 @@ Try it (a broker on localhost:1884, e.g. ``mosquitto -p 1884``)::
     python -m sim.datacenter --db a.db --client-id dc-a --share datacenter &
     python -m sim.datacenter --db b.db --client-id dc-b --share datacenter &
     python -m sim.chocolate --batches 2 --time-scale 20000              # each record in a or b
-    mosquitto_pub -p 1884 -V 5 -t factory/alarms/x/y -m gone -q 1 -D publish message-expiry-interval 5
+    mosquitto_pub -p 1884 -V 5 -q 1 -D publish message-expiry-interval 5 -t factory/a/b -m x
 
 Your programs in this lesson: the ``[roles.device]`` role (on MQTT 5: every publish carries
 the user property ``schema=vf.<schema>/1`` — ``vf.telemetry/1``, ``vf.alarm/1``,
@@ -814,9 +817,11 @@ def test_device_answers_setpoint_requests_on_the_response_topic_with_their_corre
     asker.subscribe(response_topic, qos=1)
     asker.subscribe(f"{topic_root}/state/+", qos=1)
     states = {
-        device_id: validate("state", asker.wait_for_message(f"{topic_root}/state/{device_id}").payload)
+        device_id: validate(
+            "state", asker.wait_for_message(f"{topic_root}/state/{device_id}").payload
+        )
         for device_id in devices
-    }  # fmt: skip
+    }
     labels = {device_id: f"{device_id}:{uuid.uuid4().hex}".encode() for device_id in devices}
     for device_id, label in labels.items():  # both requests in flight before any answer
         asker.publish(

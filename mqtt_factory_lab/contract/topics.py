@@ -21,6 +21,7 @@ TOPIC_SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "state": ("state", ("<device_id>",)),
     "status": ("status", ("<device_id>",)),
     "events": ("event", ("<component_id>",)),
+    "replies": ("setpoints_reply", ("<device_id>", "<requester>")),
 }
 
 # The chocolate line (sim/chocolate, lesson 07) has its own namespace, as in its seed:
@@ -172,6 +173,6 @@ def validate_message(
     expected: dict[str, str] = {}
     if kind in {"telemetry", "alarms"}:
         expected = {"device_id": levels[0], "sensor": levels[1]}
-    elif kind in {"state", "status"}:
+    elif kind in {"state", "status", "replies"}:
         expected = {"device_id": levels[0]}
     return _matching_topic(name, topic, instance, expected, payload)

@@ -77,9 +77,9 @@ import pytest
 from paho.mqtt.client import topic_matches_sub as mqtt_topic_matches
 
 from mqtt_factory_lab.brokers import CONFIG, RESTART
-from mqtt_factory_lab.client import MQTTTimeout, ReceivedMessage
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = pytest.mark.lesson(3)
 

@@ -2,7 +2,7 @@
 
 No regex escapes (``'^ready\\ line\\-1$'``), no ``satisfying <lambda>``: the expected line
 is quoted as text, a line glued to other output is named as such, and identical failures are
-one mistake (:mod:`mqtt_factory_lab.mistakes`).
+one mistake (:mod:`mqtt_factory_lab.core.mistakes`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from mqtt_factory_lab.client import _describe_matcher
-from mqtt_factory_lab.mistakes import group, mistake_key, same_as
-from mqtt_factory_lab.roles import RoleError, RoleProcess
+from mqtt_factory_lab.core.client import _describe_matcher
+from mqtt_factory_lab.core.mistakes import group, mistake_key, same_as
+from mqtt_factory_lab.core.roles import RoleError, RoleProcess
 
 
 def run(code: str) -> RoleProcess:

@@ -47,7 +47,7 @@ from typing import Any
 
 import pytest
 
-from mqtt_factory_lab.mistakes import SAME_AS, group, names_in_short
+from mqtt_factory_lab.core.mistakes import SAME_AS, group, names_in_short
 
 #: points of an experiment that has no ``points`` marker, by its kind (``None``: untagged)
 DEFAULT_POINTS: dict[str | None, float] = {"solution": 2, "broker": 1, None: 1}
@@ -428,7 +428,7 @@ def _num(value: float) -> str:
 
 
 def _solution_name(config: pytest.Config) -> str | None:
-    from mqtt_factory_lab.factory_fixtures import SOLUTION
+    from mqtt_factory_lab.fixtures.factory import SOLUTION
 
     solution = config.stash.get(SOLUTION, None)
     return None if solution is None else solution.name

@@ -58,7 +58,7 @@ CAUGHT_BY = {
         "06_acl",
         "who_may_read_what and bad-actor-subscribe-factory/state/press-01",
     ),
-    "lesson07_ack_before_commit": ("07_traceability", "killed_datacenter"),
+    "lesson07_ack_before_commit": ("07_traceability", "killed_datacenter or cannot_commit"),
     "lesson07_crashes_on_invalid_json": ("07_traceability", "dead_letter_table and json"),
     "lesson07_no_datacenter": ("07_traceability", "sent_twice"),
     "lesson07_stores_redeliveries_twice": ("07_traceability", "sent_twice"),

@@ -9,6 +9,8 @@
 ``lab_seed``         the run's random seed (``--lab-seed``)
 ``broker_pool``      every broker of this pytest process (session scope)
 ``broker_capabilities``  what the shared broker can do (:mod:`mqtt_factory_lab.capabilities`)
+``behaviour``        ``behaviour.observe(...)``: what a broker chose where the specifications
+                     let it (``@pytest.mark.rule("may")`` experiments)
 
 An experiment that needs an optional feature says so with ``@pytest.mark.needs("mqtt5")``;
 the ``protocol`` fixture's MQTT 5 run and ``mqtt_client(protocol="5")`` need ``mqtt5`` by
@@ -308,6 +310,33 @@ def _skip_what_the_broker_lacks(request: pytest.FixtureRequest, broker_pool: Bro
 def broker_capabilities(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> Capabilities:
     """What the shared broker can do (:class:`~mqtt_factory_lab.capabilities.Capabilities`)."""
     return capabilities_of(request.config, broker_pool)
+
+
+class Behaviour:
+    """What the broker does where the specifications let it choose (MAY, SHOULD, or left to
+    the implementation): observed and reported, never failed, on a broker someone else runs.
+
+    On the lab's own Mosquitto the lesson's claim is checked, because the lesson teaches
+    Mosquitto's behaviour: a different answer there means the lesson is out of date.
+    """
+
+    def __init__(self, item: pytest.Item, lab_broker: bool) -> None:
+        self.item = item
+        self.lab_broker = lab_broker
+
+    def observe(self, what: str, *, as_taught: bool, lesson: str) -> None:
+        """Record ``what`` the broker did (a sentence); ``as_taught``: whether it is what the
+        lesson teaches (Mosquitto's choice), spelled out in ``lesson``."""
+        __tracebackhide__ = True
+        self.item.user_properties.append(("observed", what))
+        if self.lab_broker and not as_taught:
+            raise AssertionError(f"{lesson}\nThe lab's Mosquitto did otherwise: {what}")
+
+
+@pytest.fixture
+def behaviour(request: pytest.FixtureRequest) -> Behaviour:
+    """Record the broker's choice where the specifications allow several (see :class:`Behaviour`)."""
+    return Behaviour(request.node, request.config.stash.get(CONNECTION, None) is None)
 
 
 @pytest.fixture

@@ -167,6 +167,7 @@ def pytest_configure(config: pytest.Config) -> None:
         f"needs(*capabilities): skip, with the probe's reason, on a broker that lacks one of "
         f"{', '.join(CAPABILITIES)}",
         spec.MARKER,
+        spec.RULE_MARKER,
     ):
         config.addinivalue_line("markers", line)
     _read_connection(config)
@@ -411,12 +412,22 @@ def _summarise_conformance(terminalreporter: Any, recorder: spec.Recorder) -> No
             f"finding: {finding['finding']} ({finding['skipped']} experiments skipped for it)",
             yellow=True,
         )
-    table = spec.statement_table(list(recorder.results.values()))
+    results = list(recorder.results.values())
+    table = spec.statement_table(results)
     for protocol, rows in table.items():
         statuses = [row["status"] for row in rows.values()]
         terminalreporter.write_line(
             f"MQTT {protocol} statements: {len(rows)} tested, "
             + ", ".join(f"{statuses.count(s)} {s}" for s in ("passed", "failed", "skipped"))
+        )
+    if any(r.kinds == ["broker"] or "broker" in r.kinds for r in results):
+        for protocol, row in spec.coverage(table).items():
+            terminalreporter.write_line(spec.coverage_line(protocol, row))
+    observed = [r for r in results if r.rule == "may" and r.observations]
+    for result in observed:
+        terminalreporter.write_line(
+            f"behaves this way (MAY): {result.nodeid.rpartition('::')[2]}: "
+            + "; ".join(result.observations)
         )
 
 

@@ -279,6 +279,48 @@ def test_a_redelivered_message_carries_dup_and_the_first_does_not(
 
 
 @pytest.mark.broker
+@pytest.mark.spec("MQTT-3.3.4-1", mqtt311=["MQTT-4.3.3-2"], mqtt5=["MQTT-4.3.3-8"])
+def test_a_qos2_publish_is_answered_with_pubrec(mqtt_client, topic_root, protocol, behaviour):
+    # No needs("qos2"): a broker without QoS 2 is judged too, by what it answers.
+    topic = f"{topic_root}/commands/dashboard/press"
+    publisher = mqtt_client(protocol=protocol, connect=False)
+    packets = PacketLog(publisher)
+    publisher.connect()
+    advertised = publisher.connack["properties"].get("MaximumQoS")
+    try:
+        publisher.publish(topic, b"stop", qos=2, timeout=3)
+    except ConnectionError as error:
+        closed = str(error).split(": ", 1)[-1]
+        if protocol == "5" and advertised is not None and advertised < 2:
+            behaviour.observe(
+                f"CONNACK Maximum QoS {advertised}, and a QoS 2 PUBLISH closed the connection "
+                f"({closed})",
+                as_taught=True,
+                lesson="An MQTT 5 server without QoS 2 says so in CONNACK (Maximum QoS) and treats "
+                "a QoS 2 PUBLISH as a protocol error (DISCONNECT 0x9B).",
+            )
+            return
+        where = (
+            "MQTT 3.1.1 has no way to refuse a QoS"
+            if protocol == "3.1.1"
+            else "its CONNACK did not limit Maximum QoS, so"
+        )
+        pytest.fail(
+            f"The broker closed the connection at a QoS 2 PUBLISH on {topic} ({closed}): the "
+            f"receiver of a PUBLISH answers as its QoS requires, PUBREC for QoS 2 "
+            f"(MQTT-3.3.4-1); {where} 2 PUBLISH it accepted the client for.",
+            pytrace=False,
+        )
+    answers = packets.find(r"Received (PUBACK|PUBREC|PUBCOMP) \(Mid: \d+\)")
+    first = answers[0].group(1) if answers else "nothing paho logged"
+    assert first == "PUBREC", (
+        f"QoS 2 is PUBLISH → PUBREC → PUBREL → PUBCOMP: the broker must answer a QoS 2 PUBLISH "
+        f"with PUBREC (MQTT-3.3.4-1, §4.3.3); it answered with {first}. Paho's packet log: "
+        f"{packets.lines[-6:]}"
+    )
+
+
+@pytest.mark.broker
 @pytest.mark.needs("qos2")
 @pytest.mark.spec("MQTT-4.4.0-1")
 def test_qos2_resumes_at_pubrel_and_delivers_exactly_once(

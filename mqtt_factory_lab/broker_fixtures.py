@@ -278,6 +278,8 @@ def needed_capabilities(item: pytest.Item, *, implied: bool = True) -> list[str]
     params = getattr(getattr(item, "callspec", None), "params", {})
     if implied and params.get("protocol") == "5":
         names.append("mqtt5")
+    if implied and item.get_closest_marker("broker") is not None:
+        names.insert(0, "lab_topics")  # every experiment talks under lab/ and syncs on lab/sync/
     if implied:
         # the QoS a test publishes with (its subscriptions' QoS is the broker's to grant)
         names.extend(f"qos{params[n]}" for n in PUBLISH_QOS_PARAMETERS if params.get(n) in (1, 2))

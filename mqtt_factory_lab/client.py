@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqtt_factory_lab.connection import PROTOCOLS, ConnectionSettings
+from mqtt_factory_lab.connection import PROTOCOLS, ConnectionSettings, code_as_sent, no_delay
 
 SYNC_PREFIX = "lab/sync"
 
@@ -249,6 +249,7 @@ class RecordingClient:
                 f"{self.client_id} cannot reach the broker at {self.host}:{self.port}: {error}. "
                 f"{self._broker_note()}"
             ) from error
+        no_delay(self.paho)
         self.paho.loop_start()
         with self._cond:
             answered = self._cond.wait_for(
@@ -262,9 +263,10 @@ class RecordingClient:
         self.disconnect()
         if connack:
             code = connack["reason_code"]
+            what = "return code" if self.protocol == "3.1.1" else "reason code"
             raise ConnectionError(
                 f"the broker refused {self.client_id} (MQTT {self.protocol}): CONNACK "
-                f"{code} (reason code 0x{code.value:02X})"
+                f"{code} ({what} 0x{code_as_sent(code, self.protocol):02X})"
             )
         if answered:
             raise ConnectionError(
@@ -293,17 +295,21 @@ class RecordingClient:
     def drop(self) -> None:
         """Close the socket without DISCONNECT, as a crash would: the broker sends our Last Will.
 
-        The socket is shut down first: that wakes paho's network loop at once (it would
+        The TCP socket is shut down first: that wakes paho's network loop at once (it would
         otherwise finish its wait of up to a second), and nothing more — not even a
-        DISCONNECT — can reach the broker through it.
+        DISCONNECT or a WebSocket close frame — can reach the broker through it. Over
+        WebSockets paho's socket is a wrapper without ``shutdown()``: the TCP (or TLS)
+        socket beneath it is the one shut down, as a crash would.
         """
         sock = self.paho.socket()
-        if sock is not None:
+        raw = getattr(sock, "_socket", sock)  # paho's _WebsocketWrapper keeps it as _socket
+        if raw is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                raw.shutdown(socket.SHUT_RDWR)
         self.paho.loop_stop()
-        if sock is not None:
-            sock.close()
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.close()
         self._connected = False
 
     # -- talking --------------------------------------------------------------
@@ -369,7 +375,13 @@ class RecordingClient:
     def unsubscribe(self, topic: str, timeout: float = 5.0) -> None:
         _result, mid = self.paho.unsubscribe(topic)
         with self._cond:
-            if not self._cond.wait_for(lambda: mid in self._suback, timeout):
+            self._cond.wait_for(lambda: mid in self._suback or not self._connected, timeout)
+            if mid not in self._suback:
+                if not self._connected:
+                    raise ConnectionError(
+                        f"{self.client_id} unsubscribed from {topic!r} and the broker closed the "
+                        f"connection instead of answering: {self._lost()}"
+                    )
                 raise MQTTTimeout(
                     f"{self.client_id} got no UNSUBACK for {topic!r} within {timeout}s"
                 )
@@ -447,14 +459,25 @@ class RecordingClient:
         def found() -> list[ReceivedMessage]:
             return [m for m in self.messages if not _is_sync(m) and match(m)]
 
+        def hopeless() -> bool:
+            # Evidence that nothing more will come: the connection is gone, or the broker
+            # refused the very subscription the wait is for.
+            return (not self._connected and bool(self.disconnects)) or (
+                isinstance(what, str) and what in self.refused
+            )
+
+        started = time.monotonic()
         with self._cond:
-            if self._cond.wait_for(lambda: len(found()) >= count, timeout):
+            self._cond.wait_for(lambda: len(found()) >= count or hopeless(), timeout)
+            if len(found()) >= count:
                 return found()[:count]
             got = found()
+        waited = time.monotonic() - started
+        cut = f" (stopped after {waited:.1f}s: nothing more can come)" if waited < timeout else ""
         raise MQTTTimeout(
             (f"{why}\n" if why else "")
             + f"{self.client_id} waited {timeout}s for {count} × {_describe_matcher(what)} "
-            f"but received {len(got)}.\n{self._near_misses()}{self._broker_note()}"
+            f"but received {len(got)}{cut}.\n{self._near_misses()}{self._broker_note()}"
         )
 
     def wait_for_message(

@@ -315,6 +315,7 @@ def test_session_is_gone_once_its_expiry_interval_has_passed(broker, mqtt_client
         pytest.param("open", False, id="persistence-off"),
     ],
 )
+@pytest.mark.rule("may")  # persistence is the implementation's to offer; Mosquitto's is taught
 def test_persistent_session_survives_a_broker_restart_only_with_persistence(
     make_broker, mqtt_client, topic_root, protocol, variant, survives
 ):

@@ -675,3 +675,121 @@ def test_a_statement_fails_with_any_of_its_experiments_and_is_skipped_only_when_
         "status": "passed",
     }
     assert list(table["5"]) == ["MQTT-3.3.1-5", "MQTT-3.3.1-9", "MQTT-3.3.1-10"], "numeric order"
+
+
+# -- the statement tables and the kinds of rule ------------------------------------------
+
+
+def collected_experiments(tmp_path: Path) -> list[dict]:
+    """Every broker experiment of the lessons with its statements and rule, from a child
+    ``--collect-only`` that dumps them (the lessons' own marks, as pytest sees them)."""
+    dump = tmp_path / "marks.json"
+    plugin = tmp_path / "dump_marks.py"
+    plugin.write_text(
+        "import json\n"
+        "from mqtt_factory_lab import spec\n"
+        "def pytest_collection_finish(session):\n"
+        "    rows = []\n"
+        "    for item in session.items:\n"
+        "        if item.get_closest_marker('broker') is None:\n"
+        "            continue\n"
+        "        rows.append({'nodeid': item.nodeid, 'statements': spec.item_statements(item),\n"
+        "                     'rule': spec.item_rule(item)[0],\n"
+        "                     'marked': item.get_closest_marker('rule') is not None})\n"
+        f"    open({str(dump)!r}, 'w').write(json.dumps(rows))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MQTT_LAB_"))}
+    env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "labs",
+            "-m",
+            "broker",
+            "--co",
+            "-q",
+            "-p",
+            "dump_marks",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(dump.read_text())
+
+
+def test_every_statement_an_experiment_names_is_a_client_testable_row_of_the_tables(tmp_path):
+    from mqtt_factory_lab.spec import statements
+
+    rows = collected_experiments(tmp_path)
+    assert len(rows) > 100, "the lessons' broker experiments were not collected"
+    wrong = []
+    for row in rows:
+        for protocol, ids in row["statements"].items():
+            table = statements(protocol)
+            for statement in ids:
+                found = table.get(statement)
+                if found is None or not found.client_testable:
+                    wrong.append(f"{row['nodeid']}: MQTT {protocol} {statement} -> {found}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_broker_experiment_says_what_kind_of_rule_it_checks(tmp_path):
+    unmarked = [
+        r["nodeid"]
+        for r in collected_experiments(tmp_path)
+        if not r["statements"] and not r["marked"]
+    ]
+    assert not unmarked, (
+        "an experiment that names no MUST statement must say what it checks instead: "
+        "@pytest.mark.rule('may', ...) or @pytest.mark.rule('convention'):\n" + "\n".join(unmarked)
+    )
+
+
+@pytest.mark.parametrize(
+    ("protocol", "statement", "words"),
+    [
+        # the ids the issue doubted, each checked against the OASIS text's sentence
+        ("5", "MQTT-3.8.4-8", "lower of the published QoS and the granted QoS"),
+        ("3.1.1", "MQTT-3.8.4-6", "lower of the published QoS and the granted QoS"),
+        ("5", "MQTT-3.1.2-15", "Will Retain=1"),
+        ("3.1.1", "MQTT-3.1.2-17", "Will Retain=1"),
+        ("5", "MQTT-3.1.2-22", "1.5 x Keep Alive"),
+        ("3.1.1", "MQTT-3.1.2-24", "1.5 x Keep Alive"),
+        ("5", "MQTT-3.1.2-23", "Session Expiry Interval > 0"),
+        ("5", "MQTT-3.1.3-9", "Will Delay Interval"),
+        ("5", "MQTT-3.1.4-3", "already connected"),
+        ("3.1.1", "MQTT-3.1.4-2", "already connected"),
+        ("5", "MQTT-4.7.0-1", "never in topic names"),
+        ("3.1.1", "MQTT-4.7.1-1", "never in topic names"),
+        ("5", "MQTT-4.7.1-1", "'#'"),
+        ("5", "MQTT-4.7.1-2", "'+'"),
+        ("3.1.1", "MQTT-4.7.1-2", "'#'"),
+        ("3.1.1", "MQTT-4.7.1-3", "'+'"),
+        ("5", "MQTT-3.3.1-1", "DUP=1"),
+        ("3.1.1", "MQTT-4.7.2-1", "'$'"),
+    ],
+)
+def test_the_doubted_statement_ids_say_what_the_experiments_check(protocol, statement, words):
+    from mqtt_factory_lab.spec import statements
+
+    assert words in statements(protocol)[statement].gist
+
+
+def test_the_tables_count_the_client_testable_statements():
+    from mqtt_factory_lab.spec import statements, testable
+
+    for protocol, at_least in (("3.1.1", 130), ("5", 230)):
+        rows = statements(protocol)
+        numbered = [s for s in rows if not s.startswith("§")]
+        assert len(numbered) >= at_least, f"MQTT {protocol}: {len(numbered)} statements"
+        assert {r.keyword for r in rows.values()} <= {"MUST", "MUST+MAY", "SHOULD", "MAY"}
+        assert 0 < len(testable(protocol)) < len(numbered)

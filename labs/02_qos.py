@@ -267,9 +267,14 @@ def test_qos1_is_sent_again_when_the_puback_never_came(
 def test_a_redelivered_message_carries_dup_and_the_first_does_not(
     mqtt_client, session_client, topic_root, protocol
 ):
-    first, second = _unacknowledged_alarm_sent_again(
-        mqtt_client, session_client, topic_root, protocol
-    )
+    try:
+        first, second = _unacknowledged_alarm_sent_again(
+            mqtt_client, session_client, topic_root, protocol
+        )
+    except MQTTTimeout:
+        # DUP is judged on a redelivery; without one the broker already failed MQTT-4.4.0-1
+        # in test_qos1_is_sent_again_when_the_puback_never_came, and only there.
+        pytest.skip("the broker sent nothing again, so there is no redelivery whose DUP to judge")
     assert not first.dup, "The first delivery of a message carries DUP=0 (MQTT §4.3.2)."
     assert second.dup, (
         "A message sent again because its PUBACK never came carries the DUP flag (MQTT "

@@ -79,8 +79,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
-import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -96,6 +94,7 @@ from mqtt_factory_lab.factory import DeviceHandle
 from mqtt_factory_lab.factory_fixtures import or_fail
 from mqtt_factory_lab.schemas import PayloadError, validate, validate_message
 from mqtt_factory_lab.solution import ManifestError
+from mqtt_factory_lab.wire import open_stream
 
 pytestmark = [pytest.mark.lesson(1)]
 
@@ -397,23 +396,13 @@ PACKET_NAMES = {CONNACK: "CONNACK", PUBACK: "PUBACK", SUBACK: "SUBACK", DISCONNE
 
 
 class RawConnection:
-    """A TCP (or TLS) connection speaking MQTT byte by byte, to send what a correct library
-    refuses to. It logs in and uses TLS as the lab's other clients do (``--broker-url``)."""
+    """A connection speaking MQTT byte by byte, to send what a correct library refuses to. It
+    logs in and uses TLS or WebSockets as the lab's other clients do (``--broker-url``)."""
 
     def __init__(self, broker: Broker, client_id: str, protocol: str) -> None:
         settings = broker.connection.for_protocol(protocol)
-        if settings.transport != "tcp":
-            pytest.skip(
-                f"hand-made MQTT packets travel over TCP or TLS only, and the broker is reached "
-                f"over {settings.transport} ({settings.display_url()})"
-            )
         self.v5 = protocol == "5"
-        self.sock = socket.create_connection((settings.host, settings.port), timeout=3)
-        if settings.tls:
-            context = ssl.create_default_context(cafile=settings.ca)
-            if settings.cert:
-                context.load_cert_chain(settings.cert, settings.key)
-            self.sock = context.wrap_socket(self.sock, server_hostname=settings.host)
+        self.sock = open_stream(settings, timeout=3)  # TCP, TLS or a WebSocket (wire.py)
         props = b"\x00" if self.v5 else b""
         flags = 0x02 | (0x80 if settings.username else 0) | (0x40 if settings.password else 0)
         header = _string("MQTT") + bytes([5 if self.v5 else 4, flags]) + struct.pack("!H", 30)

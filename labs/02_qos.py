@@ -243,6 +243,7 @@ def _unacknowledged_alarm_sent_again(mqtt_client, session_client, topic_root, pr
     again = session_client(client_id, protocol)
     second = again.wait_for_message(
         topic,
+        queued=True,
         why=f"QoS 1 is at-least-once: the broker keeps a message until the subscriber's PUBACK "
         f"and sends it again when the session resumes (MQTT-4.4.0-1). The subscriber received "
         f"the alarm on {topic} but left before acknowledging it; after reconnecting to its "
@@ -409,6 +410,7 @@ def test_offline_persistent_subscriber_gets_qos1_queued_in_order(
     queued = back.wait_for_messages(
         len(values),
         f"{topic_root}/alarms/#",
+        queued=True,
         why="While a persistent-session subscriber is offline, the broker queues the QoS 1 "
         "messages that match its subscriptions and delivers them when it returns.",
     )

@@ -171,6 +171,7 @@ def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
             3,
             topic,
             timeout=PROMPT,
+            queued=True,
             why=f"While a client with a persistent session is away, the broker queues the QoS 1 "
             f"messages matching its subscriptions and delivers them when it returns, without a "
             f"new SUBSCRIBE (MQTT §4.1). Three alarms were published on {topic}.",

@@ -262,6 +262,7 @@ def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
     if qos == 1:
         got = back.wait_for_message(
             topic,
+            queued=True,
             why=f"A {message_type} record is published at QoS 1 and the data center's session "
             "is persistent: the broker queues the record while the data center is away and "
             "delivers it when the session resumes. Nothing came on " + topic,
@@ -324,6 +325,7 @@ def test_unacknowledged_record_comes_back_and_acknowledged_one_does_not(
     back = mqtt_client(datacenter_id, protocol=protocol, clean_start=False, session_expiry=300)
     again = back.wait_for_message(
         topic,
+        queued=True,
         why="The data center received a QoS 1 record but died before acknowledging it: the "
         "broker must send it again when the session resumes. Nothing came back on " + topic,
     )

@@ -39,6 +39,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from mqtt_factory_lab.connection import PROTOCOLS, ConnectionSettings, code_as_sent, no_delay
 
 SYNC_PREFIX = "lab/sync"
+#: how long a wait for queued messages goes on after the round trip that should follow them
+QUEUED_GRACE = 0.5
 
 Matcher = str | Callable[["ReceivedMessage"], bool] | None
 
@@ -446,15 +448,27 @@ class RecordingClient:
             self.messages.clear()
 
     def wait_for_messages(
-        self, count: int, what: Matcher = None, timeout: float = 5.0, why: str = ""
+        self,
+        count: int,
+        what: Matcher = None,
+        timeout: float = 5.0,
+        why: str = "",
+        *,
+        queued: bool = False,
     ) -> list[ReceivedMessage]:
         """Wait until ``count`` matching messages have arrived (counting earlier ones); return them.
 
         :param why: the MQTT rule that promised these messages; it leads the
             failure message, so a student reads the concept before the details.
+        :param queued: the messages were queued for this client before it connected (a
+            resumed session): after a :meth:`sync` round trip they have arrived or never
+            will, so the wait ends there (plus a short grace) instead of at ``timeout``.
         """
         __tracebackhide__ = True
         match = _matcher(what)
+        if queued:
+            self.sync(timeout)
+            timeout = min(timeout, QUEUED_GRACE)
 
         def found() -> list[ReceivedMessage]:
             return [m for m in self.messages if not _is_sync(m) and match(m)]
@@ -481,14 +495,15 @@ class RecordingClient:
         )
 
     def wait_for_message(
-        self, what: Matcher = None, timeout: float = 5.0, why: str = ""
+        self, what: Matcher = None, timeout: float = 5.0, why: str = "", *, queued: bool = False
     ) -> ReceivedMessage:
         """Wait for the first message matching a topic filter or predicate (earlier ones count).
 
         :param why: the MQTT rule that promised it (see :meth:`wait_for_messages`).
+        :param queued: it was queued before this client connected (see :meth:`wait_for_messages`).
         """
         __tracebackhide__ = True
-        return self.wait_for_messages(1, what, timeout, why)[0]
+        return self.wait_for_messages(1, what, timeout, why, queued=queued)[0]
 
     def sync(self, timeout: float = 5.0) -> None:
         """Round trip through the broker: afterwards, every message it queued for us earlier has arrived.

@@ -41,6 +41,9 @@ from mqtt_factory_lab.connection import PROTOCOLS, ConnectionSettings, code_as_s
 SYNC_PREFIX = "lab/sync"
 #: how long a wait for queued messages goes on after the round trip that should follow them
 QUEUED_GRACE = 0.5
+#: the broker's answer to the latest QoS 1/2 publish on each topic by any client of this
+#: process (None: accepted): a wait for a topic whose every publish was refused ends at once
+_LAST_PUBLISH: dict[str, ReasonCode | None] = {}
 
 Matcher = str | Callable[["ReceivedMessage"], bool] | None
 
@@ -428,6 +431,9 @@ class RecordingClient:
                     f"{self.client_id} published to {topic!r} at QoS {qos} and the broker closed "
                     f"the connection before the {step}: {self._lost()}"
                 )
+        if info.is_published():  # QoS 0 counts as accepted: nothing says otherwise
+            answer = self.puback_reason(info) if qos else None
+            _LAST_PUBLISH[topic] = answer if answer is not None and answer.is_failure else None
         if not info.is_published():
             raise MQTTTimeout(
                 f"{self.client_id} published to {topic!r} at QoS {qos} but it was not "
@@ -473,11 +479,23 @@ class RecordingClient:
         def found() -> list[ReceivedMessage]:
             return [m for m in self.messages if not _is_sync(m) and match(m)]
 
+        def refused_publishes() -> list[str]:
+            if not isinstance(what, str):
+                return []
+            matching = {t: a for t, a in _LAST_PUBLISH.items() if mqtt.topic_matches_sub(what, t)}
+            if not matching or any(a is None for a in matching.values()):
+                return []
+            return [
+                f"PUBACK {a} (0x{a.value:02X}) to the publish on {t!r}" for t, a in matching.items()
+            ]
+
         def hopeless() -> bool:
-            # Evidence that nothing more will come: the connection is gone, or the broker
-            # refused the very subscription the wait is for.
-            return (not self._connected and bool(self.disconnects)) or (
-                isinstance(what, str) and what in self.refused
+            # Evidence that nothing more will come: the connection is gone, the broker
+            # refused the very subscription the wait is for, or every publish it waits for.
+            return (
+                (not self._connected and bool(self.disconnects))
+                or (isinstance(what, str) and what in self.refused)
+                or bool(refused_publishes())
             )
 
         started = time.monotonic()
@@ -488,6 +506,8 @@ class RecordingClient:
             got = found()
         waited = time.monotonic() - started
         cut = f" (stopped after {waited:.1f}s: nothing more can come)" if waited < timeout else ""
+        if refused_publishes():
+            cut += f"; the broker refused it: {'; '.join(refused_publishes()[:3])}"
         raise MQTTTimeout(
             (f"{why}\n" if why else "")
             + f"{self.client_id} waited {timeout}s for {count} × {_describe_matcher(what)} "

@@ -822,7 +822,9 @@ def test_an_acl_that_denies_the_lab_topics_gets_a_report_naming_the_grant(tmp_pa
     finding = report["findings"][0]["finding"]
     assert "does not grant anonymous the lab's topics" in finding, finding
     assert "lab/sync/" in finding and "readwrite lab/#" in finding, finding
-    assert report["findings"][0]["skipped"] > 100 and report["totals"]["passed"] == 0, report["totals"]
+    assert report["findings"][0]["skipped"] > 100 and report["totals"]["passed"] == 0, report[
+        "totals"
+    ]
 
 
 @needs_mosquitto
@@ -1047,3 +1049,23 @@ def test_a_teams_acl_is_held_to_its_matrix_and_the_report_says_when_it_was_not(t
     run = conformance(tmp_path, *base, "--out=without", "--", "-p", "no:xdist", "-k", "retained")
     head = (tmp_path / "without" / "report.md").read_text().splitlines()[:6]
     assert any("was not held to a permission matrix" in line for line in head), head
+
+
+@needs_mosquitto
+def test_a_wait_for_a_publish_the_broker_refused_ends_at_the_puback(tmp_path, direct_broker):
+    url = acl_mosquitto(
+        direct_broker, tmp_path, "topic readwrite lab/#\ntopic read factory/#\n"
+    )  # anyone may read factory/, nobody may write there
+    settings = ConnectionSettings.from_url(url)
+    reader = RecordingClient(settings.host, settings.port, protocol="5", connection=settings)
+    writer = RecordingClient(settings.host, settings.port, protocol="5", connection=settings)
+    reader.connect()
+    writer.connect()
+    try:
+        reader.subscribe("factory/denied", qos=1)
+        writer.publish("factory/denied", b"x", qos=1)  # MQTT 5: PUBACK 0x87 Not authorized
+        with pytest.raises(AssertionError, match=r"stopped after .*PUBACK Not authorized \(0x87\)"):
+            reader.wait_for_message("factory/denied", timeout=10)
+    finally:
+        reader.disconnect()
+        writer.disconnect()

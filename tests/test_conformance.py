@@ -605,6 +605,9 @@ def test_a_teams_own_config_with_a_password_file_is_started_and_tested(tmp_path)
     run = conformance(tmp_path, "--broker-config=team", "--broker-backend=local", "--out=anon")
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
     assert "Not authorized" in run.output and "--broker-username" in run.output, run.explain()
+    refused = (tmp_path / "anon" / "report.md").read_text()
+    assert refused.startswith("# MQTT conformance report: mqtt://127.0.0.1:"), refused[:200]
+    assert "no experiment ran" in refused and "Not authorized" in refused, refused
 
 
 @needs_mosquitto

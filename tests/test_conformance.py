@@ -25,16 +25,16 @@ import pytest
 
 from mqtt_factory_lab.brokers.base import free_port, mqtt_ping
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
-from mqtt_factory_lab.capabilities import BrokerNotReady, probe
-from mqtt_factory_lab.client import RecordingClient
-from mqtt_factory_lab.connection import (
+from mqtt_factory_lab.conformance.capabilities import BrokerNotReady, probe
+from mqtt_factory_lab.core.client import RecordingClient
+from mqtt_factory_lab.core.connection import (
     ConnectionSettings,
     mask_url,
     ready,
     try_connect,
 )
-from mqtt_factory_lab.factory import program_env
-from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, wait_until
+from mqtt_factory_lab.core.factory import program_env
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_until
 from sim.connection import BrokerSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -655,7 +655,7 @@ def test_a_misused_needs_or_spec_marker_is_a_usage_error(tmp_path, decorators, c
 
 
 def test_a_statement_fails_with_any_of_its_experiments_and_is_skipped_only_when_all_were():
-    from mqtt_factory_lab.spec import Result, statement_table
+    from mqtt_factory_lab.conformance.spec import Result, statement_table
 
     results = [
         Result("a", "passed", "5", {"5": ["MQTT-3.3.1-5", "MQTT-3.3.1-9"]}),
@@ -730,7 +730,7 @@ def collected_experiments(tmp_path: Path) -> list[dict]:
 
 
 def test_every_statement_an_experiment_names_is_a_client_testable_row_of_the_tables(tmp_path):
-    from mqtt_factory_lab.spec import statements
+    from mqtt_factory_lab.conformance.spec import statements
 
     rows = collected_experiments(tmp_path)
     assert len(rows) > 100, "the lessons' broker experiments were not collected"
@@ -782,13 +782,13 @@ def test_every_broker_experiment_says_what_kind_of_rule_it_checks(tmp_path):
     ],
 )
 def test_the_doubted_statement_ids_say_what_the_experiments_check(protocol, statement, words):
-    from mqtt_factory_lab.spec import statements
+    from mqtt_factory_lab.conformance.spec import statements
 
     assert words in statements(protocol)[statement].gist
 
 
 def test_the_tables_count_the_client_testable_statements():
-    from mqtt_factory_lab.spec import statements, testable
+    from mqtt_factory_lab.conformance.spec import statements, testable
 
     for protocol, at_least in (("3.1.1", 130), ("5", 230)):
         rows = statements(protocol)
@@ -878,8 +878,8 @@ def test_pytest_with_an_empty_broker_url_is_a_usage_error(tmp_path):
 
 
 def test_pytest_and_the_conformance_command_share_one_table_of_broker_options():
-    from mqtt_factory_lab.broker_options import BROKER_OPTIONS
     from mqtt_factory_lab.cli import build_parser
+    from mqtt_factory_lab.core.broker_options import BROKER_OPTIONS
 
     helps = subprocess.run(
         [sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"],

@@ -690,7 +690,7 @@ def collected_experiments(tmp_path: Path) -> list[dict]:
     plugin = tmp_path / "dump_marks.py"
     plugin.write_text(
         "import json\n"
-        "from mqtt_factory_lab import spec\n"
+        "from mqtt_factory_lab.conformance import spec\n"
         "def pytest_collection_finish(session):\n"
         "    rows = []\n"
         "    for item in session.items:\n"

@@ -25,7 +25,7 @@ import psutil
 
 from mqtt_factory_lab.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.sandbox import broker as sandbox_broker
-from mqtt_factory_lab.sandbox.plan import Options, programs
+from mqtt_factory_lab.sandbox.plan import DEVICES, Options, programs
 from mqtt_factory_lab.sandbox.ports import port_problem
 from mqtt_factory_lab.sandbox.processes import (
     StartError,
@@ -335,7 +335,7 @@ def logs(state: StateDir, component: str | None, follow: bool, out: TextIO = sys
     files = {path.stem: path for path in sorted(state.log_dir.glob("*.log"))}
     prefix = ""
     if component and component not in files:
-        if "factory" in files:
+        if "factory" in files and component in (*DEVICES, "observer", "controller"):
             prefix = f"{component} "  # run_all prefixes its children's lines: "press      | ..."
             files = {component: files["factory"]}
         else:

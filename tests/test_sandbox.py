@@ -494,3 +494,17 @@ def test_down_after_a_component_died(sandbox):
     assert result.returncode == 0, result.stdout
     assert "factory (pid" in result.stdout and "was not running" in result.stdout
     assert not still_running(pids)
+
+
+# -- lint-topics on the reference factory ----------------------------------------------
+
+
+def test_the_reference_factory_breaks_no_topic_convention(sandbox):
+    from mqtt_factory_lab.lint_topics import lint, listen
+
+    messages = listen(f"mqtt://127.0.0.1:{sandbox.port}", 5, "observer")
+    report = lint(messages)
+    topics = set(report.topics)
+    assert any(t.startswith("factory/telemetry/") for t in topics)
+    assert any(t.startswith("factory/tunis-01/") for t in topics), "no chocolate topic heard"
+    assert not report.findings, "\n".join(f"{f.topic}: {f}" for f in report.findings[:10])

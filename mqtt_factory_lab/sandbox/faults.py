@@ -39,6 +39,7 @@ from mqtt_factory_lab.sandbox.lifecycle import _datacenter_rows, _label, broker_
 from mqtt_factory_lab.sandbox.plan import DEVICES
 from mqtt_factory_lab.sandbox.processes import (
     StartError,
+    ended,
     family,
     program_env,
     python_module,
@@ -215,7 +216,7 @@ def crash_datacenter(state: StateDir, down_for: float = 3.0) -> int:
     _say(f"kill -9 the data center (pid {record.pid}) with {before} messages stored")
     for member in family(process):
         member.send_signal(signal.SIGKILL)
-    psutil.wait_procs([process], timeout=5)
+    wait_until(lambda: ended(process), 5)
     at_crash = _datacenter_rows(state.database) or 0
     _say(
         f"it is down for {down_for:g} s; its session stays on the broker, which queues "

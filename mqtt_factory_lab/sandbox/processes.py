@@ -10,6 +10,7 @@ whatever of them is still there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -139,7 +140,7 @@ def log_size(record: Record) -> int:
 def family(process: psutil.Process) -> list[psutil.Process]:
     """``process`` and all its descendants, parents first."""
     try:
-        return [process, *process.children(recursive=True)]
+        return [process, *(p for p in process.children(recursive=True) if not ended(p))]
     except psutil.Error:
         return [process]
 
@@ -152,7 +153,7 @@ def tagged(state: StateDir) -> list[psutil.Process]:
         if process.pid == me:
             continue
         try:
-            if process.environ().get(TAG_ENV) == str(state.path):
+            if process.environ().get(TAG_ENV) == str(state.path) and not ended(process):
                 found.append(process)
         except psutil.Error:
             continue
@@ -177,7 +178,7 @@ def terminate(
                 process.terminate()
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-    _, remaining = psutil.wait_procs(targets, timeout=timeout, callback=lambda p: reap())
+    remaining = _wait_gone(targets, timeout)
     for process in remaining:
         if on_kill:
             on_kill(process)
@@ -185,6 +186,23 @@ def terminate(
             process.kill()
         except psutil.Error:
             continue
-    psutil.wait_procs(remaining, timeout=2.0)
-    reap()
+    _wait_gone(remaining, 2.0)
     return remaining
+
+
+def ended(process: psutil.Process) -> bool:
+    """Gone, or a zombie: it has exited, and whoever adopted it has yet to reap it (an init
+    that reaps slowly would otherwise make every stop wait its whole grace period)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every one has ended; return those still running at the deadline."""
+    reap()
+    with contextlib.suppress(ProcessTimeout):
+        wait_until(lambda: all(ended(p) for p in processes) or None, timeout, interval=0.02)
+    reap()
+    return [p for p in processes if not ended(p)]

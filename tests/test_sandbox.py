@@ -508,3 +508,16 @@ def test_the_reference_factory_breaks_no_topic_convention(sandbox):
     assert any(t.startswith("factory/telemetry/") for t in topics)
     assert any(t.startswith("factory/tunis-01/") for t in topics), "no chocolate topic heard"
     assert not report.findings, "\n".join(f"{f.topic}: {f}" for f in report.findings[:10])
+
+
+def test_the_package_starts_the_factory_as_processes_and_never_imports_sim():
+    code = (
+        "import sys, mqtt_factory_lab.cli, mqtt_factory_lab.sandbox.lifecycle, "
+        "mqtt_factory_lab.sandbox.faults, mqtt_factory_lab.lint_topics\n"
+        "mqtt_factory_lab.cli.build_parser()\n"
+        "print(sorted(m for m in sys.modules if m == 'sim' or m.startswith('sim.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -92,20 +92,34 @@ def _docker() -> Any:
 
 
 def _start_container(state: StateDir, port: int, acl: bool) -> Record:
-    from mqtt_factory_lab.brokers.docker import COMMAND, DEFAULT_IMAGE, IMAGE_ENV, LABEL
+    from mqtt_factory_lab.brokers.docker import (
+        COMMAND,
+        DEFAULT_IMAGE,
+        IMAGE_ENV,
+        LABEL,
+        NETWORK_ENV,
+    )
 
+    # ``MQTT_LAB_DOCKER_NETWORK=host`` (CI, whose engine has no bridge): the container
+    # shares the host's network and mosquitto itself listens on 127.0.0.1:<port>.
+    host_network = os.environ.get(NETWORK_ENV) == "host"
     rendered = broker_config.render(
-        variant(acl), state.broker_dir, port=1883, bind_address=None, local_paths=False
+        variant(acl),
+        state.broker_dir,
+        port=port if host_network else 1883,
+        bind_address=HOST if host_network else None,
+        local_paths=False,
     )
     client = _docker()
     image = os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
     name = f"mqtt-lab-sandbox-{port}"
-    container = client.containers.run(
+    network = {"network_mode": "host"} if host_network else {"ports": {"1883/tcp": (HOST, port)}}
+    container = client.containers.run(  # pulls the image when it is missing
         image,
         COMMAND,
         detach=True,
         name=name,
-        ports={"1883/tcp": (HOST, port)},
+        **network,
         volumes={
             str(rendered.config_dir): {"bind": "/mosquitto/config", "mode": "ro"},
             str(rendered.data_dir): {"bind": "/mosquitto/data", "mode": "rw"},

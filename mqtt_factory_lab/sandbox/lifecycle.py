@@ -9,6 +9,7 @@ sandbox's tag: nothing is left, even after ``up`` was killed half way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -332,6 +333,10 @@ def _datacenter_rows(database: Path) -> int | None:
 
 def logs(state: StateDir, component: str | None, follow: bool, out: TextIO = sys.stdout) -> int:
     """Print a component's log (a device's lines from the factory's log), or all of them."""
+    broker = state.record(sandbox_broker.NAME)
+    if broker is not None and broker.container:
+        with contextlib.suppress(Exception):  # the engine is gone: keep the last copy
+            sandbox_broker.write_log(state, broker)
     files = {path.stem: path for path in sorted(state.log_dir.glob("*.log"))}
     prefix = ""
     if component and component not in files:

@@ -521,3 +521,23 @@ def test_the_package_starts_the_factory_as_processes_and_never_imports_sim():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_foreground_stops_everything_on_ctrl_c(make_sandbox):
+    box = make_sandbox()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "mqtt_factory_lab.cli", "sandbox", "--state-dir",
+         str(box.state.path), "up", "--port", str(box.port), "--http-port", str(box.http_port),
+         "--broker-backend", "local", "--no-chocolate", "--foreground"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert up.stdout is not None
+    for line in up.stdout:
+        if "Ctrl-C stops" in line:
+            break
+    pids = box.pids()
+    assert len(pids) >= 9, pids
+    up.send_signal(signal.SIGINT)
+    rest = up.stdout.read()
+    assert up.wait(30) == 0 and "nothing of it runs" in rest, rest
+    assert not still_running(pids)

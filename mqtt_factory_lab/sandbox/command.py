@@ -27,6 +27,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "$MQTT_LAB_SANDBOX_STATE)",
     )
     actions = sandbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+    # `--state-dir` is accepted after the action too (`sandbox up --state-dir DIR`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir", dest="action_state_dir", type=Path, default=None, help=argparse.SUPPRESS
+    )
+    real_add = actions.add_parser
+
+    def add_action(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return real_add(name, parents=[common], **kwargs)  # type: ignore[arg-type]
+
+    actions.add_parser = add_action  # type: ignore[method-assign]
 
     up = actions.add_parser("up", help="start everything; return once the dashboard serves")
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help="broker port (default 1884)")
@@ -74,7 +85,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     from mqtt_factory_lab.sandbox import faults
 
-    faults.add_parser(actions)
+    faults.add_parser(actions, common)
     sandbox.set_defaults(run=run)
 
 
@@ -102,4 +113,5 @@ def _up(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    return int(args.sandbox_run(args, StateDir(args.state_dir)) or 0)
+    state_dir = getattr(args, "action_state_dir", None) or args.state_dir
+    return int(args.sandbox_run(args, StateDir(state_dir)) or 0)

@@ -53,7 +53,11 @@ class FaultError(RuntimeError):
     """The fault cannot be injected (the sandbox or the target is not running)."""
 
 
-def add_parser(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(
+    actions: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser | None = None,
+) -> None:
+    """``fault`` and its kinds; ``common`` holds the options every action accepts."""
     fault = actions.add_parser(
         "fault",
         help="inject a failure into the running sandbox",
@@ -61,6 +65,9 @@ def add_parser(actions: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "what to watch on the dashboard.",
     )
     kinds = fault.add_subparsers(dest="fault", required=True, metavar="FAULT")
+    parents = [common] if common is not None else []
+    real_add = kinds.add_parser
+    kinds.add_parser = lambda name, **kw: real_add(name, parents=parents, **kw)  # type: ignore[method-assign]
     kill = kinds.add_parser("kill", help="SIGKILL a device: its Last Will says offline")
     kill.add_argument("device", choices=DEVICES)
     kill.set_defaults(fault_run=lambda a, s: kill_device(s, a.device))

@@ -69,7 +69,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     status = actions.add_parser("status", help="every program: pid, up time, MQTT status, traffic")
     status.add_argument(
-        "--window", type=float, default=3.0, help="seconds to count messages (default 3)"
+        "--window",
+        type=float,
+        default=10.0,
+        help="seconds to listen and count messages (default 10; --window 2 for a quick look)",
     )
     status.set_defaults(sandbox_run=lambda args, state: _lifecycle().status(state, args.window))
 

@@ -250,7 +250,7 @@ def _label(process: psutil.Process) -> str:
     return module.removeprefix("sim.") or process.name()
 
 
-def status(state: StateDir, window: float = 3.0, out: TextIO = sys.stdout) -> int:
+def status(state: StateDir, window: float = 10.0, out: TextIO = sys.stdout) -> int:
     """A table of every program, and what the broker says about each (retained status)."""
     from mqtt_factory_lab.sandbox.watch import listen
 

@@ -297,47 +297,54 @@ def test_kill_device_turns_its_card_offline(sandbox, page):
     expect(device_card(page, "oven")).to_have_attribute("data-status", "online")
 
 
+def alarm_while_down(run: str, number: int) -> tuple[str, bytes]:
+    """A valid chocolate alarm (the schema's example) from a test line, ``line-test``."""
+    alarm = {
+        "ts": time.time(), "msg_id": f"{run}-conche-01-{number}", "site": "tunis-01",
+        "line": "line-test", "step": "s4_conching", "machine": "conche-01",
+        "alarm": "motor_overload", "state": "raised", "severity": "warning", "value": 118.0,
+        "batch_id": None, "message": "published while the data center is down",
+    }  # fmt: skip
+    return "factory/tunis-01/line-test/s4_conching/conche-01/alarm", json.dumps(alarm).encode()
+
+
 def test_crash_datacenter_loses_no_qos1_message(sandbox, witness):
     seen = witness(sandbox.port, "factory/+/+/+/+/+")
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.connect("127.0.0.1", sandbox.port)
+    publisher.loop_start()
     fault = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mqtt_factory_lab.cli",
-            "sandbox",
-            "--state-dir",
-            str(sandbox.state.path),
-            "fault",
-            "crash-datacenter",
-            "--down-for",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+        [sys.executable, "-m", "mqtt_factory_lab.cli", "sandbox", "--state-dir",
+         str(sandbox.state.path), "fault", "crash-datacenter", "--down-for", "2"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     times: dict[str, float] = {}
+    run = uuid.uuid4().hex[:8]
     assert fault.stdout is not None
     for line in fault.stdout:
-        if line.startswith("kill -9"):
-            times["kill"] = time.monotonic()
+        if line.startswith("it is down"):  # printed once the data center has died
+            times["down"] = time.monotonic()
+            # QoS 1 messages certainly published while it is dead, besides the line's own
+            for number in range(5):
+                publisher.publish(*alarm_while_down(run, number), qos=1).wait_for_publish(5)
+            times["published"] = time.monotonic()
         if line.startswith("restarted"):
             times["restart"] = time.monotonic()
-    assert fault.wait(30) == 0 and set(times) == {"kill", "restart"}
+    publisher.disconnect()
+    publisher.loop_stop()
+    assert fault.wait(30) == 0 and set(times) == {"down", "published", "restart"}
+    assert times["published"] < times["restart"], "the test published after the restart"
     while_down = {
         field_of(m, "msg_id")
         for at, m in list(seen.messages)
-        if m.qos == 1 and times["kill"] < at < times["restart"]
+        if m.qos == 1 and times["down"] < at < times["restart"]
     }
-    assert while_down, (
-        "the chocolate line published no QoS 1 message while the data center was down"
-    )
+    assert {f"{run}-conche-01-{n}" for n in range(5)} <= while_down
 
     def stored() -> set[str]:
         with sqlite3.connect(sandbox.state.database) as db:
-            return {
-                json.loads(p).get("msg_id")
-                for (p,) in db.execute("SELECT payload FROM mqtt_messages")
-            }
+            rows = db.execute("SELECT payload FROM mqtt_messages").fetchall()
+        return {json.loads(payload).get("msg_id") for (payload,) in rows}
 
     def missing() -> set[str]:
         return while_down - stored()

@@ -548,3 +548,22 @@ def test_foreground_stops_everything_on_ctrl_c(make_sandbox):
     rest = up.stdout.read()
     assert up.wait(30) == 0 and "nothing of it runs" in rest, rest
     assert not still_running(pids)
+
+
+def test_down_after_a_reboot_leaves_a_reused_pid_alone(tmp_path):
+    """A record whose pid now belongs to another process (other start time) is stale."""
+    from mqtt_factory_lab.sandbox.state import Record
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state = StateDir(tmp_path / "state")
+        state.prepare()
+        started = psutil.Process(bystander.pid).create_time()
+        state.write(Record("dashboard", bystander.pid, started - 3600, ["old"], ""))
+        result = mqtt_lab("sandbox", "--state-dir", str(state.path), "down")
+        assert result.returncode == 0 and "was not running" in result.stdout, result.stdout
+        assert bystander.poll() is None, "down signalled a process the sandbox never started"
+        assert not state.records()
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from mqtt_factory_lab import schemas
+from mqtt_factory_lab import contract
 
 #: each client's scratch space outside the factory (the harness's sync round trips)
 SYNC_PREFIX = "lab/sync/"
@@ -116,7 +116,7 @@ def lint_topic(
     def add(rule: str, detail: str) -> None:
         found.append(Finding(topic, rule, detail))
 
-    known_devices = tuple(devices) if devices is not None else schemas.device_kinds()
+    known_devices = tuple(devices) if devices is not None else contract.device_kinds()
     if topic.startswith("/"):
         add(
             "leading-slash",
@@ -187,7 +187,7 @@ def lint_topic(
                     f"{_suggest(message_type, CHOCOLATE_POLICY)}: "
                     f"{', '.join(CHOCOLATE_POLICY)}",
                 )
-        steps = schemas.chocolate_steps()
+        steps = contract.chocolate_steps()
         if step not in steps and not any(x in CHOCOLATE_POLICY for x in rest[:4]):
             add(
                 "device-id",
@@ -261,8 +261,8 @@ def lint_message(
         found.append(Finding(message.topic, "retain", detail))
     if message.payload:
         try:
-            schemas.validate_message(message.topic, message.payload, root=root)
-        except schemas.PayloadError as error:
+            contract.validate_message(message.topic, message.payload, root=root)
+        except contract.PayloadError as error:
             found.append(Finding(message.topic, "payload", str(error)))
     return found
 

@@ -29,9 +29,9 @@ import paho.mqtt.client as mqtt
 import psutil
 import pytest
 
-from mqtt_factory_lab.bench_dashboard import find_chromium, launch_chromium
+from mqtt_factory_lab.bench.dashboard import find_chromium, launch_chromium
 from mqtt_factory_lab.brokers.base import free_port
-from mqtt_factory_lab.process import wait_until
+from mqtt_factory_lab.core.process import wait_until
 from mqtt_factory_lab.sandbox.plan import DEVICES
 from mqtt_factory_lab.sandbox.processes import family, tagged
 from mqtt_factory_lab.sandbox.state import TAG_ENV, StateDir

@@ -19,7 +19,7 @@ from typing import Any
 from mqtt_factory_lab.brokers import config as broker_config
 from mqtt_factory_lab.brokers.base import mqtt_ping
 from mqtt_factory_lab.brokers.local import INSTALL_HINT, find_mosquitto
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.sandbox.processes import StartError, alive, log_tail, spawn, terminate
 from mqtt_factory_lab.sandbox.state import Record, StateDir
 

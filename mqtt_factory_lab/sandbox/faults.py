@@ -32,8 +32,8 @@ import uuid
 import paho.mqtt.client as mqtt
 import psutil
 
-from mqtt_factory_lab.paths import LAB_ROOT
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.paths import LAB_ROOT
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.sandbox import broker as sandbox_broker
 from mqtt_factory_lab.sandbox.lifecycle import _datacenter_rows, _label, broker_env
 from mqtt_factory_lab.sandbox.plan import DEVICES

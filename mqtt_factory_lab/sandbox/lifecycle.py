@@ -24,7 +24,7 @@ from typing import TextIO
 
 import psutil
 
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.sandbox import broker as sandbox_broker
 from mqtt_factory_lab.sandbox.plan import DEVICES, Options, programs
 from mqtt_factory_lab.sandbox.ports import port_problem

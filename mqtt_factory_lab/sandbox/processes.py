@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from mqtt_factory_lab.paths import LAB_ROOT
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.paths import LAB_ROOT
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.sandbox.state import TAG_ENV, Record, StateDir
 
 

@@ -59,6 +59,7 @@ FACTORY_POLICY: dict[str, tuple[tuple[str, ...], int, bool]] = {
     "state": (("<device>",), 1, True),
     "status": (("<device>",), 1, True),
     "events": (("<component>",), 1, False),
+    "replies": (("<device>", "<requester>"), 1, False),  # MQTT 5 request/response, lesson 09
 }
 #: the chocolate seed's "QoS Policy": message type -> (QoS, retained)
 CHOCOLATE_POLICY: dict[str, tuple[int, bool]] = {

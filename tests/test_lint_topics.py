@@ -41,6 +41,7 @@ def test_each_seeded_mistake_is_flagged_with_the_rule_it_breaks(case):
         "factory/state/robot_arm",
         "factory/status/environment",
         "factory/events/controller",
+        "factory/replies/oven/dashboard",
         "factory/tunis-01/line-a/s5_tempering/temper-01/telemetry",
         "factory/tunis-01/line-a/s8_packaging/packer-03/quality",
     ],

@@ -96,6 +96,7 @@ from mqtt_factory_lab.core.solution import ManifestError
 from mqtt_factory_lab.core.wire import open_stream
 from mqtt_factory_lab.experiment import json_field
 from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.lint_topics import lint_topic
 
 pytestmark = [pytest.mark.lesson(1)]
 
@@ -787,6 +788,12 @@ def test_devices_publish_on_the_seed_topic_tree(
                 validate_message(message.topic, message.payload, root=topic_root)
             except PayloadError as error:
                 problem = str(error)
+        # the conventions `mqtt-lab lint-topics` checks (lowercase levels, ...), rule named
+        linted = lint_topic(message.topic, topic_root, tuple(handles))
+        if problem is None and linted:
+            problem = linted[0].detail
+        if problem and linted:
+            problem += f" [lint-topics: {', '.join(f.rule for f in linted)}]"
         if problem and message.topic not in problems:
             problems[message.topic] = problem
     shown = "\n".join(
@@ -798,7 +805,8 @@ def test_devices_publish_on_the_seed_topic_tree(
             f"The factory's topic tree is {{root}}/telemetry|alarms/<device>/<sensor> and "
             f"{{root}}/state|status/<device> (the seed's 'Topic Structure'): dashboards and "
             f"controllers subscribe with filters built on it, so a topic out of place is a message "
-            f"nobody receives. {len(problems)} topic(s) of your devices do not fit:\n{shown}",
+            f"nobody receives. {len(problems)} topic(s) of your devices do not fit:\n{shown}\n"
+            f"(`mqtt-lab lint-topics --broker-url URL` checks a running factory the same way)",
             pytrace=False,
         )
     if shortfall:

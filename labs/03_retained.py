@@ -342,6 +342,7 @@ def test_wildcard_subscription_receives_every_matching_retained_topic(
         pytest.param("open", False, id="persistence-off"),
     ],
 )
+@pytest.mark.rule("may")  # persistence is the implementation's to offer; Mosquitto's is taught
 def test_retained_state_survives_restart_only_with_persistence(
     make_broker, mqtt_client, topic_root, variant, survives
 ):

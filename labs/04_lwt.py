@@ -387,6 +387,7 @@ def test_will_delay_postpones_the_will_and_a_quick_return_cancels_it(mqtt_client
 
 @pytest.mark.broker
 @pytest.mark.needs("mqtt5")
+@pytest.mark.spec(mqtt5=["MQTT-3.1.2-8"])
 def test_disconnect_with_will_message_publishes_the_will(broker, mqtt_client, topic_root):
     topic = f"{topic_root}/status/robot-arm-01"
     dashboard = mqtt_client()

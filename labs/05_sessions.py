@@ -162,6 +162,7 @@ def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
             3,
             topic,
             timeout=PROMPT,
+            queued=True,
             why=f"While a client with a persistent session is away, the broker queues the QoS 1 "
             f"messages matching its subscriptions and delivers them when it returns, without a "
             f"new SUBSCRIBE (MQTT §4.1). Three alarms were published on {topic}.",
@@ -306,6 +307,7 @@ def test_session_is_gone_once_its_expiry_interval_has_passed(broker, mqtt_client
         pytest.param("open", False, id="persistence-off"),
     ],
 )
+@pytest.mark.rule("may")  # persistence is the implementation's to offer; Mosquitto's is taught
 def test_persistent_session_survives_a_broker_restart_only_with_persistence(
     make_broker, mqtt_client, topic_root, protocol, variant, survives
 ):

@@ -459,6 +459,7 @@ def lab_acl(_lab_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broke
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("qos", [0, 1], ids=lambda q: f"qos{q}")
 @pytest.mark.spec(mqtt311=["MQTT-3.3.5-2"])
+@pytest.mark.rule("must")
 def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_client, protocol, qos):
     party = Parties(mqtt_client, lab_acl)
     press, oven = MatrixClient("press-01"), MatrixClient("oven-01")
@@ -499,6 +500,7 @@ def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_clie
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_forbidden_subscription_is_refused_or_receives_nothing(lab_acl, mqtt_client, protocol):
     party = Parties(mqtt_client, lab_acl)
     stranger = party(MatrixClient("bad-actor"), protocol)
@@ -529,6 +531,7 @@ def test_forbidden_subscription_is_refused_or_receives_nothing(lab_acl, mqtt_cli
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.rule("convention")  # the lab's ACL and log
 def test_broker_logs_every_denied_publish(lab_acl, mqtt_client):
     press = mqtt_client("press-01", broker=lab_acl)
     mark = lab_acl.log_mark()
@@ -543,6 +546,7 @@ def test_broker_logs_every_denied_publish(lab_acl, mqtt_client):
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
     topic = "factory/telemetry/press-01/temperature"
     dashboard = mqtt_client("dashboard", username="dashboard", broker=lab_acl, protocol=protocol)
@@ -570,6 +574,7 @@ def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_without_passwords_anyone_may_claim_the_dashboard_user(lab_acl, mqtt_client, protocol):
     spy = mqtt_client("spy", username="dashboard", broker=lab_acl, protocol=protocol)
     spy.subscribe("factory/#", qos=1)
@@ -625,6 +630,7 @@ def hardened(
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("credentials", ["anonymous", "wrong-password"])
+@pytest.mark.rule("convention")  # the lab's hardened ACL
 def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
     hardened, mqtt_client, protocol, credentials
 ):
@@ -649,6 +655,7 @@ def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.rule("convention")  # the lab's hardened ACL
 def test_hardened_rights_follow_the_user_not_the_client_id(hardened, mqtt_client, protocol):
     broker, passwords = hardened
     topic = "factory/telemetry/press-01/temperature"

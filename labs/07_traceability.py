@@ -236,11 +236,18 @@ def qos1_ids(messages: list[ReceivedMessage]) -> set[str]:
 
 @pytest.mark.broker
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("message_type", ["telemetry", *RECORD_TYPES])
+@pytest.mark.parametrize(
+    "message_type",
+    [
+        # whether QoS 0 is kept for an offline session is the broker's choice: observed
+        pytest.param("telemetry", marks=pytest.mark.rule("may", mqtt311="§3.1.2.4", mqtt5="§4.1")),
+        *RECORD_TYPES,
+    ],
+)
 @pytest.mark.needs("qos1")
 @pytest.mark.spec("MQTT-3.1.2-5", mqtt5=["MQTT-3.1.2-23"])
 def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
-    mqtt_client, topic_root, protocol, message_type
+    mqtt_client, topic_root, protocol, message_type, behaviour
 ):
     qos, _retained = POLICY[message_type]
     step = "s5_tempering"
@@ -265,6 +272,7 @@ def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
     if qos == 1:
         got = back.wait_for_message(
             topic,
+            queued=True,
             why=f"A {message_type} record is published at QoS 1 and the data center's session "
             "is persistent: the broker queues the record while the data center is away and "
             "delivers it when the session resumes. Nothing came on " + topic,
@@ -273,11 +281,14 @@ def test_persistent_session_queues_qos1_records_but_not_telemetry_while_away(
             "The queued record must arrive exactly as it was published."
         )
     else:
-        back.assert_nothing_received(
-            topic,
-            why="Telemetry is published at QoS 0: the broker does not queue QoS 0 messages for a "
-            "subscriber that is away, even with a persistent session. The data center must see "
-            "a gap, not a late reading.",
+        back.sync()
+        kept = back.received(topic)
+        behaviour.observe(
+            f"it queued {len(kept)} QoS 0 telemetry reading(s) for the offline data center",
+            as_taught=not kept,
+            lesson="Telemetry is published at QoS 0: Mosquitto does not queue QoS 0 messages for "
+            "a subscriber that is away, even with a persistent session (a broker may: MQTT "
+            "3.1.1 §3.1.2.4, MQTT 5 §4.1). The data center must expect a gap, not a late reading.",
         )
 
 
@@ -313,14 +324,18 @@ def test_unacknowledged_record_comes_back_and_acknowledged_one_does_not(
     crashed = record("quality", step, result="pass")
     line.publish(topic, committed, qos=1)
     line.publish(topic, crashed, qos=1)
-    datacenter.wait_for_messages(2, topic)
+    # A broker may send one unacknowledged QoS 1 message at a time (flow control, MQTT 5
+    # §4.9): the second record may wait for the first one's PUBACK, so acknowledge first.
+    datacenter.wait_for_message(topic)
     datacenter.paho.ack(mids[0], 1)  # the first record is committed: acknowledge it
+    datacenter.wait_for_messages(2, topic)
     datacenter.sync()  # our PUBACK has reached the broker before we "crash"
     datacenter.drop()  # killed before the second commit: no PUBACK for it, no DISCONNECT
 
     back = mqtt_client(datacenter_id, protocol=protocol, clean_start=False, session_expiry=300)
     again = back.wait_for_message(
         topic,
+        queued=True,
         why="The data center received a QoS 1 record but died before acknowledging it: the "
         "broker must send it again when the session resumes. Nothing came back on " + topic,
     )

@@ -81,6 +81,8 @@ def test_the_package_installs_under_its_own_name_and_serves_a_project_elsewhere(
     )
     assert "mqtt_factory_lab" in top_level
     assert "sim" not in top_level and "harness" not in top_level, top_level
+    for table in ("mqtt-3.1.1.tsv", "mqtt-5.tsv"):  # the conformance report's statement tables
+        assert (site / "mqtt_factory_lab" / "conformance" / "statements" / table).is_file(), table
     shared = venv / "share" / "mqtt-factory-lab"
     for needed in (
         "docker/mosquitto.conf",

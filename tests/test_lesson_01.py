@@ -103,3 +103,12 @@ def test_a_device_that_exits_on_a_bad_command_is_caught(run_lesson):
     message = run.message(test)
     assert "exited after the command" in message and "it exited with status 1" in message
     assert "A command is input from the network" in message
+
+
+def test_a_sensor_level_in_capitals_is_caught_by_the_topic_lint(run_lesson):
+    run = run_lesson(LESSON, "-m", "solution", solution=BROKEN / "lesson01_sensor_in_capitals")
+    tree = "test_devices_publish_on_the_seed_topic_tree"
+    assert names(tree) <= set(run.failed()), run.output[-3000:]
+    message = run.message(tree)
+    assert re.search(r"\{root\}/telemetry/\w+/[A-Z]\w+: level '[A-Z]\w+' has characters", message)
+    assert "[lint-topics: characters]" in message and "mqtt-lab lint-topics" in message, message

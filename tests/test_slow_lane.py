@@ -33,6 +33,7 @@ CAUGHT_BY = {
     ),
     "lesson01_telemetry_hash_for_temperature": ("01_wildcards", "each_filter"),
     "lesson01_telemetry_levels_swapped": ("01_wildcards", "seed_topic_tree"),
+    "lesson01_sensor_in_capitals": ("01_wildcards", "seed_topic_tree"),
     "lesson02_controller_alarms_at_qos0": ("02_qos", "alarms_raised_while_it_was_away"),
     "lesson02_telemetry_at_qos1": ("02_qos", "telemetry_at_qos0"),
     "lesson03_controller_retains_commands": ("03_retained", "retain_its_commands"),

@@ -11,7 +11,14 @@ real clients (a few round trips, well under a second on a local network):
 ``wildcards``              ``+`` and ``#`` filters receive what they match
 ``sys``                    ``$SYS/#`` delivers something within a second
 ``shared_subscriptions``   two ``$share/…`` subscribers of one group split the messages
+``lab_topics``             the login may subscribe and publish under ``lab/`` (the experiments'
+                           topics, ``lab/probe/#`` and the round trips' ``lab/sync/#``)
 =========================  =====================================================================
+
+Every step turns whatever the broker does — a refusal, a closed connection, no answer, an
+acknowledgement with a failure code — into a row that says so; a closed connection is
+reopened for the next step. Only a broker that accepts no CONNECT at all stops the run
+(:class:`BrokerNotReady`).
 
 Experiments declare what they need (``@pytest.mark.needs("mqtt5", "shared_subscriptions")``;
 the ``protocol`` fixture needs ``mqtt5`` for its MQTT 5 run). On a broker without it they are
@@ -21,6 +28,7 @@ summary can count each missing feature once, as a finding, however many experime
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from contextlib import ExitStack
@@ -45,7 +53,10 @@ CAPABILITIES = {
     "wildcards": "wildcard subscriptions",
     "sys": "$SYS topics",
     "shared_subscriptions": "shared subscriptions",
+    "lab_topics": "the lab's topics (lab/#)",
 }
+#: what a login needs on a broker with an ACL, for the docs and the missing-grant finding
+LAB_GRANTS = "readwrite lab/# (the experiments' lab/<id>/..., lab/probe/# and lab/sync/#)"
 #: how every skip reason for a missing capability begins (the summary counts findings by it)
 LACKS = "the broker lacks"
 #: MQTT 5 CONNACK properties that advertise a capability (absent = available)
@@ -138,7 +149,10 @@ class Capabilities:
 
 def _refusal(outcome: ConnectOutcome) -> str:
     if outcome.reason_code is not None:
-        return f"CONNACK {outcome.detail!r} (0x{outcome.reason_code:02X}) to an MQTT {outcome.protocol} CONNECT"
+        return (
+            f"CONNACK {outcome.detail!r} (0x{outcome.reason_code:02X}) to an MQTT "
+            f"{outcome.protocol} CONNECT"
+        )
     return f"the broker {outcome.what_it_said()} to an MQTT {outcome.protocol} CONNECT"
 
 
@@ -185,19 +199,79 @@ def probe(settings: ConnectionSettings, *, timeout: float = 2.0) -> Capabilities
                 protocol=protocol,
                 connection=target,
             )
-            made.connect(timeout=timeout)
             stack.callback(made.disconnect)
+            made.connect(timeout=timeout)
             return made
 
-        main = client("main")
-        _probe_qos(main, root, items, found.connack5)
-        _probe_retain(main, root, items, found.connack5)
-        _probe_wildcards(main, root, items, found.connack5)
-        _probe_sys(main, items)
-        _probe_shared(client, main, root, items, found.connack5)
-    found.items = {name: items[name] for name in CAPABILITIES}
+        main = [client("main")]
+
+        def step(names: tuple[str, ...], run: Any) -> None:
+            """One probe step: whatever the broker does becomes the rows of ``names``."""
+            try:
+                run(main[0])
+            except (ConnectionError, MQTTTimeout, OSError) as error:
+                said = str(error).split(". (", 1)[0]
+                for name in names:
+                    items.setdefault(name, Capability(name, False, f"probe: {said}"))
+            if not main[0].connected:  # the broker closed it: a fresh client for the next step
+                with contextlib.suppress(ConnectionError, OSError):
+                    main[0] = client("main")
+
+        step(("lab_topics",), lambda c: _probe_lab_topics(c, root, items))
+        if items["lab_topics"].present:
+            step(("qos1", "qos2"), lambda c: _probe_qos(c, root, items, found.connack5))
+            step(("retain",), lambda c: _probe_retain(c, root, items, found.connack5))
+            step(("wildcards",), lambda c: _probe_wildcards(c, root, items, found.connack5))
+            step(("sys",), lambda c: _probe_sys(c, items))
+            step(
+                ("shared_subscriptions",),
+                lambda c: _probe_shared(client, c, root, items, found.connack5),
+            )
+        # else: every other step talks on lab/probe/# and round-trips on lab/sync/#
+    found.items = {
+        name: items.get(name, Capability(name, False, "not probed: the lab's topics are denied"))
+        for name in CAPABILITIES
+    }
     found.seconds = time.monotonic() - started
     return found
+
+
+def _probe_lab_topics(main: RecordingClient, root: str, items: dict[str, Capability]) -> None:
+    """May this login use the lab's topics? A refusal or a silent drop is named as a missing
+    ACL grant, because every experiment would otherwise fail on its own."""
+    login = f"user {main.connection.username!r}" if main.connection.username else "anonymous"
+    missing = []
+    # its own branch: a probe filter must not overlap the later steps' topics
+    for topic_filter in (f"{root}/grant/#", f"lab/sync/{main.client_id}/#"):
+        codes = main.subscribe(topic_filter, qos=1)
+        if not codes or codes[0].is_failure:
+            code = f"{codes[0]} (0x{codes[0].value:02X})" if codes else "no reason code"
+            missing.append(f"SUBACK {code} to {topic_filter}")
+            continue
+        topic = f"{topic_filter[:-2]}/check"
+        info = main.publish(topic, b"grant?", qos=1, timeout=2.0)
+        answer = main.puback_reason(info)
+        if answer is not None and answer.is_failure:
+            missing.append(f"PUBACK {answer} (0x{answer.value:02X}) to a publish on {topic}")
+            continue
+        try:
+            if topic_filter.startswith("lab/sync/"):
+                main.sync(timeout=2.0)  # round-trip markers are not "received" messages
+            else:
+                main.wait_for_message(topic, timeout=1.0)
+        except MQTTTimeout:
+            missing.append(f"a publish on {topic} never came back to its subscriber")
+    if missing:
+        items["lab_topics"] = Capability(
+            "lab_topics",
+            False,
+            f"the broker's ACL does not grant {login} the lab's topics ({'; '.join(missing)}): "
+            f"grant it {LAB_GRANTS}",
+        )
+    else:
+        items["lab_topics"] = Capability(
+            "lab_topics", True, f"{login} may subscribe and publish under lab/"
+        )
 
 
 def _probe_qos(
@@ -224,7 +298,8 @@ def _probe_qos(
         main.publish(topic, b"qos2", qos=2, timeout=2.0)
         got = main.wait_for_message(topic, timeout=2.0)
     except (ConnectionError, MQTTTimeout) as error:
-        items["qos2"] = Capability("qos2", False, f"{where}, but a QoS 2 publish failed: {error}")
+        said = str(error).split(". (", 1)[0]
+        items["qos2"] = Capability("qos2", False, f"{where}, but a QoS 2 publish failed: {said}")
         return
     items["qos2"] = Capability("qos2", True, f"{where}; delivered at QoS {got.qos}")
 

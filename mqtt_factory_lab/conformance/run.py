@@ -32,42 +32,39 @@ from pathlib import Path
 from typing import Any
 
 from mqtt_factory_lab.conformance.spec import render_comparison
-from mqtt_factory_lab.core.connection import ENV_PASSWORD, mask_url
+from mqtt_factory_lab.core import broker_options
+from mqtt_factory_lab.core.connection import mask_url
 from mqtt_factory_lab.core.paths import LAB_ROOT, LABS_DIR
-
-#: the options passed on to pytest unchanged
-_PASSED_ON = (
-    "broker_url_mqtt5",
-    "broker_username",
-    "broker_password_env",
-    "broker_ca",
-    "broker_cert",
-    "broker_key",
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``conformance`` options, for this module's :func:`main` or a ``mqtt-lab`` subcommand."""
-    where = parser.add_argument_group("the broker under test")
-    where.add_argument("--broker-url", metavar="URL", help="mqtt://, mqtts://, ws:// or wss:// URL")
-    where.add_argument("--broker-url-mqtt5", metavar="URL", help="MQTT 5 on another listener")
-    where.add_argument(
-        "--broker-username", metavar="NAME", help=f"login; the password comes from ${ENV_PASSWORD}"
+    """The ``conformance`` options, for this module's :func:`main` or a ``mqtt-lab`` subcommand.
+
+    The connection options come from the table pytest registers too
+    (:data:`mqtt_factory_lab.core.broker_options.BROKER_OPTIONS`).
+    """
+    where = parser.add_argument_group(
+        "the broker under test (one of --broker-url, --broker-config, --lab-broker)"
     )
-    where.add_argument(
-        "--broker-password-env",
-        metavar="VARIABLE",
-        help=f"the variable holding the password (default {ENV_PASSWORD})",
-    )
-    where.add_argument("--broker-ca", metavar="FILE", help="CA certificate of a TLS listener")
-    where.add_argument("--broker-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    where.add_argument("--broker-key", metavar="FILE", help="client certificate's key")
+    broker_options.add_to_argparse(where)
     where.add_argument(
         "--broker-config",
         metavar="DIR",
         type=Path,
         help="start this mosquitto configuration folder (mosquitto.conf, ACL, password file) "
-        "and test it; without --broker-url or --broker-config the lab's own open broker is tested",
+        "and test it",
+    )
+    where.add_argument(
+        "--lab-broker",
+        action="store_true",
+        help="judge the lab's own Mosquitto (what the lessons teach), started for the run",
+    )
+    where.add_argument(
+        "--acl-matrix",
+        metavar="FILE",
+        type=Path,
+        help="with --broker-config: hold the configuration's acl_file to this permission matrix "
+        "(TOML, see docs/acl.md), cell by cell; without it the report says the ACL was not checked",
     )
     where.add_argument(
         "--broker-backend",
@@ -107,7 +104,7 @@ def compare(a: Path, b: Path, out: Path | None) -> str:
     return text
 
 
-def pytest_command(args: argparse.Namespace, url: str) -> list[str]:
+def pytest_command(args: argparse.Namespace, url: str, notes: tuple[str, ...] = ()) -> list[str]:
     """The pytest command line of a conformance run (the password stays in the environment)."""
     out = args.out.resolve()
     command = [
@@ -128,10 +125,8 @@ def pytest_command(args: argparse.Namespace, url: str) -> list[str]:
         "no:cacheprovider",
         "-rs",
     ]
-    for name in _PASSED_ON:
-        value = getattr(args, name, None)
-        if value is not None:
-            command.append(f"--{name.replace('_', '-')}={value}")
+    command += broker_options.passed_on(vars(args))
+    command += [f"--conformance-note={note}" for note in notes]
     return [*command, *args.pytest_args]
 
 
@@ -140,11 +135,49 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         print(compare(*args.compare, args.out), end="")
         return 0
-    if args.broker_url and args.broker_config:
-        print("conformance: give --broker-url or --broker-config, not both", file=sys.stderr)
-        return 4
+    chosen = [
+        name
+        for name, given in (
+            ("--broker-url", args.broker_url is not None),
+            ("--broker-config", args.broker_config is not None),
+            ("--lab-broker", args.lab_broker),
+        )
+        if given
+    ]
+    if len(chosen) != 1:
+        why = (
+            f"give one of them, not {' and '.join(chosen)}"
+            if chosen
+            else f"none was given (and ${broker_options.ENV_URL} is not set)"
+        )
+        print(
+            "conformance: say which broker to judge: --broker-url URL (a broker you run), "
+            "--broker-config DIR (your mosquitto.conf, started for the run) or --lab-broker "
+            f"(the lab's own Mosquitto); {why}",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
+    if args.broker_url is not None and not args.broker_url.strip():
+        print(
+            f"conformance: --broker-url is empty (or ${broker_options.ENV_URL} is set to "
+            "nothing): give the URL of the broker to judge, such as mqtt://broker.example:1883",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
+    if args.acl_matrix is not None and args.broker_config is None:
+        print(
+            "conformance: --acl-matrix holds a configuration's ACL to a matrix: it goes with "
+            "--broker-config DIR",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
     if args.broker_url:
-        return _run_pytest(args, args.broker_url)
+        print(f"conformance: judging {mask_url(args.broker_url)}", flush=True)
+        note = (
+            "The broker's ACL was not held to a permission matrix: the lab does not choose "
+            "this broker's configuration (use --broker-config DIR --acl-matrix FILE)."
+        )
+        return _run_pytest(args, args.broker_url, (note,))
     from mqtt_factory_lab.brokers import BrokerError, create_broker, resolve_backend
 
     try:
@@ -152,23 +185,141 @@ def run(args: argparse.Namespace) -> int:
         options = {"config_source": args.broker_config.resolve()} if args.broker_config else {}
         broker = create_broker(backend, "open", **options)
         with broker:
-            what = f"--broker-config {args.broker_config}" if args.broker_config else "the lab's"
-            print(f"conformance: started {what} broker ({backend}) at {broker.url}", flush=True)
-            return _run_pytest(args, broker.url)
+            what = (
+                f"--broker-config {args.broker_config}"
+                if args.broker_config
+                else "the lab's own Mosquitto"
+            )
+            print(f"conformance: judging {what} ({backend}), started at {broker.url}", flush=True)
+            notes = [f"The broker judged: {what}, started by the lab ({backend} backend)."]
+            status_acl = None
+            if args.broker_config is not None:
+                acl = acl_file_of(args.broker_config)
+                if args.acl_matrix is None:
+                    notes.append(
+                        "The configuration's ACL was not held to a permission matrix"
+                        + (f" ({acl.name})" if acl else " (it names no acl_file)")
+                        + ": give --acl-matrix FILE to check it cell by cell."
+                    )
+                elif acl is None:
+                    print(
+                        f"conformance: --acl-matrix: {args.broker_config}/mosquitto.conf names "
+                        "no acl_file to check",
+                        file=sys.stderr,
+                    )
+                    return USAGE_ERROR
+                else:
+                    status_acl = _run_acl_matrix(args, acl, backend)
+                    notes.append(
+                        f"The configuration's ACL ({acl.name}) was held to the permission matrix "
+                        f"{args.acl_matrix}: "
+                        + ("every cell passed" if status_acl == 0 else "some cells FAILED")
+                        + " (acl-matrix/report.md)."
+                    )
+            status = _run_pytest(args, broker.url, tuple(notes))
+            return status if status_acl in (None, 0) else (status or status_acl)
     except BrokerError as error:
         print(f"conformance: the broker could not start:\n{error}", file=sys.stderr)
+        _fallback_report(
+            args, f"--broker-config {args.broker_config}", f"it could not start: {error}"
+        )
         return 3
 
 
-def _run_pytest(args: argparse.Namespace, url: str) -> int:
-    command = pytest_command(args, url)
-    shown = " ".join(mask_url(part) for part in command[2:])
-    print(f"conformance: {shown}", flush=True)
-    status = subprocess.run(command, cwd=LAB_ROOT, check=False).returncode
+def acl_file_of(folder: Path) -> Path | None:
+    """The ACL file a configuration folder's ``mosquitto.conf`` names (``acl_file``), found
+    beside it (paths as in the eclipse-mosquitto image: ``/mosquitto/config/acl``)."""
+    conf = folder / "mosquitto.conf"
+    try:
+        text = conf.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "acl_file":
+            found = folder / Path(words[1]).name
+            return found if found.is_file() else None
+    return None
+
+
+def _run_acl_matrix(args: argparse.Namespace, acl: Path, backend: str) -> int:
+    """Lesson 06's permission matrix, cell by cell, against the team's ACL (its own report)."""
+    out = args.out.resolve() / "acl-matrix"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(args.labs / "06_acl.py"),
+        "-k",
+        "matrix",
+        f"--acl-file={acl.resolve()}",
+        f"--acl-matrix={args.acl_matrix.resolve()}",
+        f"--broker-backend={backend}",
+        f"--conformance-report={out}",
+        f"--conformance-note=Permission matrix {args.acl_matrix} against {acl}",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+    ]
+    print(f"conformance: the permission matrix {args.acl_matrix} against {acl}", flush=True)
+    return subprocess.run(command, cwd=LAB_ROOT, check=False).returncode
+
+
+#: pytest's exit status for a usage error (and this command's)
+USAGE_ERROR = 4
+
+
+def _fallback_report(args: argparse.Namespace, broker: str, what: str) -> None:
+    """A run that ended before pytest wrote its report still leaves one, saying why."""
     out = args.out.resolve()
     if (out / "report.md").is_file():
-        print(f"conformance: {out / 'report.md'}, {out / 'report.json'}, {out / 'junit.xml'}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(
+        f"# MQTT conformance report: {broker}\n\nNo experiment ran: {what}\n"
+    )
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "format": "mqtt-factory-lab conformance report 2",
+                "broker": broker,
+                "error": what,
+                "totals": {},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def _run_pytest(args: argparse.Namespace, url: str, notes: tuple[str, ...] = ()) -> int:
+    command = pytest_command(args, url, notes)
+    shown = " ".join(mask_url(part) for part in command[2:])
+    print(f"conformance: {shown}", flush=True)
+    out = args.out.resolve()
+    for stale in ("report.md", "report.json"):
+        (out / stale).unlink(missing_ok=True)
+    status = subprocess.run(command, cwd=LAB_ROOT, check=False).returncode
+    _fallback_report(
+        args, mask_url(url), f"pytest ended with exit status {status} (see its output)"
+    )
+    print(f"conformance: {out / 'report.md'}, {out / 'report.json'}, {out / 'junit.xml'}")
+    if status == 0 and not _judged_anything(out / "report.json"):
+        print(
+            "conformance: no experiment could judge this broker (every one was skipped): see "
+            "the findings in the report",
+            file=sys.stderr,
+        )
+        return 1
     return status
+
+
+def _judged_anything(report: Path) -> bool:
+    try:
+        totals = json.loads(report.read_text()).get("totals", {})
+    except (OSError, ValueError):
+        return False
+    return any(totals.get(o, 0) for o in ("passed", "failed", "error"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,13 @@ missing capabilities counted once each, and the failures with their messages.
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +38,80 @@ MARKER = (
     "spec(*statements, mqtt311=[...], mqtt5=[...]): the normative statements of the MQTT "
     "specifications this experiment checks (ids like 'MQTT-3.3.1-9'; keywords for one version)"
 )
+
+#: what kind of rule an experiment checks, and how the report treats its outcome
+RULES = {
+    "must": "a normative MUST of the specifications: a failure is the broker's fault",
+    "may": "a MAY/SHOULD or implementation choice: the broker's behaviour is reported as an "
+    "observation, never failed (the lesson teaches Mosquitto's)",
+    "convention": "a convention of the lab (its ACL, its topic tree), not of the specifications",
+}
+RULE_MARKER = (
+    "rule(kind, mqtt311=SECTION, mqtt5=SECTION): what kind of rule this experiment checks: "
+    "'must' (the default with spec ids), 'may' (MAY/SHOULD or an implementation choice: "
+    "observed, never failed; SECTION like '§3.1.2.4') or 'convention' (the lab's own)"
+)
+
+#: the tables of normative statements, one per protocol (mqtt_factory_lab/conformance/statements/)
+STATEMENTS_DIR = Path(__file__).resolve().parent / "statements"
+STATEMENT_FILES = {"3.1.1": "mqtt-3.1.1.tsv", "5": "mqtt-5.tsv"}
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One row of a statement table: a numbered statement, or a MAY/SHOULD sentence (``§…``)."""
+
+    id: str
+    keyword: str
+    binds: str
+    client_testable: bool
+    gist: str
+
+
+@functools.cache
+def statements(protocol: str) -> dict[str, Statement]:
+    """The statement table of MQTT ``protocol`` (``"3.1.1"`` or ``"5"``), by id."""
+    path = STATEMENTS_DIR / STATEMENT_FILES[protocol]
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    rows = csv.DictReader(lines, delimiter="\t")
+    return {
+        row["id"]: Statement(
+            row["id"], row["keyword"], row["binds"], row["client_testable"] == "yes", row["gist"]
+        )
+        for row in rows
+    }
+
+
+def testable(protocol: str) -> list[str]:
+    """The numbered statements of ``protocol`` a client of the broker can check."""
+    return [s.id for s in statements(protocol).values() if s.client_testable and s.id[0] != "§"]
+
+
+def item_rule(item: pytest.Item) -> tuple[str, dict[str, str]]:
+    """``(kind, {protocol: section})`` of an experiment: its ``rule`` mark, else ``must``.
+
+    :raises pytest.UsageError: for an unknown kind, or a section no table lists.
+    """
+    mark = item.get_closest_marker("rule")
+    if mark is None:
+        return "must", {}
+    kind = mark.args[0] if mark.args else "must"
+    if kind not in RULES:
+        raise pytest.UsageError(
+            f"{item.nodeid}: rule({kind!r}): the kinds are {', '.join(map(repr, RULES))}"
+        )
+    sections: dict[str, str] = {}
+    for keyword, version in PROTOCOL_KEYWORDS.items():
+        section = mark.kwargs.get(keyword)
+        if section is None:
+            continue
+        if section not in statements(version):
+            raise pytest.UsageError(
+                f"{item.nodeid}: rule(..., {keyword}={section!r}): MQTT {version}'s table "
+                f"({STATEMENTS_DIR / STATEMENT_FILES[version]}) has no such row"
+            )
+        sections[version] = section
+    return kind, sections
 
 
 def item_statements(item: pytest.Item) -> dict[str, list[str]]:
@@ -72,6 +149,13 @@ def item_statements(item: pytest.Item) -> dict[str, list[str]]:
         raise pytest.UsageError(
             f"{item.nodeid}: {', '.join(bad)} is not a statement id like 'MQTT-3.3.1-9'"
         )
+    for version, ids in found.items():
+        unknown = [i for i in ids if i not in statements(version)]
+        if unknown:
+            raise pytest.UsageError(
+                f"{item.nodeid}: {', '.join(unknown)} is not a numbered statement of MQTT "
+                f"{version} (see {STATEMENTS_DIR / STATEMENT_FILES[version]})"
+            )
     return {version: list(dict.fromkeys(ids)) for version, ids in found.items()}
 
 
@@ -87,6 +171,14 @@ def tag_items(items: list[pytest.Item]) -> None:
         if found:
             tags = " ".join(f"{v}:{i}" for v, ids in found.items() for i in ids)
             item.user_properties.append(("spec", tags))
+        kind, sections = item_rule(item)
+        if item.get_closest_marker("broker") is None and item.get_closest_marker("rule") is None:
+            continue  # a solution experiment grades a program: no kind of MQTT rule to tell
+        item.user_properties.append(("rule", kind))
+        if sections:
+            item.user_properties.append(
+                ("rule_section", " ".join(f"{v}:{s}" for v, s in sections.items()))
+            )
 
 
 def parse_tags(text: str) -> dict[str, list[str]]:
@@ -109,6 +201,9 @@ class Result:
     kinds: list[str] = field(default_factory=list)
     message: str = ""
     duration: float = 0.0
+    rule: str = "must"
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    observations: list[str] = field(default_factory=list)
 
 
 def _first_lines(text: str, n: int = 6) -> str:
@@ -136,9 +231,14 @@ class Recorder:
                 protocol=props.get("mqtt_protocol"),
                 statements=parse_tags(str(props.get("spec", ""))),
                 kinds=kinds,
+                rule=str(props.get("rule", "must")),
+                sections=parse_tags(str(props.get("rule_section", ""))),
             ),
         )
         result.duration += report.duration
+        for name, value in report.user_properties:
+            if name == "observed" and value not in result.observations:
+                result.observations.append(str(value))
         if report.skipped:
             result.outcome = "skipped"
             longrepr = report.longrepr
@@ -166,6 +266,8 @@ def statement_table(results: list[Result]) -> dict[str, dict[str, dict[str, Any]
     """
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for result in results:
+        if result.rule != "must":
+            continue  # a MAY is observed, a lab convention is the lab's: neither judges a MUST
         for protocol, statements in result.statements.items():
             for statement in statements:
                 row = table.setdefault(protocol, {}).setdefault(
@@ -186,16 +288,48 @@ def _statement_order(entry: tuple[str, Any]) -> list[int]:
     return [int(n) for n in re.findall(r"\d+", entry[0])]
 
 
+def coverage(table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, int]]:
+    """Per protocol: how many of its client-testable statements the run checked (passed or
+    failed), of how many the table lists (``{"checked", "of", "skipped"}``)."""
+    found: dict[str, dict[str, int]] = {}
+    for protocol in STATEMENT_FILES:
+        rows = table.get(protocol, {})
+        wanted = set(testable(protocol))
+        found[protocol] = {
+            "checked": sum(1 for i, r in rows.items() if i in wanted and r["status"] != "skipped"),
+            "of": len(wanted),
+            "skipped": sum(1 for i, r in rows.items() if i in wanted and r["status"] == "skipped"),
+        }
+    return found
+
+
+def coverage_line(protocol: str, row: dict[str, int]) -> str:
+    """``MQTT 5: 31 of 178 client-testable statements checked (2 more skipped)``."""
+    more = f" ({row['skipped']} more skipped)" if row["skipped"] else ""
+    return (
+        f"MQTT {protocol}: {row['checked']} of {row['of']} client-testable statements checked{more}"
+    )
+
+
 def build_report(
-    recorder: Recorder, *, broker: str, capabilities: dict[str, Any] | None, command: list[str]
+    recorder: Recorder,
+    *,
+    broker: str,
+    capabilities: dict[str, Any] | None,
+    command: list[str],
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """The conformance report as JSON-ready data (see :func:`render_markdown`)."""
     results = sorted(recorder.results.values(), key=lambda r: r.nodeid)
     statements = statement_table(results)
     totals = Counter(r.outcome for r in results)
+    by_rule = {kind: dict(Counter(r.outcome for r in results if r.rule == kind)) for kind in RULES}
     return {
-        "format": "mqtt-factory-lab conformance report 1",
+        "format": "mqtt-factory-lab conformance report 2",
         "broker": broker,
+        "notes": notes or [],
+        "rules": by_rule,
+        "coverage": coverage(statements),
         "started": recorder.started.isoformat(timespec="seconds"),
         "seconds": round((_dt.datetime.now(_dt.UTC) - recorder.started).total_seconds(), 2),
         "command": command,
@@ -219,6 +353,9 @@ def build_report(
                 "outcome": r.outcome,
                 "protocol": r.protocol,
                 "statements": r.statements,
+                "rule": r.rule,
+                "sections": r.sections,
+                "observations": r.observations,
                 "message": r.message,
                 "seconds": round(r.duration, 3),
             }
@@ -230,6 +367,9 @@ def build_report(
 def render_markdown(report: dict[str, Any]) -> str:
     """The report for people: capabilities, findings, statements per protocol, failures."""
     out = [f"# MQTT conformance report: {report['broker']}", ""]
+    out += [f"> {_cell(note)}" for note in report.get("notes", [])]
+    if report.get("notes"):
+        out.append("")
     totals = report["totals"]
     out.append(
         f"{sum(totals.values())} experiments in {report['seconds']} s: "
@@ -252,6 +392,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     else:
         out.append("- none: nothing was skipped for a missing capability")
+    out += ["", "## Coverage", ""]
+    out += [f"- {coverage_line(p, row)}" for p, row in report.get("coverage", {}).items()]
+    rules = report.get("rules", {})
+    out += [
+        "",
+        "## Experiments by kind of rule",
+        "",
+        "| kind | what it means | passed | failed | skipped |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, meaning in RULES.items():
+        t = rules.get(kind, {})
+        failed = t.get("failed", 0) + t.get("error", 0)
+        out.append(
+            f"| {kind.upper() if kind != 'convention' else 'lab convention'} | {meaning} | "
+            f"{t.get('passed', 0)} | {failed} | {t.get('skipped', 0)} |"
+        )
     out += [
         "",
         "## Statements",
@@ -276,11 +433,33 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(
                 f"| {statement} | {status} | {row['passed']}/{row['failed']}/{row['skipped']} |"
             )
+    observed = [e for e in report["experiments"] if e.get("rule") == "may"]
+    if observed:
+        out += [
+            "",
+            "## Behaviours (MAY, SHOULD or implementation choice: observed, not judged)",
+            "",
+        ]
+        for e in observed:
+            section = ", ".join(f"MQTT {p} {' '.join(s)}" for p, s in e.get("sections", {}).items())
+            what = "; ".join(e.get("observations", [])) or (
+                e["message"] if e["outcome"] != "passed" else "nothing recorded"
+            )
+            where = f" ({section})" if section else ""
+            out.append(f"- `{e['nodeid']}`{where}: the broker behaves this way: {_cell(what)}")
     failures = [e for e in report["experiments"] if e["outcome"] in ("failed", "error")]
-    if failures:
-        out += ["", "## Failures", ""]
-        for e in failures:
-            out += [f"### `{e['nodeid']}`", "", "```", e["message"], "```", ""]
+    must = [e for e in failures if e.get("rule", "must") == "must"]
+    others = [e for e in failures if e.get("rule", "must") != "must"]
+    if must:
+        out += ["", "## Failures: MUSTs the broker broke", ""]
+        for e in must:
+            named = ", ".join(i for ids in e["statements"].values() for i in ids)
+            out += [f"### `{e['nodeid']}`", "", f"statements: {named or 'none named'}", ""]
+            out += ["```", e["message"], "```", ""]
+    if others:
+        out += ["", "## Failures of lab conventions and observations", ""]
+        for e in others:
+            out += [f"### `{e['nodeid']}` ({e.get('rule')})", "", "```", e["message"], "```", ""]
     untagged = [e["nodeid"] for e in report["experiments"] if not e["statements"]]
     if untagged:
         out += ["", "## Experiments that name no statement", ""]

@@ -36,9 +36,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqtt_factory_lab.core.connection import PROTOCOLS, ConnectionSettings
+from mqtt_factory_lab.core.connection import PROTOCOLS, ConnectionSettings, code_as_sent, no_delay
 
 SYNC_PREFIX = "lab/sync"
+#: how long a wait for queued messages goes on after the round trip that should follow them
+QUEUED_GRACE = 0.5
+#: the broker's answer to the latest QoS 1/2 publish on each topic by any client of this
+#: process (None: accepted): a wait for a topic whose every publish was refused ends at once
+_LAST_PUBLISH: dict[str, ReasonCode | None] = {}
 
 Matcher = str | Callable[["ReceivedMessage"], bool] | None
 
@@ -270,6 +275,7 @@ class RecordingClient:
                 f"{self.client_id} cannot reach the broker at {self.host}:{self.port}: {error}. "
                 f"{self._broker_note()}"
             ) from error
+        no_delay(self.paho)
         self.paho.loop_start()
         with self._cond:
             answered = self._cond.wait_for(
@@ -283,9 +289,10 @@ class RecordingClient:
         self.disconnect()
         if connack:
             code = connack["reason_code"]
+            what = "return code" if self.protocol == "3.1.1" else "reason code"
             raise ConnectionError(
                 f"the broker refused {self.client_id} (MQTT {self.protocol}): CONNACK "
-                f"{code} (reason code 0x{code.value:02X})"
+                f"{code} ({what} 0x{code_as_sent(code, self.protocol):02X})"
             )
         if answered:
             raise ConnectionError(
@@ -314,17 +321,21 @@ class RecordingClient:
     def drop(self) -> None:
         """Close the socket without DISCONNECT, as a crash would: the broker sends our Last Will.
 
-        The socket is shut down first: that wakes paho's network loop at once (it would
+        The TCP socket is shut down first: that wakes paho's network loop at once (it would
         otherwise finish its wait of up to a second), and nothing more — not even a
-        DISCONNECT — can reach the broker through it.
+        DISCONNECT or a WebSocket close frame — can reach the broker through it. Over
+        WebSockets paho's socket is a wrapper without ``shutdown()``: the TCP (or TLS)
+        socket beneath it is the one shut down, as a crash would.
         """
         sock = self.paho.socket()
-        if sock is not None:
+        raw = getattr(sock, "_socket", sock)  # paho's _WebsocketWrapper keeps it as _socket
+        if raw is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                raw.shutdown(socket.SHUT_RDWR)
         self.paho.loop_stop()
-        if sock is not None:
-            sock.close()
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.close()
         self._connected = False
 
     # -- talking --------------------------------------------------------------
@@ -425,7 +436,13 @@ class RecordingClient:
     def unsubscribe(self, topic: str, timeout: float = 5.0) -> None:
         _result, mid = self.paho.unsubscribe(topic)
         with self._cond:
-            if not self._cond.wait_for(lambda: mid in self._suback, timeout):
+            self._cond.wait_for(lambda: mid in self._suback or not self._connected, timeout)
+            if mid not in self._suback:
+                if not self._connected:
+                    raise ConnectionError(
+                        f"{self.client_id} unsubscribed from {topic!r} and the broker closed the "
+                        f"connection instead of answering: {self._lost()}"
+                    )
                 raise MQTTTimeout(
                     f"{self.client_id} got no UNSUBACK for {topic!r} within {timeout}s"
                 )
@@ -470,6 +487,9 @@ class RecordingClient:
                     f"{self.client_id} published to {topic!r} at QoS {qos} and the broker closed "
                     f"the connection before the {step}: {self._lost()}"
                 )
+        if info.is_published():  # QoS 0 counts as accepted: nothing says otherwise
+            answer = self.puback_reason(info) if qos else None
+            _LAST_PUBLISH[topic] = answer if answer is not None and answer.is_failure else None
         if not info.is_published():
             raise MQTTTimeout(
                 f"{self.client_id} published to {topic!r} at QoS {qos} but it was not "
@@ -490,38 +510,76 @@ class RecordingClient:
             self.messages.clear()
 
     def wait_for_messages(
-        self, count: int, what: Matcher = None, timeout: float = 5.0, why: str = ""
+        self,
+        count: int,
+        what: Matcher = None,
+        timeout: float = 5.0,
+        why: str = "",
+        *,
+        queued: bool = False,
     ) -> list[ReceivedMessage]:
         """Wait until ``count`` matching messages have arrived (counting earlier ones); return them.
 
         :param why: the MQTT rule that promised these messages; it leads the
             failure message, so a student reads the concept before the details.
+        :param queued: the messages were queued for this client before it connected (a
+            resumed session): after a :meth:`sync` round trip they have arrived or never
+            will, so the wait ends there (plus a short grace) instead of at ``timeout``.
         """
         __tracebackhide__ = True
         match = _matcher(what)
+        if queued:
+            self.sync(timeout)
+            timeout = min(timeout, QUEUED_GRACE)
 
         def found() -> list[ReceivedMessage]:
             return [m for m in self.messages if not _is_sync(m) and match(m)]
 
+        def refused_publishes() -> list[str]:
+            if not isinstance(what, str):
+                return []
+            matching = {t: a for t, a in _LAST_PUBLISH.items() if mqtt.topic_matches_sub(what, t)}
+            if not matching or any(a is None for a in matching.values()):
+                return []
+            return [
+                f"PUBACK {a} (0x{a.value:02X}) to the publish on {t!r}" for t, a in matching.items()
+            ]
+
+        def hopeless() -> bool:
+            # Evidence that nothing more will come: the connection is gone, the broker
+            # refused the very subscription the wait is for, or every publish it waits for.
+            return (
+                (not self._connected and bool(self.disconnects))
+                or (isinstance(what, str) and what in self.refused)
+                or bool(refused_publishes())
+            )
+
+        started = time.monotonic()
         with self._cond:
-            if self._cond.wait_for(lambda: len(found()) >= count, timeout):
+            self._cond.wait_for(lambda: len(found()) >= count or hopeless(), timeout)
+            if len(found()) >= count:
                 return found()[:count]
             got = found()
+        waited = time.monotonic() - started
+        cut = f" (stopped after {waited:.1f}s: nothing more can come)" if waited < timeout else ""
+        if refused_publishes():
+            cut += f"; the broker refused it: {'; '.join(refused_publishes()[:3])}"
         raise MQTTTimeout(
             (f"{why}\n" if why else "")
             + f"{self.client_id} waited {timeout}s for {count} × {_describe_matcher(what)} "
-            f"but received {len(got)}.\n{self._near_misses()}{self._broker_note()}"
+            f"but received {len(got)}{cut}.\n{self._near_misses()}{self._broker_note()}"
         )
 
     def wait_for_message(
-        self, what: Matcher = None, timeout: float = 5.0, why: str = ""
+        self, what: Matcher = None, timeout: float = 5.0, why: str = "", *, queued: bool = False
     ) -> ReceivedMessage:
         """Wait for the first message matching a topic filter or predicate (earlier ones count).
 
         :param why: the MQTT rule that promised it (see :meth:`wait_for_messages`).
+        :param queued: it was queued before this client connected (see :meth:`wait_for_messages`).
         """
         __tracebackhide__ = True
-        return self.wait_for_messages(1, what, timeout, why)[0]
+        return self.wait_for_messages(1, what, timeout, why, queued=queued)[0]
 
     def sync(self, timeout: float = 5.0) -> None:
         """Round trip through the broker: afterwards, every message it queued for us earlier has arrived.

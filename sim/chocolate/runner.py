@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import paho.mqtt.client as mqtt
 
@@ -49,6 +49,17 @@ class LineRunner:
         self.clients: dict[str, mqtt.Client] = {}
         self.pending: list[tuple[Outgoing, mqtt.MQTTMessageInfo]] = []
         self.sent: Counter[str] = Counter()
+        #: each machine's last retained state, published again when it reconnects: a
+        #: restarted broker may have sent its Last Will (``offline``) meanwhile
+        self.last_state: dict[str, Outgoing] = {}
+
+    def _republish_state(self, machine: str) -> Callable[..., None]:
+        def on_connect(client: mqtt.Client, *_: object) -> None:
+            state = self.last_state.get(machine)
+            if state is not None:
+                client.publish(state.topic, state.encode(), state.qos, state.retain)
+
+        return on_connect
 
     def connect_all(self) -> None:
         for step, machine in self.core.machines():
@@ -56,6 +67,7 @@ class LineRunner:
                 f"{self.prefix}-{machine}", self.settings, will=self.core.will(step, machine)
             )
             client.reconnect_delay_set(min_delay=1, max_delay=5)
+            client.on_connect = self._republish_state(machine)
             connect(client, self.settings)
             self.clients[machine] = client
 
@@ -67,6 +79,8 @@ class LineRunner:
             message.topic, message.encode(), message.qos, message.retain, properties=properties
         )
         self.sent[message.message_type] += 1
+        if message.message_type == "state":
+            self.last_state[message.machine] = message
         if message.qos > 0:
             self.pending.append((message, info))
             if len(self.pending) > 2000:

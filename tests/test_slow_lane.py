@@ -5,8 +5,10 @@ mistake, and ``tests/test_lesson_0N.py`` shows once that its lesson catches it. 
 catches a mistake only when a kill lands in the right millisecond would pass there by luck,
 so here each variant runs the experiments that must catch it ``RUNS`` times (each repetition
 a fresh set of programs: ``tests/harness_support/repeat_each.py``), and every repetition must
-fail. The lane is deselected unless asked for by name: ``scripts/test -m slow_lane`` (CI runs
-it; ``MQTT_LAB_SLOW_LANE_RUNS`` changes the count for a quicker look).
+fail. The lab's reference is graded ``REFERENCE_RUNS`` times (5) as well: a correct solution
+must never fail by luck either. The lane is deselected unless asked for by name:
+``scripts/test -m slow_lane`` (CI runs it; ``MQTT_LAB_SLOW_LANE_RUNS`` and
+``MQTT_LAB_SLOW_LANE_REFERENCE_RUNS`` change the counts for a quicker look).
 """
 
 from __future__ import annotations
@@ -115,4 +117,45 @@ def test_each_broken_variant_is_caught_in_every_run(run_lesson, monkeypatch, var
         f"{variant} was caught in {RUNS - len(missed)} of {RUNS} runs of labs/{lesson}.py "
         f"(-k {catching!r}); it passed in runs {missed}. A check that catches a mistake only "
         "sometimes depends on timing: make the experiment deterministic."
+    )
+
+
+#: how often the slow lane grades the lab's own reference: a verdict must not fail by luck
+#: either (``MQTT_LAB_SLOW_LANE_REFERENCE_RUNS``)
+REFERENCE_RUNS = int(os.environ.get("MQTT_LAB_SLOW_LANE_REFERENCE_RUNS", "5"))
+
+
+@pytest.mark.slow_lane
+@pytest.mark.timeout(BUDGET_PER_RUN * REFERENCE_RUNS * 3 + 120)
+@pytest.mark.parametrize(
+    "lesson",
+    [
+        "01_wildcards",
+        "02_qos",
+        "03_retained",
+        "04_lwt",
+        "05_sessions",
+        "07_traceability",
+        "09_mqtt5",
+    ],
+)
+def test_the_reference_passes_every_solution_experiment_in_every_run(
+    run_lesson, monkeypatch, lesson
+):
+    monkeypatch.setenv("PYTHONPATH", str(HERE / "harness_support"))
+    run = run_lesson(
+        f"labs/{lesson}.py",
+        "-m",
+        "solution",
+        "-p",
+        "repeat_each",
+        f"--lab-repeat={REFERENCE_RUNS}",
+        timeout=BUDGET_PER_RUN * REFERENCE_RUNS * 3,
+    )
+    assert run.passed(), f"labs/{lesson}.py ran no solution experiment:\n{run.output[-2000:]}"
+    failed = run.failed()
+    assert not failed, (
+        f"The lab's reference failed {len(failed)} of {len(run.outcomes)} runs of labs/{lesson}.py "
+        f"solution experiments: a correct solution failed by luck. {failed[:5]}\n"
+        + "\n".join(run.message(name)[:800] for name in failed[:2])
     )

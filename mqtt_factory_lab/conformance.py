@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mqtt_factory_lab.connection import ENV_PASSWORD, mask_url
 from mqtt_factory_lab.paths import LAB_ROOT, LABS_DIR
@@ -160,11 +162,28 @@ def run(args: argparse.Namespace) -> int:
         return 3
 
 
+def secret_out_of_url(args: argparse.Namespace, url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its password, and the environment that carries the password instead.
+
+    A child's command line is world-readable (``ps``, ``/proc/PID/cmdline``); its
+    environment is not. The child pytest reads the password from ``--broker-password-env``.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, {}
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    variable = getattr(args, "broker_password_env", None) or ENV_PASSWORD
+    return urlunsplit(parts._replace(netloc=netloc)), {variable: unquote(parts.password)}
+
+
 def _run_pytest(args: argparse.Namespace, url: str) -> int:
+    url, secret = secret_out_of_url(args, url)
     command = pytest_command(args, url)
     shown = " ".join(mask_url(part) for part in command[2:])
     print(f"conformance: {shown}", flush=True)
-    status = subprocess.run(command, cwd=LAB_ROOT, check=False).returncode
+    env = {**os.environ, **secret}
+    status = subprocess.run(command, cwd=LAB_ROOT, env=env, check=False).returncode
     out = args.out.resolve()
     if (out / "report.md").is_file():
         print(f"conformance: {out / 'report.md'}, {out / 'report.json'}, {out / 'junit.xml'}")

@@ -42,6 +42,7 @@ from mqtt_factory_lab.brokers.base import format_log
 from mqtt_factory_lab.capabilities import CAPABILITIES, BrokerNotReady, Capabilities, probe
 from mqtt_factory_lab.connection import ENV_PASSWORD, ConnectionSettings, mask_url
 from mqtt_factory_lab.factory_fixtures import LAUNCHERS, SOLUTION
+from mqtt_factory_lab.grading import points
 from mqtt_factory_lab.roles import RoleError
 from mqtt_factory_lab.schemas import PayloadError
 from mqtt_factory_lab.solution import ManifestError, load
@@ -50,7 +51,6 @@ pytest_plugins = [
     "mqtt_factory_lab.broker_fixtures",
     "mqtt_factory_lab.factory_fixtures",
     "mqtt_factory_lab.acl",
-    "mqtt_factory_lab.points",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
@@ -153,6 +153,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=int(os.environ.get("MQTT_LAB_SEED", "1")),
         help="seed for simulators and generated data, for repeatable runs (default 1)",
     )
+    points.add_options(group)  # --points-json, --points-jsonl, --points-plan, --gradescope
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -167,8 +168,10 @@ def pytest_configure(config: pytest.Config) -> None:
         f"needs(*capabilities): skip, with the probe's reason, on a broker that lacks one of "
         f"{', '.join(CAPABILITIES)}",
         spec.MARKER,
+        points.MARKER,
     ):
         config.addinivalue_line("markers", line)
+    points.configure(config)
     _read_connection(config)
     if hasattr(config, "workerinput"):
         handed = config.workerinput.get(WORKER_CAPABILITIES)

@@ -163,7 +163,7 @@ class ChildProcess:
 
     def _signal_group(self, signum: int) -> bool:
         """``killpg`` the program's group; False when no process of it is left."""
-        if self.process is None:
+        if self.process is None or self._pid_recycled():
             return False
         try:
             os.killpg(self.process.pid, signum)
@@ -175,8 +175,8 @@ class ChildProcess:
         return True
 
     def _group_gone(self) -> bool:
-        """True when no process of the program's group is left (zombies count as left)."""
-        if self.process is None:
+        """True when no process of the program's group is left (zombies do not count)."""
+        if self.process is None or self._pid_recycled():
             return True
         try:
             os.killpg(self.process.pid, 0)
@@ -185,6 +185,13 @@ class ChildProcess:
         except PermissionError:
             return False
         return not _live_group_members(self.process.pid)
+
+    def _pid_recycled(self) -> bool:
+        """The leader was reaped and its pid is another process's now: the kernel hands out a
+        pid only when no group uses it any more, so the program's group is gone and group
+        ``pid`` is someone else's (a fork-happy machine recycles pids within seconds)."""
+        assert self.process is not None
+        return self.process.returncode is not None and os.path.exists(f"/proc/{self.process.pid}")
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """Ask the program's process group to end (SIGTERM; SIGCONT too, in case it is paused),

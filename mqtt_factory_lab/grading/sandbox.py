@@ -224,6 +224,8 @@ def sweep(token: str, uid: int | None = None) -> int:
         if process.pid == me:
             continue
         with contextlib.suppress(psutil.Error):
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue  # it has ended; its parent (or init) has yet to reap it
             if (uid is not None and process.uids().real == uid) or process.environ().get(
                 ENV_TOKEN
             ) == token:

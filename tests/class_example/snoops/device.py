@@ -1,4 +1,4 @@
-"""A hostile device: finds the grader's files through /proc and glob, tries to read them,
+"""A hostile device: finds its grader's files through /proc and glob, tries to read them,
 and scans 127.0.0.1 for MQTT brokers that are not its own. It prints one line per file it
 read (``snoop: READ path: first bytes``) and a summary; then exits without working."""
 
@@ -8,7 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-candidates = {"/etc/shadow"}
+GRADE = "/tmp/mqtt-lab-grade-"
+
 processes = {}
 for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
     try:
@@ -17,25 +18,36 @@ for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
     except (OSError, ValueError, IndexError):
         continue
     processes[int(Path(cmdline).parent.name)] = (ppid, argv)
-# the grader's child pytests (their arguments name its folder), and the brokers they started
-graders = {pid for pid, (_, argv) in processes.items() if any("mqtt-lab-grade-" in a for a in argv)}
+
+# Its own grader's folder, named in the arguments of the child pytest that started it
+# (another grader on the same machine is not the one that promised it anything).
+folder, pid = None, os.getppid()
+while folder is None and pid in processes:
+    ppid, argv = processes[pid]
+    for arg in argv:
+        path = arg.partition("=")[2] if arg.startswith("--") else arg
+        if path.startswith(GRADE) and path.count("/") > 2:
+            folder = path[: path.index("/", len(GRADE))]
+            break
+    pid = ppid
+print(f"snoop: its grader's folder is {folder}", flush=True)
+
+# That grader's child pytests (one per running submission) and the brokers they started:
+# every path in their arguments, and the broker's other files (acl, passwd).
+candidates = {"/etc/shadow"}
+graders = {p for p, (_, argv) in processes.items() if folder and any(folder in a for a in argv)}
 for pid, (ppid, argv) in processes.items():
     if pid not in graders and ppid not in graders:
         continue
     for arg in argv:
         text = arg.partition("=")[2] if arg.startswith("--") else arg
-        if text.startswith("/tmp/mqtt-lab-") and not text.startswith("/tmp/mqtt-lab-runtime-"):
-            # (the grader's readable copy of Python and the lab is public: not a secret)
-            path = Path(text)
-            candidates.add(str(path))
-            if path.name == "mosquitto.conf":  # the broker's other files: acl, passwd
-                candidates.update(str(path.parent / n) for n in ("acl", "passwd"))
-for pattern in (
-    "/tmp/mqtt-lab-grade-*/*",
-    "/tmp/mqtt-lab-grade-*/lab/*/*",
-    "/tmp/mqtt-lab-grade-*/s*/*",
-):
-    candidates.update(glob.glob(pattern))
+        if text.startswith((GRADE, "/tmp/mqtt-lab-broker-")):
+            candidates.add(text)
+            if text.endswith("/mosquitto.conf"):
+                candidates.update(str(Path(text).parent / n) for n in ("acl", "passwd"))
+for pattern in ("*", "lab/*/*", "s*/*"):
+    candidates.update(glob.glob(f"{folder}/{pattern}") if folder else [])
+
 read, denied = [], []
 for name in sorted(candidates):
     path = Path(name)
@@ -59,13 +71,10 @@ for port in range(1024, 65536):
     if probe.connect_ex(("127.0.0.1", port)) == 0 and probe.getsockname()[1] != port:
         open_ports.append(port)  # (not a TCP self-connect on an ephemeral port)
     probe.close()
-hidden = [n for n in denied if "/extra/" in n]
-print(
-    f"snoop: hidden experiments found {len(hidden)}, read {len([n for n in read if '/extra/' in n])}",
-    flush=True,
-)
-print(
-    f"snoop: read {len(read)} of {len(read) + len(denied)} files, denied {len(denied)}", flush=True
-)
+hidden = [n for n in denied + read if "/extra/" in n]
+print(f"snoop: hidden experiments found {len(hidden)}, read {len(set(hidden) & set(read))}",
+      flush=True)  # fmt: skip
+print(f"snoop: read {len(read)} of {len(read) + len(denied)} files, denied {len(denied)}",
+      flush=True)  # fmt: skip
 print(f"snoop: own broker {own}; open ports on 127.0.0.1 {open_ports}", flush=True)
 sys.exit(1)

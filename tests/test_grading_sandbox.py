@@ -132,14 +132,30 @@ def test_the_grader_drops_privileges_out_of_the_box(tmp_path: Path) -> None:
     grader = ClassGrader(Settings(lessons=()), tmp_path / "out", jobs=1)
     try:
         assert grader.privileges == "", grader.privileges
-        assert grader.settings.uid_for(0) == 64200
-        needed = unprivileged_python_problem(64200) != ""
+        uid = grader.settings.uid_for(0)
+        assert uid is not None and uid >= 64200
+        needed = unprivileged_python_problem(uid) != ""
         assert (grader.runtime is not None) == needed
-        print(f"\nthe lab's own Python is {'not ' if needed else ''}readable by user 64200")
-        assert "programs ran as user 64200" in grader.isolation(0)
+        print(f"\nthe lab's own Python is {'not ' if needed else ''}readable by user {uid}")
+        assert f"programs ran as user {uid}" in grader.isolation(0)
     finally:
         grader.close()
     assert grader.runtime is None or not grader.runtime.root.exists()
+
+
+@root_only
+def test_two_graders_on_one_machine_never_share_a_user(tmp_path: Path) -> None:
+    """The sweep kills every process of a slot's user: a second grader (a shard, a test
+    worker) must get other uids, or it would kill the first one's student programs."""
+    first = ClassGrader(Settings(lessons=()), tmp_path / "a", jobs=2)
+    second = ClassGrader(Settings(lessons=()), tmp_path / "b", jobs=2)
+    try:
+        ours = {first.settings.uid_for(0), first.settings.uid_for(1)}
+        theirs = {second.settings.uid_for(0), second.settings.uid_for(1)}
+        assert None not in ours and not ours & theirs, (ours, theirs)
+    finally:
+        first.close()
+        second.close()
 
 
 @root_only

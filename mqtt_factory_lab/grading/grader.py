@@ -65,6 +65,13 @@ class ClassGrader:
         self._tmp = Path(tempfile.mkdtemp(prefix="mqtt-lab-grade-"))
         os.chmod(self._tmp, 0o711)
         self.runtime: ReadableRuntime | None = None
+        self._uid_locks: list[Any] = []
+        if settings.uid_for(0) is not None:  # uids no other grader on the machine uses
+            try:
+                base, self._uid_locks = sandbox.claim_uids(settings.uid_for(0), self.jobs)
+            except RuntimeError as error:
+                raise GradingError(f"{error}: pass --run-as-uid with another range") from None
+            settings = replace(settings, run_as_uid_base=base)
         self.privileges = self._prepare_python(settings)
         if self.privileges:
             settings = replace(settings, run_as_uid_base=None)
@@ -134,6 +141,9 @@ class ClassGrader:
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
+        for lock in self._uid_locks:
+            lock.close()
+        self._uid_locks = []
         if self.runtime is not None:
             shutil.rmtree(self.runtime.root, ignore_errors=True)
 

@@ -378,6 +378,8 @@ def test_hidden_experiments_stay_hidden_and_other_brokers_out_of_reach(tmp_path:
         if "hidden_state.py" in experiment["nodeid"]:  # its own run names the hidden file
             assert "snoop: hidden experiments found 1, read 0" in message, message
         own, ports = _snoop_ports(message)
+        seen = json.loads(message.split("snoop: listening ports seen ")[1].splitlines()[0])
+        assert elsewhere.port in seen, message  # it knew where the other broker listened
         assert elsewhere.port not in ports and ports == [own], message
     source = [line for line in (HIDDEN / "hidden_state.py").read_text().splitlines()
               if line.startswith(("Named ", "from mqtt_factory_lab"))]  # fmt: skip

@@ -1,5 +1,6 @@
 """A hostile device: finds its grader's files through /proc and glob, tries to read them,
-and scans 127.0.0.1 for MQTT brokers that are not its own. It prints one line per file it
+and looks for every port listening on the machine (/proc/*/net/tcp) to connect to it on
+127.0.0.1: another student's broker, the grader's, anyone's. It prints one line per file it
 read (``snoop: READ path: first bytes``) and a summary; then exits without working."""
 
 import glob
@@ -63,18 +64,37 @@ for name in sorted(candidates):
     read.append(name)
     print(f"snoop: READ {name}: {first!r}", flush=True)
 
+# Every TCP port listening on the machine, from /proc/PID/net/tcp of its ancestors up to
+# init (another process's file shows that process's network namespace: the grader's is the
+# machine's), then a connection to each one on 127.0.0.1.
 own = int(os.environ.get("VF_BROKER_PORT", "0"))
+seen = set()
+tables, pid = ["/proc/net/tcp", "/proc/1/net/tcp"], os.getppid()
+while pid in processes:
+    tables.append(f"/proc/{pid}/net/tcp")
+    pid = processes[pid][0]
+for table in tables:
+    try:
+        rows = Path(table).read_text().splitlines()[1:]
+    except OSError:
+        continue
+    for row in rows:
+        local, state = row.split()[1], row.split()[3]
+        address, port = local.split(":")
+        if state == "0A" and address in ("0100007F", "00000000"):  # LISTEN on loopback/any
+            seen.add(int(port, 16))
 open_ports = []
-for port in range(1024, 65536):
+for port in sorted(seen):
     probe = socket.socket()
-    probe.settimeout(0.2)
-    if probe.connect_ex(("127.0.0.1", port)) == 0 and probe.getsockname()[1] != port:
-        open_ports.append(port)  # (not a TCP self-connect on an ephemeral port)
+    probe.settimeout(0.5)
+    if probe.connect_ex(("127.0.0.1", port)) == 0:
+        open_ports.append(port)
     probe.close()
 hidden = [n for n in denied + read if "/extra/" in n]
 print(f"snoop: hidden experiments found {len(hidden)}, read {len(set(hidden) & set(read))}",
       flush=True)  # fmt: skip
 print(f"snoop: read {len(read)} of {len(read) + len(denied)} files, denied {len(denied)}",
       flush=True)  # fmt: skip
+print(f"snoop: listening ports seen {sorted(seen)}", flush=True)
 print(f"snoop: own broker {own}; open ports on 127.0.0.1 {open_ports}", flush=True)
 sys.exit(1)

@@ -143,6 +143,24 @@ def test_the_grader_drops_privileges_out_of_the_box(tmp_path: Path) -> None:
     assert grader.runtime is None or not grader.runtime.root.exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"isolate_network": False}, "turned off (--share-network)"),
+        ({"backend": "docker"}, "the docker backend's brokers live outside"),
+    ],
+)
+def test_a_report_says_plainly_when_the_network_was_not_isolated(
+    tmp_path: Path, options: dict[str, object], reason: str
+) -> None:
+    grader = ClassGrader(Settings(lessons=(), **options), tmp_path / "out", jobs=1)  # type: ignore[arg-type]
+    try:
+        header = grader.isolation(0)
+    finally:
+        grader.close()
+    assert header.startswith("network: NOT isolated — shared with the machine") and reason in header
+
+
 @root_only
 def test_two_graders_on_one_machine_never_share_a_user(tmp_path: Path) -> None:
     """The sweep kills every process of a slot's user: a second grader (a shard, a test

@@ -90,11 +90,12 @@ import pytest
 
 from mqtt_factory_lab.brokers import LOG, Broker
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
-from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
-from mqtt_factory_lab.factory import DeviceHandle
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.schemas import PayloadError, validate, validate_message
-from mqtt_factory_lab.solution import ManifestError
+from mqtt_factory_lab.contract import PayloadError, validate, validate_message
+from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.factory import DeviceHandle
+from mqtt_factory_lab.core.solution import ManifestError
+from mqtt_factory_lab.experiment import json_field
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(1)]
 
@@ -112,15 +113,6 @@ TREE = {
 }
 #: what a device publishes (commands come from controllers and dashboards)
 DEVICE_KINDS = ("telemetry", "alarms", "state", "status", "events")
-
-
-def json_field(message: ReceivedMessage, name: str) -> object:
-    """A field of a JSON object payload, or None when the payload is anything else."""
-    try:
-        payload = json.loads(message.payload)
-    except ValueError:
-        return None
-    return payload.get(name) if isinstance(payload, dict) else None
 
 
 def levels(topic: str, root: str) -> list[str]:

@@ -72,21 +72,20 @@ Run it: ``pytest labs/02_qos.py -v`` (``-m broker`` or ``-m solution``).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from mqtt_factory_lab.brokers import LOG
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
-from mqtt_factory_lab.client import MQTTTimeout, ReceivedMessage, RecordingClient
-from mqtt_factory_lab.factory import DeviceHandle
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.factory import DeviceHandle
+from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.experiment import json_field, unique
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(2)]
 
@@ -127,15 +126,6 @@ def alarm(device_id: str, sensor: str, state: str, value: float) -> dict:
             "message": f"{sensor} {value} {'above' if state == 'raised' else 'back below'} 90",
         },
     )
-
-
-def json_field(message: ReceivedMessage, name: str) -> object:
-    """A field of a JSON object payload, or None when the payload is anything else."""
-    try:
-        payload = json.loads(message.payload)
-    except ValueError:
-        return None
-    return payload.get(name) if isinstance(payload, dict) else None
 
 
 def granted_qos(codes) -> int:
@@ -189,10 +179,6 @@ def session_client(broker, mqtt_client) -> Iterator[Callable[..., RecordingClien
         client.disconnect()
     for client_id, protocol in {(c.client_id, c.protocol) for c in made}:
         mqtt_client(client_id, protocol=protocol, clean_start=True).disconnect()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 # -- the broker's rules ---------------------------------------------------------------------

@@ -70,7 +70,7 @@ import pytest
 from paho.mqtt.client import topic_matches_sub as mqtt_topic_matches
 
 from mqtt_factory_lab.brokers import CONFIG, RESTART
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
 
 pytestmark = pytest.mark.lesson(3)
 

@@ -95,13 +95,14 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mqtt_factory_lab.acl import Cell, MatrixClient, parametrize_cells
-from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
-from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
-from mqtt_factory_lab.paths import DOCKER_DIR
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.acl import Cell, MatrixClient
+from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.core.paths import DOCKER_DIR
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.fixtures.acl import parametrize_cells
+from mqtt_factory_lab.fixtures.brokers import BrokerPool, broker_or_fail, remember_broker
 
 pytestmark = [pytest.mark.lesson(6)]
 

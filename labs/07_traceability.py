@@ -81,21 +81,22 @@ from typing import Any
 
 import pytest
 
-from mqtt_factory_lab import process
-from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
 from mqtt_factory_lab.brokers import Broker
-from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
-from mqtt_factory_lab.factory import FactoryLauncher
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import (
+from mqtt_factory_lab.contract import (
     PayloadError,
     chocolate_steps,
     schema,
     validate,
     validate_message,
 )
-from mqtt_factory_lab.solution import Solution
+from mqtt_factory_lab.core import process
+from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.factory import FactoryLauncher
+from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.core.solution import Solution
+from mqtt_factory_lab.experiment import unique
+from mqtt_factory_lab.fixtures.brokers import BrokerPool, broker_or_fail, remember_broker
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(7)]
 
@@ -134,11 +135,6 @@ def record(message_type: str, step: str, *, check: bool = True, **changes: Any) 
     )
     payload.update(changes)
     return validate(name, payload) if check else payload
-
-
-def unique(prefix: str) -> str:
-    """A client id no other test uses: two clients with one id take the session from each other."""
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

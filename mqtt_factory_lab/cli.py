@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--quiet", action="store_true", help="no progress display")
     grade.set_defaults(run=run_grade)
 
-    from mqtt_factory_lab import conformance
+    from mqtt_factory_lab.conformance import run as conformance
 
     check = commands.add_parser(
         "conformance",
@@ -165,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from mqtt_factory_lab.core.limits import Limits
     from mqtt_factory_lab.grading.grader import ClassGrader
-    from mqtt_factory_lab.grading.limits import Limits
     from mqtt_factory_lab.grading.progress import Progress
     from mqtt_factory_lab.grading.report import write_reports
     from mqtt_factory_lab.grading.settings import (

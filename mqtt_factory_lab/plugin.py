@@ -4,10 +4,10 @@ The root ``conftest.py`` loads it; another project loads it through the ``pytest
 entry point ``mqtt_factory_lab.plugin`` (``pip install mqtt-factory-lab``). The
 fixtures live next door, one module per subject, like pytest's own plugins:
 
-:mod:`mqtt_factory_lab.broker_fixtures`
+:mod:`mqtt_factory_lab.fixtures.brokers`
     ``broker``, ``make_broker``, ``mqtt_client``, ``topic_root``, ``protocol``,
     ``broker_env``, ``lab_seed``, ``broker_pool``
-:mod:`mqtt_factory_lab.factory_fixtures`
+:mod:`mqtt_factory_lab.fixtures.factory`
     ``solution``, ``device``, ``factory``, ``factory_launcher``, ``observer_capture``
 
 ``pytest --help`` lists the options under "mqtt-factory-lab", ``pytest --markers``
@@ -26,31 +26,35 @@ from typing import Any
 import pytest
 
 # First: a `pytest` from outside the lab's .venv stops here with one sentence.
-from mqtt_factory_lab import (
-    requirements_check,  # noqa: F401
-    spec,
+from mqtt_factory_lab import requirements_check  # noqa: F401
+from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART, BrokerError
+from mqtt_factory_lab.brokers.base import format_log
+from mqtt_factory_lab.conformance import spec
+from mqtt_factory_lab.conformance.capabilities import (
+    CAPABILITIES,
+    BrokerNotReady,
+    Capabilities,
+    probe,
 )
-from mqtt_factory_lab.broker_fixtures import (
+from mqtt_factory_lab.contract import PayloadError
+from mqtt_factory_lab.core.connection import ENV_PASSWORD, ConnectionSettings, mask_url
+from mqtt_factory_lab.core.roles import RoleError
+from mqtt_factory_lab.core.solution import ManifestError, load
+from mqtt_factory_lab.fixtures.acl import read_matrix_option
+from mqtt_factory_lab.fixtures.brokers import (
     BROKERS_USED,
     CAPABILITIES_KEY,
     CONNECTION,
     NOT_READY_KEY,
     needed_capabilities,
 )
-from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART, BrokerError
-from mqtt_factory_lab.brokers.base import format_log
-from mqtt_factory_lab.capabilities import CAPABILITIES, BrokerNotReady, Capabilities, probe
-from mqtt_factory_lab.connection import ENV_PASSWORD, ConnectionSettings, mask_url
-from mqtt_factory_lab.factory_fixtures import LAUNCHERS, SOLUTION
+from mqtt_factory_lab.fixtures.factory import LAUNCHERS, SOLUTION
 from mqtt_factory_lab.grading import points
-from mqtt_factory_lab.roles import RoleError
-from mqtt_factory_lab.schemas import PayloadError
-from mqtt_factory_lab.solution import ManifestError, load
 
 pytest_plugins = [
-    "mqtt_factory_lab.broker_fixtures",
-    "mqtt_factory_lab.factory_fixtures",
-    "mqtt_factory_lab.acl",
+    "mqtt_factory_lab.fixtures.brokers",
+    "mqtt_factory_lab.fixtures.factory",
+    "mqtt_factory_lab.fixtures.acl",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
@@ -153,6 +157,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=int(os.environ.get("MQTT_LAB_SEED", "1")),
         help="seed for simulators and generated data, for repeatable runs (default 1)",
     )
+    group.addoption(
+        "--acl-file",
+        metavar="PATH",
+        default=None,
+        help="the Mosquitto ACL file lesson 06 loads into its brokers and checks against the "
+        "permission matrix (default: the solution's [files] acl)",
+    )
+    group.addoption(
+        "--acl-matrix",
+        metavar="PATH",
+        default=None,
+        help="the permission matrix (TOML: [clients], [publish], [subscribe]; see docs/acl.md) "
+        "lesson 06 holds the ACL to (default: the one written in labs/06_acl.py)",
+    )
     points.add_options(group)  # --points-json, --points-jsonl, --points-plan, --gradescope
 
 
@@ -173,6 +191,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     points.configure(config)
     _read_connection(config)
+    read_matrix_option(config)
     if hasattr(config, "workerinput"):
         handed = config.workerinput.get(WORKER_CAPABILITIES)
         if handed:

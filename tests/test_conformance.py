@@ -25,16 +25,16 @@ import pytest
 
 from mqtt_factory_lab.brokers.base import free_port, mqtt_ping
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
-from mqtt_factory_lab.capabilities import BrokerNotReady, probe
-from mqtt_factory_lab.client import RecordingClient
-from mqtt_factory_lab.connection import (
+from mqtt_factory_lab.conformance.capabilities import BrokerNotReady, probe
+from mqtt_factory_lab.core.client import RecordingClient
+from mqtt_factory_lab.core.connection import (
     ConnectionSettings,
     mask_url,
     ready,
     try_connect,
 )
-from mqtt_factory_lab.factory import program_env
-from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, wait_until
+from mqtt_factory_lab.core.factory import program_env
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_until
 from sim.connection import BrokerSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -642,7 +642,7 @@ def test_a_misused_needs_or_spec_marker_is_a_usage_error(tmp_path, decorators, c
 
 
 def test_a_statement_fails_with_any_of_its_experiments_and_is_skipped_only_when_all_were():
-    from mqtt_factory_lab.spec import Result, statement_table
+    from mqtt_factory_lab.conformance.spec import Result, statement_table
 
     results = [
         Result("a", "passed", "5", {"5": ["MQTT-3.3.1-5", "MQTT-3.3.1-9"]}),

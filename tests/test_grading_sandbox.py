@@ -21,9 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mqtt_factory_lab import conformance
 from mqtt_factory_lab.brokers.local import LocalMosquitto
-from mqtt_factory_lab.connection import ENV_PASSWORD
+from mqtt_factory_lab.conformance import run as conformance
+from mqtt_factory_lab.core.connection import ENV_PASSWORD
+from mqtt_factory_lab.core.process import ChildProcess
+from mqtt_factory_lab.core.solution import ManifestError, load
 from mqtt_factory_lab.grading.grader import ClassGrader
 from mqtt_factory_lab.grading.sandbox import (
     ReadableRuntime,
@@ -32,8 +34,6 @@ from mqtt_factory_lab.grading.sandbox import (
     unprivileged_python_problem,
 )
 from mqtt_factory_lab.grading.settings import Settings
-from mqtt_factory_lab.process import ChildProcess
-from mqtt_factory_lab.solution import ManifestError, load
 
 #: a user id no one on the machine uses (the grader's slots start at 64200)
 NOBODY = 64299
@@ -117,7 +117,7 @@ def test_the_readable_runtime_runs_the_lab_as_an_unprivileged_user(
     runtime = ReadableRuntime.build(world_readable_dir / "rt", (hidden,))
     assert unprivileged_python_problem(NOBODY, runtime.python, runtime.env) == ""
     where = subprocess.run(
-        [runtime.python, "-I", "-c", "import mqtt_factory_lab.paths as p; print(p.LAB_ROOT)"],
+        [runtime.python, "-I", "-c", "import mqtt_factory_lab.core.paths as p; print(p.LAB_ROOT)"],
         user=NOBODY, group=NOBODY, extra_groups=[], cwd="/", env=runtime.env,
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip

@@ -24,6 +24,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from mqtt_factory_lab.core.paths import LAB_ROOT
+from mqtt_factory_lab.core.solution import ManifestError, load
 from mqtt_factory_lab.grading import sandbox
 from mqtt_factory_lab.grading.points import Experiment, lesson_key, read_plan
 from mqtt_factory_lab.grading.sandbox import ReadableRuntime
@@ -36,8 +38,6 @@ from mqtt_factory_lab.grading.submission import (
     unit_reason,
 )
 from mqtt_factory_lab.grading.unit import UnitRunner
-from mqtt_factory_lab.paths import LAB_ROOT
-from mqtt_factory_lab.solution import ManifestError, load
 
 
 class ClassGrader:

@@ -387,7 +387,7 @@ def _num(value: float) -> str:
 
 
 def _solution_name(config: pytest.Config) -> str | None:
-    from mqtt_factory_lab.factory_fixtures import SOLUTION
+    from mqtt_factory_lab.fixtures.factory import SOLUTION
 
     solution = config.stash.get(SOLUTION, None)
     return None if solution is None else solution.name

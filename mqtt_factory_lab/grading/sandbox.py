@@ -37,7 +37,7 @@ try:  # finds the programs that left their process group (sweep)
 except ImportError:  # pragma: no cover - depends on the installation
     psutil = None  # type: ignore[assignment]
 
-from mqtt_factory_lab.paths import LAB_ROOT
+from mqtt_factory_lab.core.paths import LAB_ROOT
 
 #: every process a unit starts inherits this variable; its value names the unit
 ENV_TOKEN = "MQTT_LAB_GRADE_TOKEN"
@@ -45,7 +45,7 @@ ENV_TOKEN = "MQTT_LAB_GRADE_TOKEN"
 GRACE_SECONDS = 10.0
 #: what a student program must be able to import, as its own user, from ``/``
 _IMPORTS = (
-    "import paho.mqtt.client, sim, mqtt_factory_lab.paths as p; "
+    "import paho.mqtt.client, sim, mqtt_factory_lab.core.paths as p; "
     "assert (p.LAB_ROOT / 'docker' / 'mosquitto.conf').is_file(), p.LAB_ROOT"
 )
 #: names of the lab's folder that are not part of what a student program may read

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mqtt_factory_lab.grading.limits import Limits
-from mqtt_factory_lab.paths import LABS_DIR
+from mqtt_factory_lab.core.limits import Limits
+from mqtt_factory_lab.core.paths import LABS_DIR
 
 #: first uid for student programs when the grader runs as root (one per parallel slot)
 UID_BASE = 64200

@@ -22,12 +22,12 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mqtt_factory_lab.grading.limits import ENV_LIMITS
+from mqtt_factory_lab.core.limits import ENV_LIMITS
+from mqtt_factory_lab.core.paths import LAB_ROOT
+from mqtt_factory_lab.core.process import die_with_parent
 from mqtt_factory_lab.grading.points import Experiment, read_jsonl
 from mqtt_factory_lab.grading.sandbox import ENV_TOKEN, end, network_prefix, sweep
 from mqtt_factory_lab.grading.settings import Settings
-from mqtt_factory_lab.paths import LAB_ROOT
-from mqtt_factory_lab.process import die_with_parent
 
 
 @dataclass

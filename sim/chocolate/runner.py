@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 
 from sim.chocolate.line import LineCore, Outgoing
 from sim.connection import BrokerSettings, connect, make_client
+from sim.mqtt5 import chocolate_properties
 from sim.runtime import StopSignals, print_ready, write_line
 
 log = logging.getLogger("sim.chocolate")
@@ -59,8 +60,11 @@ class LineRunner:
             self.clients[machine] = client
 
     def publish(self, message: Outgoing) -> None:
+        properties = chocolate_properties(
+            message.message_type, message.payload, self.settings.protocol
+        )
         info = self.clients[message.machine].publish(
-            message.topic, message.encode(), message.qos, message.retain
+            message.topic, message.encode(), message.qos, message.retain, properties=properties
         )
         self.sent[message.message_type] += 1
         if message.qos > 0:

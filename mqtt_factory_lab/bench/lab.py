@@ -24,11 +24,11 @@ import time
 import uuid
 
 from mqtt_factory_lab.brokers import Broker, BrokerError, create_broker, resolve_backend
-from mqtt_factory_lab.client import RecordingClient
-from mqtt_factory_lab.factory import FactoryLauncher, program_env
-from mqtt_factory_lab.paths import LAB_ROOT as ROOT
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.solution import load as load_solution
+from mqtt_factory_lab.core.client import RecordingClient
+from mqtt_factory_lab.core.factory import FactoryLauncher, program_env
+from mqtt_factory_lab.core.paths import LAB_ROOT as ROOT
+from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.core.solution import load as load_solution
 
 
 def broker_ready_times(backend: str, starts: int, variant: str = "open") -> list[float]:
@@ -124,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         "--dashboard",
         action="store_true",
         help="also measure publish-to-page latency of sim.dashboard in headless Chromium "
-        "(python -m mqtt_factory_lab.bench_dashboard)",
+        "(python -m mqtt_factory_lab.bench.dashboard)",
     )
     parser.add_argument(
         "--chocolate",
         action="store_true",
         help="also measure the data center: QoS 1 ingest against a bare subscriber, trace "
         "queries on a ~1M-message database (minutes), kill -9 runs "
-        "(python -m mqtt_factory_lab.bench_chocolate)",
+        "(python -m mqtt_factory_lab.bench.chocolate)",
     )
     args = parser.parse_args(argv)
 
@@ -168,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         elapsed, summary = lesson_wall_time(["labs"], backend)
         print(f"  {'labs/ (all lessons)':<28} {elapsed:6.2f} s   {summary}")
     if args.dashboard:
-        from mqtt_factory_lab import bench_dashboard
+        from mqtt_factory_lab.bench import dashboard as bench_dashboard
 
         print("dashboard")
         bench_dashboard.main([])
     if args.chocolate:
-        from mqtt_factory_lab import bench_chocolate
+        from mqtt_factory_lab.bench import chocolate as bench_chocolate
 
         print("chocolate data center")
         bench_chocolate.main([])

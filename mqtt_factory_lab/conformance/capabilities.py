@@ -27,8 +27,13 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
-from mqtt_factory_lab.connection import NOT_MQTT, ConnectionSettings, ConnectOutcome, try_connect
+from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.core.connection import (
+    NOT_MQTT,
+    ConnectionSettings,
+    ConnectOutcome,
+    try_connect,
+)
 
 #: capability name → how the table and skip reasons call it
 CAPABILITIES = {

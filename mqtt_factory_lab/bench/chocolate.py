@@ -2,9 +2,9 @@
 
 Prints figures, never pass/fail::
 
-    python -m mqtt_factory_lab.bench_chocolate                      # all three, local broker
-    python -m mqtt_factory_lab.bench_chocolate --only ingest --ingest-batches 400
-    python -m mqtt_factory_lab.bench_chocolate --only trace --trace-batches 2000
+    python -m mqtt_factory_lab.bench.chocolate                      # all three, local broker
+    python -m mqtt_factory_lab.bench.chocolate --only ingest --ingest-batches 400
+    python -m mqtt_factory_lab.bench.chocolate --only trace --trace-batches 2000
 
 * **ingest**: the reference line (``sim.chocolate --time-scale 0``) publishes as fast as it
   can; the reference data center (QoS 1 subscription, acknowledgement after commit) and a
@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import sqlite3
-import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,12 +42,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from mqtt_factory_lab import process
 from mqtt_factory_lab.brokers import Broker, BrokerError, create_broker, resolve_backend
-from mqtt_factory_lab.client import RecordingClient
-from mqtt_factory_lab.factory import program_env
-from mqtt_factory_lab.paths import LAB_ROOT as ROOT
-from mqtt_factory_lab.roles import RoleProcess
+from mqtt_factory_lab.core import process
+from mqtt_factory_lab.core.client import RecordingClient
+from mqtt_factory_lab.core.factory import program_env
+from mqtt_factory_lab.core.paths import LAB_ROOT as ROOT
+from mqtt_factory_lab.core.roles import RoleProcess
 
 UNLIMITED_QUEUE = "max_queued_messages 0\n"
 
@@ -179,51 +178,19 @@ def ingest_race(backend: str, batches: int, workdir: Path) -> dict[str, float]:
 
 
 def trace_times(batches: int, workdir: Path, samples: int = 30) -> dict[str, float]:
-    """Generate a database of ``batches`` batches, then time backward and forward traces."""
-    from sim.chocolate.line import LineCore
-    from sim.chocolate.plant import ChocolateTopics
-    from sim.datacenter.storage import Incoming, Store, ingest_all
-    from sim.datacenter.trace import Traceability
+    """Generate a database of ``batches`` batches, then time backward and forward traces.
 
-    db = workdir / "trace.db"
-    core = LineCore(ChocolateTopics(), seed=1, run_id="bench")
-    started = time.monotonic()
-    store = Store(db)
-    result = ingest_all(
-        store,
-        (Incoming(m.topic, m.encode(), m.qos, m.retain, time.time()) for m in core.run(batches)),
-        chunk=5000,
-    )
-    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    store.close()
-    load_seconds = time.monotonic() - started
-    rng = random.Random(1)
-    with Traceability(db) as trace:
-        finished = [r[0] for r in trace.db.execute("SELECT lot FROM lots WHERE lot LIKE 'FG-%'")]
-        raw = [r[0] for r in trace.db.execute("SELECT lot FROM lots WHERE batch_id IS NULL")]
-        counts = {
-            t: trace.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-            for t in ("mqtt_messages", "batches", "lots")
-        }
-        backward, forward = [], []
-        for lot in rng.sample(finished, min(samples, len(finished))):
-            t0 = time.perf_counter()
-            trace.backward(lot)
-            backward.append(time.perf_counter() - t0)
-        for lot in rng.sample(raw, min(samples, len(raw))):
-            t0 = time.perf_counter()
-            trace.forward(lot)
-            forward.append(time.perf_counter() - t0)
-    return {
-        **counts,
-        "stored": result.stored,
-        "load_seconds": load_seconds,
-        "size_mb": db.stat().st_size / 1e6,
-        "backward_median_ms": statistics.median(backward) * 1000,
-        "backward_max_ms": max(backward) * 1000,
-        "forward_median_ms": statistics.median(forward) * 1000,
-        "forward_max_ms": max(forward) * 1000,
-    }
+    The work is the reference data center's (``python -m sim.datacenter.benchmark``), run as a
+    program in the lab's folder, so that this package never imports ``sim``.
+    """
+    command = [sys.executable, "-m", "sim.datacenter.benchmark", "--batches", str(batches)]
+    command += ["--db", str(workdir / "trace.db"), "--samples", str(samples)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command[1:])} failed ({done.returncode}): {done.stderr[-2000:]}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # -- kill -9 ---------------------------------------------------------------------------------
@@ -282,7 +249,7 @@ def kill_run(backend: str, kills: int, workdir: Path) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mqtt_factory_lab.bench_chocolate", description=__doc__.split("\n")[0]
+        prog="python -m mqtt_factory_lab.bench.chocolate", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--backend", default="auto", choices=("auto", "local", "docker"))
     parser.add_argument(

@@ -1,8 +1,8 @@
 """How the lab reaches a broker: one :class:`ConnectionSettings`, and a CONNECT that explains itself.
 
 Every client the lab makes (the readiness and capability probes, ``mqtt_client``'s
-:class:`~mqtt_factory_lab.client.RecordingClient`) and every program it starts (through
-the ``VF_*`` variables of :func:`~mqtt_factory_lab.factory.program_env`) connects with
+:class:`~mqtt_factory_lab.core.client.RecordingClient`) and every program it starts (through
+the ``VF_*`` variables of :func:`~mqtt_factory_lab.core.factory.program_env`) connects with
 the same settings. For a broker the lab starts they are plain TCP to its port; for a
 broker someone else runs they come from the command line, parsed once per run::
 

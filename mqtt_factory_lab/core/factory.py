@@ -1,7 +1,7 @@
 """Start a solution's factory programs against a broker, and know when they are ready.
 
 Pytest-free, like the broker backends: :class:`FactoryLauncher` starts roles
-from a :class:`~mqtt_factory_lab.solution.Solution` and stops them all in
+from a :class:`~mqtt_factory_lab.core.solution.Solution` and stops them all in
 :meth:`FactoryLauncher.close`. A device is ready when its retained
 ``online`` status is on the broker — the same signal a dashboard trusts — so a
 student's device needs no special "ready" output. Other roles are ready when
@@ -21,12 +21,12 @@ from typing import Any, Protocol
 
 from mqtt_factory_lab.brokers.base import LOG, Broker
 from mqtt_factory_lab.brokers.mosquitto_log import connections
-from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
-from mqtt_factory_lab.connection import VF_CONNECTION_VARIABLES, ConnectionSettings
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.roles import RoleError, RoleProcess
-from mqtt_factory_lab.schemas import PayloadError, device_kinds, validate
-from mqtt_factory_lab.solution import Solution
+from mqtt_factory_lab.contract import PayloadError, device_kinds, validate
+from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.core.connection import VF_CONNECTION_VARIABLES, ConnectionSettings
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.roles import RoleError, RoleProcess
+from mqtt_factory_lab.core.solution import Solution
 
 #: the machines a factory has, as the payload contract names them (schemas/common.schema.json)
 DEVICE_KINDS = device_kinds()

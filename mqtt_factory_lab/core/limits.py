@@ -1,7 +1,7 @@
 """Limits on a student's programs: CPU, memory, file size, processes, and who they run as.
 
 The class grader (:mod:`mqtt_factory_lab.grading`) runs each lesson in a child pytest,
-and that child starts the student's programs through :class:`~mqtt_factory_lab.roles.RoleProcess`.
+and that child starts the student's programs through :class:`~mqtt_factory_lab.core.roles.RoleProcess`.
 The limits travel from the grader to that point as one environment variable,
 :data:`ENV_LIMITS` (JSON), which ``RoleProcess`` reads: a lesson run by hand, without the
 grader, starts programs exactly as before.

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from mqtt_factory_lab.connection import ENV_PASSWORD, mask_url
-from mqtt_factory_lab.paths import LAB_ROOT, LABS_DIR
-from mqtt_factory_lab.spec import render_comparison
+from mqtt_factory_lab.conformance.spec import render_comparison
+from mqtt_factory_lab.core.connection import ENV_PASSWORD, mask_url
+from mqtt_factory_lab.core.paths import LAB_ROOT, LABS_DIR
 
 #: the options passed on to pytest unchanged
 _PASSED_ON = (

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from mqtt_factory_lab.capabilities import LACKS
+from mqtt_factory_lab.conformance.capabilities import LACKS
 
 PROTOCOL_KEYWORDS = {"mqtt311": "3.1.1", "mqtt5": "5"}
 STATEMENT = re.compile(r"^MQTT-\d+(\.\d+)*-\d+$")

@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqtt_factory_lab.connection import PROTOCOLS, ConnectionSettings
+from mqtt_factory_lab.core.connection import PROTOCOLS, ConnectionSettings
 
 SYNC_PREFIX = "lab/sync"
 
@@ -54,6 +54,8 @@ class ReceivedMessage:
     dup: bool
     properties: dict[str, Any] = field(default_factory=dict)
     received_at: float = 0.0
+    #: the packet id (QoS 1/2), for a client with manual acknowledgement (``paho.ack``)
+    mid: int = 0
 
     @property
     def text(self) -> str:
@@ -108,6 +110,8 @@ class RecordingClient:
         timeout messages (so a killed broker reads as such, not as a lost message).
     :param connection: transport, TLS and credentials (default: plain TCP, anonymous);
         ``username``/``password`` given here win over its login.
+    :param connect_properties: more MQTT 5 CONNECT properties by paho name, such as
+        ``{"ReceiveMaximum": 1, "MaximumPacketSize": 256}`` (lesson 09).
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class RecordingClient:
         keepalive: int = 30,
         describe_broker: Callable[[], str] | None = None,
         connection: ConnectionSettings | None = None,
+        connect_properties: dict[str, Any] | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
@@ -133,6 +138,7 @@ class RecordingClient:
         self.protocol = protocol
         self.clean_start = clean_start
         self.session_expiry = session_expiry
+        self.connect_properties = dict(connect_properties or {})
         self.keepalive = keepalive
         self._describe_broker = describe_broker
         kwargs: dict[str, Any] = {}
@@ -158,6 +164,8 @@ class RecordingClient:
         self.messages: list[ReceivedMessage] = []
         self.connack: dict[str, Any] = {}
         self.disconnects: list[ReasonCode | int] = []
+        #: reason codes of the DISCONNECT packets the broker sent (MQTT 5), not of lost sockets
+        self.server_disconnects: list[ReasonCode] = []
         self._cond = threading.Condition()
         self._connected = False
         self._suback: dict[int, list[ReasonCode]] = {}
@@ -189,6 +197,8 @@ class RecordingClient:
         with self._cond:
             self._connected = False
             self.disconnects.append(reason_code)
+            if getattr(flags, "is_disconnect_packet_from_server", False):
+                self.server_disconnects.append(reason_code)
             self._cond.notify_all()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -200,6 +210,7 @@ class RecordingClient:
             dup=bool(msg.dup),
             properties=_properties(getattr(msg, "properties", None)),
             received_at=time.monotonic(),
+            mid=msg.mid,
         )
         with self._cond:
             self.messages.append(record)
@@ -235,9 +246,12 @@ class RecordingClient:
         kwargs: dict[str, Any] = {}
         if self.protocol == "5":
             kwargs["clean_start"] = self.clean_start
-            if self.session_expiry is not None:
+            if self.session_expiry is not None or self.connect_properties:
                 props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = self.session_expiry
+                if self.session_expiry is not None:
+                    props.SessionExpiryInterval = self.session_expiry
+                for name, value in self.connect_properties.items():
+                    setattr(props, name, value)
                 kwargs["properties"] = props
         with self._cond:
             self.connack = {}
@@ -315,9 +329,14 @@ class RecordingClient:
         no_local: bool = False,
         retain_as_published: bool = False,
         retain_handling: int = 0,
+        subscription_id: int | None = None,
         timeout: float = 5.0,
     ) -> list[ReasonCode]:
-        """Subscribe and wait for the SUBACK; return its reason codes (granted QoS or failure)."""
+        """Subscribe and wait for the SUBACK; return its reason codes (granted QoS or failure).
+
+        ``subscription_id`` (MQTT 5): the broker sends it back with every message this
+        subscription delivers.
+        """
         __tracebackhide__ = True
         if self.protocol == "5":
             options = SubscribeOptions(
@@ -326,7 +345,11 @@ class RecordingClient:
                 retainAsPublished=retain_as_published,
                 retainHandling=retain_handling,
             )
-            result, mid = self.paho.subscribe(topic, options=options)
+            properties = None
+            if subscription_id is not None:
+                properties = Properties(PacketTypes.SUBSCRIBE)
+                properties.SubscriptionIdentifier = subscription_id
+            result, mid = self.paho.subscribe(topic, options=options, properties=properties)
         else:
             result, mid = self.paho.subscribe(topic, qos)
         if result != mqtt.MQTT_ERR_SUCCESS:
@@ -350,6 +373,32 @@ class RecordingClient:
             self.granted[topic] = codes[0].value
             self.refused.pop(topic, None)
         return codes
+
+    def subscribe_all(
+        self, filters: list[tuple[str, int]], timeout: float = 5.0
+    ) -> list[ReasonCode]:
+        """One SUBSCRIBE packet with several ``(filter, qos)`` pairs; the SUBACK's reason codes,
+        as the broker sent them (one per filter, in order, when it follows the rules)."""
+        __tracebackhide__ = True
+        if self.protocol == "5":
+            pairs: list[Any] = [(topic, SubscribeOptions(qos=qos)) for topic, qos in filters]
+        else:
+            pairs = list(filters)
+        result, mid = self.paho.subscribe(pairs)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"{self.client_id} could not send SUBSCRIBE {filters}: {result}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._suback or not self._connected, timeout):
+                raise MQTTTimeout(
+                    f"{self.client_id} subscribed to {filters} but got no SUBACK within "
+                    f"{timeout}s. {self._broker_note()}"
+                )
+            if mid not in self._suback:
+                raise ConnectionError(
+                    f"{self.client_id} subscribed to {filters} and the broker closed the "
+                    f"connection instead of answering: {self._lost()}"
+                )
+            return self._suback.pop(mid)
 
     def granted_qos(self, topic: str) -> int:
         """The QoS the broker granted in its SUBACK for the filter ``topic`` (it may grant less

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parent.parent.parent
 _INSTALLED = Path(sys.prefix) / "share" / "mqtt-factory-lab"
 
 

@@ -1,6 +1,6 @@
 """A solution's roles (device, controller, observer...) as child processes that always stop.
 
-A :class:`RoleProcess` is a :class:`~mqtt_factory_lab.process.ChildProcess` that
+A :class:`RoleProcess` is a :class:`~mqtt_factory_lab.core.process.ChildProcess` that
 knows which role of the manifest it plays, so that every failure names the role,
 its command and what it printed, and says what to do.
 """
@@ -13,8 +13,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mqtt_factory_lab.grading.limits import describe_exit, popen_options_for
-from mqtt_factory_lab.process import ChildProcess, ProcessTimeout
+from mqtt_factory_lab.core.limits import describe_exit, popen_options_for
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout
 
 
 class RoleError(RuntimeError):
@@ -43,7 +43,7 @@ class RoleProcess(ChildProcess):
         super().__init__(command, name=name, env=env, cwd=cwd)
         self.role = role
         # Under the class grader: CPU, memory, file and process limits, and an unprivileged
-        # user when it runs as root (mqtt_factory_lab/grading/limits.py). Nothing otherwise.
+        # user when it runs as root (mqtt_factory_lab/core/limits.py). Nothing otherwise.
         self.popen_options = popen_options_for(role)
 
     def start(self) -> RoleProcess:

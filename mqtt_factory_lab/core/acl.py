@@ -1,4 +1,4 @@
-"""Access control checks: a permission matrix as data, and a broker that loads the ACL under test.
+"""Access control as data: a permission matrix, read and checked, and one experiment per cell.
 
 Lesson 06 (``labs/06_acl.py``) holds an ACL file to a *permission matrix*: for
 every client of the factory and every topic, may it publish, may it subscribe?
@@ -26,22 +26,15 @@ Every client not listed for a topic is denied. Both tables name the same topics;
 each topic needs a client that may write it and one that may read it, which the
 experiments use as witnesses.
 
-Fixtures: ``acl_file`` (the ACL under test), ``acl_broker`` (a broker of the
-``acl`` variant loading it, shared by the tests of one module).
+The fixtures (``acl_file``, ``acl_broker``) and the parametrisation are in
+:mod:`mqtt_factory_lab.fixtures.acl`; the options in :mod:`mqtt_factory_lab.plugin`.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
-
-from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
-from mqtt_factory_lab.brokers import Broker
-from mqtt_factory_lab.solution import ManifestError, Solution
 
 ACTIONS = ("publish", "subscribe")
 
@@ -183,92 +176,3 @@ def load_matrix(path: str | Path) -> Matrix:
     except OSError as error:
         raise MatrixError(f"cannot read the permission matrix {path}: {error}") from error
     return parse_matrix(text, str(path))
-
-
-_MATRIX_KEY = pytest.StashKey[Matrix]()
-
-
-def matrix_for(config: pytest.Config, default: str) -> Matrix:
-    """The matrix of ``--acl-matrix`` (read at start-up), else ``default`` (TOML text)."""
-    return config.stash.get(_MATRIX_KEY, None) or parse_matrix(default)
-
-
-def parametrize_cells(metafunc: pytest.Metafunc, default: str) -> None:
-    """For a lesson's ``pytest_generate_tests``: one test per ``publish_cell`` / ``subscribe_cell``."""
-    for action in ACTIONS:
-        name = f"{action}_cell"
-        if name in metafunc.fixturenames:
-            cells = matrix_for(metafunc.config, default).cells(action)
-            metafunc.parametrize(name, cells, ids=[c.id for c in cells])
-
-
-# -- options and fixtures ------------------------------------------------------------
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("mqtt-factory-lab")
-    group.addoption(
-        "--acl-file",
-        metavar="PATH",
-        default=None,
-        help="the Mosquitto ACL file lesson 06 loads into its brokers and checks against the "
-        "permission matrix (default: the solution's [files] acl)",
-    )
-    group.addoption(
-        "--acl-matrix",
-        metavar="PATH",
-        default=None,
-        help="the permission matrix (TOML: [clients], [publish], [subscribe]; see docs/acl.md) "
-        "lesson 06 holds the ACL to (default: the one written in labs/06_acl.py)",
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Read ``--acl-matrix`` once, before collection: a bad one stops the run in one sentence."""
-    path = config.getoption("--acl-matrix", None)
-    if path:
-        try:
-            config.stash[_MATRIX_KEY] = load_matrix(path)
-        except MatrixError as error:
-            raise pytest.UsageError(f"--acl-matrix: {error}") from error
-
-
-@pytest.fixture(scope="session")
-def acl_file(pytestconfig: pytest.Config, solution: Solution) -> Path:
-    """The ACL under test: ``--acl-file``, else the solution's ``[files] acl``."""
-    option = pytestconfig.getoption("--acl-file")
-    if option:
-        path = Path(option).resolve()
-        if not path.is_file():
-            pytest.fail(f"--acl-file {option}: no such file ({path})", pytrace=False)
-        return path
-    try:
-        return solution.require_file(
-            "acl",
-            why="lesson 06 loads the solution's own Mosquitto ACL into its brokers and checks "
-            "it against the factory's permission matrix",
-        )
-    except ManifestError as error:
-        message = str(error)
-    pytest.fail(message, pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def _acl_broker_of_module(broker_pool: BrokerPool, acl_file: Path) -> Iterator[Broker]:
-    # Experiments using it are marked broker_needs(CONFIG): skipped on an external broker.
-    broker = broker_or_fail(lambda: broker_pool.start("acl", acl_file=acl_file))
-    yield broker
-    broker_pool.release(broker)
-
-
-@pytest.fixture
-def acl_broker(_acl_broker_of_module: Broker, request: pytest.FixtureRequest) -> Broker:
-    """A broker of the ``acl`` variant that loads the ACL under test (:func:`acl_file`).
-
-    Shared by the tests of one module: each cell of the matrix isolates itself by
-    a unique payload, never by a topic root (the ACL names the real topics).
-    """
-    if not _acl_broker_of_module.is_running():
-        _acl_broker_of_module.start()
-    remember_broker(request, _acl_broker_of_module)
-    return _acl_broker_of_module

@@ -2,8 +2,8 @@
 
 Prints figures, never pass/fail::
 
-    python -m mqtt_factory_lab.bench_dashboard               # 50 probes at rest, 50 under load
-    python -m mqtt_factory_lab.bench_dashboard --samples 200 --rate 20
+    python -m mqtt_factory_lab.bench.dashboard               # 50 probes at rest, 50 under load
+    python -m mqtt_factory_lab.bench.dashboard --samples 200 --rate 20
 
 Latency is the time from publishing a telemetry reading (a probe device's
 value, QoS 0) to that value being in the page's DOM: broker, dashboard
@@ -40,10 +40,10 @@ from typing import Any
 
 from mqtt_factory_lab.brokers import Broker, BrokerError, create_broker, resolve_backend
 from mqtt_factory_lab.brokers.base import free_port
-from mqtt_factory_lab.client import RecordingClient
-from mqtt_factory_lab.factory import program_env
-from mqtt_factory_lab.paths import LAB_ROOT as ROOT
-from mqtt_factory_lab.roles import RoleProcess
+from mqtt_factory_lab.core.client import RecordingClient
+from mqtt_factory_lab.core.factory import program_env
+from mqtt_factory_lab.core.paths import LAB_ROOT as ROOT
+from mqtt_factory_lab.core.roles import RoleProcess
 
 #: what Chromium needs to start as root in a container, and nothing that phones home
 CHROMIUM_ARGS = (
@@ -269,7 +269,7 @@ def load_rate(broker: Broker, root: str, seconds: float = 3.0) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mqtt_factory_lab.bench_dashboard", description=__doc__.split("\n")[0]
+        prog="python -m mqtt_factory_lab.bench.dashboard", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--samples", type=int, default=50, help="readings per phase (default 50)")
     parser.add_argument(

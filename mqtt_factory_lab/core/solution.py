@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mqtt_factory_lab.paths import REFERENCE_MANIFEST
+from mqtt_factory_lab.core.paths import REFERENCE_MANIFEST
 
 #: Placeholders a command may use, and what they stand for.
 PLACEHOLDERS = {
@@ -55,6 +55,7 @@ PLACEHOLDERS = {
     "keepalive": "MQTT keepalive in seconds (1 = the shortest legal value); the broker sends "
     "the Last Will of a client silent for 1.5 times as long",
     "db": "the SQLite database file a data center writes (lesson 07)",
+    "share": "the shared subscription group a data center joins, $share/<share>/... (lesson 09)",
     "batches": "how many batches the chocolate line makes before it exits",
     "run_id": "makes the chocolate line's batch ids, lot codes and msg_ids unique to a run",
     "lot": "the lot code a traceability query starts from",

@@ -51,12 +51,12 @@ from mqtt_factory_lab.fixtures.brokers import (
     needed_capabilities,
 )
 from mqtt_factory_lab.fixtures.factory import LAUNCHERS, SOLUTION
+from mqtt_factory_lab.grading import points
 
 pytest_plugins = [
     "mqtt_factory_lab.fixtures.brokers",
     "mqtt_factory_lab.fixtures.factory",
     "mqtt_factory_lab.fixtures.acl",
-    "mqtt_factory_lab.grading.points",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
@@ -148,6 +148,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the permission matrix (TOML: [clients], [publish], [subscribe]; see docs/acl.md) "
         "lesson 06 holds the ACL to (default: the one written in labs/06_acl.py)",
     )
+    points.add_options(group)  # --points-json, --points-jsonl, --points-plan, --gradescope
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -163,8 +164,11 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{', '.join(CAPABILITIES)}",
         spec.MARKER,
         spec.RULE_MARKER,
+        points.MARKER,
+        points.WEIGHT_MARKER,
     ):
         config.addinivalue_line("markers", line)
+    points.configure(config)
     _read_connection(config)
     read_matrix_option(config)
     if hasattr(config, "workerinput"):

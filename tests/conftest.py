@@ -18,6 +18,7 @@ from :mod:`mqtt_factory_lab.plugin`, which the root ``conftest.py`` loads.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -319,15 +320,16 @@ def mutant_solution(tmp_path: Path) -> Callable[..., Path]:
             for option, args in spec.get("options", {}).items():
                 lines.append(f"options.{option} = {json.dumps(args)}")
             lines.append("")
-        files = {
-            k: str((PROJECT_ROOT / v).resolve()) for k, v in reference.get("files", {}).items()
-        }
+        folder = tmp_path / f"mutant-{role}-{'-'.join(m.strip('-') for m in mutation)}"[:120]
+        folder.mkdir(parents=True, exist_ok=True)
+        # a solution's [files] live inside its folder: copies of the reference's
+        files = {k: Path(v).name for k, v in reference.get("files", {}).items()}
+        for k, v in reference.get("files", {}).items():
+            shutil.copyfile(PROJECT_ROOT / v, folder / files[k])
         lines += ["[files]", *(f"{k} = {json.dumps(v)}" for k, v in files.items())]
         filters = reference.get("filters", {})
         if filters:
             lines += ["", "[filters]", *(f"{k} = {json.dumps(v)}" for k, v in filters.items())]
-        folder = tmp_path / f"mutant-{role}-{'-'.join(m.strip('-') for m in mutation)}"[:120]
-        folder.mkdir(parents=True, exist_ok=True)
         # the reference's programs (python -m sim.…) import from the lab's folder
         (folder / "sim").symlink_to(PROJECT_ROOT / "sim")
         manifest = folder / "solution.toml"

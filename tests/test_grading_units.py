@@ -16,14 +16,8 @@ from mqtt_factory_lab.core.roles import RoleError, RoleProcess
 from mqtt_factory_lab.grading.points import Experiment
 from mqtt_factory_lab.grading.progress import Progress
 from mqtt_factory_lab.grading.report import html_report, markdown, write_gradebook, write_reports
-from mqtt_factory_lab.grading.runner import (
-    GradingError,
-    SubmissionResult,
-    content_hash,
-    discover_lessons,
-    merge_with_plan,
-    shard,
-)
+from mqtt_factory_lab.grading.settings import GradingError, content_hash, discover_lessons, shard
+from mqtt_factory_lab.grading.submission import SubmissionResult, merge_with_plan
 
 SHOW_LIMITS = (
     "import resource\n"

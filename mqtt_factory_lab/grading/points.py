@@ -1,6 +1,7 @@
 """Points: what each experiment of a lesson is worth, the score of a run, and its machine-readable forms.
 
-Loaded by :mod:`mqtt_factory_lab.plugin` (``pytest_plugins``). Every experiment of a lesson
+Its options, marker and recorder are registered by :mod:`mqtt_factory_lab.plugin`
+(:func:`add_options`, :data:`MARKER`, :func:`configure`). Every experiment of a lesson
 (an item with ``pytest.mark.lesson(N)``) is worth points:
 
 * ``@pytest.mark.points(3)`` on the experiment, or in a lesson's ``pytestmark`` for all its
@@ -190,16 +191,20 @@ def lesson_of(item: pytest.Item) -> int | None:
 CASES = pytest.StashKey[Counter[str]]()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    weights: Counter[str] = Counter()
-    for item in items:
-        weights[function_key(item)] += weight_of(item)  # type: ignore[assignment]
-    config.stash[CASES] = weights
+#: the ``points`` marker, registered by :mod:`mqtt_factory_lab.plugin`
+MARKER = (
+    "points(n): what the experiment is worth when graded (default: solution 2, broker 1); "
+    "in a lesson's pytestmark, for all its experiments"
+)
+#: the ``weight`` marker, registered by :mod:`mqtt_factory_lab.plugin`
+WEIGHT_MARKER = (
+    "weight(w): a parametrised case's share of its function's points (default 1); lesson 06 "
+    "weighs each permission cell by what a wrong verdict exposes"
+)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("mqtt-factory-lab", "MQTT factory lab")
+def add_options(group: Any) -> None:
+    """The points options, in the lab's option group (:mod:`mqtt_factory_lab.plugin` calls it)."""
     group.addoption(
         "--points-json",
         metavar="PATH",
@@ -229,19 +234,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "points(n): what the experiment is worth when graded (default: solution 2, broker 1); "
-        "in a lesson's pytestmark, for all its experiments",
-    )
-    config.addinivalue_line(
-        "markers",
-        "weight(w): a parametrised case's share of its function's points (default 1); lesson "
-        "06 weighs each permission cell by what a wrong verdict exposes",
-    )
-    recorder = PointsRecorder(config)
-    config.pluginmanager.register(recorder, "mqtt-factory-lab-points")
+def configure(config: pytest.Config) -> None:
+    """Register this run's :class:`PointsRecorder` (:mod:`mqtt_factory_lab.plugin` calls it)."""
+    config.pluginmanager.register(PointsRecorder(config), "mqtt-factory-lab-points")
 
 
 class PointsRecorder:
@@ -261,6 +256,15 @@ class PointsRecorder:
 
     # Items carry their lesson, concept, kind and points as user properties: they travel
     # with every report (also from pytest-xdist workers) and land in the JUnit XML.
+    @pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
+    def pytest_count_cases(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Count each function's parametrised cases before ``-m``/``-k`` deselect any
+        (``specname``: a second implementation of the hook; pytest reads only ``pytest_*``)."""
+        weights: Counter[str] = Counter()
+        for item in items:  # each case counts by its weight (1 unless marked weight(w))
+            weights[function_key(item)] += weight_of(item)  # type: ignore[assignment]
+        config.stash[CASES] = weights
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         cases = self.config.stash.get(CASES, Counter())

@@ -19,8 +19,9 @@ import re
 from pathlib import Path
 
 from mqtt_factory_lab.core.mistakes import SAME_AS, group, names_in_short
+from mqtt_factory_lab.grading.grader import lesson_columns
 from mqtt_factory_lab.grading.points import Experiment, lesson_key
-from mqtt_factory_lab.grading.runner import SubmissionResult, lesson_columns
+from mqtt_factory_lab.grading.submission import SubmissionResult
 
 #: lines of a program's output a report shows per failure
 OUTPUT_LINES = 40
@@ -120,6 +121,8 @@ def markdown(result: SubmissionResult) -> str:
         f"# {result.student}: {_num(result.score)} of {_num(result.max_score)} points",
         "",
     ]
+    if result.isolation:
+        out += [f"*Graded with {result.isolation}.*", ""]
     if result.problem:
         out += [f"**Problem:** {result.problem}", ""]
     out += ["| lesson | concept | experiments passed | points |", "|---|---|---|---|"]
@@ -174,6 +177,8 @@ def html_report(result: SubmissionResult) -> str:
     problem = (
         f"<p class='problem'><b>Problem:</b> {esc(result.problem)}</p>" if result.problem else ""
     )
+    if result.isolation:
+        problem = f"<p class='isolation'>Graded with {esc(result.isolation)}.</p>{problem}"
     body = "".join(failures) or "<p>Every experiment passed.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -230,6 +230,19 @@ class FactoryLauncher:
             handle.online_after = time.monotonic() - started
         return handle
 
+    def wait_online(self, handle: DeviceHandle) -> dict[str, Any]:
+        """Wait for the retained ``online`` status of a device started with ``wait_online=False``.
+
+        Starting several devices that way and then waiting for each lets them start together;
+        the checks are those of :meth:`start_device` (a valid, retained ``online`` within
+        ``ready_timeout``), the status is kept in ``handle.status`` and returned.
+
+        :raises RoleError: naming what the device did instead (exited, invalid status, not
+            retained, nothing within the deadline).
+        """
+        handle.status = self._wait_online(handle, self._watcher(), handle.topic("status"))
+        return handle.status
+
     def _wait_online(self, handle: DeviceHandle, watcher: RecordingClient, topic: str) -> dict:
         deadline = time.monotonic() + self.ready_timeout
         while True:

@@ -1,6 +1,12 @@
 """Small helpers the lessons' experiments share, so that each lives once (issue 21).
 
 ``from mqtt_factory_lab.experiment import unique, json_field, wait_broker_saw_disconnect``
+
+``unique``, ``json_field``, ``wait_broker_saw_disconnect``, ``wait_or_fail`` (the harness's
+one polling loop, :func:`mqtt_factory_lab.core.process.wait_until`, failing with the
+lesson's message) and ``remember_mids`` (acknowledge by hand, as a data center does).
+A lesson's own instruments live beside it: :mod:`mqtt_factory_lab.experiment.topics`
+(lesson 01).
 """
 
 from __future__ import annotations
@@ -8,9 +14,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from mqtt_factory_lab.brokers import LOG, Broker
-from mqtt_factory_lab.core.client import ReceivedMessage
+from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 
 
 def unique(prefix: str) -> str:
@@ -40,3 +49,39 @@ def wait_broker_saw_disconnect(broker: Broker, client_id: str, mark: int) -> Non
     """
     if LOG in broker.capabilities:
         broker.wait_for_log(f"Client {re.escape(client_id)} disconnected", timeout=5, since=mark)
+
+
+def wait_or_fail(condition: Callable[[], object], timeout: float, why: Callable[[], str]) -> None:
+    """Wait until ``condition`` is true (:func:`~mqtt_factory_lab.core.process.wait_until`);
+    when ``timeout`` passes first, fail the experiment with ``why()``.
+
+    ``why`` is called only then, so the message can say what the world looked like at the
+    deadline (``lambda: f"... {database.describe()}"``).
+
+    :raises AssertionError: ``why()`` alone, no harness frames.
+    """
+    __tracebackhide__ = True
+    try:
+        wait_until(condition, timeout)
+    except ProcessTimeout:
+        raise AssertionError(why()) from None
+
+
+def remember_mids(client: RecordingClient, topic: str) -> list[int]:
+    """Make ``client`` acknowledge QoS 1 messages by hand, as a data center does after its
+    commit, and note the packet id (mid) of each message on ``topic``, in arrival order.
+
+    Call it before ``client.connect()``; acknowledge with ``client.paho.ack(mid, 1)``.
+    Everything ``client`` receives is still recorded as usual.
+    """
+    client.paho.manual_ack_set(True)
+    mids: list[int] = []
+    record_message = client.paho.on_message
+
+    def remember_mid(paho: Any, userdata: Any, message: Any) -> None:
+        if message.topic == topic:
+            mids.append(message.mid)
+        record_message(paho, userdata, message)
+
+    client.paho.on_message = remember_mid
+    return mids

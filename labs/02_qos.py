@@ -83,9 +83,8 @@ from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.core.factory import DeviceHandle
-from mqtt_factory_lab.core.roles import RoleProcess
 from mqtt_factory_lab.experiment import json_field, unique
-from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.fixtures.factory import or_fail, start_controller
 
 pytestmark = [pytest.mark.lesson(2)]
 
@@ -544,16 +543,6 @@ def publish_alarm_until_command(
     return None
 
 
-def start_controller(launcher, controller_id: str, session: str = "persistent") -> RoleProcess:
-    """Start the solution's controller with the lesson's rule; a missing role or a program that
-    never gets ready fails the test with one message."""
-    return or_fail(
-        lambda: launcher.start_role(
-            "controller", controller_id, options={"rules": RULE}, session=session
-        )
-    )
-
-
 def no_command(root: str, command: str) -> str:
     return (
         f"The controller (rule {RULE}) sent no {command} to the conveyor on "
@@ -565,7 +554,7 @@ def no_command(root: str, command: str) -> str:
 @pytest.mark.solution
 def test_controller_sends_commands_at_qos1(factory_launcher, mqtt_client, topic_root, protocol):
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
-    start_controller(factory_launcher(protocol=protocol), unique("controller"), session="clean")
+    start_controller(factory_launcher(protocol=protocol), unique("controller"), RULE, "clean")
     command = publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop")
     if command is None:
         pytest.fail(no_command(topic_root, "stop"), pytrace=False)
@@ -589,7 +578,7 @@ def test_controller_gets_the_alarms_raised_while_it_was_away(
     mark = broker.log_mark()
 
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
-    controller = start_controller(launcher, controller_id)
+    controller = start_controller(launcher, controller_id, RULE)
     # First, live: the controller is subscribed and acts on the press's alarm.
     if publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop") is None:
         pytest.fail(no_command(topic_root, "stop"), pytrace=False)
@@ -598,7 +587,7 @@ def test_controller_gets_the_alarms_raised_while_it_was_away(
     # While it is away, the alarm clears; the broker must keep that for it.
     alarm_topic = f"{topic_root}/alarms/press/temperature"
     mqtt_client().publish(alarm_topic, alarm("press", "temperature", "cleared", 80.0), qos=1)
-    restarted_controller = start_controller(launcher, controller_id)
+    restarted_controller = start_controller(launcher, controller_id, RULE)
 
     def restarted(m: ReceivedMessage) -> bool:
         return m.topic.endswith("/conveyor") and json_field(m, "command") == "start"

@@ -85,9 +85,8 @@ from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
 from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections, subscriptions
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.core.roles import RoleProcess
 from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
-from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.fixtures.factory import or_fail, start_controller
 
 pytestmark = [pytest.mark.lesson(5)]
 
@@ -357,14 +356,6 @@ def test_persistent_session_survives_a_broker_restart_only_with_persistence(
 RULE = "press-01/temperature=conveyor-01"
 
 
-def start_controller(launcher, client_id: str, session_kind: str) -> RoleProcess:
-    return or_fail(
-        lambda: launcher.start_role(
-            "controller", client_id, options={"rules": RULE}, session=session_kind
-        )
-    )
-
-
 def controller_connection(broker, mark: int, ours: set[str]) -> Connection | None:
     """The controller's connection as the broker logged it since ``mark`` (None without a log).
 
@@ -431,7 +422,7 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
     client_id = unique("controller")
 
     mark = mark_first = broker.log_mark()
-    controller = start_controller(launcher, client_id, "persistent")
+    controller = start_controller(launcher, client_id, RULE, "persistent")
     before = controller_connection(broker, mark, ours)
     controller.stop()
 
@@ -441,7 +432,7 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
         press.publish(alarm_topic, payload, qos=1)
 
     mark = broker.log_mark()
-    start_controller(launcher, client_id, "persistent")
+    start_controller(launcher, client_id, RULE, "persistent")
     after = controller_connection(broker, mark, ours)
 
     if before and after:  # what the broker logged: the ids and clean flags it was sent
@@ -492,9 +483,9 @@ def test_clean_session_controller_does_not_get_alarms_raised_while_it_was_stoppe
     alarm_topic = f"{topic_root}/alarms/press-01/temperature"
     client_id = unique("controller")
 
-    start_controller(launcher, client_id, "clean").stop()
+    start_controller(launcher, client_id, RULE, "clean").stop()
     press.publish(alarm_topic, alarm("raised", 231.0), qos=1)  # nobody listens
-    start_controller(launcher, client_id, "clean")
+    start_controller(launcher, client_id, RULE, "clean")
     press.publish(alarm_topic, alarm("cleared", 205.0), qos=1)  # live, after the restart
 
     commands.wait_for_message(

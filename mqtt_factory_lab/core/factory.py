@@ -197,8 +197,12 @@ class FactoryLauncher:
         duration: float | None = None,
         seed: int | None = None,
         wait_online: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> DeviceHandle:
-        """Start a device and (by default) wait for its retained ``online`` status."""
+        """Start a device and (by default) wait for its retained ``online`` status.
+
+        :param options: more manifest options for the device's command (``keepalive``...).
+        """
         if kind not in DEVICE_KINDS:
             raise ValueError(
                 f"unknown device kind {kind!r}; the factory has {', '.join(DEVICE_KINDS)}"
@@ -214,7 +218,12 @@ class FactoryLauncher:
         process = self.start_role(
             "device",
             device_id,
-            options={"anomaly": anomaly, "crash_after": crash_after, "duration": duration},
+            options={
+                "anomaly": anomaly,
+                "crash_after": crash_after,
+                "duration": duration,
+                **(options or {}),
+            },
             wait_ready=False,
             kind=kind,
             device_id=device_id,

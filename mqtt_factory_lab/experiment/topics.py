@@ -111,9 +111,7 @@ def _device_id_in(payload: bytes) -> object:
     return data.get("device_id") if isinstance(data, dict) else None
 
 
-def tree_problem(
-    topic: str, root: str, device_ids: Collection[str], payload: bytes
-) -> str | None:
+def tree_problem(topic: str, root: str, device_ids: Collection[str], payload: bytes) -> str | None:
     """Which level of ``topic`` is out of place in the seed's tree, or None when it fits."""
     p = levels(topic, root)
     if not p:
@@ -179,7 +177,9 @@ def seed_devices_online(
         try:
             launcher.wait_online(handle)
         except RoleError as error:
-            elsewhere = sorted({m.topic for m in observer.received() if handle.device_id in m.topic})
+            elsewhere = sorted(
+                {m.topic for m in observer.received() if handle.device_id in m.topic}
+            )
             if not elsewhere or not handle.process.is_running():
                 raise
             raise RoleError(f"{error}\n  (it published on: {', '.join(elsewhere[:5])})") from None

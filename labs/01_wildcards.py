@@ -82,7 +82,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -99,10 +98,13 @@ from mqtt_factory_lab.experiment.topics import (
     DEVICE_KINDS,
     SEED_DEVICES,
     MatchCase,
+    Question,
     explain_match,
     levels,
     seed_devices_online,
+    set_command,
     stop_all,
+    subscribe_filter,
     topics_matched,
     tree_problem,
     wait_for_factory_traffic,
@@ -392,15 +394,6 @@ def test_a_publish_to_a_topic_with_a_wildcard_is_refused(
 # seed's topic tree and the manifest's [filters].
 
 
-@dataclass(frozen=True)
-class Question:
-    """A question the factory's data answers, and how to recognise a topic that answers it."""
-
-    name: str
-    meaning: str
-    answers: Callable[[list[str]], bool]
-
-
 #: the questions of the [filters] table; ``answers`` gets the levels below the topic root
 QUESTIONS = (
     Question(
@@ -495,29 +488,6 @@ def test_devices_publish_on_the_seed_topic_tree(
         pytest.fail(shortfall, pytrace=False)
 
 
-def subscribe_filter(
-    mqtt_client, question: Question, topic_filter: str, root: str
-) -> RecordingClient:
-    client = mqtt_client()
-    try:
-        codes = client.subscribe(topic_filter, qos=1)
-    except ValueError:  # paho checks the filter before sending it
-        codes = None
-    if codes is None:
-        pytest.fail(
-            f"[filters] {question.name} = {topic_filter.replace(root, '{root}')!r} is not a "
-            f"valid topic filter: a wildcard fills a whole level (+ one level, # the last "
-            f"level and everything below it).",
-            pytrace=False,
-        )
-    if codes and codes[0].is_failure:
-        pytest.fail(
-            f"the broker refused [filters] {question.name} = {topic_filter!r}: {codes[0]}",
-            pytrace=False,
-        )
-    return client
-
-
 @pytest.mark.solution
 def test_each_filter_gets_exactly_the_topics_its_question_asks_for(
     solution, factory_launcher, mqtt_client, topic_root, protocol
@@ -546,10 +516,7 @@ def test_each_filter_gets_exactly_the_topics_its_question_asks_for(
         ("robot_arm", "cycle_time", 4.5),
         ("press", "temperature", 70.0),
     ):
-        command = validate(
-            "command",
-            {"command": "set", "setpoint": setpoint, "value": value, "reason": "lesson 01"},
-        )
+        command = set_command(setpoint, value)
         dashboard.publish(f"{topic_root}/commands/dashboard/{device_id}", command, qos=1)
     # The robot arm's question covers its events too, which its device writes only when it
     # rejects a command: the lab adds one entry to that diary, so that every kind of message
@@ -633,10 +600,7 @@ def test_a_stop_for_the_conveyor_does_not_stop_the_press(
     )
     # A command to the press itself, sent after the stop: once the press has answered it, it
     # has also handled anything it received before (one connection delivers in order).
-    set_press = validate(
-        "command",
-        {"command": "set", "setpoint": "temperature", "value": 70.0, "reason": "lesson 01"},
-    )
+    set_press = set_command("temperature", 70.0)
     dashboard.publish(f"{topic_root}/commands/dashboard/press", set_press, qos=1)
     answered = watcher.wait_for_message(
         lambda m: (
@@ -669,10 +633,7 @@ def test_a_device_subscribes_only_to_its_own_commands(
     press = start_seed_devices(factory_launcher, watcher, protocol, kinds=("press",))["press"]
     # Once the press has obeyed a command, its command subscription is surely in place.
     dashboard = mqtt_client()
-    command = validate(
-        "command",
-        {"command": "set", "setpoint": "temperature", "value": 70.0, "reason": "lesson 01"},
-    )
+    command = set_command("temperature", 70.0)
     dashboard.publish(f"{topic_root}/commands/dashboard/press", command, qos=1)
     watcher.wait_for_message(
         lambda m: (
@@ -730,10 +691,10 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
 
     # First the press hears its commands (sent again until it obeys one: a device may say
     # online a moment before its subscription is in place).
-    warm_up = {"command": "set", "setpoint": "temperature", "value": 69.0, "reason": "lesson 01"}
+    warm_up = set_command("temperature", 69.0)
     deadline = time.monotonic() + 5
     while not watcher.received(setpoint_is(69.0)) and time.monotonic() < deadline:
-        dashboard.publish(commands, validate("command", warm_up), qos=1)
+        dashboard.publish(commands, warm_up, qos=1)
         with contextlib.suppress(AssertionError):
             watcher.wait_for_message(setpoint_is(69.0), timeout=0.5)
     if not watcher.received(setpoint_is(69.0)):
@@ -746,10 +707,7 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
     dashboard.publish(commands, bad_command, qos=1)
     # A good command after the bad one: one connection delivers in order, so once the press
     # has answered it, it has handled the bad one too, and survived it.
-    set_press = validate(
-        "command",
-        {"command": "set", "setpoint": "temperature", "value": 71.0, "reason": "lesson 01"},
-    )
+    set_press = set_command("temperature", 71.0)
     dashboard.publish(commands, set_press, qos=1)
     answered = setpoint_is(71.0)
 

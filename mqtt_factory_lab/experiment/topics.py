@@ -18,7 +18,11 @@ import signal
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import pytest
+
+from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.factory import DeviceHandle, FactoryLauncher
 from mqtt_factory_lab.core.roles import RoleError
@@ -97,6 +101,51 @@ def explain_match(
         f"  expected: {short(expected)}"
         + (f"\n  missing:  {short(expected - got)}" if expected - got else "")
         + (f"\n  extra:    {short(got - expected)}" if got - expected else "")
+    )
+
+
+# -- the [filters] questions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question the factory's data answers, and how to recognise a topic that answers it."""
+
+    name: str
+    meaning: str
+    answers: Callable[[list[str]], bool]
+
+
+def subscribe_filter(
+    mqtt_client: Callable[..., RecordingClient], question: Question, topic_filter: str, root: str
+) -> RecordingClient:
+    """A client subscribed to a solution's filter for ``question``; a filter paho or the
+    broker refuses fails the experiment in one sentence naming the [filters] entry."""
+    client = mqtt_client()
+    try:
+        codes = client.subscribe(topic_filter, qos=1)
+    except ValueError:  # paho checks the filter before sending it
+        codes = None
+    if codes is None:
+        pytest.fail(
+            f"[filters] {question.name} = {topic_filter.replace(root, '{root}')!r} is not a "
+            f"valid topic filter: a wildcard fills a whole level (+ one level, # the last "
+            f"level and everything below it).",
+            pytrace=False,
+        )
+    if codes and codes[0].is_failure:
+        pytest.fail(
+            f"the broker refused [filters] {question.name} = {topic_filter!r}: {codes[0]}",
+            pytrace=False,
+        )
+    return client
+
+
+def set_command(setpoint: str, value: float) -> dict[str, Any]:
+    """A schema-valid ``set`` command, as the lab's dashboard sends it to a device."""
+    return validate(
+        "command",
+        {"command": "set", "setpoint": setpoint, "value": value, "reason": "lesson 01"},
     )
 
 

@@ -420,3 +420,45 @@ def test_forward_truth_follows_lots_through_every_step_and_rework() -> None:
         {"event": "step_completed", "step": "s8_packaging", "outputs": [lot("FG2")]},
     ]
     assert last_packaging_outputs(packed) == {"FG2"} and last_packaging_outputs([]) == set()
+
+
+# -- experiment.qos, experiment.sessions ----------------------------------------------------
+
+
+def test_qos_payloads_and_evidence() -> None:
+    from mqtt_factory_lab.experiment.qos import alarm, by_qos, telemetry
+
+    assert telemetry("press", 3)["seq"] == 3 and telemetry("press", 3)["sensor"] == "temperature"
+    assert alarm("press", "temperature", "raised", 97.0)["state"] == "raised"
+    assert "back below 90" in alarm("press", "temperature", "cleared", 80.0)["message"]
+    seen = [message("lab/1/factory/telemetry/press/t", b"{}", qos=1) for _ in range(3)]
+    assert by_qos(seen, "lab/1/factory") == "    {root}/telemetry/press/t at QoS 1 (x3)"
+
+
+def test_granted_qos_reads_the_suback_and_packet_log_records_paho(mqtt_client, topic_root) -> None:
+    from mqtt_factory_lab.experiment.qos import PacketLog, granted_qos, qos2_watcher
+
+    client = mqtt_client(connect=False)
+    log = PacketLog(client)
+    client.connect()
+    assert granted_qos(client.subscribe(f"{topic_root}/x", qos=1)) == 1
+    assert log.find(r"Sending SUBSCRIBE") and not log.find(r"no such packet")
+    watcher = qos2_watcher(mqtt_client, f"{topic_root}/#")
+    mqtt_client().publish(f"{topic_root}/x", b"1", qos=1)
+    assert watcher.wait_for_message(f"{topic_root}/x").qos == 1
+
+
+def test_session_settings_and_causes_without_a_log() -> None:
+    from mqtt_factory_lab.experiment.sessions import alarm, command_names, session, which_cause
+
+    assert session("5", False) == {"protocol": "5", "clean_start": True}
+    assert session("5", True, expiry=7)["session_expiry"] == 7
+    assert session("3.1.1", True)["session_expiry"] is None
+    assert alarm("raised", 231.0)["severity"] == "critical"
+    stop = message("r/commands/c/conveyor-01", b'{"command": "stop", "reason": "alarm"}')
+    assert command_names([stop]) == ["stop"]
+
+    class NoLog:
+        capabilities: frozenset[str] = frozenset()
+
+    assert which_cause(NoLog(), 0, "c", "5", None).startswith("Keep the session")  # type: ignore[arg-type]

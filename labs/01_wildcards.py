@@ -435,7 +435,7 @@ def start_seed_devices(
     factory_launcher, observer: RecordingClient, protocol: str, kinds=SEED_DEVICES
 ) -> dict[str, DeviceHandle]:
     """Start the solution's devices at once (device id = kind, anomalies on); return once each
-    has published its retained ``online`` status (the launcher's own readiness check)."""
+    has said ``online`` on its status topic (the launcher's own readiness check)."""
     launcher = factory_launcher(protocol=protocol)
     return or_fail(lambda: seed_devices_online(launcher, observer, kinds))
 

@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.experiment import json_field
 
 
 def status(device_id: str, value: str, reason: str) -> dict:
@@ -40,10 +41,7 @@ def will_of(topic: str, device_id: str, qos: int = 1, retain: bool = True) -> tu
 
 def says_offline(message: ReceivedMessage) -> bool:
     """Whether a message is a status payload saying ``offline`` (anything else: no)."""
-    try:
-        return json.loads(message.payload).get("status") == "offline"
-    except (ValueError, AttributeError):
-        return False
+    return json_field(message, "status") == "offline"
 
 
 def says_offline_on(topic: str) -> Callable[[ReceivedMessage], bool]:

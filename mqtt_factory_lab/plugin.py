@@ -57,6 +57,7 @@ pytest_plugins = [
     "mqtt_factory_lab.fixtures.brokers",
     "mqtt_factory_lab.fixtures.factory",
     "mqtt_factory_lab.fixtures.acl",
+    "mqtt_factory_lab.fixtures.chocolate",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"

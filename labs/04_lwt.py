@@ -167,7 +167,7 @@ def test_broker_publishes_the_will_when_the_connection_drops_without_disconnect(
 
 
 @pytest.mark.broker
-@pytest.mark.spec(mqtt311=["MQTT-3.14.4-3"], mqtt5=["MQTT-3.1.2-10"])
+@pytest.mark.spec(mqtt311=["MQTT-3.14.4-3"], mqtt5=["MQTT-3.14.4-3", "MQTT-3.1.2-10"])
 def test_clean_disconnect_discards_the_will(broker, mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/status/press-01"
     dashboard = mqtt_client(protocol=protocol)
@@ -358,7 +358,7 @@ def test_disconnect_with_will_message_publishes_the_will(broker, mqtt_client, to
 
 
 @pytest.mark.broker
-@pytest.mark.spec(mqtt311=["MQTT-3.1.4-2"], mqtt5=["MQTT-3.1.4-3"])
+@pytest.mark.spec(mqtt311=["MQTT-3.1.4-2"], mqtt5=["MQTT-3.1.4-3", "MQTT-3.1.2-8"])
 def test_second_connection_with_the_same_client_id_takes_over_and_fires_the_will(
     mqtt_client, topic_root, protocol
 ):

@@ -99,7 +99,20 @@ from mqtt_factory_lab.fixtures.factory import or_fail, start_controller
 
 pytestmark = [pytest.mark.lesson(5)]
 
-SESSIONS = [pytest.param(False, id="clean"), pytest.param(True, id="persistent")]
+SESSIONS = [
+    # a clean session is discarded (CleanSession=1 / Clean Start=1)
+    pytest.param(
+        False, id="clean", marks=pytest.mark.spec(mqtt311=["MQTT-3.1.2-6"], mqtt5=["MQTT-3.1.2-4"])
+    ),
+    # a persistent one is kept with its QoS 1 queue and resumed
+    pytest.param(
+        True,
+        id="persistent",
+        marks=pytest.mark.spec(
+            mqtt311=["MQTT-3.1.2-4", "MQTT-3.1.2-5"], mqtt5=["MQTT-3.1.2-5", "MQTT-3.1.2-23"]
+        ),
+    ),
+]
 
 
 # The session settings, the press's alarm and the controller's logged session live in
@@ -112,7 +125,6 @@ SESSIONS = [pytest.param(False, id="clean"), pytest.param(True, id="persistent")
 @pytest.mark.broker
 @pytest.mark.parametrize("persistent", SESSIONS)
 @pytest.mark.needs("qos1")
-@pytest.mark.spec("MQTT-3.1.2-4", "MQTT-3.1.2-5", mqtt311=["MQTT-3.1.2-6"])
 def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
     broker, mqtt_client, topic_root, protocol, persistent
 ):

@@ -51,6 +51,7 @@ pytest_plugins = [
     "mqtt_factory_lab.factory_fixtures",
     "mqtt_factory_lab.acl",
     "mqtt_factory_lab.points",
+    "mqtt_factory_lab.tls_fixtures",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"

@@ -207,13 +207,15 @@ def probe_tls(
             # (Mosquitto under require_certificate closes without an alert).
             if not handshake_done:
                 kind = "not_tls"
-            elif cert is None:
-                kind = "cert_required"
+            else:
+                # Mosquitto may close without its alert: what it refused is our certificate
+                kind = "cert_required" if cert is None else "client_unknown_ca"
         return outcome(kind or "closed", detail)
     finally:
         raw.close()
-    if not answer and handshake_done and cert is None:
-        return outcome("cert_required", "the broker closed the connection after the handshake")
+    if not answer and handshake_done:
+        kind = "cert_required" if cert is None else "client_unknown_ca"
+        return outcome(kind, "the broker closed the connection right after the handshake")
     if len(answer) >= 4 and answer[0] == 0x20:
         code = answer[3]
         return (

@@ -487,17 +487,33 @@ def test_acl_machines_lets_each_certificate_read_only_what_it_needs(
 # -- the solution's programs under mutual TLS -------------------------------------------
 
 
-def start_or_fail(start: Callable[[], RoleProcess | object], who: str) -> object:
+#: what Mosquitto logs when it refuses a client's certificate in the handshake → in words
+HANDSHAKE_REFUSALS = {
+    "peer did not return a certificate": "the broker's log shows a TLS connection that "
+    "presented no client certificate (require_certificate refused it)",
+    "certificate verify failed": "the broker's log shows a client certificate it could not "
+    "verify against its CA (not issued by the factory's CA)",
+}
+
+
+def start_or_fail(
+    start: Callable[[], RoleProcess | object], who: str, broker: Broker, mark: int
+) -> object:
     """``or_fail`` with the lesson's reading of a program that could not come up under mtls."""
     __tracebackhide__ = True
     try:
         return start()
     except (RoleError, ManifestError) as error:
+        log = broker.log_lines()[mark:]
+        seen = [
+            words for needle, words in HANDSHAKE_REFUSALS.items() if any(needle in x for x in log)
+        ]
+        evidence = f" Evidence: {seen[0]}." if seen else ""
         message = (
             f"Mutual TLS: {who} did not come up on the mtls broker. It must connect with TLS, "
             "verify the broker with VF_TLS_CA and present its own certificate and key "
             "(VF_TLS_CERT, VF_TLS_KEY: client.tls_set(ca_certs=..., certfile=..., "
-            f"keyfile=...)).\n{error}"
+            f"keyfile=...)).{evidence}\n{error}"
         )
     pytest.fail(message, pytrace=False)
 
@@ -513,12 +529,16 @@ def test_solution_machines_connect_with_their_certificates_and_keep_to_their_top
     mark = broker.log_mark()
     launcher: FactoryLauncher = machine_launcher(broker, protocol=protocol)
     devices = [
-        start_or_fail(lambda kind=kind: launcher.start_device(kind, f"{kind}-01"), f"the {kind}")
+        start_or_fail(
+            lambda kind=kind: launcher.start_device(kind, f"{kind}-01"), f"the {kind}", broker, mark
+        )
         for kind in ("press", "oven")
     ]
     start_or_fail(
         lambda: launcher.start_role("controller", "controller", session="clean"),
         "the controller",
+        broker,
+        mark,
     )
     press = devices[0]
     commands, state = f"factory/commands/dashboard/{press.device_id}", press.topic("state")

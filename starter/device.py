@@ -69,6 +69,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the lab stops us with SIGTERM
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=protocol)
+    # Lesson 08: under TLS the lab sets VF_TLS_CA (the factory's CA) and gives this machine its
+    # own certificate and key in VF_TLS_CERT / VF_TLS_KEY (its CN is the machine's identity).
+    ca = os.environ.get("VF_TLS_CA")
+    if ca:
+        # TODO (lesson 08): present this machine's certificate too (certfile=, keyfile=), or a
+        # mutual-TLS broker refuses us in the handshake. Never switch verification off.
+        client.tls_set(ca_certs=ca)
     # TODO (lesson 04): set a Last Will before connecting, so that the broker announces
     # "offline" (reason "last-will") for you when you vanish: client.will_set(...)
     try:

@@ -200,3 +200,59 @@ def run_certificates() -> LabCertificates:
             _RUN = LabCertificates.create()
             atexit.register(_RUN.remove)
         return _RUN
+
+
+#: the identities a factory folder gets by default: every device kind (run_all's device ids),
+#: the lessons' press-01 and oven-01, and the other roles
+def factory_identities() -> list[str]:
+    from mqtt_factory_lab.schemas import device_kinds
+
+    return [*device_kinds(), "press-01", "oven-01", *ROLES]
+
+
+ROLES = ("controller", "dashboard", "observer", "datacenter")
+
+
+def export(certs: LabCertificates, folder: Path, identities: list[str]) -> list[Path]:
+    """Write ``folder/ca.crt``, ``server.crt``/``.key`` and ``<identity>.crt``/``.key``.
+
+    The layout ``sim.run_all --mtls`` and ``docs/tls.md`` use. Keys are mode 0600.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "ca.crt"]
+    shutil.copyfile(certs.ca_file, written[0])
+    pairs = {"server": certs.server(), **{name: certs.client(name) for name in identities}}
+    for name, pair in pairs.items():
+        cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+        shutil.copyfile(pair.cert, cert)
+        key.touch(mode=0o600)
+        key.chmod(0o600)
+        key.write_bytes(pair.key.read_bytes())
+        written += [cert, key]
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mqtt_factory_lab.certificates DIR [IDENTITY...]``: a certificate folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mqtt_factory_lab.certificates",
+        description="Make a test CA, a broker certificate for 127.0.0.1/localhost and one "
+        "client certificate per identity (CN = the identity), as PEM files in DIR. For "
+        "testing only: the CA's key is not kept. docs/tls.md does the same with openssl.",
+    )
+    parser.add_argument("folder", type=Path, metavar="DIR")
+    parser.add_argument(
+        "identities", nargs="*", metavar="IDENTITY", help="default: every factory identity"
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="mqtt-lab-certs-") as scratch:
+        certs = LabCertificates(Path(scratch))
+        written = export(certs, args.folder, args.identities or factory_identities())
+    print(f"wrote {len(written)} files to {args.folder} (CA: {args.folder / 'ca.crt'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -57,12 +57,13 @@ MQTT-3.3.5-2 (authorization); mosquitto.conf(5) ``cafile``, ``certfile``, ``keyf
 ``require_certificate``, ``use_identity_as_username``; ``docs/tls.md`` (the same
 certificates with ``openssl``).
 
-Try it (``docs/tls.md`` makes ``certs/`` with ``openssl``)::
+Try it (``docs/tls.md`` has the broker's ``mtls.conf`` and the same files with ``openssl``)::
 
-    python -m sim.run_all --mtls                    # the whole factory under mutual TLS
-    python -m sim.cli sub --topic 'factory/#' --port 8883 --tls-ca certs/ca.crt \\
-        --tls-cert certs/observer.crt --tls-key certs/observer.key
-    openssl s_client -connect 127.0.0.1:8883 -CAfile certs/ca.crt    # the handshake, step by step
+    python -m mqtt_factory_lab.certificates certs/     # a test CA and a certificate per machine
+    mosquitto -c mtls.conf &                           # TLS on 8883, require_certificate
+    python -m sim.run_all --mtls certs/ --host 127.0.0.1 --port 8883
+    mosquitto_sub -h 127.0.0.1 -p 8883 --cafile certs/ca.crt -t 'factory/#' -v   # refused: why?
+    openssl s_client -connect 127.0.0.1:8883 -CAfile certs/ca.crt   # the handshake, step by step
 
 Your programs in this lesson: ``[roles.device]`` and ``[roles.controller]`` connect with TLS
 when ``VF_TLS_CA`` is set: they verify the broker against that CA, present ``VF_TLS_CERT``

@@ -151,3 +151,11 @@ def test_a_tls_broker_folder_carries_the_certificates_under_its_variant_paths(tm
 def test_tls_and_mtls_do_not_combine(tmp_path):
     with pytest.raises(BrokerConfigError, match="mtls already includes tls"):
         render("tls+mtls", tmp_path / "b", port=1883, tls=broker_tls(("tls", "mtls")))
+
+
+def test_acl_machines_keeps_the_lab_sync_space():
+    from mqtt_factory_lab.client import SYNC_PREFIX
+
+    rule = f"pattern readwrite {SYNC_PREFIX}/%c/#"
+    for acl in (DOCKER_DIR / "acl-machines", PROJECT_ROOT / "starter" / "acl-machines"):
+        assert rule in acl.read_text().splitlines(), f"{acl} must keep {rule!r}"

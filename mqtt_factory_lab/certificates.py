@@ -27,10 +27,10 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trustme
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:  # trustme and cryptography load at the first certificate: every pytest
+    import trustme  # run imports this module, few of them make certificates
 
 #: the names the broker's certificate is valid for: what lab clients connect to
 SERVER_HOSTS = ("127.0.0.1", "localhost")
@@ -70,6 +70,9 @@ class KeyPair:
 
 def common_name(cert: Path) -> str:
     """The subject CN of a PEM certificate file ("" when it has none)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     loaded = x509.load_pem_x509_certificate(cert.read_bytes())
     names = loaded.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
@@ -77,6 +80,8 @@ def common_name(cert: Path) -> str:
 
 def not_after(cert: Path) -> dt.datetime:
     """When a PEM certificate expires (UTC)."""
+    from cryptography import x509
+
     return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
 
 
@@ -92,7 +97,9 @@ class LabCertificates:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o700)
         self.name = name
-        self._ca = trustme.CA(organization_name=name)
+        import trustme
+
+        self._ca: trustme.CA = trustme.CA(organization_name=name)
         self.ca_file = self.folder / "ca.crt"
         self._ca.cert_pem.write_to_path(str(self.ca_file))
         self._issued: dict[str, KeyPair] = {}

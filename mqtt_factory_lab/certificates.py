@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import os
 import shutil
 import ssl
 import tempfile
@@ -178,6 +179,31 @@ class LabCertificates:
             if self._other is None:
                 self._other = LabCertificates(self.folder / "other-ca", "an unrelated CA")
             return self._other
+
+    def handout(self, identity: str, uid: int | None = None, gid: int | None = None) -> KeyPair:
+        """``identity``'s certificate for a program that runs as another user (``uid``).
+
+        The class grader runs a student's programs as an unprivileged user when it is root:
+        that user gets a folder of its own holding its certificate, its key (``0600``, its
+        own) and the CA, and can reach nothing else here (the CA folder becomes ``0711``:
+        passable, not listable; every other key stays ``0600`` and not its own). Without a
+        ``uid`` the program runs as us and gets the certificate as it is.
+        """
+        pair = self.client(identity)
+        if uid is None:
+            return pair
+        self.folder.chmod(0o711)
+        folder = Path(tempfile.mkdtemp(prefix=f"handout-{identity}-", dir=self.folder))
+        copies = {name: folder / name for name in ("ca.crt", "client.crt", "client.key")}
+        for source, target in zip(
+            (self.ca_file, pair.cert, pair.key), copies.values(), strict=True
+        ):
+            shutil.copyfile(source, target)
+            os.chown(target, uid, uid if gid is None else gid)
+        copies["client.key"].chmod(0o600)
+        os.chown(folder, uid, uid if gid is None else gid)
+        folder.chmod(0o700)
+        return KeyPair(pair.name, copies["client.crt"], copies["client.key"], copies["ca.crt"])
 
     def client_context(self, pair: KeyPair | None = None) -> ssl.SSLContext:
         """An ``ssl`` context that trusts this CA (and presents ``pair``, if given)."""

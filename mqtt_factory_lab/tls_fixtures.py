@@ -13,6 +13,7 @@ trusted by it (and one from ``lab_certificates.other_ca()`` is not).
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,6 +64,16 @@ def tls_settings(
         cert=str(pair.cert) if pair else None,
         key=str(pair.key) if pair else None,
     )
+
+
+def program_user() -> tuple[int | None, int | None]:
+    """The user and group the class grader runs a solution's programs as, or ``(None, None)``."""
+    from mqtt_factory_lab.grading.limits import Limits
+
+    limits = Limits.from_env()
+    if limits is None or limits.uid is None or os.geteuid() != 0:
+        return None, None
+    return limits.uid, limits.gid
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +161,10 @@ def machine_launcher(
         remember_broker(request, broker)
 
         def env_for(role: str, values: dict[str, Any]) -> dict[str, str]:
-            return lab_certificates.client(identity_of(role, values)).env(trust)
+            # Under the class grader (as root) the programs run as another user, who must
+            # read its own key and nothing else: a hand-out copy (LabCertificates.handout).
+            pair = lab_certificates.handout(identity_of(role, values), *program_user())
+            return pair.env(trust)
 
         launcher = FactoryLauncher(
             solution,

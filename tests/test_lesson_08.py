@@ -159,3 +159,27 @@ def test_acl_machines_keeps_the_lab_sync_space():
     rule = f"pattern readwrite {SYNC_PREFIX}/%c/#"
     for acl in (DOCKER_DIR / "acl-machines", PROJECT_ROOT / "starter" / "acl-machines"):
         assert rule in acl.read_text().splitlines(), f"{acl} must keep {rule!r}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a key to another user needs root")
+def test_a_program_run_as_another_user_reads_its_own_key_and_no_other():
+    """The class grader (as root) runs students' programs as an unprivileged user."""
+    import subprocess
+
+    certs = LabCertificates.create()  # in the system's temp folder, as under the grader
+    try:
+        other = certs.client("oven-01")
+        mine = certs.handout("press-01", 65534, 65534)
+
+        def readable(path: Path) -> bool:
+            done = subprocess.run(
+                ["cat", str(path)], user=65534, group=65534, capture_output=True, check=False
+            )
+            return done.returncode == 0
+
+        assert readable(mine.key) and readable(mine.cert) and readable(mine.ca)
+        assert common_name(mine.cert) == "press-01"
+        assert not readable(other.key), "another machine's key must stay out of reach"
+        assert not readable(certs.server().key), "the broker's key must stay out of reach"
+    finally:
+        certs.remove()

@@ -41,7 +41,10 @@ own telemetry, alarms, state and status (the lab's devices also write their
 reads alarms and writes commands as ``controller``; the dashboard reads
 everything and writes commands as ``dashboard``; the observer reads and never
 writes; the bad actor gets nothing. ``MATRIX`` below is that matrix as data;
-every cell is one experiment against the solution's ACL.
+every cell is one experiment against the solution's ACL. Points follow harm: a cell weighs
+by what a wrong verdict exposes (a forged command more than a read reading), ten times more
+when the leak is to a client with no right at all, so an ACL that shows the plant to a
+stranger costs most of the matrix's points.
 
 Pitfalls:
 
@@ -74,8 +77,10 @@ Try it (the seed's exercise 6), with the broker of ``docker compose up``::
 Your programs in this lesson: ``[files] acl`` in your manifest — a Mosquitto
 ACL file, loaded as the broker's ``acl_file`` (topics under ``factory/``; the
 lab connects devices with their device id as client id, ``controller``,
-``dashboard`` and ``observer`` with that client id *and* user name, and keeps
-``pattern readwrite lab/sync/%c/#``); ``[roles.device]`` runs under it,
+``dashboard`` and ``observer`` with that client id *and* user name). Your ACL **must
+keep** ``pattern readwrite lab/sync/%c/#`` (the starter's ``acl`` has it): every denial is
+proven with a round trip through it, and without it the lesson stops at once, in one
+sentence, before any cell runs. ``[roles.device]`` runs under it,
 connecting with client id ``{client_id}`` = ``{device_id}`` and topic root
 ``factory``. Run ``pytest labs/06_acl.py -v``; a platform team checks its own
 ACL with ``--acl-file PATH --acl-matrix PATH`` (see ``docs/acl.md``).
@@ -95,13 +100,14 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mqtt_factory_lab.acl import Cell, MatrixClient, parametrize_cells
-from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
-from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
-from mqtt_factory_lab.paths import DOCKER_DIR
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.acl import Cell, MatrixClient
+from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.core.paths import DOCKER_DIR
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.fixtures.acl import parametrize_cells
+from mqtt_factory_lab.fixtures.brokers import BrokerPool, broker_or_fail, remember_broker
 
 pytestmark = [pytest.mark.lesson(6)]
 
@@ -246,6 +252,7 @@ def how_to_allow(who: MatrixClient, access: str, topic: str) -> str:
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.points(2.5)
 def test_matrix_says_who_may_publish_where(
     publish_cell: Cell, acl_broker: Broker, mqtt_client, acl_file: Path
 ):
@@ -308,6 +315,7 @@ def test_matrix_says_who_may_publish_where(
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.points(2.5)
 def test_matrix_says_who_may_read_what(
     subscribe_cell: Cell, acl_broker: Broker, mqtt_client, acl_file: Path
 ):
@@ -368,6 +376,7 @@ def test_matrix_says_who_may_read_what(
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.points(1)
 def test_solution_devices_need_nothing_their_acl_denies(
     make_broker, factory_launcher, mqtt_client, acl_file, protocol
 ):
@@ -450,6 +459,7 @@ def lab_acl(_lab_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broke
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("qos", [0, 1], ids=lambda q: f"qos{q}")
 @pytest.mark.spec(mqtt311=["MQTT-3.3.5-2"])
+@pytest.mark.rule("must")
 def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_client, protocol, qos):
     party = Parties(mqtt_client, lab_acl)
     press, oven = MatrixClient("press-01"), MatrixClient("oven-01")
@@ -490,6 +500,7 @@ def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_clie
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_forbidden_subscription_is_refused_or_receives_nothing(lab_acl, mqtt_client, protocol):
     party = Parties(mqtt_client, lab_acl)
     stranger = party(MatrixClient("bad-actor"), protocol)
@@ -520,6 +531,7 @@ def test_forbidden_subscription_is_refused_or_receives_nothing(lab_acl, mqtt_cli
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.rule("convention")  # the lab's ACL and log
 def test_broker_logs_every_denied_publish(lab_acl, mqtt_client):
     press = mqtt_client("press-01", broker=lab_acl)
     mark = lab_acl.log_mark()
@@ -534,6 +546,7 @@ def test_broker_logs_every_denied_publish(lab_acl, mqtt_client):
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
     topic = "factory/telemetry/press-01/temperature"
     dashboard = mqtt_client("dashboard", username="dashboard", broker=lab_acl, protocol=protocol)
@@ -561,6 +574,7 @@ def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_without_passwords_anyone_may_claim_the_dashboard_user(lab_acl, mqtt_client, protocol):
     spy = mqtt_client("spy", username="dashboard", broker=lab_acl, protocol=protocol)
     spy.subscribe("factory/#", qos=1)
@@ -616,6 +630,7 @@ def hardened(
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("credentials", ["anonymous", "wrong-password"])
+@pytest.mark.rule("convention")  # the lab's hardened ACL
 def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
     hardened, mqtt_client, protocol, credentials
 ):
@@ -640,6 +655,7 @@ def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.rule("convention")  # the lab's hardened ACL
 def test_hardened_rights_follow_the_user_not_the_client_id(hardened, mqtt_client, protocol):
     broker, passwords = hardened
     topic = "factory/telemetry/press-01/temperature"

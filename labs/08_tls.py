@@ -83,18 +83,18 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
-from mqtt_factory_lab.certificates import LabCertificates
-from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
-from mqtt_factory_lab.connection import ConnectionSettings, try_connect
-from mqtt_factory_lab.factory import FactoryLauncher
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.paths import DOCKER_DIR
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.roles import RoleError, RoleProcess
-from mqtt_factory_lab.solution import ManifestError, Solution
-from mqtt_factory_lab.tls_probe import TLS_FAILURES, probe_tls
+from mqtt_factory_lab.core.certificates import LabCertificates
+from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.core.connection import ConnectionSettings, try_connect
+from mqtt_factory_lab.core.factory import FactoryLauncher
+from mqtt_factory_lab.core.paths import DOCKER_DIR
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.roles import RoleError, RoleProcess
+from mqtt_factory_lab.core.solution import ManifestError, Solution
+from mqtt_factory_lab.core.tls_probe import TLS_FAILURES, probe_tls
+from mqtt_factory_lab.fixtures.brokers import BrokerPool, broker_or_fail, remember_broker
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(8), pytest.mark.broker_needs(CONFIG, LOG)]
 

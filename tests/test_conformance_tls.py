@@ -17,8 +17,8 @@ import pytest
 
 from mqtt_factory_lab.brokers.base import free_port
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
-from mqtt_factory_lab.certificates import LabCertificates
-from mqtt_factory_lab.connection import ConnectionSettings, try_connect
+from mqtt_factory_lab.core.certificates import LabCertificates
+from mqtt_factory_lab.core.connection import ConnectionSettings, try_connect
 from tests.test_conformance import child_pytest, conformance
 
 pytestmark = pytest.mark.skipif(

@@ -32,7 +32,7 @@ from mqtt_factory_lab.brokers.docker import (
     DockerMosquitto,
     docker_available,
 )
-from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.core.client import RecordingClient
 
 NO_ENGINE = "no Docker engine answers: run under .ci/with-docker-engine.sh or start Docker"
 
@@ -246,9 +246,9 @@ def test_mtls_broker_in_a_container_reads_its_mounted_certificates(
 ) -> None:
     """Lesson 08 on docker: the certificates are mounted with config/ and the key is readable
     by the image's mosquitto user; identity-as-username works as on the local backend."""
-    from mqtt_factory_lab.certificates import run_certificates
-    from mqtt_factory_lab.connection import ConnectionSettings
-    from mqtt_factory_lab.tls_probe import probe_tls
+    from mqtt_factory_lab.core.certificates import run_certificates
+    from mqtt_factory_lab.core.connection import ConnectionSettings
+    from mqtt_factory_lab.core.tls_probe import probe_tls
 
     broker = start_broker("mtls+persistent")
     certs = run_certificates()

@@ -17,8 +17,8 @@ import pytest
 
 from mqtt_factory_lab.brokers.config import BrokerConfigError, render
 from mqtt_factory_lab.brokers.tls import broker_tls
-from mqtt_factory_lab.certificates import LabCertificates, common_name, not_after
-from mqtt_factory_lab.paths import DOCKER_DIR
+from mqtt_factory_lab.core.certificates import LabCertificates, common_name, not_after
+from mqtt_factory_lab.core.paths import DOCKER_DIR
 
 LESSON = "labs/08_tls.py"
 BROKEN = Path(__file__).parent / "broken"
@@ -154,7 +154,7 @@ def test_tls_and_mtls_do_not_combine(tmp_path):
 
 
 def test_acl_machines_keeps_the_lab_sync_space():
-    from mqtt_factory_lab.client import SYNC_PREFIX
+    from mqtt_factory_lab.core.client import SYNC_PREFIX
 
     rule = f"pattern readwrite {SYNC_PREFIX}/%c/#"
     for acl in (DOCKER_DIR / "acl-machines", PROJECT_ROOT / "starter" / "acl-machines"):

@@ -13,9 +13,10 @@ import re
 import urllib.request
 
 from mqtt_factory_lab.brokers.base import free_port
-from mqtt_factory_lab.certificates import export, factory_identities
-from mqtt_factory_lab.paths import DOCKER_DIR
-from mqtt_factory_lab.process import wait_until
+from mqtt_factory_lab.certificates import factory_identities
+from mqtt_factory_lab.core.certificates import export
+from mqtt_factory_lab.core.paths import DOCKER_DIR
+from mqtt_factory_lab.core.process import wait_until
 
 CONNECTED_AS = re.compile(r"New client connected from \S+ as (\S+) \(.*u'([^']*)'")
 

@@ -50,8 +50,14 @@ from mqtt_factory_lab.brokers.base import (
     free_port,
 )
 from mqtt_factory_lab.brokers.tls import broker_tls
-from mqtt_factory_lab.certificates import KeyPair, LabCertificates
-from mqtt_factory_lab.process import ProcessTimeout, close_forgotten, track, untrack, wait_until
+from mqtt_factory_lab.core.certificates import KeyPair, LabCertificates
+from mqtt_factory_lab.core.process import (
+    ProcessTimeout,
+    close_forgotten,
+    track,
+    untrack,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer

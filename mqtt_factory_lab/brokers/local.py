@@ -1,7 +1,7 @@
 """The local backend: the ``mosquitto`` executable as a child process.
 
 The broker listens on a free 127.0.0.1 port and writes its log to a file that
-tests can read. It runs as a :class:`~mqtt_factory_lab.process.ChildProcess`
+tests can read. It runs as a :class:`~mqtt_factory_lab.core.process.ChildProcess`
 (its own session, a parent-death signal, SIGTERM then SIGKILL), and the
 process module's ``atexit`` registry closes any broker a crashed caller forgot.
 """
@@ -26,8 +26,8 @@ from mqtt_factory_lab.brokers.base import (
     free_port,
 )
 from mqtt_factory_lab.brokers.tls import broker_tls
-from mqtt_factory_lab.certificates import KeyPair, LabCertificates
-from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, track, untrack, wait_until
+from mqtt_factory_lab.core.certificates import KeyPair, LabCertificates
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, track, untrack, wait_until
 
 INSTALL_HINT = (
     "install it with your package manager (Debian/Ubuntu: `sudo apt-get install -y mosquitto`, "
@@ -103,7 +103,7 @@ class LocalMosquitto(Broker):
         self._fixed_port = port
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mqtt-lab-broker-"))
-        self.workdir.chmod(0o755)
+        self.workdir.chmod(0o700)  # its configuration, database and log: the lab's user's only
         self.extra_config = extra_config
         #: a team's own configuration folder used instead of the lab's (``--broker-config``)
         self.config_source = config_source

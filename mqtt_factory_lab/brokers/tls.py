@@ -2,7 +2,7 @@
 
 :func:`broker_tls` is what a backend asks when it is given a variant: ``None`` for a
 plaintext broker, else a :class:`BrokerTLS` holding the CA and the server certificate
-(by default the run's, :func:`~mqtt_factory_lab.certificates.run_certificates`).
+(by default the run's, :func:`~mqtt_factory_lab.core.certificates.run_certificates`).
 :func:`install` copies them into the rendered configuration as ``config/certs/``, which
 the variant files name as ``/mosquitto/config/certs/...``:
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from mqtt_factory_lab.certificates import KeyPair, LabCertificates, run_certificates
-from mqtt_factory_lab.connection import ConnectionSettings
+from mqtt_factory_lab.core.certificates import KeyPair, LabCertificates, run_certificates
+from mqtt_factory_lab.core.connection import ConnectionSettings
 
 #: the variant fragments that turn the listener into a TLS one
 TLS_FRAGMENTS = frozenset({"tls", "mtls"})

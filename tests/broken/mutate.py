@@ -12,6 +12,9 @@ patches paho-mqtt inside the program, then runs the module as ``__main__``:
 ``--no-will``           the program connects without its Last Will
 ``--tls-insecure``      TLS without verifying the broker (``CERT_NONE``, ``tls_insecure_set(True)``)
 ``--no-client-cert``    TLS without presenting the client certificate (``VF_TLS_CERT`` ignored)
+``--strip-property P``  MQTT 5: every publish goes out without the property P (paho's name:
+                        UserProperty, CorrelationData, MessageExpiryInterval...; repeatable)
+``--no-share``          subscriptions to ``$share/<group>/<filter>`` subscribe to ``<filter>``
 
 Every check of a solution in this project has a test that runs it against such a
 variant and expects it to fail (see ``tests/test_mutants.py``); lessons' broken
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--no-will", action="store_true")
     parser.add_argument("--tls-insecure", action="store_true")
     parser.add_argument("--no-client-cert", action="store_true")
+    parser.add_argument("--strip-property", action="append", default=[], metavar="NAME")
+    parser.add_argument("--no-share", action="store_true")
     parser.add_argument("module", help="the program to run, such as sim.device")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args()
@@ -69,9 +74,27 @@ def main() -> None:
         if kind in options.retain_once:
             retain = retain and topic not in published_once
             published_once.add(topic)
+        for name in options.strip_property:
+            if properties is not None and hasattr(properties, name):
+                delattr(properties, name)
         return publish(self, topic, payload, qos_by_kind.get(kind, qos), retain, properties)
 
     mqtt.Client.publish = mutated_publish  # type: ignore[method-assign]
+    subscribe = mqtt.Client.subscribe
+
+    def unshared(topic: Any) -> Any:
+        if isinstance(topic, str) and topic.startswith("$share/"):
+            return topic.split("/", 2)[2]
+        if isinstance(topic, tuple):
+            return (unshared(topic[0]), *topic[1:])
+        if isinstance(topic, list):
+            return [unshared(item) for item in topic]
+        return topic
+
+    def mutated_subscribe(self: mqtt.Client, topic: Any, *args: Any, **kwargs: Any) -> Any:
+        return subscribe(self, unshared(topic) if options.no_share else topic, *args, **kwargs)
+
+    mqtt.Client.subscribe = mutated_subscribe  # type: ignore[method-assign]
     if options.no_will:
         mqtt.Client.will_set = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
     if options.tls_insecure or options.no_client_cert:

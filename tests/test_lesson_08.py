@@ -161,6 +161,16 @@ def test_acl_machines_keeps_the_lab_sync_space():
         assert rule in acl.read_text().splitlines(), f"{acl} must keep {rule!r}"
 
 
+@pytest.mark.parametrize("broken", ["device_skips_verification", "device_ignores_client_cert"])
+def test_a_device_mistake_carries_the_reference_acl_unchanged(broken):
+    """A solution's [files] live in its folder: these variants carry a copy of the reference's
+    ACL, which must stay the reference's, or they would test two mistakes at once."""
+    copy = BROKEN / f"lesson08_{broken}" / "acl_machines"
+    assert copy.read_text() == (DOCKER_DIR / "acl-machines").read_text(), (
+        f"{copy} differs from docker/acl-machines: copy it again (cp docker/acl-machines {copy})"
+    )
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing a key to another user needs root")
 def test_a_program_run_as_another_user_reads_its_own_key_and_no_other():
     """The class grader (as root) runs students' programs as an unprivileged user."""

@@ -63,37 +63,47 @@ class BrokerTLS:
         )
 
     def ping(self, host: str, port: int, timeout: float = 1.0) -> bool:
-        """Whether an MQTT broker answers a TLS CONNECT at ``host:port`` (readiness only).
-
-        It does not verify the server's certificate: the experiments may give the broker an
-        expired or wrong-host one on purpose, and the question here is only "is it up?".
-        """
+        """Whether an MQTT broker answers a TLS CONNECT at ``host:port`` (:func:`tls_ping`)."""
         pair = self.certificates.client(LAB_IDENTITY) if self.mutual else None
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"lab-ping-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,
+        return tls_ping(
+            host, port, pair.cert if pair else None, pair.key if pair else None, timeout
         )
-        client.tls_set(
-            cert_reqs=ssl.CERT_NONE,
-            certfile=str(pair.cert) if pair else None,
-            keyfile=str(pair.key) if pair else None,
-        )
-        client.tls_insecure_set(True)
-        client.connect_timeout = timeout
-        answered = threading.Event()
-        client.on_connect = lambda *args: answered.set()
-        try:
-            client.connect(host, port, keepalive=10)
-        except (OSError, ValueError):
-            return False
-        client.loop_start()
-        try:
-            return answered.wait(timeout)
-        finally:
-            client.disconnect()
-            client.loop_stop()
+
+
+def tls_ping(
+    host: str, port: int, cert: Path | None = None, key: Path | None = None, timeout: float = 1.0
+) -> bool:
+    """Whether an MQTT broker answers a TLS CONNECT at ``host:port`` (readiness only).
+
+    It does not verify the server's certificate: the experiments may give the broker an
+    expired or wrong-host one on purpose, and the question here is only "is it up?". A
+    mutual-TLS broker needs ``cert`` and ``key``.
+    """
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"lab-ping-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+        reconnect_on_failure=False,
+    )
+    client.tls_set(
+        cert_reqs=ssl.CERT_NONE,
+        certfile=str(cert) if cert else None,
+        keyfile=str(key) if key else None,
+    )
+    client.tls_insecure_set(True)
+    client.connect_timeout = timeout
+    answered = threading.Event()
+    client.on_connect = lambda *args: answered.set()
+    try:
+        client.connect(host, port, keepalive=10)
+    except (OSError, ValueError):
+        return False
+    client.loop_start()
+    try:
+        return answered.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def broker_tls(
@@ -110,14 +120,24 @@ def broker_tls(
 
 def install(tls: BrokerTLS, config_dir: Path, *, container: bool) -> None:
     """Copy the CA and the server certificate into ``config_dir/certs`` (see the module)."""
+    install_files(tls.certificates.ca_file, tls.server, config_dir, container=container)
+
+
+def install_files(ca: Path, server: KeyPair, config_dir: Path, *, container: bool) -> None:
+    """Copy ``ca`` (the CA clients' certificates must come from) and the broker's certificate
+    and key into ``config_dir/certs/``, where the ``tls``/``mtls`` variants read them.
+
+    The key stays ``0600``; for a container it becomes the image's ``mosquitto`` user's
+    (as root), or readable (``0644``, in a folder that is ours) when we cannot chown.
+    """
     folder = config_dir / "certs"
     folder.mkdir(exist_ok=True)
-    shutil.copyfile(tls.certificates.ca_file, folder / "ca.crt")
-    shutil.copyfile(tls.server.cert, folder / "server.crt")
+    shutil.copyfile(ca, folder / "ca.crt")
+    shutil.copyfile(server.cert, folder / "server.crt")
     key = folder / "server.key"
     key.touch(mode=0o600)
     key.chmod(0o600)
-    key.write_bytes(tls.server.key.read_bytes())
+    key.write_bytes(server.key.read_bytes())
     for name in ("ca.crt", "server.crt"):
         (folder / name).chmod(0o644)
     folder.chmod(0o755)

@@ -222,6 +222,7 @@ def dedicated_broker(
 
 
 @pytest.mark.broker
+@pytest.mark.rule("convention")  # the lab's tls/mtls variants: TLS is no MQTT statement
 def test_plaintext_client_gets_nothing_from_a_tls_listener(tls_broker, protocol):
     plain = ConnectionSettings(tls_broker.host, tls_broker.port)
     outcome, _ = try_connect(plain, protocol, timeout=2)
@@ -238,6 +239,7 @@ def test_plaintext_client_gets_nothing_from_a_tls_listener(tls_broker, protocol)
 
 
 @pytest.mark.broker
+@pytest.mark.rule("convention")  # the lab's tls/mtls variants: TLS is no MQTT statement
 def test_client_that_trusts_another_ca_refuses_the_broker(tls_broker, lab_certificates):
     stranger_ca = lab_certificates.other_ca().ca_file
     found = probe_tls(tls_broker.host, tls_broker.port, ca=stranger_ca)
@@ -255,6 +257,7 @@ def test_client_that_trusts_another_ca_refuses_the_broker(tls_broker, lab_certif
 
 
 @pytest.mark.broker
+@pytest.mark.rule("convention")  # the lab's tls/mtls variants: TLS is no MQTT statement
 @pytest.mark.parametrize("flaw", ["expired", "wrong-host"])
 def test_client_refuses_an_expired_or_wrong_host_server_certificate(
     dedicated_broker, lab_certificates, flaw
@@ -280,6 +283,7 @@ def test_client_refuses_an_expired_or_wrong_host_server_certificate(
 
 
 @pytest.mark.broker
+@pytest.mark.rule("convention")  # the lab's tls/mtls variants: TLS is no MQTT statement
 @pytest.mark.parametrize("presented", ["no-certificate", "other-ca-certificate"])
 def test_mtls_refuses_clients_without_a_certificate_from_its_ca(
     machines_broker, lab_certificates, presented
@@ -309,6 +313,7 @@ def test_mtls_refuses_clients_without_a_certificate_from_its_ca(
 
 
 @pytest.mark.broker
+@pytest.mark.rule("convention")  # the lab's tls/mtls variants: TLS is no MQTT statement
 def test_identity_as_username_the_broker_logs_the_certificate_name(machines_broker, tls_client):
     mark = machines_broker.log_mark()
     client = tls_client(
@@ -327,6 +332,7 @@ def test_identity_as_username_the_broker_logs_the_certificate_name(machines_brok
 
 @pytest.mark.broker
 @pytest.mark.spec(mqtt311=["MQTT-3.3.5-2"])
+@pytest.mark.rule("must")
 def test_the_spoof_of_lesson_06_fails_the_certificate_decides(
     machines_broker, tls_client, protocol
 ):

@@ -1007,6 +1007,7 @@ SMALL_QUEUE = 20
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.rule("may", mqtt311="§4.1", mqtt5="§4.1.1")
 def test_an_outage_longer_than_the_queue_loses_the_newest_records(
     make_broker, mqtt_client, topic_root, protocol
 ):

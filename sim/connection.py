@@ -107,7 +107,11 @@ class BrokerSettings:
             )
             if getattr(args, name, None) is not None
         }
-        return replace(settings, **overrides)
+        settings = replace(settings, **overrides)
+        problem = tls_files_problem(settings)
+        if problem:
+            raise ValueError(problem)
+        return settings
 
     def to_env(self) -> dict[str, str]:
         """These settings as the ``VF_*`` variables :meth:`from_env` reads back.
@@ -210,6 +214,53 @@ def make_client(
     client._lab_clean_start = clean_start  # type: ignore[attr-defined]
     client._lab_session_expiry = session_expiry  # type: ignore[attr-defined]
     return client
+
+
+def tls_files_problem(settings: BrokerSettings) -> str | None:
+    """One sentence when the TLS files cannot be used (which file, which check, what to do).
+
+    Checked when the settings are read, so that a wrong path or a key of another certificate
+    ends the program with that sentence, before any connection and without a stack trace.
+    """
+    if not (settings.tls or settings.tls_ca):
+        return None
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        return "VF_TLS_CERT (--tls-cert) and VF_TLS_KEY (--tls-key) go together: give both"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if settings.tls_ca:
+            context.load_verify_locations(cafile=settings.tls_ca)
+    except (ssl.SSLError, OSError) as error:
+        return (
+            f"VF_TLS_CA (--tls-ca) {settings.tls_ca} cannot be used as the CA certificate "
+            f"({_ssl_reason(error)}): give the PEM file of the CA that signed the broker's "
+            "certificate"
+        )
+    try:
+        if settings.tls_cert and settings.tls_key:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, OSError) as error:
+        if "KEY_VALUES_MISMATCH" in f"{getattr(error, 'reason', '')} {error}".upper():
+            return (
+                f"VF_TLS_KEY (--tls-key) {settings.tls_key} is not the private key of "
+                f"VF_TLS_CERT {settings.tls_cert} (the key does not match the certificate): "
+                "give this machine's own certificate and key"
+            )
+        return (
+            f"VF_TLS_CERT {settings.tls_cert} and VF_TLS_KEY {settings.tls_key} cannot be "
+            f"used as this machine's certificate and key ({_ssl_reason(error)}): give a PEM "
+            "certificate and its unencrypted PEM key"
+        )
+    return None
+
+
+def _ssl_reason(error: BaseException) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, PermissionError):
+        return "not readable by this user"
+    reason = getattr(error, "reason", None)
+    return str(reason or getattr(error, "strerror", None) or error).replace("_", " ").lower()
 
 
 #: OpenSSL verification results (``verify_code``) → what failed, in words

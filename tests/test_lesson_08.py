@@ -193,3 +193,44 @@ def test_a_program_run_as_another_user_reads_its_own_key_and_no_other():
         assert not readable(certs.server().key), "the broker's key must stay out of reach"
     finally:
         certs.remove()
+
+
+def test_an_unusable_certificate_file_is_one_sentence_in_the_lab(tmp_path):
+    from mqtt_factory_lab.core.connection import ConnectionSettings
+
+    certs = LabCertificates.create(tmp_path / "certs")
+    press, oven = certs.client("press-01"), certs.client("oven-01")
+    cases = {
+        "is not the private key of": dict(ca=str(certs.ca_file), cert=str(press.cert), key=str(oven.key)),
+        "cannot be used as the CA certificate": dict(ca=str(press.key)),
+    }  # fmt: skip
+    for says, files in cases.items():
+        with pytest.raises(ValueError) as caught:
+            ConnectionSettings.from_options("mqtts://127.0.0.1:8883", **files)
+        sentence = str(caught.value)
+        assert says in sentence and "\n" not in sentence and "_ssl.c" not in sentence, sentence
+
+
+@pytest.mark.parametrize("flaw", ["missing-ca", "key-of-another-machine"])
+def test_an_unusable_certificate_file_is_one_sentence_in_the_reference_device(tmp_path, flaw):
+    import subprocess
+    import sys
+
+    certs = LabCertificates.create(tmp_path / "certs")
+    env = {**os.environ, **certs.client("press-01").env(), "VF_BROKER_PORT": "1"}
+    if flaw == "missing-ca":
+        env["VF_TLS_CA"], says = str(tmp_path / "nowhere.crt"), "no such file"
+    else:
+        env["VF_TLS_KEY"], says = str(certs.client("oven-01").key), "is not the private key"
+    done = subprocess.run(
+        [sys.executable, "-m", "sim.device", "--device", "press"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and says in output, output
+    assert "Traceback" not in output and "_ssl.c" not in output, output

@@ -224,3 +224,52 @@ def probe_tls(
             else outcome("refused", f"CONNACK return code {code}")
         )
     return outcome("closed", "the connection ended" if not answer else f"got {answer!r}")
+
+
+def files_problem(
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    *,
+    names: tuple[str, str, str] = ("--broker-ca", "--broker-cert", "--broker-key"),
+) -> str | None:
+    """One sentence when the TLS files cannot be used (which file, which check, what to do),
+    else None: the CA must load as PEM certificates, the certificate and key as a pair.
+
+    Checked before any connection, so that a wrong file is named as such and never shows up
+    as an ``ssl`` stack trace or a refused handshake.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as error:
+            return (
+                f"{names[0]} {ca} cannot be used as the CA certificate ({_reason(error)}): "
+                "give the PEM file of the CA that signed the broker's certificate (ca.crt)"
+            )
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as error:
+            reason = _reason(error)
+            if "KEY_VALUES_MISMATCH" in f"{getattr(error, 'reason', '')} {error}".upper():
+                return (
+                    f"{names[2]} {key} is not the private key of {names[1]} {cert} (the key "
+                    "does not match the certificate): give the key made with that certificate"
+                )
+            return (
+                f"{names[1]} {cert} and {names[2]} {key} cannot be used as a client certificate "
+                f"and its key ({reason}): give a PEM certificate and its unencrypted PEM key"
+            )
+    return None
+
+
+def _reason(error: BaseException) -> str:
+    """OpenSSL's reason without its decoration: "no such file", "key values mismatch"..."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, PermissionError):
+        return "not readable by this user"
+    reason = getattr(error, "reason", None)
+    return str(reason or getattr(error, "strerror", None) or error).replace("_", " ").lower()

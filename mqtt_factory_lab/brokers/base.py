@@ -155,7 +155,7 @@ class Broker(ABC):
     # -- what tests look at -------------------------------------------------
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls is not None else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def connection(self) -> ConnectionSettings:

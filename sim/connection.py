@@ -107,11 +107,7 @@ class BrokerSettings:
             )
             if getattr(args, name, None) is not None
         }
-        settings = replace(settings, **overrides)
-        problem = tls_files_problem(settings)
-        if problem:
-            raise ValueError(problem)
-        return settings
+        return replace(settings, **overrides)
 
     def to_env(self) -> dict[str, str]:
         """These settings as the ``VF_*`` variables :meth:`from_env` reads back.

@@ -196,19 +196,30 @@ def test_a_program_run_as_another_user_reads_its_own_key_and_no_other():
 
 
 def test_an_unusable_certificate_file_is_one_sentence_in_the_lab(tmp_path):
-    from mqtt_factory_lab.core.connection import ConnectionSettings
+    import subprocess
+    import sys
 
     certs = LabCertificates.create(tmp_path / "certs")
     press, oven = certs.client("press-01"), certs.client("oven-01")
     cases = {
-        "is not the private key of": dict(ca=str(certs.ca_file), cert=str(press.cert), key=str(oven.key)),
-        "cannot be used as the CA certificate": dict(ca=str(press.key)),
+        "is not the private key of": [f"--broker-ca={certs.ca_file}", f"--broker-cert={press.cert}", f"--broker-key={oven.key}"],
+        "cannot be used as the CA certificate": [f"--broker-ca={press.key}"],
     }  # fmt: skip
-    for says, files in cases.items():
-        with pytest.raises(ValueError) as caught:
-            ConnectionSettings.from_options("mqtts://127.0.0.1:8883", **files)
-        sentence = str(caught.value)
-        assert says in sentence and "\n" not in sentence and "_ssl.c" not in sentence, sentence
+    for says, options in cases.items():
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "pytest", LESSON, "-p", "no:cacheprovider", "-q"),
+                *("--broker-url=mqtts://127.0.0.1:8883", *options),
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        output = (done.stdout + done.stderr).strip()
+        assert done.returncode == 4 and says in output, output  # a usage error, before any test
+        assert "Traceback" not in output and "_ssl.c" not in output, output
 
 
 @pytest.mark.parametrize("flaw", ["missing-ca", "key-of-another-machine"])

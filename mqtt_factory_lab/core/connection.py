@@ -145,11 +145,6 @@ class ConnectionSettings:
                 raise ValueError(f"--broker-{name} {path}: no such file")
         if (cert is None) != (key is None):
             raise ValueError("--broker-cert and --broker-key go together (mutual TLS needs both)")
-        from mqtt_factory_lab.core.tls_probe import files_problem
-
-        problem = files_problem(ca, cert, key)
-        if problem:
-            raise ValueError(problem)
 
         def parse(text: str) -> ConnectionSettings:
             settings = cls.from_url(text)

@@ -652,3 +652,32 @@ def test_up_mtls_with_a_bad_certificate_folder_is_one_sentence(make_sandbox, tmp
         assert phrase in first, f"{phrase!r} not in {first!r}"
     assert "Traceback" not in box.up_output and "_ssl.c" not in box.up_output, box.up_output
     assert not box.state.records(), "nothing may start with a bad certificate folder"
+
+
+@pytest.mark.parametrize("container", [False, True], ids=["local", "docker"])
+def test_the_mtls_broker_folder_carries_the_folders_certificates(tmp_path, container):
+    """What ``up --mtls --acl`` gives mosquitto, locally or mounted into the container."""
+    from mqtt_factory_lab.certificates import make_folder
+    from mqtt_factory_lab.core.paths import DOCKER_DIR
+    from mqtt_factory_lab.sandbox import broker as sandbox_broker
+
+    folder = tmp_path / "certs"
+    make_folder(folder, ["observer"])
+    state = StateDir(tmp_path / "state")
+    state.prepare()
+    where = (
+        {"port": 1883, "bind_address": None, "local_paths": False} if container else {"port": 1883}
+    )
+    rendered = sandbox_broker._render(state, True, str(folder), **where)
+    certs = rendered.config_dir / "certs"
+    for name in ("ca.crt", "server.crt", "server.key"):
+        assert (certs / name).read_bytes() == (folder / name).read_bytes(), name
+    key = (certs / "server.key").stat()
+    if container and os.geteuid() == 0:
+        assert (key.st_uid, key.st_mode & 0o777) == (1883, 0o600), "the image's mosquitto user's"
+    elif not container:
+        assert key.st_mode & 0o077 == 0, "a local broker's key is ours alone"
+    assert (rendered.config_dir / "acl").read_text() == (DOCKER_DIR / "acl-machines").read_text()
+    conf = (rendered.config_dir / "conf.d" / "mtls.conf").read_text()
+    prefix = "/mosquitto/config/certs" if container else str(certs)
+    assert f"certfile {prefix}/server.crt" in conf and "require_certificate true" in conf, conf

@@ -63,7 +63,9 @@ def prepare(folder: Path, *, make: bool) -> str:
     wanted += [f"{who}.{ext}" for who in IDENTITIES for ext in ("crt", "key")]
     missing = [name for name in wanted if not (folder / name).is_file()]
     made = ""
-    if missing and make:
+    certificates = ["ca.crt", "server.crt", *(f"{who}.crt" for who in IDENTITIES)]
+    if make and (missing or _dates_problem(folder, certificates)):
+        # the sandbox's own folder: made again, a fresh CA, whenever it is incomplete or old
         from mqtt_factory_lab.certificates import factory_identities, make_folder
 
         make_folder(folder, list(dict.fromkeys([*factory_identities(), *IDENTITIES])))
@@ -76,12 +78,14 @@ def prepare(folder: Path, *, make: bool) -> str:
             f"broker's certificate and one per program ({', '.join(IDENTITIES)}); "
             + MAKE_HINT.format(folder=folder)
         )
-    _check_dates(folder, ["ca.crt", "server.crt", *(f"{who}.crt" for who in IDENTITIES)])
+    problem = _dates_problem(folder, certificates)
+    if problem:
+        raise StartError(problem)
     return f"{made}{folder} (CA {folder / 'ca.crt'}, a certificate per program)"
 
 
-def _check_dates(folder: Path, names: list[str]) -> None:
-    """Refuse, in one sentence, a certificate that is not a certificate or not valid now."""
+def _dates_problem(folder: Path, names: list[str]) -> str | None:
+    """One sentence for a certificate that is not a certificate or not valid now, else None."""
     from cryptography import x509
 
     now = dt.datetime.now(dt.UTC)
@@ -89,14 +93,15 @@ def _check_dates(folder: Path, names: list[str]) -> None:
         path = folder / name
         try:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError) as error:
-            raise StartError(
-                f"--mtls: {path} is not a PEM certificate ({error}); "
+        except (OSError, ValueError):
+            return (
+                f"--mtls: {path} is not a PEM certificate (it does not load as one); "
                 + MAKE_HINT.format(folder=folder)
-            ) from None
+            )
         if cert.not_valid_after_utc < now or cert.not_valid_before_utc > now:
-            raise StartError(
+            return (
                 f"--mtls: {path} is valid from {cert.not_valid_before_utc:%Y-%m-%d} to "
                 f"{cert.not_valid_after_utc:%Y-%m-%d}, not today: every client would refuse it "
                 "(TLS verification: certificate expired); " + MAKE_HINT.format(folder=folder)
             )
+    return None

@@ -65,6 +65,12 @@ CAUGHT_BY = {
     "lesson07_crashes_on_invalid_json": ("07_traceability", "dead_letter_table and json"),
     "lesson07_no_datacenter": ("07_traceability", "sent_twice"),
     "lesson07_stores_redeliveries_twice": ("07_traceability", "sent_twice"),
+    "lesson08_any_certificate_writes_anywhere": ("08_tls", "each_certificate_write_only_its_own"),
+    "lesson08_device_ignores_client_cert": ("08_tls", "connect_with_their_certificates"),
+    "lesson08_device_skips_verification": (
+        "08_tls",
+        "refuses_a_broker_it_cannot_verify and device",
+    ),
     "lesson09_commands_without_expiry": ("09_mqtt5", "commands_expire"),
     "lesson09_datacenter_without_share": ("09_mqtt5", "shared_subscription_store"),
     "lesson09_publishes_without_user_property": ("09_mqtt5", "labels_every_publish"),
@@ -136,6 +142,7 @@ REFERENCE_RUNS = int(os.environ.get("MQTT_LAB_SLOW_LANE_REFERENCE_RUNS", "5"))
         "04_lwt",
         "05_sessions",
         "07_traceability",
+        "08_tls",
         "09_mqtt5",
     ],
 )

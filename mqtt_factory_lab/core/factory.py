@@ -17,6 +17,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,6 +116,8 @@ class FactoryLauncher:
     :param time_scale: plant seconds per wall second.
     :param rate: telemetry rounds per wall second.
     :param protocol: MQTT version the programs should use (``VF_MQTT_PROTOCOL``).
+    :param env_for: more environment for one program, from its role and placeholder values
+        (lesson 08 gives each machine its own ``VF_TLS_CERT``/``VF_TLS_KEY``).
     """
 
     def __init__(
@@ -128,8 +131,10 @@ class FactoryLauncher:
         rate: float = 10.0,
         protocol: str = "5",
         ready_timeout: float = 10.0,
+        env_for: Callable[[str, dict[str, Any]], dict[str, str]] | None = None,
     ) -> None:
         self.solution = solution
+        self.env_for = env_for
         self.broker = broker
         self.topic_root = topic_root
         self.seed = seed
@@ -158,7 +163,8 @@ class FactoryLauncher:
         values.setdefault("client_id", name)
         values.setdefault("seed", self.seed)
         command = self.solution.command(role, options, **values)
-        process = RoleProcess(role, name, command, env=self.env(), cwd=self.solution.root)
+        env = {**self.env(), **(self.env_for(role, values) if self.env_for else {})}
+        process = RoleProcess(role, name, command, env=env, cwd=self.solution.root)
         mark = self.broker.log_mark()
         self.processes.append(process.start())
         if wait_ready:

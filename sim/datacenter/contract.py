@@ -108,7 +108,9 @@ def _schema_problem(schema: _Schema, document: dict[str, Any]) -> str | None:
     if error is None:
         # The two validators disagree (a bug in one of them): the fast one decided, so
         # the message is rejected, with the fast validator's own words.
-        fast_error = next(iter(schema.fast.iter_errors(document)))
+        fast_error = next(iter(schema.fast.iter_errors(document)), None)
+        if fast_error is None:
+            return "(the payload): rejected by jsonschema-rs, which names no error"
         where = "/".join(str(p) for p in fast_error.instance_path) or "(the payload)"
         return f"at {where}: {fast_error.message}"
     where = "/".join(str(p) for p in error.absolute_path) or "(the payload)"

@@ -18,6 +18,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1007,12 +1008,15 @@ def test_a_dropped_websocket_client_crashes_like_a_tcp_one(websocket_mosquitto, 
 def test_websockets_pass_what_tcp_passes_on_a_real_mosquitto_websocket_listener(
     tmp_path, websocket_mosquitto
 ):
-    runs = {}
-    for name, url in zip(("mqtt", "ws"), websocket_mosquitto, strict=True):
-        runs[name] = child_pytest(
+    # The two runs are independent (own client ids and topics, like any two xdist workers)
+    # and mostly wait on the broker's timers (keepalive sweep, will delay): run them at once.
+    def lessons_over(url: str) -> ChildRun:
+        return child_pytest(
             tmp_path, "labs/02_qos.py", "labs/04_lwt.py", "-m", "broker", f"--broker-url={url}"
         )
-    tcp, ws = runs["mqtt"], runs["ws"]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tcp, ws = pool.map(lessons_over, websocket_mosquitto)
     assert tcp.returncode == 0 and tcp.outcomes, tcp.explain()
     differ = {
         n: (o, ws.outcomes.get(n)) for n, o in tcp.outcomes.items() if ws.outcomes.get(n) != o

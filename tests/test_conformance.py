@@ -566,7 +566,28 @@ def conformance(tmp_path: Path, *args: str, password: str | None = None) -> Chil
 @needs_mosquitto
 @pytest.mark.timeout(600)  # two whole conformance runs, one of them against a slow Python broker
 def test_the_conformance_report_of_two_brokers_side_by_side(tmp_path, amqtt):
-    run = conformance(tmp_path, f"--broker-url={amqtt.url}", "--out=amqtt", "--", "-p", "no:xdist")
+    # The two conformance runs are independent (own broker, own --out): run them at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        judged_amqtt = pool.submit(
+            conformance,
+            tmp_path,
+            f"--broker-url={amqtt.url}",
+            "--out=amqtt",
+            "--",
+            "-p",
+            "no:xdist",
+        )
+        judged_mosquitto = pool.submit(
+            conformance,
+            tmp_path,
+            "--lab-broker",
+            "--out=mosquitto",
+            "--broker-backend=local",
+            "--",
+            "-p",
+            "no:xdist",
+        )
+        run, mosquitto_run = judged_amqtt.result(), judged_mosquitto.result()
     assert run.returncode == 1, run.explain()  # amqtt's violations fail the run
     report = json.loads((tmp_path / "amqtt" / "report.json").read_text())
     assert report["capabilities"]["capabilities"]["mqtt5"]["present"] is False
@@ -582,16 +603,7 @@ def test_the_conformance_report_of_two_brokers_side_by_side(tmp_path, amqtt):
     properties = {p.get("name") for p in junit.iter("property")}
     assert {"spec", "mqtt_protocol"} <= properties, "JUnit carries the statements of each case"
 
-    run = conformance(
-        tmp_path,
-        "--lab-broker",
-        "--out=mosquitto",
-        "--broker-backend=local",
-        "--",
-        "-p",
-        "no:xdist",
-    )
-    assert run.returncode == 0, run.explain()
+    assert mosquitto_run.returncode == 0, mosquitto_run.explain()
     mosquitto = json.loads((tmp_path / "mosquitto" / "report.json").read_text())
     assert mosquitto["totals"]["failed"] == 0 and not mosquitto["findings"]
 

@@ -34,6 +34,10 @@ from mqtt_factory_lab.core.roles import RoleProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SLOW_LANE = "slow_lane"
+#: every broken variant's exact verdict beyond the one per lesson the default run keeps
+BROKEN_SWEEP = "broken_sweep"
+#: markers whose tests run only when ``-m`` names them (CI runs each lane once, .ci/run)
+ASKED_BY_NAME = (SLOW_LANE, BROKEN_SWEEP)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,16 +46,27 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{SLOW_LANE}: the slow lane (CI runs it apart: `scripts/test -m {SLOW_LANE}`): every "
         "broken variant in tests/broken/ graded 20 times; deselected unless -m names it",
     )
+    config.addinivalue_line(
+        "markers",
+        f"{BROKEN_SWEEP}: the broken-variant sweep (CI runs it apart: `scripts/test -m "
+        f"{BROKEN_SWEEP}`): each lesson fails exactly the experiments a broken variant breaks, "
+        "for every variant but the one per lesson the default run keeps; deselected unless "
+        "-m names it",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slow lane runs only when asked for by name (``-m slow_lane``)."""
-    if SLOW_LANE in (config.getoption("markexpr", "") or ""):
+    """The lanes of :data:`ASKED_BY_NAME` run only when asked for by name (``-m slow_lane``)."""
+    expression = config.getoption("markexpr", "") or ""
+    apart = [name for name in ASKED_BY_NAME if name not in expression]
+    if not apart:
         return
-    slow = [item for item in items if item.get_closest_marker(SLOW_LANE)]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if not item.get_closest_marker(SLOW_LANE)]
+    kept, left_out = [], []
+    for item in items:
+        (left_out if any(item.get_closest_marker(m) for m in apart) else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 #: ``ready <id>`` alone on a line (see ``sim.runtime.print_ready``)

@@ -18,6 +18,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +123,20 @@ def login_broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
         broker.close()
 
 
+@dataclass
+class SilentServer:
+    """A port that accepts TCP connections and never answers; ``connections`` counts them."""
+
+    port: int
+    accepted: list[socket.socket]
+
+    @property
+    def connections(self) -> int:
+        return len(self.accepted)
+
+
 @pytest.fixture
-def silent_port() -> Iterator[int]:
+def silent_server() -> Iterator[SilentServer]:
     """A port that accepts TCP connections and never answers (not an MQTT broker)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -141,12 +154,18 @@ def silent_port() -> Iterator[int]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield server.getsockname()[1]
+    yield SilentServer(server.getsockname()[1], accepted)
     stop.set()
     thread.join(2)
     for conn in accepted:
         conn.close()
     server.close()
+
+
+@pytest.fixture
+def silent_port(silent_server: SilentServer) -> int:
+    """The port of :func:`silent_server`."""
+    return silent_server.port
 
 
 # -- child runs ---------------------------------------------------------------------------
@@ -291,21 +310,29 @@ def test_programs_get_the_same_settings_through_vf_variables(monkeypatch):
 # -- a CONNECT that explains itself -----------------------------------------------------
 
 
-def test_nothing_listening_is_named_at_once():
+def test_nothing_listening_is_named_at_once(monkeypatch):
+    attempts: list[object] = []
+    real = socket.create_connection
+
+    def counted(address, *args, **kwargs):  # type: ignore[no-untyped-def]
+        attempts.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
     outcome, _ = try_connect(ConnectionSettings("127.0.0.1", free_port()), "3.1.1")
-    assert outcome.kind == "refused" and outcome.seconds < 1, outcome
+    assert outcome.kind == "refused", outcome
+    assert len(attempts) == 1, f"a refused connection is final, not retried: {attempts}"
     assert "refused the TCP connection" in outcome.sentence()
     assert "start the broker, or correct the host and port" in outcome.sentence()
 
 
-def test_a_port_that_never_answers_mqtt_is_named_after_one_wait(silent_port):
-    settings = ConnectionSettings("127.0.0.1", silent_port)
-    started = time.monotonic()
+def test_a_port_that_never_answers_mqtt_is_named_after_one_wait(silent_server):
+    settings = ConnectionSettings("127.0.0.1", silent_server.port)
     outcomes = ready(settings, timeout=0.5)
     assert [o.kind for o in outcomes] == ["no_connack"], (
         "silence is not MQTT: trying MQTT 5 after it would only wait again"
     )
-    assert time.monotonic() - started < 1.5
+    assert silent_server.connections == 1, "one CONNECT, one wait"
     assert "is this an MQTT listener" in outcomes[0].sentence()
 
 
@@ -494,22 +521,26 @@ def test_a_broker_that_wants_a_login_fails_once_and_clearly_without_it(
     assert SECRET not in run.output
 
 
-def test_an_unreachable_broker_fails_the_run_once_in_under_5s(tmp_path):
+def test_an_unreachable_broker_fails_the_run_once_before_any_experiment(tmp_path):
     url = f"mqtt://127.0.0.1:{free_port()}"
     run = child_pytest(tmp_path, "labs/03_retained.py", f"--broker-url={url}")
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
     assert run.output.count("refused the TCP connection") == 1, run.explain()
     assert "start the broker, or correct the host and port" in run.output
-    assert run.seconds < 5, f"an unreachable broker took {run.seconds:.1f}s to report"
+    assert not run.outcomes, "checked once at the start: no experiment may run (or wait) on it"
 
 
-def test_a_port_that_is_not_mqtt_fails_the_run_once_in_under_5s(tmp_path, silent_port):
+def test_a_port_that_is_not_mqtt_fails_the_run_once_before_any_experiment(tmp_path, silent_server):
     run = child_pytest(
-        tmp_path, "labs/03_retained.py", f"--broker-url=mqtt://127.0.0.1:{silent_port}"
+        tmp_path, "labs/03_retained.py", f"--broker-url=mqtt://127.0.0.1:{silent_server.port}"
     )
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
     assert run.output.count("sent no CONNACK") == 1, run.explain()
-    assert run.seconds < 5, f"a silent port took {run.seconds:.1f}s to report"
+    assert not run.outcomes, "checked once at the start: no experiment may run (or wait) on it"
+    assert silent_server.connections == 1, (
+        f"one CONNECT and one wait, not one per protocol or experiment: "
+        f"{silent_server.connections} connections"
+    )
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -535,7 +566,28 @@ def conformance(tmp_path: Path, *args: str, password: str | None = None) -> Chil
 @needs_mosquitto
 @pytest.mark.timeout(600)  # two whole conformance runs, one of them against a slow Python broker
 def test_the_conformance_report_of_two_brokers_side_by_side(tmp_path, amqtt):
-    run = conformance(tmp_path, f"--broker-url={amqtt.url}", "--out=amqtt", "--", "-p", "no:xdist")
+    # The two conformance runs are independent (own broker, own --out): run them at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        judged_amqtt = pool.submit(
+            conformance,
+            tmp_path,
+            f"--broker-url={amqtt.url}",
+            "--out=amqtt",
+            "--",
+            "-p",
+            "no:xdist",
+        )
+        judged_mosquitto = pool.submit(
+            conformance,
+            tmp_path,
+            "--lab-broker",
+            "--out=mosquitto",
+            "--broker-backend=local",
+            "--",
+            "-p",
+            "no:xdist",
+        )
+        run, mosquitto_run = judged_amqtt.result(), judged_mosquitto.result()
     assert run.returncode == 1, run.explain()  # amqtt's violations fail the run
     report = json.loads((tmp_path / "amqtt" / "report.json").read_text())
     assert report["capabilities"]["capabilities"]["mqtt5"]["present"] is False
@@ -551,16 +603,7 @@ def test_the_conformance_report_of_two_brokers_side_by_side(tmp_path, amqtt):
     properties = {p.get("name") for p in junit.iter("property")}
     assert {"spec", "mqtt_protocol"} <= properties, "JUnit carries the statements of each case"
 
-    run = conformance(
-        tmp_path,
-        "--lab-broker",
-        "--out=mosquitto",
-        "--broker-backend=local",
-        "--",
-        "-p",
-        "no:xdist",
-    )
-    assert run.returncode == 0, run.explain()
+    assert mosquitto_run.returncode == 0, mosquitto_run.explain()
     mosquitto = json.loads((tmp_path / "mosquitto" / "report.json").read_text())
     assert mosquitto["totals"]["failed"] == 0 and not mosquitto["findings"]
 
@@ -1006,12 +1049,15 @@ def test_a_dropped_websocket_client_crashes_like_a_tcp_one(websocket_mosquitto, 
 def test_websockets_pass_what_tcp_passes_on_a_real_mosquitto_websocket_listener(
     tmp_path, websocket_mosquitto
 ):
-    runs = {}
-    for name, url in zip(("mqtt", "ws"), websocket_mosquitto, strict=True):
-        runs[name] = child_pytest(
+    # The two runs are independent (own client ids and topics, like any two xdist workers)
+    # and mostly wait on the broker's timers (keepalive sweep, will delay): run them at once.
+    def lessons_over(url: str) -> ChildRun:
+        return child_pytest(
             tmp_path, "labs/02_qos.py", "labs/04_lwt.py", "-m", "broker", f"--broker-url={url}"
         )
-    tcp, ws = runs["mqtt"], runs["ws"]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tcp, ws = pool.map(lessons_over, websocket_mosquitto)
     assert tcp.returncode == 0 and tcp.outcomes, tcp.explain()
     differ = {
         n: (o, ws.outcomes.get(n)) for n, o in tcp.outcomes.items() if ws.outcomes.get(n) != o

@@ -177,6 +177,60 @@ def test_bad_input_goes_to_dead_letters_with_its_reason(
     assert reason in rows[0][2], rows[0][2]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "explained"),
+    [
+        # common.schema.json's ts (a $ref into another file): milliseconds are too large
+        pytest.param("ts", 1767225600125, "at ts: ", id="ref-to-common-ts"),
+        # chocolate_batch.schema.json's msg_id pattern, $ref'd from the telemetry schema
+        pytest.param("msg_id", "not an id!", "at msg_id: ", id="ref-to-batch-msg-id"),
+        pytest.param("seq", -1, "at seq: ", id="local-rule"),
+    ],
+)
+def test_telemetry_breaking_a_referenced_rule_is_a_dead_letter_whose_reason_names_the_field(
+    tmp_path: Path, field: str, value: Any, explained: str
+) -> None:
+    """Telemetry is most of the stream and takes the fastest path (jsonschema-rs, no
+    savepoint); a rule that lives behind a ``$ref`` in another schema file still applies,
+    and the reason still comes from jsonschema's explanation."""
+    telemetry = next(m for m in produce(1) if m.message_type == "telemetry")
+    bad = json.dumps({**telemetry.payload, field: value}).encode()
+    store = Store(tmp_path / "dc.db", ROOT)
+    result = store.ingest([Incoming(telemetry.topic, bad, 0, False, TS), *incoming([telemetry])])
+    store.close()
+    assert (result.stored, result.dead_letters) == (1, 1)
+    (reason,) = sqlite3.connect(tmp_path / "dc.db").execute("SELECT reason FROM dead_letters")
+    assert "does not fit schema chocolate_telemetry" in reason[0], reason[0]
+    assert explained in reason[0], reason[0]
+
+
+def test_the_fast_and_the_explaining_validator_agree_on_the_lines_messages_and_their_breakages() -> (
+    None
+):
+    """The data center decides with jsonschema-rs and explains with jsonschema: both must
+    give the same verdict, on every kind of message the line sends and on broken copies."""
+    from sim.datacenter.contract import BATCH_SCHEMAS, SCHEMAS, _validators
+
+    validators = _validators()
+    checked = 0
+    for message in produce(3):
+        name = (
+            BATCH_SCHEMAS[message.payload.get("schema_version", 1)]
+            if message.message_type == "batch"
+            else SCHEMAS[message.message_type]
+        )
+        schema = validators[name]
+        broken = [{**message.payload, "ts": "now"}, {**message.payload, "extra": 1}]
+        broken.append({k: v for k, v in message.payload.items() if k != "machine"})
+        for document in (message.payload, *broken):
+            assert schema.fast.is_valid(document) == schema.slow.is_valid(document), (
+                name,
+                document,
+            )
+            checked += 1
+    assert checked > 100
+
+
 def test_an_empty_retained_state_deletes_the_machine_state_and_is_no_dead_letter(
     tmp_path: Path,
 ) -> None:

@@ -56,11 +56,14 @@ def test_the_package_installs_under_its_own_name_and_serves_a_project_elsewhere(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MQTT_LAB_"))}
     env.pop("PYTHONPATH", None)
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], tmp_path, env, 120)
+    # A fresh venv without a pip of its own (ensurepip costs ~5 s): this run's pip installs
+    # into it (``pip --python``), every dependency from the index as a user's pip would.
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env, 120)
     python = str(venv / "bin" / "python")
     run(
         [
-            *(python, "-m", "pip", "install", "-q", "--disable-pip-version-check"),
+            *(sys.executable, "-m", "pip", "--python", python),
+            *("install", "-q", "--disable-pip-version-check"),
             *("-c", str(PROJECT_ROOT / "requirements.lock"), str(PROJECT_ROOT)),
         ],
         tmp_path,

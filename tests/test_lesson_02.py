@@ -35,6 +35,7 @@ def test_telemetry_at_qos1_is_caught(run_lesson):
     assert "Publish telemetry with qos=0" in message
 
 
+@pytest.mark.broken_sweep
 def test_a_controller_subscribing_to_alarms_at_qos0_is_caught(run_lesson):
     run = run_lesson(
         LESSON, "-m", "solution", solution=BROKEN / "lesson02_controller_alarms_at_qos0"
@@ -86,6 +87,7 @@ def test_a_manifest_without_a_controller_is_told_which_role_is_missing(run_lesso
             "test_device_sends_alarms_state_and_status_at_qos1",
             "/state/press-01 at QoS 0",
             id="state-at-qos0",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "controller",
@@ -93,6 +95,7 @@ def test_a_manifest_without_a_controller_is_told_which_role_is_missing(run_lesso
             "test_controller_sends_commands_at_qos1",
             "Commands go at QoS 1",
             id="commands-at-qos0",
+            marks=pytest.mark.broken_sweep,
         ),
     ],
 )

@@ -37,6 +37,7 @@ def test_the_reference_passes_every_solution_experiment(run_lesson):
             "retain=True",
             ("test_device_retained_state_follows_the_device",),
             id="state-not-retained",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             ["--retain-once", "state"],
@@ -44,6 +45,7 @@ def test_the_reference_passes_every_solution_experiment(run_lesson):
             "every state change must be published retained",
             (),
             id="only-the-first-state-retained",
+            marks=pytest.mark.broken_sweep,
         ),
     ],
 )
@@ -58,6 +60,7 @@ def test_a_broken_device_fails_the_experiment_that_teaches_its_rule(
     assert not others, f"only {experiment} should fail, but so did {others}"
 
 
+@pytest.mark.broken_sweep
 def test_a_controller_that_retains_its_commands_is_caught(run_lesson):
     broken = Path(__file__).parent / "broken" / "lesson03_controller_retains_commands"
     experiment = "test_controller_does_not_retain_its_commands"

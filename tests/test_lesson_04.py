@@ -39,6 +39,7 @@ def test_lesson_04_passes_against_the_reference_solution(run_lesson):
             ["Last Will", "none came", "will_set("],
             GRACEFUL,
             id="no-will",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "lesson04_will_after_online",
@@ -46,6 +47,7 @@ def test_lesson_04_passes_against_the_reference_solution(run_lesson):
             ["Last Will", "a will set after connect() only counts for the next connection"],
             GRACEFUL,
             id="will-set-after-online",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "lesson04_will_not_retained",
@@ -60,6 +62,7 @@ def test_lesson_04_passes_against_the_reference_solution(run_lesson):
             ["A dashboard opened afterwards", "'online'", "must be retained"],
             GRACEFUL,
             id="will-not-retained-late-dashboard",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "lesson04_no_goodbye",
@@ -67,6 +70,7 @@ def test_lesson_04_passes_against_the_reference_solution(run_lesson):
             ["is the device's Last Will", "Handle SIGTERM", "'shutdown'"],
             KILLED,
             id="no-offline-on-sigterm",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "lesson04_fixed_keepalive",
@@ -74,6 +78,7 @@ def test_lesson_04_passes_against_the_reference_solution(run_lesson):
             ["keepalive", "1.5 ×", "SIGSTOP"],
             KILLED,
             id="keepalive-ignored",
+            marks=pytest.mark.broken_sweep,
         ),
     ],
 )

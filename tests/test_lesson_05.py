@@ -39,6 +39,7 @@ def test_lesson_05_passes_against_the_reference_solution(run_lesson):
             "lesson05_random_client_id",
             ["came back as", "A session belongs to a client id", "client id the lab gives"],
             id="new-random-client-id-at-each-start",
+            marks=pytest.mark.broken_sweep,
         ),
     ],
 )
@@ -57,6 +58,7 @@ def test_lesson_05_catches_a_broken_controller(run_lesson, variant, concept):
     )
 
 
+@pytest.mark.broken_sweep
 def test_lesson_05_catches_a_controller_that_keeps_its_session_when_clean_is_asked(run_lesson):
     run = run_lesson(
         LESSON, "-m", "solution", "-k", CLEAN, solution=BROKEN / "lesson05_always_persistent"
@@ -70,6 +72,7 @@ def test_lesson_05_catches_a_controller_that_keeps_its_session_when_clean_is_ask
         assert words in message, f"the failure should say {words!r}; it says:\n{message}"
 
 
+@pytest.mark.broken_sweep
 def test_lesson_05_catches_a_device_that_subscribes_only_once(run_lesson):
     hears = "test_a_device_hears_its_commands_again_after_its_connection_drops"
     run = run_lesson(LESSON, "-m", "solution", solution=BROKEN / "lesson05_device_subscribes_once")

@@ -50,6 +50,7 @@ def test_the_reference_passes_every_solution_experiment(run_lesson):
             ],
             ["may NOT read factory/", "topic read factory/#"],
             id="everyone-reads-everything",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "device_reads_all_commands",
@@ -59,6 +60,7 @@ def test_the_reference_passes_every_solution_experiment(run_lesson):
             ],
             ["may NOT read factory/commands/", "lets it read"],
             id="device-reads-all-commands",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "device_cannot_write_events",
@@ -68,6 +70,7 @@ def test_the_reference_passes_every_solution_experiment(run_lesson):
             ],
             ["tried what their own ACL", "Denied PUBLISH from press-01", "factory/events/press-01"],
             id="device-cannot-write-events",
+            marks=pytest.mark.broken_sweep,
         ),
     ],
 )

@@ -49,18 +49,21 @@ def test_lesson_09_passes_against_the_reference_solution(run_lesson):
             LABELS,
             ["user property schema=vf.", "UserProperty"],
             id="publish-without-user-property",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "lesson09_commands_without_expiry",
             EXPIRY,
             ["message expiry interval", "MessageExpiryInterval=None", "set properties."],
             id="commands-without-expiry",
+            marks=pytest.mark.broken_sweep,
         ),
         pytest.param(
             "lesson09_datacenter_without_share",
             SHARED,
             ["stored by both", "$share/", "shared subscription"],
             id="datacenter-without-share",
+            marks=pytest.mark.broken_sweep,
         ),
     ],
 )

@@ -786,3 +786,35 @@ def test_generated_payload_with_a_number_that_is_not_a_finite_number_is_rejected
         with pytest.raises(PayloadError) as caught:
             validate(schema_name, payload)
         assert f"'{field}'" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@FUZZ
+@given(data=st.data())
+def test_the_fast_validator_and_the_explaining_one_give_the_same_verdict(
+    name: str, data: st.DataObject
+) -> None:
+    """:func:`validate` decides with jsonschema-rs and explains with jsonschema: on valid
+    payloads and on ones broken in each way the contract forbids, their verdicts agree."""
+    payload = data.draw(STRATEGIES[name], label=name)
+    field = data.draw(st.sampled_from(sorted(payload)), label="field")
+    broken = data.draw(
+        st.sampled_from(["keep", "drop", "nan", "infinity", "text", "null", "bool", "list"]),
+        label="how",
+    )
+    replacement = {
+        "nan": math.nan,
+        "infinity": -math.inf,
+        "text": "x",
+        "null": None,
+        "bool": True,
+        "list": [1],
+    }
+    if broken == "drop":
+        del payload[field]
+    elif broken != "keep":
+        payload[field] = replacement[broken]
+    for schema_name in _also_as_event(name):
+        fast = contract.fast_validator(schema_name).is_valid(payload)
+        slow = contract.validator(schema_name).is_valid(payload)
+        assert fast == slow, (schema_name, broken, field, payload)

@@ -167,6 +167,7 @@ def ingest_race(backend: str, batches: int, workdir: Path) -> dict[str, float]:
                 "datacenter_rate": dc_rate,
                 "ratio": dc_rate / bare_rate,
                 "qos1_lost": len(bare.qos1_ids - set(stored)),
+                "duplicated": sum(n - 1 for n in stored.values() if n > 1),
             }
         finally:
             bare.close()
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"ingest ({backend}, {r['messages']} messages at full speed): data center "
                 f"{r['datacenter_rate']:.0f} msg/s ({r['datacenter_stored']} stored, "
-                f"{r['qos1_lost']} QoS 1 lost), bare paho subscriber {r['bare_rate']:.0f} msg/s "
+                f"{r['qos1_lost']} QoS 1 lost, {r['duplicated']} duplicated), bare paho subscriber {r['bare_rate']:.0f} msg/s "
                 f"({r['bare_received']} received); ratio {r['ratio']:.2f}"
             )
         if "trace" in parts:

@@ -1,10 +1,19 @@
-"""Benchmark: broker ready time, lesson wall times, and the factory's start-up and throughput.
+"""Benchmark: broker ready time, lessons, data-center ingest, grading, the factory.
 
-Prints figures, never pass/fail::
+Prints figures, never pass/fail (targets and recorded figures: docs/performance.md)::
 
-    python -m mqtt_factory_lab.bench                        # local backend
+    python -m mqtt_factory_lab.bench                        # every part, local backend
+    python -m mqtt_factory_lab.bench --only ingest          # one line: "... ratio N"
+    python -m mqtt_factory_lab.bench --only lessons --only grading
     python -m mqtt_factory_lab.bench --backend docker       # needs a Docker engine
     python -m mqtt_factory_lab.bench --backend local --backend docker --starts 10
+
+Parts (``--only``, repeatable): ``broker`` (ready time), ``factory`` (device start-up,
+``run_all`` throughput), ``lessons`` (each lesson module, then all of ``labs/`` serially),
+``ingest`` (the data center ``python -m sim.datacenter`` and a bare paho subscriber on the
+same full-speed QoS 1 stream, side by side in one run: rates and their ratio, records lost
+and duplicated), ``grading`` (``mqtt-lab grade`` of a small class, every lesson: seconds
+per submission).
 
 Ready time is measured from starting the broker to its first accepted MQTT
 CONNECT. Lesson wall times are whole ``pytest`` runs in a subprocess, so they
@@ -17,18 +26,26 @@ whole ``python -m sim.run_all`` puts through the broker.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
+from mqtt_factory_lab.bench import chocolate
 from mqtt_factory_lab.brokers import Broker, BrokerError, create_broker, resolve_backend
 from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.factory import FactoryLauncher, program_env
 from mqtt_factory_lab.core.paths import LAB_ROOT as ROOT
 from mqtt_factory_lab.core.roles import RoleProcess
 from mqtt_factory_lab.core.solution import load as load_solution
+
+#: what ``--only`` chooses from, in the order they are measured
+PARTS = ("broker", "ingest", "factory", "lessons", "grading")
 
 
 def broker_ready_times(backend: str, starts: int, variant: str = "open") -> list[float]:
@@ -99,6 +116,51 @@ def run_all_throughput(broker: Broker, seconds: float, rate: float) -> tuple[int
     return count, count / elapsed
 
 
+#: the example class: the grading figure grades its reference and a mostly correct submission
+#: (one mistake), every lesson
+GRADING_CLASS = ROOT / "tests" / "class_example"
+
+
+def ingest_line(backend: str, batches: int) -> str:
+    """One line: the data center's and the bare subscriber's rates and their ratio."""
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        r = chocolate.ingest_race(backend, batches, Path(tmp))
+    return (
+        f"ingest ({backend}, QoS 1 subscription, {r['messages']} messages at full speed): "
+        f"python -m sim.datacenter {r['datacenter_rate']:.0f} msg/s "
+        f"({r['datacenter_stored']} stored, {r['qos1_lost']} QoS 1 lost, "
+        f"{r['duplicated']} duplicated), bare paho subscriber {r['bare_rate']:.0f} msg/s "
+        f"({r['bare_received']} received); ratio {r['ratio']:.2f}"
+    )
+
+
+def grading_time(
+    students: list[str], jobs: int, lesson_timeout: int
+) -> tuple[float, dict[str, float]]:
+    """Grade copies of the example class's ``students`` with every lesson, ``jobs`` at once.
+
+    :returns: the wall time, and each submission's own seconds (from its run record).
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-grade-") as tmp:
+        submissions = Path(tmp) / "class"
+        for student in students:
+            shutil.copytree(GRADING_CLASS / student, submissions / student, symlinks=True)
+        out = Path(tmp) / "out"
+        command = [sys.executable, "-m", "mqtt_factory_lab.grading", str(submissions)]
+        command += ["--out", str(out), "-j", str(jobs), "--quiet"]
+        command += ["--lesson-timeout", str(lesson_timeout)]
+        started = time.monotonic()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        elapsed = time.monotonic() - started
+        if done.returncode not in (0, 1):
+            raise RuntimeError(f"mqtt-lab grade failed ({done.returncode}): {done.stderr[-2000:]}")
+        seconds = {
+            run.stem: json.loads(run.read_text())["seconds"]
+            for run in (out / "runs").glob("*.json")
+        }
+    return elapsed, seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mqtt_factory_lab.bench", description=__doc__.split("\n")[0]
@@ -112,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--starts", type=int, default=5, help="broker starts per backend (default 5)"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="measure only this part (repeatable; default every part): " + ", ".join(PARTS),
+    )
     parser.add_argument("--no-lessons", action="store_true", help="skip the lesson wall times")
     parser.add_argument("--no-factory", action="store_true", help="skip the factory figures")
     parser.add_argument(
@@ -119,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=20.0,
         help="telemetry rounds/s per device for run_all (default 20)",
+    )
+    parser.add_argument(
+        "--ingest-batches",
+        type=int,
+        default=300,
+        help="chocolate batches the line publishes for the ingest figure (default 300, ~27k "
+        "messages)",
+    )
+    parser.add_argument(
+        "--grading-jobs", type=int, default=2, help="submissions graded at once (default 2)"
     )
     parser.add_argument(
         "--dashboard",
@@ -134,21 +212,31 @@ def main(argv: list[str] | None = None) -> int:
         "(python -m mqtt_factory_lab.bench.chocolate)",
     )
     args = parser.parse_args(argv)
+    parts = set(args.only or PARTS)
+    if args.no_lessons:
+        parts.discard("lessons")
+    if args.no_factory:
+        parts.discard("factory")
+    verbose = args.only is None or len(parts) > 1
 
     lessons = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "labs").glob("[0-9][0-9]_*.py"))
     for requested in args.backend or ["local"]:
         try:
             backend = resolve_backend(requested)
-            times = broker_ready_times(backend, args.starts)
+            times = broker_ready_times(backend, args.starts) if "broker" in parts else []
         except BrokerError as error:
             print(f"{requested}: unavailable: {error}")
             continue
-        print(f"backend {backend}")
-        print(
-            f"  broker ready time over {len(times)} starts: median {statistics.median(times) * 1000:.0f} ms, "
-            f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
-        )
-        if not args.no_factory:
+        if verbose:
+            print(f"backend {backend}")
+        if times:
+            print(
+                f"  broker ready time over {len(times)} starts: median {statistics.median(times) * 1000:.0f} ms, "
+                f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
+            )
+        if "ingest" in parts:
+            print(("  " if verbose else "") + ingest_line(backend, args.ingest_batches), flush=True)
+        if "factory" in parts:
             with create_broker(backend, "open") as broker:
                 online = device_online_times(broker, args.starts)
                 count, per_second = run_all_throughput(broker, 5.0, args.rate)
@@ -160,23 +248,31 @@ def main(argv: list[str] | None = None) -> int:
                 f"  run_all (6 devices + controller, --rate {args.rate:g}) for 5 s: "
                 f"{count} messages, {per_second:.0f} msg/s"
             )
-        if args.no_lessons:
-            continue
-        for lesson in lessons:
-            elapsed, summary = lesson_wall_time([lesson], backend)
-            print(f"  {lesson:<28} {elapsed:6.2f} s   {summary}")
-        elapsed, summary = lesson_wall_time(["labs"], backend)
-        print(f"  {'labs/ (all lessons)':<28} {elapsed:6.2f} s   {summary}")
+        if "lessons" in parts:
+            total = 0.0
+            for lesson in lessons:
+                elapsed, summary = lesson_wall_time([lesson], backend)
+                total += elapsed
+                print(f"  {lesson:<28} {elapsed:6.2f} s   {summary}", flush=True)
+            elapsed, summary = lesson_wall_time(["labs"], backend)
+            print(f"  {'labs/ (all lessons, serial)':<28} {elapsed:6.2f} s   {summary}")
+            print(f"  {'sum of the modules':<28} {total:6.2f} s")
+    if "grading" in parts:
+        students = ["reference", "retains_telemetry"]
+        elapsed, seconds = grading_time(students, args.grading_jobs, lesson_timeout=60)
+        each = ", ".join(f"{name} {s:.0f} s" for name, s in sorted(seconds.items()))
+        print(
+            f"grading ({len(students)} submissions, every lesson, -j {args.grading_jobs}, "
+            f"--lesson-timeout 60): {elapsed:.0f} s wall; per submission: {each}"
+        )
     if args.dashboard:
         from mqtt_factory_lab.bench import dashboard as bench_dashboard
 
         print("dashboard")
         bench_dashboard.main([])
     if args.chocolate:
-        from mqtt_factory_lab.bench import chocolate as bench_chocolate
-
         print("chocolate data center")
-        bench_chocolate.main([])
+        chocolate.main([])
     return 0
 
 

@@ -1,7 +1,8 @@
 """The payload contract: JSON Schemas in ``schemas/``, checked and told in sentences.
 
 :mod:`~mqtt_factory_lab.contract.catalog`
-    loads every schema into one registry; :func:`validate`, :func:`parse`, :func:`schema`
+    loads every schema into one registry; :func:`validate` (jsonschema-rs decides,
+    jsonschema explains a rejection), :func:`parse`, :func:`schema`
 :mod:`~mqtt_factory_lab.contract.explanations`
     a schema violation as sentences; :class:`PayloadError`
 :mod:`~mqtt_factory_lab.contract.topics`
@@ -17,6 +18,7 @@ from mqtt_factory_lab.contract.catalog import (
     check_all,
     chocolate_steps,
     device_kinds,
+    fast_validator,
     names,
     parse,
     payload_names,
@@ -52,6 +54,7 @@ __all__ = [
     "chocolate_steps",
     "device_kinds",
     "explain",
+    "fast_validator",
     "names",
     "parse",
     "payload_names",

@@ -149,27 +149,38 @@ class ClassGrader:
 
     # -- the plan: the experiments and their points, collected once --------------------
     def collect_plan(self) -> dict[str, list[Experiment]]:
-        """Collect every unit's experiments (with the reference solution) without running them."""
-        for file, extra in self._files():
-            plan = self._tmp / f"plan-{file.stem}.json"
-            command = self.units.command(file, _reference_manifest(), self._tmp / "x.jsonl", extra)
-            command = [c for c in command if not c.startswith("--solution=")]
-            done = subprocess.run(
-                [*command, "--collect-only", f"--points-plan={plan}"],
-                cwd=self._tmp,
-                env=self.units.environment("plan", ""),
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            if not plan.exists() or done.returncode not in (0, 5):
-                raise GradingError(
-                    f"cannot collect the experiments of {file}:\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
-                )
-            plan.chmod(0o600)
-            self.plan[file.name] = read_plan(plan)
+        """Collect every unit's experiments (with the reference solution) without running them.
+
+        One ``--collect-only`` child per lesson file, ``jobs`` at a time: each is mostly
+        interpreter and plugin start-up, which need not wait for the previous one.
+        """
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="plan") as pool:
+            plans = list(pool.map(lambda unit: self._collect(*unit), self._files()))
+        for (file, _), plan in zip(self._files(), plans, strict=True):
+            self.plan[file.name] = plan
         return self.plan
+
+    def _collect(self, file: Path, extra: bool) -> list[Experiment]:
+        plan = self._tmp / f"plan-{file.stem}.json"
+        command = self.units.command(
+            file, _reference_manifest(), self._tmp / f"plan-{file.stem}.jsonl", extra
+        )
+        command = [c for c in command if not c.startswith("--solution=")]
+        done = subprocess.run(
+            [*command, "--collect-only", f"--points-plan={plan}"],
+            cwd=self._tmp,
+            env=self.units.environment("plan", ""),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if not plan.exists() or done.returncode not in (0, 5):
+            raise GradingError(
+                f"cannot collect the experiments of {file}:\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
+            )
+        plan.chmod(0o600)
+        return read_plan(plan)
 
     def _files(self) -> list[tuple[Path, bool]]:
         return [(p, False) for p in self.settings.lessons] + [

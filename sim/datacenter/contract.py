@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing import Registry
@@ -53,49 +54,75 @@ class Accepted:
     schema_version: int
 
 
-@functools.cache
-def _validators() -> dict[str, Any]:
-    """One validator per schema, with every ``$ref`` resolved once, up front.
+@dataclass(frozen=True)
+class _Schema:
+    """One payload schema, compiled twice: once to decide fast, once to explain slowly."""
 
-    jsonschema resolves a ``$ref`` through the registry at every use, which costs more
-    than the rest of the validation; the data center validates every message, so the
-    references are inlined here (through the same :class:`referencing.Registry`).
+    fast: Any  # jsonschema_rs.Draft202012Validator: is_valid on every message
+    slow: Any  # jsonschema.Draft202012Validator: only for a message the fast one rejects
+
+
+@functools.cache
+def _validators() -> dict[str, _Schema]:
+    """Each payload schema compiled for both validators, through one registry of every file.
+
+    Every message is validated, so the decision is jsonschema-rs's (Rust, draft 2020-12,
+    ``$ref`` resolved once when the schema is compiled, through a
+    :class:`jsonschema_rs.Registry` of every file in ``schemas/``). jsonschema, through a
+    :class:`referencing.Registry` of the same files, only runs when a payload is rejected,
+    to say which field broke which rule (the dead-letter reason).
     """
-    resources = []
-    contents: dict[str, dict[str, Any]] = {}
+    documents: dict[str, dict[str, Any]] = {}
     for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
-        document = json.loads(path.read_text(encoding="utf-8"))
-        contents[path.name.removesuffix(".schema.json")] = document
-        resources.append((document["$id"], DRAFT202012.create_resource(document)))
-    registry: Registry[Any] = Registry().with_resources(resources)
+        documents[path.name.removesuffix(".schema.json")] = json.loads(
+            path.read_text(encoding="utf-8")
+        )
     wanted = (*SCHEMAS.values(), *BATCH_SCHEMAS.values())
-    missing = [name for name in wanted if name not in contents]
+    missing = [name for name in wanted if name not in documents]
     if missing:
         raise FileNotFoundError(f"schemas {missing} are missing from {SCHEMA_DIR}")
+    fast_registry = jsonschema_rs.Registry([(d["$id"], d) for d in documents.values()])
+    slow_registry: Registry[Any] = Registry().with_resources(
+        (d["$id"], DRAFT202012.create_resource(d)) for d in documents.values()
+    )
     return {
-        name: Draft202012Validator(
-            _inline(contents[name], registry.resolver(contents[name]["$id"]))
+        name: _Schema(
+            fast=jsonschema_rs.Draft202012Validator(
+                documents[name], registry=fast_registry, validate_formats=True
+            ),
+            slow=Draft202012Validator(
+                documents[name],
+                registry=slow_registry,
+                format_checker=Draft202012Validator.FORMAT_CHECKER,
+            ),
         )
         for name in wanted
     }
 
 
-def _inline(node: Any, resolver: Any) -> Any:
-    """``node`` with each ``{"$ref": ...}`` replaced by what it points at (refs here never recurse)."""
-    if isinstance(node, list):
-        return [_inline(item, resolver) for item in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        resolved = resolver.lookup(node["$ref"])
-        target = _inline(resolved.contents, resolved.resolver)
-        return {**target, **{k: _inline(v, resolver) for k, v in node.items() if k != "$ref"}}
-    skip = ("$defs", "examples", "$schema", "$id")
-    return {k: _inline(v, resolver) for k, v in node.items() if k not in skip}
+def _schema_problem(schema: _Schema, document: dict[str, Any]) -> str | None:
+    """None if ``document`` fits; else where and how it breaks the schema, in one line."""
+    if schema.fast.is_valid(document):
+        return None
+    error = best_match(schema.slow.iter_errors(document))
+    if error is None:
+        # The two validators disagree (a bug in one of them): the fast one decided, so
+        # the message is rejected, with the fast validator's own words.
+        fast_error = next(iter(schema.fast.iter_errors(document)), None)
+        if fast_error is None:
+            return "(the payload): rejected by jsonschema-rs, which names no error"
+        where = "/".join(str(p) for p in fast_error.instance_path) or "(the payload)"
+        return f"at {where}: {fast_error.message}"
+    where = "/".join(str(p) for p in error.absolute_path) or "(the payload)"
+    return f"at {where}: {error.message}"
 
 
 def _reject_constant(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
+
+
+#: one decoder for every message (``json.loads(..., parse_constant=...)`` builds one per call)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def split_topic(topic: str, root: str) -> tuple[str, str, str, str, str]:
@@ -130,7 +157,7 @@ def check(topic: str, payload: bytes, root: str) -> Accepted:
     if not text.strip():
         raise Rejected("payload is empty (not a JSON object)")
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = _DECODER.decode(text)
     except ValueError as error:
         raise Rejected(f"payload is not valid JSON: {error}") from None
     if not isinstance(document, dict):
@@ -146,11 +173,9 @@ def check(topic: str, payload: bytes, root: str) -> Accepted:
         name = BATCH_SCHEMAS[version]
     else:
         name = SCHEMAS[message_type]
-    validator = _validators()[name]
-    error = None if validator.is_valid(document) else best_match(validator.iter_errors(document))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(the payload)"
-        raise Rejected(f"does not fit schema {name}: at {where}: {error.message}")
+    problem = _schema_problem(_validators()[name], document)
+    if problem is not None:
+        raise Rejected(f"does not fit schema {name}: {problem}")
     for key, want in (("step", step), ("machine", machine)):
         if document.get(key) != want:
             raise Rejected(f"payload {key} {document.get(key)!r} differs from the topic's {want!r}")

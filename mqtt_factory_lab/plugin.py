@@ -49,6 +49,7 @@ from mqtt_factory_lab.solution import ManifestError, load
 pytest_plugins = [
     "mqtt_factory_lab.broker_fixtures",
     "mqtt_factory_lab.factory_fixtures",
+    "mqtt_factory_lab.bridge_fixtures",
     "mqtt_factory_lab.acl",
     "mqtt_factory_lab.points",
 ]

@@ -1,0 +1,135 @@
+"""Lesson 11 (observability) grades exporters: it passes the reference and catches each broken
+one in ``tests/broken/lesson11_*``; the Grafana dashboard and the exporter's contract agree."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sim.exporter import METRICS, FactoryMetrics
+from sim.topics import Topics
+
+LESSON = "labs/11_observability.py"
+BROKEN = Path(__file__).parent / "broken"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+EXPOSES = "test_exporter_exposes_the_factory_and_the_broker"
+KILLED = "test_killed_device_shows_online_0_within_its_keepalive_budget"
+ONCE = "test_an_alarm_counts_once_however_often_it_is_delivered"
+
+
+def test_the_reference_exporter_passes_every_solution_experiment(run_lesson):
+    run = run_lesson(LESSON, "-m", "solution")
+    assert run.returncode == 0 and not run.failed(), run.output[-3000:]
+    for experiment in (EXPOSES, KILLED, ONCE):
+        assert run.passed(experiment), f"{experiment} did not run: {sorted(run.outcomes)}"
+
+
+@pytest.mark.parametrize(
+    ("broken", "catches", "says"),
+    [
+        pytest.param(
+            "counts_redeliveries",
+            ONCE,
+            ["at least once", "Count an alarm once", "says 3"],
+            id="counts-redeliveries",
+        ),
+        pytest.param(
+            "online_never_drops",
+            KILLED,
+            ["Last Will", "did not drop to 0", "offline included"],
+            id="online-never-drops",
+        ),
+    ],
+)
+def test_a_broken_exporter_fails_the_experiment_that_teaches_its_rule(
+    run_lesson, broken, catches, says
+):
+    run = run_lesson(LESSON, "-m", "solution", solution=BROKEN / f"lesson11_{broken}")
+    failed = {name.split("[")[0] for name in run.failed()}
+    assert failed == {catches}, (
+        f"{broken} should fail only {catches}: {failed}\n{run.output[-3000:]}"
+    )
+    message = run.message(catches)
+    for words in says:
+        assert words in message, f"{broken}: the failure should say {words!r}:\n{message}"
+    assert "Traceback" not in message, message
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (functions, keywords and labels left out)."""
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
+    expr = re.sub(r"by\s*\([^)]*\)", "", expr)  # grouping labels
+    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
+    return {w for w in words if w.startswith(("factory_", "mqtt_broker_"))}
+
+
+def test_every_grafana_panel_reads_metrics_the_exporter_exposes():
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    panels = dashboard["panels"]
+    assert len(panels) >= 8
+    used: set[str] = set()
+    for panel in panels:
+        names = {n for t in panel["targets"] for n in metric_names(t["expr"])}
+        assert names, f"panel {panel['title']!r} reads no factory metric: {panel['targets']}"
+        unknown = names - set(METRICS)
+        assert not unknown, f"panel {panel['title']!r} reads {unknown}, which the exporter lacks"
+        used |= names
+    assert used == set(METRICS), f"metrics no panel shows: {set(METRICS) - used}"
+    text = (DOCS / "observability.md").read_text()
+    for name in METRICS:
+        assert f"`{name}`" in text, f"docs/observability.md does not document {name}"
+
+
+class Message:
+    def __init__(self, topic: str, payload: object, qos: int = 1) -> None:
+        self.topic, self.qos = topic, qos
+        self.payload = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+
+
+def exposed(metrics: FactoryMetrics) -> dict[str, float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def test_exporter_mirrors_sys_figures_and_the_datacenter_database(tmp_path):
+    from sim.datacenter.storage import SCHEMA
+
+    db = tmp_path / "dc.db"
+    with sqlite3.connect(db) as connection:
+        connection.executescript(SCHEMA)
+        connection.execute(
+            "INSERT INTO mqtt_messages (msg_key, topic, payload, qos, retain, received_at)"
+            " VALUES ('k', 't', '{}', 1, 0, ?)",
+            (time.time() - 30,),
+        )
+        connection.execute(
+            "INSERT INTO dead_letters (msg_key, topic, payload, qos, retain, reason, received_at)"
+            " VALUES ('d', 't', x'00', 1, 0, 'not JSON', 0)"
+        )
+    metrics = FactoryMetrics(Topics("factory"), datacenter_db=db)
+    metrics.on_message(Message("$SYS/broker/uptime", b"42 seconds"))
+    metrics.on_message(Message("$SYS/broker/messages/received", b"7"))
+    metrics.on_message(
+        Message("factory/status/press", {"device_id": "press", "status": "online", "ts": 1})
+    )
+    metrics.on_message(Message("factory/status/press", b"not json"))  # ignored, counted
+    seen = exposed(metrics)
+    assert seen["mqtt_broker_uptime_seconds[]"] == 42
+    assert seen["mqtt_broker_messages_received_total[]"] == 7
+    assert seen["factory_device_online[('device', 'press')]"] == 1
+    assert seen["factory_messages_total[('qos', '1'), ('type', 'status')]"] == 2
+    assert seen["factory_datacenter_dead_letters[]"] == 1
+    assert 29 <= seen["factory_datacenter_lag_seconds[]"] <= 60

@@ -133,3 +133,30 @@ def test_exporter_mirrors_sys_figures_and_the_datacenter_database(tmp_path):
     assert seen["factory_messages_total[('qos', '1'), ('type', 'status')]"] == 2
     assert seen["factory_datacenter_dead_letters[]"] == 1
     assert 29 <= seen["factory_datacenter_lag_seconds[]"] <= 60
+
+
+def test_run_all_starts_the_exporter_with_the_factory(sim_program):
+    import urllib.request
+
+    from mqtt_factory_lab.brokers.base import free_port
+    from mqtt_factory_lab.process import wait_until
+
+    port = free_port()
+    factory = sim_program(
+        "sim.run_all",
+        *("--devices", "press,oven", "--no-observer", "--no-dashboard"),
+        *("--metrics-port", str(port)),
+        ready_timeout=40,
+        stop_timeout=15,
+    )
+    pages: list[str] = []
+
+    def both_online() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            pages[:] = [response.read().decode()]
+        samples = [s for f in text_string_to_metric_families(pages[0]) for s in f.samples]
+        online = {s.labels["device"] for s in samples if s.name == "factory_device_online"}
+        return online >= {"press", "oven"}
+
+    wait_until(both_online, 15, interval=0.2)
+    assert "run_all: started exporter as pid" in factory.output(), factory.output()

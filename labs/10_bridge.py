@@ -296,7 +296,8 @@ def test_qos1_messages_published_while_the_cloud_is_away_arrive_when_it_returns(
             "broker keeps the bridge's session with `cleansession false` and queues its QoS 1 "
             "messages; once the bridge reconnects they must arrive. Nothing came within "
             f"{RECONNECT_BUDGET:g}s of the cloud's return: with `cleansession true` the session, "
-            "and every alarm of the outage, is discarded. Set `cleansession false`.",
+            "and every alarm of the outage, is discarded. Set `cleansession false` (and give "
+            "the out topic line QoS 1: a bridge subscribed at QoS 0 queues nothing).",
         )
     except MQTTTimeout as error:
         pytest.fail(str(error), pytrace=False)

@@ -91,11 +91,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import LOG
-from mqtt_factory_lab.client import PROTOCOLS, ReceivedMessage, RecordingClient
-from mqtt_factory_lab.factory import DeviceHandle
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, wait_until
-from mqtt_factory_lab.schemas import PayloadError, validate
+from mqtt_factory_lab.contract import PayloadError, validate
+from mqtt_factory_lab.core.client import PROTOCOLS, ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.factory import DeviceHandle
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_until
+from mqtt_factory_lab.experiment import wait_broker_saw_disconnect
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(4)]
 
@@ -145,16 +146,6 @@ def says_offline_on(topic: str) -> Callable[[ReceivedMessage], bool]:
 
     offline_on_topic.__name__ = f"status 'offline' on {topic}"
     return offline_on_topic
-
-
-def wait_broker_saw_disconnect(broker, client_id: str, mark: int) -> None:
-    """Where the broker's log is readable, wait until it has handled ``client_id``'s DISCONNECT.
-
-    The experiments below then prove an absence with a round trip (``sync``); this makes
-    sure the broker has finished with the departing client before that round trip starts.
-    """
-    if LOG in broker.capabilities:
-        broker.wait_for_log(f"Client {re.escape(client_id)} disconnected", timeout=5, since=mark)
 
 
 def will_delay(client: RecordingClient, topic: str, payload: str, delay: int) -> None:
@@ -396,6 +387,7 @@ def test_will_delay_postpones_the_will_and_a_quick_return_cancels_it(mqtt_client
 
 @pytest.mark.broker
 @pytest.mark.needs("mqtt5")
+@pytest.mark.spec(mqtt5=["MQTT-3.1.2-8"])
 def test_disconnect_with_will_message_publishes_the_will(broker, mqtt_client, topic_root):
     topic = f"{topic_root}/status/robot-arm-01"
     dashboard = mqtt_client()

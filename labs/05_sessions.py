@@ -69,9 +69,7 @@ Run it: ``pytest labs/05_sessions.py -v``.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
-import uuid
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -80,10 +78,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
 from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(5)]
 
@@ -124,19 +123,6 @@ def session(protocol: str, persistent: bool, expiry: int = EXPIRY) -> dict:
     }
 
 
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:6]}"
-
-
-def wait_broker_saw_disconnect(broker, client_id: str, mark: int) -> None:
-    """Where the broker's log is readable, wait until it has handled ``client_id``'s DISCONNECT.
-
-    The experiments then publish "while the client is away": this makes sure it is.
-    """
-    if LOG in broker.capabilities:
-        broker.wait_for_log(f"Client {re.escape(client_id)} disconnected", timeout=5, since=mark)
-
-
 # -- The broker's side -----------------------------------------------------------------
 
 
@@ -171,6 +157,7 @@ def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
             3,
             topic,
             timeout=PROMPT,
+            queued=True,
             why=f"While a client with a persistent session is away, the broker queues the QoS 1 "
             f"messages matching its subscriptions and delivers them when it returns, without a "
             f"new SUBSCRIBE (MQTT §4.1). Three alarms were published on {topic}.",
@@ -315,6 +302,7 @@ def test_session_is_gone_once_its_expiry_interval_has_passed(broker, mqtt_client
         pytest.param("open", False, id="persistence-off"),
     ],
 )
+@pytest.mark.rule("may")  # persistence is the implementation's to offer; Mosquitto's is taught
 def test_persistent_session_survives_a_broker_restart_only_with_persistence(
     make_broker, mqtt_client, topic_root, protocol, variant, survives
 ):

@@ -95,13 +95,14 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mqtt_factory_lab.acl import Cell, MatrixClient, parametrize_cells
-from mqtt_factory_lab.broker_fixtures import BrokerPool, broker_or_fail, remember_broker
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
-from mqtt_factory_lab.client import MQTTTimeout, RecordingClient
-from mqtt_factory_lab.paths import DOCKER_DIR
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.acl import Cell, MatrixClient
+from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.core.paths import DOCKER_DIR
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.fixtures.acl import parametrize_cells
+from mqtt_factory_lab.fixtures.brokers import BrokerPool, broker_or_fail, remember_broker
 
 pytestmark = [pytest.mark.lesson(6)]
 
@@ -450,6 +451,7 @@ def lab_acl(_lab_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broke
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("qos", [0, 1], ids=lambda q: f"qos{q}")
 @pytest.mark.spec(mqtt311=["MQTT-3.3.5-2"])
+@pytest.mark.rule("must")
 def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_client, protocol, qos):
     party = Parties(mqtt_client, lab_acl)
     press, oven = MatrixClient("press-01"), MatrixClient("oven-01")
@@ -490,6 +492,7 @@ def test_denied_publish_is_refused_or_dropped_never_delivered(lab_acl, mqtt_clie
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_forbidden_subscription_is_refused_or_receives_nothing(lab_acl, mqtt_client, protocol):
     party = Parties(mqtt_client, lab_acl)
     stranger = party(MatrixClient("bad-actor"), protocol)
@@ -520,6 +523,7 @@ def test_forbidden_subscription_is_refused_or_receives_nothing(lab_acl, mqtt_cli
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.rule("convention")  # the lab's ACL and log
 def test_broker_logs_every_denied_publish(lab_acl, mqtt_client):
     press = mqtt_client("press-01", broker=lab_acl)
     mark = lab_acl.log_mark()
@@ -534,6 +538,7 @@ def test_broker_logs_every_denied_publish(lab_acl, mqtt_client):
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
     topic = "factory/telemetry/press-01/temperature"
     dashboard = mqtt_client("dashboard", username="dashboard", broker=lab_acl, protocol=protocol)
@@ -561,6 +566,7 @@ def test_anyone_may_claim_a_device_client_id(lab_acl, mqtt_client, protocol):
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("convention")  # the lab's ACL
 def test_without_passwords_anyone_may_claim_the_dashboard_user(lab_acl, mqtt_client, protocol):
     spy = mqtt_client("spy", username="dashboard", broker=lab_acl, protocol=protocol)
     spy.subscribe("factory/#", qos=1)
@@ -616,6 +622,7 @@ def hardened(
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("credentials", ["anonymous", "wrong-password"])
+@pytest.mark.rule("convention")  # the lab's hardened ACL
 def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
     hardened, mqtt_client, protocol, credentials
 ):
@@ -640,6 +647,7 @@ def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.rule("convention")  # the lab's hardened ACL
 def test_hardened_rights_follow_the_user_not_the_client_id(hardened, mqtt_client, protocol):
     broker, passwords = hardened
     topic = "factory/telemetry/press-01/temperature"

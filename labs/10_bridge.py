@@ -86,12 +86,12 @@ from collections.abc import Callable
 
 import pytest
 
-from mqtt_factory_lab.bridge import BrokerPair
 from mqtt_factory_lab.brokers import RESTART
-from mqtt_factory_lab.client import MQTTTimeout, ReceivedMessage, RecordingClient
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.schemas import validate
-from mqtt_factory_lab.solution import Solution
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.bridge import BrokerPair
+from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.solution import Solution
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = pytest.mark.lesson(10)
 

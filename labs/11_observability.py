@@ -78,11 +78,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mqtt_factory_lab.brokers import CONFIG, Broker
 from mqtt_factory_lab.brokers.base import free_port
-from mqtt_factory_lab.factory import FactoryLauncher
-from mqtt_factory_lab.factory_fixtures import or_fail
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.factory import FactoryLauncher
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = pytest.mark.lesson(11)
 

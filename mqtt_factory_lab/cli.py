@@ -4,6 +4,10 @@
 ``mqtt-lab merge OUT_DIR... --out DIR``        one gradebook from the outputs of several shards
 ``mqtt-lab conformance ...``                   the broker experiments as a conformance report
                                                (:mod:`mqtt_factory_lab.conformance`)
+``mqtt-lab sandbox up|status|logs|fault|down`` the whole factory on this machine
+                                               (:mod:`mqtt_factory_lab.sandbox`)
+``mqtt-lab lint-topics ...``                   topics against the seeds' conventions
+                                               (:mod:`mqtt_factory_lab.lint_topics`)
 
 Another subcommand is one more ``add_parser`` in :func:`build_parser` and a function.
 """
@@ -130,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--quiet", action="store_true", help="no progress display")
     grade.set_defaults(run=run_grade)
 
-    from mqtt_factory_lab import conformance
+    from mqtt_factory_lab.conformance import run as conformance
 
     check = commands.add_parser(
         "conformance",
@@ -150,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("outputs", type=Path, nargs="+", metavar="OUT_DIR")
     merge.add_argument("--out", type=Path, required=True, metavar="DIR")
     merge.set_defaults(run=run_merge)
+
+    from mqtt_factory_lab import lint_topics
+    from mqtt_factory_lab.sandbox import command as sandbox
+
+    sandbox.add_parser(commands)
+    lint_topics.add_parser(commands)
     return parser
 
 
@@ -160,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from mqtt_factory_lab.grading.limits import Limits
+    from mqtt_factory_lab.core.limits import Limits
     from mqtt_factory_lab.grading.progress import Progress
     from mqtt_factory_lab.grading.report import write_reports
     from mqtt_factory_lab.grading.runner import (

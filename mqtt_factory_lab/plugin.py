@@ -4,10 +4,10 @@ The root ``conftest.py`` loads it; another project loads it through the ``pytest
 entry point ``mqtt_factory_lab.plugin`` (``pip install mqtt-factory-lab``). The
 fixtures live next door, one module per subject, like pytest's own plugins:
 
-:mod:`mqtt_factory_lab.broker_fixtures`
+:mod:`mqtt_factory_lab.fixtures.brokers`
     ``broker``, ``make_broker``, ``mqtt_client``, ``topic_root``, ``protocol``,
     ``broker_env``, ``lab_seed``, ``broker_pool``
-:mod:`mqtt_factory_lab.factory_fixtures`
+:mod:`mqtt_factory_lab.fixtures.factory`
     ``solution``, ``device``, ``factory``, ``factory_launcher``, ``observer_capture``
 
 ``pytest --help`` lists the options under "mqtt-factory-lab", ``pytest --markers``
@@ -26,36 +26,41 @@ from typing import Any
 import pytest
 
 # First: a `pytest` from outside the lab's .venv stops here with one sentence.
-from mqtt_factory_lab import (
-    requirements_check,  # noqa: F401
-    spec,
+from mqtt_factory_lab import requirements_check  # noqa: F401
+from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART, BrokerError
+from mqtt_factory_lab.brokers.base import format_log
+from mqtt_factory_lab.conformance import spec
+from mqtt_factory_lab.conformance.capabilities import (
+    CAPABILITIES,
+    BrokerNotReady,
+    Capabilities,
+    probe,
 )
-from mqtt_factory_lab.broker_fixtures import (
+from mqtt_factory_lab.contract import PayloadError
+from mqtt_factory_lab.core import broker_options
+from mqtt_factory_lab.core.connection import ConnectionSettings, mask_url
+from mqtt_factory_lab.core.roles import RoleError
+from mqtt_factory_lab.core.solution import ManifestError, load
+from mqtt_factory_lab.fixtures.acl import read_matrix_option
+from mqtt_factory_lab.fixtures.brokers import (
     BROKERS_USED,
     CAPABILITIES_KEY,
     CONNECTION,
     NOT_READY_KEY,
     needed_capabilities,
 )
-from mqtt_factory_lab.brokers import BACKENDS, CONFIG, LOG, RESTART, BrokerError
-from mqtt_factory_lab.brokers.base import format_log
-from mqtt_factory_lab.capabilities import CAPABILITIES, BrokerNotReady, Capabilities, probe
-from mqtt_factory_lab.connection import ENV_PASSWORD, ConnectionSettings, mask_url
-from mqtt_factory_lab.factory_fixtures import LAUNCHERS, SOLUTION
-from mqtt_factory_lab.roles import RoleError
-from mqtt_factory_lab.schemas import PayloadError
-from mqtt_factory_lab.solution import ManifestError, load
+from mqtt_factory_lab.fixtures.factory import LAUNCHERS, SOLUTION
 
 pytest_plugins = [
-    "mqtt_factory_lab.broker_fixtures",
-    "mqtt_factory_lab.factory_fixtures",
-    "mqtt_factory_lab.bridge_fixtures",
-    "mqtt_factory_lab.acl",
-    "mqtt_factory_lab.points",
+    "mqtt_factory_lab.fixtures.brokers",
+    "mqtt_factory_lab.fixtures.factory",
+    "mqtt_factory_lab.fixtures.bridge",
+    "mqtt_factory_lab.fixtures.acl",
+    "mqtt_factory_lab.grading.points",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
-ENV_URL = "MQTT_LAB_BROKER_URL"
+ENV_URL = broker_options.ENV_URL
 ENV_SOLUTION = "MQTT_LAB_SOLUTION"
 _SKIP_REASONS = {
     RESTART: "restarts or stops the broker",
@@ -82,46 +87,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             f"engine answers, else local (default: ${ENV_BACKEND} or auto)"
         ),
     )
-    group.addoption(
-        "--broker-url",
-        default=os.environ.get(ENV_URL),
-        metavar="mqtt://HOST:PORT",
-        help="use a broker someone else runs (implies --broker-backend=external): mqtt://, "
-        f"mqtts:// (TLS), ws://, wss:// (WebSockets, path after the port), with an optional "
-        f"USER:PASSWORD@ (${ENV_URL})",
-    )
-    group.addoption(
-        "--broker-url-mqtt5",
-        default=os.environ.get("MQTT_LAB_BROKER_URL_MQTT5"),
-        metavar="URL",
-        help="where MQTT 5 clients connect, when the broker serves MQTT 5 on another listener "
-        "($MQTT_LAB_BROKER_URL_MQTT5)",
-    )
-    group.addoption(
-        "--broker-username",
-        default=os.environ.get("MQTT_LAB_BROKER_USERNAME"),
-        metavar="NAME",
-        help=f"user name for the external broker; the password comes from ${ENV_PASSWORD} "
-        "(never from an option, where ps would show it)",
-    )
-    group.addoption(
-        "--broker-password-env",
-        default=ENV_PASSWORD,
-        metavar="VARIABLE",
-        help=f"the environment variable that holds the password (default {ENV_PASSWORD})",
-    )
-    group.addoption(
-        "--broker-ca", metavar="FILE", help="CA certificate of the broker's TLS listener"
-    )
-    group.addoption(
-        "--broker-cert", metavar="FILE", help="client certificate, for brokers that want mutual TLS"
-    )
-    group.addoption("--broker-key", metavar="FILE", help="the client certificate's private key")
+    broker_options.add_to_pytest(group)
     group.addoption(
         "--conformance-report",
         metavar="DIR",
         help="write the conformance report (report.md, report.json) of this run to DIR "
         "(`python -m mqtt_factory_lab.conformance` adds JUnit XML and runs the broker experiments)",
+    )
+    group.addoption(
+        "--conformance-note",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a line for the conformance report's head, such as what was not checked (repeatable)",
     )
     group.addoption(
         "--docker-image",
@@ -154,6 +132,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=int(os.environ.get("MQTT_LAB_SEED", "1")),
         help="seed for simulators and generated data, for repeatable runs (default 1)",
     )
+    group.addoption(
+        "--acl-file",
+        metavar="PATH",
+        default=None,
+        help="the Mosquitto ACL file lesson 06 loads into its brokers and checks against the "
+        "permission matrix (default: the solution's [files] acl)",
+    )
+    group.addoption(
+        "--acl-matrix",
+        metavar="PATH",
+        default=None,
+        help="the permission matrix (TOML: [clients], [publish], [subscribe]; see docs/acl.md) "
+        "lesson 06 holds the ACL to (default: the one written in labs/06_acl.py)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -168,9 +160,11 @@ def pytest_configure(config: pytest.Config) -> None:
         f"needs(*capabilities): skip, with the probe's reason, on a broker that lacks one of "
         f"{', '.join(CAPABILITIES)}",
         spec.MARKER,
+        spec.RULE_MARKER,
     ):
         config.addinivalue_line("markers", line)
     _read_connection(config)
+    read_matrix_option(config)
     if hasattr(config, "workerinput"):
         handed = config.workerinput.get(WORKER_CAPABILITIES)
         if handed:
@@ -192,6 +186,11 @@ def _read_connection(config: pytest.Config) -> None:
     """Parse ``--broker-url`` and its companions once, into ``config.stash[CONNECTION]``."""
     url = config.getoption("--broker-url")
     config.stash[CONNECTION] = None
+    if url is not None and not url.strip():
+        raise pytest.UsageError(
+            f"--broker-url is empty (or ${ENV_URL} is set to nothing): give the broker's URL, "
+            "such as mqtt://broker.example:1883, or leave both out to use the lab's own broker"
+        )
     if not url:
         for option in ("--broker-url-mqtt5", "--broker-ca", "--broker-cert", "--broker-key"):
             if config.getoption(option):
@@ -232,7 +231,32 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         config.stash[CAPABILITIES_KEY] = probe(settings)
     except BrokerNotReady as error:
         config.stash[NOT_READY_KEY] = str(error)
+        _report_without_experiments(config, f"no experiment ran: {error}")
         raise pytest.UsageError(f"mqtt-factory-lab: {error}") from None
+    except Exception as error:  # a broker the probe did not foresee: still a report, and why
+        message = f"the capability probe failed on this broker: {type(error).__name__}: {error}"
+        config.stash[NOT_READY_KEY] = message
+        _report_without_experiments(config, f"no experiment ran: {message}")
+        raise pytest.UsageError(f"mqtt-factory-lab: {message}") from None
+
+
+def _report_without_experiments(config: pytest.Config, why: str) -> None:
+    """A conformance run that ends before any experiment still writes its report."""
+    folder = config.getoption("--conformance-report")
+    recorder = config.stash.get(RECORDER, None)
+    if not folder or recorder is None:
+        return
+    settings = config.stash.get(CONNECTION, None)
+    report = spec.build_report(
+        recorder,
+        broker=settings.describe() if settings else "the lab's own broker",
+        capabilities=None,
+        command=["pytest", *(mask_url(a) for a in config.invocation_params.args)],
+        notes=[*config.getoption("--conformance-note"), why],
+    )
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (Path(folder) / "report.md").write_text(spec.render_markdown(report))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -412,12 +436,23 @@ def _summarise_conformance(terminalreporter: Any, recorder: spec.Recorder) -> No
             f"finding: {finding['finding']} ({finding['skipped']} experiments skipped for it)",
             yellow=True,
         )
-    table = spec.statement_table(list(recorder.results.values()))
+    results = list(recorder.results.values())
+    table = spec.statement_table(results)
     for protocol, rows in table.items():
         statuses = [row["status"] for row in rows.values()]
         terminalreporter.write_line(
             f"MQTT {protocol} statements: {len(rows)} tested, "
             + ", ".join(f"{statuses.count(s)} {s}" for s in ("passed", "failed", "skipped"))
+        )
+    if any(r.kinds == ["broker"] or "broker" in r.kinds for r in results):
+        for protocol, row in spec.coverage(table).items():
+            terminalreporter.write_line(spec.coverage_line(protocol, row))
+    external = terminalreporter.config.stash.get(CONNECTION, None) is not None
+    observed = [r for r in results if r.rule == "may" and r.observations and external]
+    for result in observed:
+        terminalreporter.write_line(
+            f"behaves this way (MAY): {result.nodeid.rpartition('::')[2]}: "
+            + "; ".join(result.observations)
         )
 
 
@@ -438,6 +473,7 @@ def _write_report(
         broker=broker,
         capabilities=found.to_json() if found else None,
         command=command,
+        notes=config.getoption("--conformance-note"),
     )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")

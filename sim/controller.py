@@ -23,6 +23,14 @@ on MQTT 5, a session expiry of ``--session-expiry`` seconds. While it is
 offline the broker queues the QoS 1 alarms for it and delivers them when it
 reconnects; it acts on them then. With ``--session clean`` those alarms are
 lost.
+
+On MQTT 5 (lesson 09) every command carries a **message expiry interval**
+(``--command-expiry``, 30 s by default): a ``stop`` that waited in a conveyor's session
+longer than that is deleted by the broker instead of stopping the conveyor when it comes
+back. Every publish says what it carries (user property ``schema=vf.<schema>/1``, content
+type ``application/json``). ``--ask-setpoints DEVICE`` asks a device for its setpoints
+(request/response: a Response Topic and Correlation Data) and prints
+``setpoints DEVICE {json}`` for each answer.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
+from sim.mqtt5 import SETPOINTS, publish_properties, request_properties
 from sim.runtime import JsonFormatter, StopSignals, broker_settings, print_ready, setup_logging
 from sim.topics import Topics
 
@@ -95,6 +104,7 @@ class Controller:
         *,
         persistent: bool = False,
         session_expiry: int = 3600,
+        command_expiry: int = 30,
     ) -> None:
         self.controller_id = controller_id
         self.rules = list(rules)
@@ -102,6 +112,12 @@ class Controller:
         self.topics = Topics(settings.topic_root)
         self.alarm_filter = f"{self.topics.root}/alarms/#"
         self.persistent = persistent
+        self.command_expiry = command_expiry
+        #: replies to our requests arrive here (MQTT 5 only)
+        self.reply_filter = f"{self.topics.root}/replies/+/{controller_id}"
+        #: correlation data of each request in flight -> its answer, once it arrived
+        self.pending: dict[bytes, dict[str, Any] | None] = {}
+        self._answered = threading.Condition()
         #: alarms currently holding each target stopped, as "source/sensor"
         self.holding: dict[str, set[str]] = {rule.target: set() for rule in self.rules}
         self.subscribed = threading.Event()
@@ -140,7 +156,10 @@ class Controller:
             self.alarm_filter,
         )
         # Subscribe on every connect: a clean session forgets subscriptions.
-        client.subscribe(self.alarm_filter, qos=1)
+        if self.settings.protocol == "5":
+            client.subscribe([(self.alarm_filter, 1), (self.reply_filter, 1)])
+        else:
+            client.subscribe(self.alarm_filter, qos=1)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         code = reason_codes[0]
@@ -154,6 +173,9 @@ class Controller:
             log.warning("disconnected (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        if mqtt.topic_matches_sub(self.reply_filter, message.topic):
+            self._on_reply(message)
+            return
         if message.retain:
             # Alarms are events, never retained: a retained one is stale history
             # that would stop a machine again at every reconnect.
@@ -165,6 +187,49 @@ class Controller:
             self.handle_alarm(message.topic, message.payload)
         except Exception:  # a bad message must never stop the controller
             log.exception("could not handle the message on %s", message.topic)
+
+    def _on_reply(self, message: mqtt.MQTTMessage) -> None:
+        correlation = getattr(getattr(message, "properties", None), "CorrelationData", None)
+        with self._answered:
+            key = bytes(correlation) if correlation else None
+            if key is None or key not in self.pending:
+                log.warning(
+                    "ignoring a reply on %s: its correlation data %r is none of our requests",
+                    message.topic,
+                    key,
+                )
+                return
+            try:
+                self.pending[key] = json.loads(message.payload)
+            except ValueError:
+                log.warning("ignoring a reply on %s: not JSON", message.topic)
+                return
+            self._answered.notify_all()
+
+    def ask_setpoints(self, device: str, timeout: float = 5.0) -> dict[str, Any] | None:
+        """Ask ``device`` for its setpoints (MQTT 5 request/response); its reply, or None.
+
+        The request goes to the device's command topic with a Response Topic (where to
+        answer) and Correlation Data (a label the device sends back unchanged): several
+        requests may be in flight on one reply topic without being confused.
+        """
+        if self.settings.protocol != "5":
+            raise RuntimeError("request/response needs MQTT 5 (a Response Topic property)")
+        correlation = uuid.uuid4().bytes
+        with self._answered:
+            self.pending[correlation] = None
+        properties = request_properties(
+            self.topics.reply(device, self.controller_id), correlation, expiry=int(timeout) + 1
+        )
+        self.client.publish(
+            self.topics.command(self.controller_id, device),
+            json.dumps({"request": SETPOINTS}),
+            qos=1,
+            properties=properties,
+        )
+        with self._answered:
+            self._answered.wait_for(lambda: self.pending[correlation] is not None, timeout)
+            return self.pending.pop(correlation)
 
     # -- logic -------------------------------------------------------------------
     def handle_alarm(self, topic: str, payload: bytes) -> list[dict[str, Any]]:
@@ -223,7 +288,14 @@ class Controller:
             "issued_by": self.controller_id,
         }
         command_topic = self.topics.command(self.controller_id, rule.target)
-        self.client.publish(command_topic, json.dumps(command_payload), qos=1)
+        self.client.publish(
+            command_topic,
+            json.dumps(command_payload),
+            qos=1,
+            properties=publish_properties(
+                "commands", self.settings.protocol, expiry=self.command_expiry
+            ),
+        )
         event = {
             "ts": now,
             "controller_id": self.controller_id,
@@ -239,7 +311,12 @@ class Controller:
             "command_id": command_payload["command_id"],
             "command_topic": command_topic,
         }
-        self.client.publish(self.topics.events(self.controller_id), json.dumps(event), qos=1)
+        self.client.publish(
+            self.topics.events(self.controller_id),
+            json.dumps(event),
+            qos=1,
+            properties=publish_properties("events", self.settings.protocol),
+        )
         log.info("decision: %s", reason, extra={"decision": event})
         return event
 
@@ -286,6 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="MQTT 5 session expiry in seconds for --session persistent (default 3600)",
     )
     parser.add_argument(
+        "--command-expiry",
+        type=int,
+        default=30,
+        metavar="S",
+        help="MQTT 5 message expiry of every command: a command not delivered within S "
+        "seconds is deleted by the broker (default 30)",
+    )
+    parser.add_argument(
+        "--ask-setpoints",
+        action="append",
+        default=[],
+        metavar="DEVICE",
+        help="MQTT 5: once connected, ask DEVICE for its setpoints and print "
+        "'setpoints DEVICE {json}' (repeatable)",
+    )
+    parser.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="stderr log format"
     )
     add_arguments(parser)
@@ -312,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings,
             persistent=args.session == "persistent",
             session_expiry=args.session_expiry,
+            command_expiry=args.command_expiry,
         )
         log.info("rules: %s", ", ".join(str(r) for r in rules))
         try:
@@ -326,6 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if controller.failed:
                 return 1
             print_ready(args.client_id)
+            for device in args.ask_setpoints:
+                answer = controller.ask_setpoints(device)
+                if answer is None:
+                    log.warning("%s did not answer the setpoints request within 5 s", device)
+                else:
+                    print(f"setpoints {device} {json.dumps(answer)}", flush=True)
             stop.wait()
             log.info("stopping (signal %d)", stop.signum)
             return 0

@@ -20,7 +20,10 @@ or ``VF_TOPIC_ROOT`` says otherwise)::
     <root>/alarms/<id>/<sensor>   QoS 1            raised / cleared (with hysteresis)
     <root>/events/<id>            QoS 1            command_rejected, with the reason
 
-and it obeys ``<root>/commands/+/<id>`` (QoS 1).
+and it obeys ``<root>/commands/+/<id>`` (QoS 1). On MQTT 5 every publish carries the user
+property ``schema=vf.<schema>/1`` and content type ``application/json``, and a message
+``{"request": "setpoints"}`` on the command topic with a Response Topic is answered there,
+with the request's Correlation Data (:mod:`sim.mqtt5`, lesson 09).
 
 Choices worth knowing:
 
@@ -66,6 +69,7 @@ from sim.alarms import RAISED, AlarmChange, AlarmPanel
 from sim.commands import Command, CommandRejected, parse_command
 from sim.connection import BrokerSettings, add_arguments, connect, make_client
 from sim.machines import DEVICE_KINDS, AnomalySchedule, Machine, TransitionRefused
+from sim.mqtt5 import SETPOINTS, publish_properties, reply, request_of
 from sim.runtime import JsonFormatter, StopSignals, add_log_level, print_ready, setup_logging
 from sim.topics import QOS, RETAINED, Topics
 
@@ -292,6 +296,7 @@ class _Inbound:
     topic: str
     payload: bytes
     retained: bool
+    properties: Any = None
 
 
 class DeviceRunner:
@@ -320,7 +325,8 @@ class DeviceRunner:
 
     # paho callbacks (network thread): hand over, never decide here
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put(_Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))
+        properties = getattr(msg, "properties", None)
+        self.inbox.put(_Inbound(msg.topic, bytes(msg.payload), bool(msg.retain), properties))
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -343,7 +349,10 @@ class DeviceRunner:
 
     # -- steps ------------------------------------------------------------------
     def publish(self, message: Outgoing, wait: float | None = None) -> None:
-        info = self.client.publish(message.topic, message.encode(), message.qos, message.retain)
+        properties = publish_properties(self.topics.kind_of(message.topic), self.settings.protocol)
+        info = self.client.publish(
+            message.topic, message.encode(), message.qos, message.retain, properties=properties
+        )
         if wait is not None and message.qos > 0:
             try:
                 info.wait_for_publish(timeout=wait)
@@ -447,9 +456,28 @@ class DeviceRunner:
                 except ConnectionError as error:
                     log.error("%s", error)
                 self.announce()
-            elif isinstance(item, _Inbound):
+            elif isinstance(item, _Inbound) and not self.answer(item):
                 for message in self.core.handle(item.topic, item.payload, retained=item.retained):
                     self.publish(message)
+
+    def answer(self, item: _Inbound) -> bool:
+        """Answer a request (MQTT 5: a Response Topic), on that topic with its Correlation Data.
+
+        :returns: whether ``item`` was a request (else it is a command for the core).
+        """
+        request = request_of(item.payload, item.properties)
+        if request is None:
+            return False
+        if request.what != SETPOINTS:
+            log.warning("unknown request %r on %s: not answered", request.what, item.topic)
+            return True
+        payload = reply(self.device_id, self.core.machine.state, dict(self.core.machine.setpoints))
+        properties = publish_properties(
+            "replies", self.settings.protocol, correlation=request.correlation
+        )
+        self.client.publish(request.response_topic, payload, qos=1, properties=properties)
+        log.info("answered the setpoints request on %s", request.response_topic)
+        return True
 
     def crash(self) -> None:
         """Vanish like a pulled plug: no offline status, no DISCONNECT, so the will goes out."""

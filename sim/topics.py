@@ -8,6 +8,7 @@
     <root>/state/<device>                QoS 1, retained  running / stopped / fault
     <root>/status/<device>               QoS 1, retained  online / offline (Last Will)
     <root>/events/<component>            QoS 1            rejected commands, decisions
+    <root>/replies/<device>/<requester>  QoS 1            answers to MQTT 5 requests (lesson 09)
 
 ``<root>`` is ``factory`` unless ``VF_TOPIC_ROOT`` says otherwise (tests give
 each experiment its own root so they never see each other's messages).
@@ -17,7 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-QOS = {"telemetry": 0, "alarms": 1, "commands": 1, "state": 1, "status": 1, "events": 1}
+QOS = {
+    "telemetry": 0,
+    "alarms": 1,
+    "commands": 1,
+    "state": 1,
+    "status": 1,
+    "events": 1,
+    "replies": 1,
+}
 RETAINED = frozenset({"state", "status"})
 TOPIC_KINDS = tuple(QOS)
 #: each client's private scratch space (``<prefix>/<client id>/#``), outside the factory's
@@ -52,6 +61,10 @@ class Topics:
 
     def events(self, component: str) -> str:
         return f"{self.root}/events/{component}"
+
+    def reply(self, device: str, requester: str) -> str:
+        """Where ``requester`` asks ``device`` to answer (its Response Topic, lesson 09)."""
+        return f"{self.root}/replies/{device}/{requester}"
 
     def everything(self) -> str:
         return f"{self.root}/#"

@@ -57,6 +57,28 @@ def status(device_id: str, value: str, reason: str) -> bytes:
     ).encode()
 
 
+def answer_request(client: mqtt.Client, msg: mqtt.MQTTMessage, device_id: str) -> bool:
+    """Lesson 09 (MQTT 5 request/response): answer a request; return whether ``msg`` was one.
+
+    A controller asks for our setpoints by publishing ``{"request": "setpoints"}`` on our
+    command topic with two MQTT 5 properties: a Response Topic (where to answer) and
+    Correlation Data (a label to send back unchanged, so it can tell its answers apart).
+    """
+    properties = getattr(msg, "properties", None)
+    response_topic = getattr(properties, "ResponseTopic", None)
+    if not response_topic:
+        return False  # a plain command
+    # TODO (lesson 09): publish {"ts", "device_id", "state", "setpoints"}
+    # (schemas/setpoints_reply.schema.json) to response_topic at QoS 1, with
+    # properties.CorrelationData set to the request's (paho.mqtt.properties.Properties).
+    print(
+        f"{device_id}: TODO (lesson 09): a request arrived with the Response Topic "
+        f"{response_topic}: answer it there, with the request's Correlation Data",
+        flush=True,
+    )
+    return True
+
+
 def main() -> int:
     args = parse_args()
     root = os.environ.get("VF_TOPIC_ROOT", "factory")
@@ -69,6 +91,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the lab stops us with SIGTERM
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=protocol)
+    # Every message on a topic we subscribe to arrives here (paho's network thread).
+    # TODO: a message that is not a request is a command to obey.
+    client.on_message = lambda c, userdata, msg: answer_request(c, msg, args.device_id)
     # TODO (lesson 04): set a Last Will before connecting, so that the broker announces
     # "offline" (reason "last-will") for you when you vanish: client.will_set(...)
     try:

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from mqtt_factory_lab.brokers.base import Broker, free_port
-from mqtt_factory_lab.roles import RoleProcess
+from mqtt_factory_lab.core.roles import RoleProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: ``ready <id>`` alone on a line (see ``sim.runtime.print_ready``)
@@ -79,7 +79,7 @@ def sim_program(broker_env: Callable[..., dict[str, str]]) -> Iterator[Callable[
     :param stop_timeout: seconds it has to exit after SIGTERM at teardown
         before it is killed (``sim.run_all`` needs time to stop its children).
 
-    It is a :class:`mqtt_factory_lab.roles.RoleProcess`, the same as the lessons run a
+    It is a :class:`mqtt_factory_lab.core.roles.RoleProcess`, the same as the lessons run a
     solution's programs with: stdout and stderr go to one file, read with
     ``output()`` or waited on with ``wait_for_output(regex)``; ``wait_exit``,
     ``signal``, ``stop`` and ``describe_failure(what)`` for messages. Every

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sim.alarms
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
 from sim.alarms import CLEARED, RAISED, AlarmMonitor, AlarmPanel
 from sim.machines import DEVICE_KINDS, kind_spec
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 import sim.datacenter.contract
-from mqtt_factory_lab import schemas
-from mqtt_factory_lab.paths import LABS_DIR
-from mqtt_factory_lab.schemas import validate_message
+from mqtt_factory_lab import contract
+from mqtt_factory_lab.contract import validate_message
+from mqtt_factory_lab.core.paths import LABS_DIR
 from sim.chocolate.line import LineCore, Outgoing
 from sim.chocolate.lots import MaterialStore
 from sim.chocolate.plant import MACHINES, PLANT, QOS, RETAINED, ChocolateTopics
@@ -187,12 +187,12 @@ def test_every_step_has_machines_and_a_yield_below_one() -> None:
 
 
 def test_steps_and_message_types_agree_between_line_contract_data_center_and_lesson() -> None:
-    assert schemas.chocolate_steps() == STEPS, (
+    assert contract.chocolate_steps() == STEPS, (
         "sim/chocolate/recipes.py (STEPS) and schemas/chocolate_batch.schema.json "
         "($defs.step) must list the same steps, in the same order"
     )
-    assert set(QOS) == set(schemas.CHOCOLATE_SCHEMAS) == set(sim.datacenter.contract.MESSAGE_TYPES)
-    assert sim.datacenter.contract.BATCH_SCHEMAS == schemas.CHOCOLATE_BATCH_VERSIONS
+    assert set(QOS) == set(contract.CHOCOLATE_SCHEMAS) == set(sim.datacenter.contract.MESSAGE_TYPES)
+    assert sim.datacenter.contract.BATCH_SCHEMAS == contract.CHOCOLATE_BATCH_VERSIONS
     spec = importlib.util.spec_from_file_location("lesson07", LABS_DIR / "07_traceability.py")
     assert spec and spec.loader
     lesson = importlib.util.module_from_spec(spec)
@@ -208,7 +208,7 @@ def test_steps_and_message_types_agree_between_line_contract_data_center_and_les
 
 @pytest.mark.parametrize("kind", sorted(QOS))
 def test_schema_description_states_qos_and_retain_as_the_line_publishes(kind: str) -> None:
-    text = schemas.schema(schemas.CHOCOLATE_SCHEMAS[kind])["description"]
+    text = contract.schema(contract.CHOCOLATE_SCHEMAS[kind])["description"]
     retained = "RETAINED" if kind in RETAINED else "NOT retained"
     for needed in (f"<root>/<site>/<line>/<step>/<machine>/{kind}", f"QoS {QOS[kind]}", retained):
         assert needed in text, f"the {kind} schema's description should say {needed!r}: {text}"

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sim.commands
-from mqtt_factory_lab.schemas import PayloadError, validate
+from mqtt_factory_lab.contract import PayloadError, validate
 from sim.commands import (
     COMMANDS,
     FIELDS,
@@ -320,7 +320,7 @@ def test_parser_and_contract_schema_agree(value: object) -> None:
 
 
 def test_field_names_match_the_contract_schema() -> None:
-    from mqtt_factory_lab.schemas import schema
+    from mqtt_factory_lab.contract import schema
 
     assert set(FIELDS) == set(schema("command")["properties"]), (
         "sim.commands.FIELDS and schemas/command.schema.json must list the same fields"

@@ -25,16 +25,16 @@ import pytest
 
 from mqtt_factory_lab.brokers.base import free_port, mqtt_ping
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
-from mqtt_factory_lab.capabilities import BrokerNotReady, probe
-from mqtt_factory_lab.client import RecordingClient
-from mqtt_factory_lab.connection import (
+from mqtt_factory_lab.conformance.capabilities import BrokerNotReady, probe
+from mqtt_factory_lab.core.client import RecordingClient
+from mqtt_factory_lab.core.connection import (
     ConnectionSettings,
     mask_url,
     ready,
     try_connect,
 )
-from mqtt_factory_lab.factory import program_env
-from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, wait_until
+from mqtt_factory_lab.core.factory import program_env
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_until
 from sim.connection import BrokerSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -551,7 +551,15 @@ def test_the_conformance_report_of_two_brokers_side_by_side(tmp_path, amqtt):
     properties = {p.get("name") for p in junit.iter("property")}
     assert {"spec", "mqtt_protocol"} <= properties, "JUnit carries the statements of each case"
 
-    run = conformance(tmp_path, "--out=mosquitto", "--broker-backend=local", "--", "-p", "no:xdist")
+    run = conformance(
+        tmp_path,
+        "--lab-broker",
+        "--out=mosquitto",
+        "--broker-backend=local",
+        "--",
+        "-p",
+        "no:xdist",
+    )
     assert run.returncode == 0, run.explain()
     mosquitto = json.loads((tmp_path / "mosquitto" / "report.json").read_text())
     assert mosquitto["totals"]["failed"] == 0 and not mosquitto["findings"]
@@ -589,7 +597,7 @@ def test_a_teams_own_config_with_a_password_file_is_started_and_tested(tmp_path)
         password=SECRET,
     )
     assert run.returncode == 0, run.explain()
-    assert "started --broker-config team broker (local)" in run.output
+    assert "judging --broker-config team (local)" in run.output
     assert SECRET not in run.output
     report = json.loads((tmp_path / "team-report" / "report.json").read_text())
     assert report["totals"]["passed"] > 0 and report["totals"]["failed"] == 0
@@ -597,6 +605,9 @@ def test_a_teams_own_config_with_a_password_file_is_started_and_tested(tmp_path)
     run = conformance(tmp_path, "--broker-config=team", "--broker-backend=local", "--out=anon")
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
     assert "Not authorized" in run.output and "--broker-username" in run.output, run.explain()
+    refused = (tmp_path / "anon" / "report.md").read_text()
+    assert refused.startswith("# MQTT conformance report: mqtt://127.0.0.1:"), refused[:200]
+    assert "no experiment ran" in refused and "Not authorized" in refused, refused
 
 
 @needs_mosquitto
@@ -611,10 +622,12 @@ def test_a_broker_that_grants_at_most_qos1_passes_all_but_what_needs_qos2(tmp_pa
         f"--broker-url={settings.display_url()}",
     )
     failed = [n for n, o in run.outcomes.items() if o in ("failed", "error")]
-    assert run.returncode == 0 and not failed, (
-        "granting less QoS is legal (MQTT §3.9.3): only the experiments that publish at QoS 2 may "
-        "be skipped, and nothing may fail: " + run.explain()
+    assert failed == ["test_a_qos2_publish_is_answered_with_pubrec[mqtt3.1.1]"], (
+        "granting less QoS is legal (MQTT §3.9.3): only the experiments that publish at QoS 2 "
+        "may be skipped; the one failure is Mosquitto closing an MQTT 3.1.1 connection at a "
+        "QoS 2 PUBLISH (3.1.1 has no Maximum QoS; MQTT-3.3.4-1): " + run.explain()
     )
+    assert "MQTT-3.3.4-1" in run.messages[failed[0]], run.explain()
     skipped_for_qos2 = [n for n, m in run.messages.items() if "the broker lacks QoS 2" in m]
     assert skipped_for_qos2 and all("qos2" in n or "pub2" in n for n in skipped_for_qos2), (
         run.explain()
@@ -642,7 +655,7 @@ def test_a_misused_needs_or_spec_marker_is_a_usage_error(tmp_path, decorators, c
 
 
 def test_a_statement_fails_with_any_of_its_experiments_and_is_skipped_only_when_all_were():
-    from mqtt_factory_lab.spec import Result, statement_table
+    from mqtt_factory_lab.conformance.spec import Result, statement_table
 
     results = [
         Result("a", "passed", "5", {"5": ["MQTT-3.3.1-5", "MQTT-3.3.1-9"]}),
@@ -665,3 +678,397 @@ def test_a_statement_fails_with_any_of_its_experiments_and_is_skipped_only_when_
         "status": "passed",
     }
     assert list(table["5"]) == ["MQTT-3.3.1-5", "MQTT-3.3.1-9", "MQTT-3.3.1-10"], "numeric order"
+
+
+# -- the statement tables and the kinds of rule ------------------------------------------
+
+
+def collected_experiments(tmp_path: Path) -> list[dict]:
+    """Every broker experiment of the lessons with its statements and rule, from a child
+    ``--collect-only`` that dumps them (the lessons' own marks, as pytest sees them)."""
+    dump = tmp_path / "marks.json"
+    plugin = tmp_path / "dump_marks.py"
+    plugin.write_text(
+        "import json\n"
+        "from mqtt_factory_lab.conformance import spec\n"
+        "def pytest_collection_finish(session):\n"
+        "    rows = []\n"
+        "    for item in session.items:\n"
+        "        if item.get_closest_marker('broker') is None:\n"
+        "            continue\n"
+        "        rows.append({'nodeid': item.nodeid, 'statements': spec.item_statements(item),\n"
+        "                     'rule': spec.item_rule(item)[0],\n"
+        "                     'marked': item.get_closest_marker('rule') is not None})\n"
+        f"    open({str(dump)!r}, 'w').write(json.dumps(rows))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MQTT_LAB_"))}
+    env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "labs",
+            "-m",
+            "broker",
+            "--co",
+            "-q",
+            "-p",
+            "dump_marks",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(dump.read_text())
+
+
+def test_every_statement_an_experiment_names_is_a_client_testable_row_of_the_tables(tmp_path):
+    from mqtt_factory_lab.conformance.spec import statements
+
+    rows = collected_experiments(tmp_path)
+    assert len(rows) > 100, "the lessons' broker experiments were not collected"
+    wrong = []
+    for row in rows:
+        for protocol, ids in row["statements"].items():
+            table = statements(protocol)
+            for statement in ids:
+                found = table.get(statement)
+                if found is None or not found.client_testable:
+                    wrong.append(f"{row['nodeid']}: MQTT {protocol} {statement} -> {found}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_broker_experiment_says_what_kind_of_rule_it_checks(tmp_path):
+    unmarked = [
+        r["nodeid"]
+        for r in collected_experiments(tmp_path)
+        if not r["statements"] and not r["marked"]
+    ]
+    assert not unmarked, (
+        "an experiment that names no MUST statement must say what it checks instead: "
+        "@pytest.mark.rule('may', ...) or @pytest.mark.rule('convention'):\n" + "\n".join(unmarked)
+    )
+
+
+@pytest.mark.parametrize(
+    ("protocol", "statement", "words"),
+    [
+        # the ids the issue doubted, each checked against the OASIS text's sentence
+        ("5", "MQTT-3.8.4-8", "lower of the published QoS and the granted QoS"),
+        ("3.1.1", "MQTT-3.8.4-6", "lower of the published QoS and the granted QoS"),
+        ("5", "MQTT-3.1.2-15", "Will Retain=1"),
+        ("3.1.1", "MQTT-3.1.2-17", "Will Retain=1"),
+        ("5", "MQTT-3.1.2-22", "1.5 x Keep Alive"),
+        ("3.1.1", "MQTT-3.1.2-24", "1.5 x Keep Alive"),
+        ("5", "MQTT-3.1.2-23", "Session Expiry Interval > 0"),
+        ("5", "MQTT-3.1.3-9", "Will Delay Interval"),
+        ("5", "MQTT-3.1.4-3", "already connected"),
+        ("3.1.1", "MQTT-3.1.4-2", "already connected"),
+        ("5", "MQTT-4.7.0-1", "never in topic names"),
+        ("3.1.1", "MQTT-4.7.1-1", "never in topic names"),
+        ("5", "MQTT-4.7.1-1", "'#'"),
+        ("5", "MQTT-4.7.1-2", "'+'"),
+        ("3.1.1", "MQTT-4.7.1-2", "'#'"),
+        ("3.1.1", "MQTT-4.7.1-3", "'+'"),
+        ("5", "MQTT-3.3.1-1", "DUP=1"),
+        ("3.1.1", "MQTT-4.7.2-1", "'$'"),
+    ],
+)
+def test_the_doubted_statement_ids_say_what_the_experiments_check(protocol, statement, words):
+    from mqtt_factory_lab.conformance.spec import statements
+
+    assert words in statements(protocol)[statement].gist
+
+
+def test_the_tables_count_the_client_testable_statements():
+    from mqtt_factory_lab.conformance.spec import statements, testable
+
+    for protocol, at_least in (("3.1.1", 130), ("5", 230)):
+        rows = statements(protocol)
+        numbered = [s for s in rows if not s.startswith("§")]
+        assert len(numbered) >= at_least, f"MQTT {protocol}: {len(numbered)} statements"
+        assert {r.keyword for r in rows.values()} <= {"MUST", "MUST+MAY", "SHOULD", "MAY"}
+        assert 0 < len(testable(protocol)) < len(numbered)
+
+
+# -- a report for every run: refusals, denied grants, empty URLs ----------------------------
+
+
+def acl_mosquitto(direct_broker, tmp_path: Path, acl: str) -> str:
+    """A Mosquitto listener whose ACL is ``acl`` (anonymous clients): its URL."""
+    (tmp_path / "acl").write_text(acl)
+    port = free_port()
+    direct_broker(
+        LocalMosquitto,
+        "open",
+        extra_config=f"listener {port} 127.0.0.1\nacl_file {tmp_path / 'acl'}\n",
+    )
+    return f"mqtt://127.0.0.1:{port}"
+
+
+@needs_mosquitto
+def test_an_acl_that_denies_the_lab_topics_gets_a_report_naming_the_grant(tmp_path, direct_broker):
+    url = acl_mosquitto(direct_broker, tmp_path, "topic readwrite factory/#\n")
+    run = conformance(tmp_path, f"--broker-url={url}", "--out=denied", "--", "-p", "no:xdist")
+    assert run.returncode == 1, "nothing could be judged: the run must not pass\n" + run.explain()
+    assert "no experiment could judge this broker" in run.output, run.explain()
+    markdown = (tmp_path / "denied" / "report.md").read_text()
+    assert markdown.splitlines()[0] == f"# MQTT conformance report: {url}", markdown[:300]
+    report = json.loads((tmp_path / "denied" / "report.json").read_text())
+    finding = report["findings"][0]["finding"]
+    assert "does not grant anonymous the lab's topics" in finding, finding
+    assert "lab/sync/" in finding and "readwrite lab/#" in finding, finding
+    assert report["findings"][0]["skipped"] > 100 and report["totals"]["passed"] == 0, report[
+        "totals"
+    ]
+
+
+@needs_mosquitto
+def test_a_probe_step_the_broker_refuses_is_a_row_and_the_run_goes_on(tmp_path, direct_broker):
+    url = acl_mosquitto(direct_broker, tmp_path, "topic readwrite lab/#\n")  # no $SYS, no '#'
+    found = probe(ConnectionSettings.from_url(url))
+    table = "\n".join(found.table())
+    assert found.has("lab_topics") and found.has("retain") and not found.has("sys"), table
+    assert found.items["sys"].detail, table
+    run = child_pytest(tmp_path, "labs/01_wildcards.py", "-m", "broker", f"--broker-url={url}")
+    dollar = [n for n in run.outcomes if "dollar_topics" in n]
+    assert dollar and all(run.outcomes[n] == "passed" for n in dollar), (
+        "$-topics are judged on every broker, $SYS or not: " + run.explain()
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--broker-url="], {}, "--broker-url is empty"),
+        ([], {"MQTT_LAB_BROKER_URL": ""}, "--broker-url is empty"),
+        ([], {}, "say which broker to judge"),
+        (["--broker-url=mqtt://h:1", "--lab-broker"], {}, "not --broker-url and --lab-broker"),
+    ],
+    ids=["empty-option", "empty-variable", "none", "two"],
+)
+def test_conformance_without_exactly_one_broker_is_a_usage_error(tmp_path, args, env, words):
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "mqtt_factory_lab.conformance", *args, "--out=never"],
+        cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("MQTT_LAB_")}, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert words in done.stderr, done.stderr
+    assert not (tmp_path / "never").exists(), "no broker was judged: no report either"
+    assert time.monotonic() - started < 10
+
+
+def test_pytest_with_an_empty_broker_url_is_a_usage_error(tmp_path):
+    run = child_pytest(tmp_path, "labs/03_retained.py", "--broker-url=", "--co")
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.explain()
+    assert "--broker-url is empty" in run.output, run.explain()
+
+
+def test_pytest_and_the_conformance_command_share_one_table_of_broker_options():
+    from mqtt_factory_lab.cli import build_parser
+    from mqtt_factory_lab.core.broker_options import BROKER_OPTIONS
+
+    helps = subprocess.run(
+        [sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["conformance"]
+    flags = {f for a in sub._actions for f in a.option_strings}
+    for option in BROKER_OPTIONS:
+        assert option.flag in flags, f"mqtt-lab conformance lacks {option.flag}"
+        assert option.flag in helps, f"pytest --help lacks {option.flag}"
+
+
+# -- reason codes as sent, TLS where there is none, waits that end on evidence --------------
+
+
+@needs_mosquitto
+@pytest.mark.parametrize(("protocol", "code"), [("3.1.1", 0x05), ("5", 0x87)])
+def test_a_refusal_reports_the_code_the_broker_sent(login_broker, protocol, code):
+    outcome, _ = try_connect(login_broker.connection, protocol)
+    assert outcome.reason_code == code, outcome
+    what = "return code" if protocol == "3.1.1" else "reason code"
+    assert f"({what} 0x{code:02X})" in outcome.sentence()
+    client = RecordingClient(login_broker.host, login_broker.port, protocol=protocol)
+    with pytest.raises(ConnectionError, match=rf"\({what} 0x{code:02X}\)"):
+        client.connect()
+
+
+@needs_mosquitto
+def test_tls_to_a_plain_mosquitto_port_says_the_broker_does_not_speak_tls_here(direct_broker):
+    broker = direct_broker(LocalMosquitto, "open")
+    outcome, _ = try_connect(ConnectionSettings.from_url(f"mqtts://127.0.0.1:{broker.port}"))
+    assert outcome.kind == "not_tls", outcome
+    assert "the broker does not speak TLS here" in outcome.sentence()
+
+
+@needs_mosquitto
+def test_a_wait_ends_when_the_broker_closes_the_connection(direct_broker, topic_root):
+    broker = direct_broker(LocalMosquitto, "open")
+    first = RecordingClient(broker.host, broker.port, "lab-taken-over", protocol="5")
+    first.connect()
+    first.subscribe(f"{topic_root}/x", qos=1)
+    second = RecordingClient(broker.host, broker.port, "lab-taken-over", protocol="5")
+    second.connect()  # takes the client id over: the broker closes the first connection
+    try:
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match=r"stopped after .*nothing more can come"):
+            first.wait_for_message(f"{topic_root}/x", timeout=10)
+        print(f"the wait ended after {time.monotonic() - started:.2f}s of 10")
+    finally:
+        first.disconnect()
+        second.disconnect()
+
+
+# -- WebSockets, first-class -------------------------------------------------------------------
+
+
+@pytest.fixture
+def websocket_mosquitto(direct_broker) -> tuple[str, str]:
+    """One Mosquitto with a plain listener and a WebSocket listener: ``(mqtt://, ws://)``."""
+    port = free_port()
+    broker = direct_broker(
+        LocalMosquitto, "open", extra_config=f"listener {port} 127.0.0.1\nprotocol websockets\n"
+    )
+    return f"mqtt://127.0.0.1:{broker.port}", f"ws://127.0.0.1:{port}/mqtt"
+
+
+@needs_mosquitto
+def test_a_dropped_websocket_client_crashes_like_a_tcp_one(websocket_mosquitto, topic_root):
+    settings = ConnectionSettings.from_url(websocket_mosquitto[1])
+    watcher = RecordingClient(settings.host, settings.port, protocol="5", connection=settings)
+    watcher.connect()
+    watcher.subscribe(f"{topic_root}/will", qos=1)
+    crasher = RecordingClient(
+        settings.host,
+        settings.port,
+        protocol="5",
+        connection=settings,
+        will=(f"{topic_root}/will", b"offline", 1, False),
+    )
+    crasher.connect()
+    crasher.drop()  # the WebSocket's TCP socket shut down: no DISCONNECT, no close frame
+    try:
+        assert watcher.wait_for_message(f"{topic_root}/will", timeout=5).text == "offline"
+    finally:
+        watcher.disconnect()
+
+
+@needs_mosquitto
+@pytest.mark.timeout(300)
+def test_websockets_pass_what_tcp_passes_on_a_real_mosquitto_websocket_listener(
+    tmp_path, websocket_mosquitto
+):
+    runs = {}
+    for name, url in zip(("mqtt", "ws"), websocket_mosquitto, strict=True):
+        runs[name] = child_pytest(
+            tmp_path, "labs/02_qos.py", "labs/04_lwt.py", "-m", "broker", f"--broker-url={url}"
+        )
+    tcp, ws = runs["mqtt"], runs["ws"]
+    assert tcp.returncode == 0 and tcp.outcomes, tcp.explain()
+    differ = {
+        n: (o, ws.outcomes.get(n)) for n, o in tcp.outcomes.items() if ws.outcomes.get(n) != o
+    }
+    assert not differ, f"ws:// must pass what mqtt:// passes: {differ}\n{ws.explain()}"
+    print(
+        f"\n{len(tcp.outcomes)} experiments: mqtt:// {tcp.seconds:.1f}s, ws:// {ws.seconds:.1f}s "
+        f"({ws.seconds / tcp.seconds:.2f}x)"
+    )
+
+
+# -- --broker-config with a team ACL: the permission matrix ------------------------------------
+
+TEAM_MATRIX = """
+[clients.press-01]
+role = "a device"
+[clients.dashboard]
+role = "the dashboard"
+username = "dashboard"
+
+[publish]
+"factory/telemetry/press-01/temperature" = ["press-01"]
+"factory/commands/dashboard/press-01" = ["dashboard"]
+
+[subscribe]
+"factory/telemetry/press-01/temperature" = ["dashboard"]
+"factory/commands/dashboard/press-01" = ["dashboard", "press-01"]
+"""
+
+
+@needs_mosquitto
+@pytest.mark.timeout(300)
+def test_a_teams_acl_is_held_to_its_matrix_and_the_report_says_when_it_was_not(tmp_path):
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "acl").write_text(
+        "topic readwrite lab/#\n"  # what the lab's experiments need (docs/conformance.md)
+        "pattern write factory/telemetry/%c/#\n"
+        "pattern read factory/commands/+/%c\n"
+        "user dashboard\ntopic readwrite lab/#\ntopic read factory/telemetry/#\n"
+        "topic readwrite factory/commands/#\n"
+    )
+    (team / "mosquitto.conf").write_text(
+        "listener 1883\nallow_anonymous true\nacl_file /mosquitto/config/acl\n"
+    )
+    (tmp_path / "matrix.toml").write_text(TEAM_MATRIX)
+    base = ["--broker-config=team", "--broker-backend=local"]
+    run = conformance(
+        tmp_path,
+        *base,
+        "--acl-matrix=matrix.toml",
+        "--out=with",
+        "--",
+        "-p",
+        "no:xdist",
+        "-k",
+        "retained",
+    )
+    assert run.returncode == 0, run.explain()
+    matrix = json.loads((tmp_path / "with" / "acl-matrix" / "report.json").read_text())
+    assert matrix["totals"]["passed"] >= 8 and matrix["totals"]["failed"] == 0, matrix["totals"]
+    head = (tmp_path / "with" / "report.md").read_text().splitlines()[:6]
+    assert any(
+        "held to the permission matrix" in line and "every cell passed" in line for line in head
+    ), head
+
+    run = conformance(tmp_path, *base, "--out=without", "--", "-p", "no:xdist", "-k", "retained")
+    head = (tmp_path / "without" / "report.md").read_text().splitlines()[:6]
+    assert any("was not held to a permission matrix" in line for line in head), head
+
+
+@needs_mosquitto
+def test_a_wait_for_a_publish_the_broker_refused_ends_at_the_puback(tmp_path, direct_broker):
+    url = acl_mosquitto(
+        direct_broker, tmp_path, "topic readwrite lab/#\ntopic read factory/#\n"
+    )  # anyone may read factory/, nobody may write there
+    settings = ConnectionSettings.from_url(url)
+    reader = RecordingClient(settings.host, settings.port, protocol="5", connection=settings)
+    writer = RecordingClient(settings.host, settings.port, protocol="5", connection=settings)
+    reader.connect()
+    writer.connect()
+    try:
+        reader.subscribe("factory/denied", qos=1)
+        writer.publish("factory/denied", b"x", qos=1)  # MQTT 5: PUBACK 0x87 Not authorized
+        with pytest.raises(AssertionError, match=r"stopped after .*PUBACK Not authorized \(0x87\)"):
+            reader.wait_for_message("factory/denied", timeout=10)
+    finally:
+        reader.disconnect()
+        writer.disconnect()

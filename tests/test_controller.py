@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.roles import RoleProcess
 
 StartController = Callable[..., RoleProcess]
 

@@ -33,8 +33,8 @@ import sim.dashboard.commands
 import sim.dashboard.tracker
 from mqtt_factory_lab.brokers import CONFIG, LOG
 from mqtt_factory_lab.brokers.base import free_port
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.roles import RoleProcess
 from sim.dashboard.commands import DeviceInfo, RequestError, build_command
 from sim.dashboard.tracker import OutcomeTracker
 

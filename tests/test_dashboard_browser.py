@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mqtt_factory_lab.bench_dashboard import find_chromium, launch_chromium
+from mqtt_factory_lab.bench.dashboard import find_chromium, launch_chromium
 from mqtt_factory_lab.brokers import RESTART
 from mqtt_factory_lab.brokers.base import free_port
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from mqtt_factory_lab import process
 from mqtt_factory_lab.brokers import LOG
+from mqtt_factory_lab.core import process
 from sim.chocolate.line import LineCore, Outgoing
 from sim.chocolate.plant import ChocolateTopics
 from sim.datacenter.storage import Incoming, Store, ingest_all

@@ -17,7 +17,7 @@ import pytest
 
 import sim.device
 import sim.machines
-from mqtt_factory_lab.schemas import validate_message
+from mqtt_factory_lab.contract import validate_message
 from sim.device import DeviceCore, Outgoing
 from sim.machines import (
     CLIP_SIGMAS,

@@ -3,7 +3,7 @@
 Each test starts the simulator the way a student or ``sim.run_all`` does, waits
 for its ``ready <device_id>`` line, and watches the broker with a recording
 client. Every payload the device publishes is validated against ``schemas/``
-(by topic, with :func:`mqtt_factory_lab.schemas.validate_message`), and QoS and retain
+(by topic, with :func:`mqtt_factory_lab.contract.validate_message`), and QoS and retain
 flags are checked as the contract states them. Devices run with a high
 ``--time-scale`` so minutes of plant time pass in a second.
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from mqtt_factory_lab.client import ReceivedMessage, RecordingClient
-from mqtt_factory_lab.roles import RoleProcess
-from mqtt_factory_lab.schemas import validate_message
+from mqtt_factory_lab.contract import validate_message
+from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.roles import RoleProcess
 from sim.device import CRASH_EXIT_CODE
 from sim.machines import Machine, kind_spec
 from sim.topics import Topics

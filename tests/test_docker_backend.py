@@ -32,7 +32,7 @@ from mqtt_factory_lab.brokers.docker import (
     DockerMosquitto,
     docker_available,
 )
-from mqtt_factory_lab.client import RecordingClient
+from mqtt_factory_lab.core.client import RecordingClient
 
 NO_ENGINE = "no Docker engine answers: run under .ci/with-docker-engine.sh or start Docker"
 

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from mqtt_factory_lab.brokers import CONFIG, LOG
-from mqtt_factory_lab.factory import DEVICE_KINDS
-from mqtt_factory_lab.factory_fixtures import ObserverCapture
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.factory import DEVICE_KINDS
+from mqtt_factory_lab.fixtures.factory import ObserverCapture
 
 PLANT_SECONDS = 30.0
 

@@ -26,8 +26,8 @@ from typing import Any
 import psutil
 import pytest
 
+from mqtt_factory_lab.core.process import tracked_pids, wait_until
 from mqtt_factory_lab.grading.runner import ENV_TOKEN
-from mqtt_factory_lab.process import tracked_pids, wait_until
 
 #: grading the class takes about a minute on a busy 2-core machine: more than the default limit
 pytestmark = pytest.mark.timeout(300)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_factory_lab.grading.limits import ENV_LIMITS, Limits, describe_exit
+from mqtt_factory_lab.core.limits import ENV_LIMITS, Limits, describe_exit
+from mqtt_factory_lab.core.roles import RoleError, RoleProcess
+from mqtt_factory_lab.grading.points import Experiment
 from mqtt_factory_lab.grading.progress import Progress
 from mqtt_factory_lab.grading.report import html_report, markdown, write_gradebook, write_reports
 from mqtt_factory_lab.grading.runner import (
@@ -22,8 +24,6 @@ from mqtt_factory_lab.grading.runner import (
     merge_with_plan,
     shard,
 )
-from mqtt_factory_lab.points import Experiment
-from mqtt_factory_lab.roles import RoleError, RoleProcess
 
 SHOW_LIMITS = (
     "import resource\n"

@@ -53,8 +53,8 @@ from mqtt_factory_lab.brokers.base import free_port
 from mqtt_factory_lab.brokers.config import BrokerConfigError
 from mqtt_factory_lab.brokers.external import ExternalBroker, parse_url
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
-from mqtt_factory_lab.client import MQTTTimeout
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.client import MQTTTimeout
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "harness_support"

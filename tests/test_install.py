@@ -18,6 +18,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 OUTSIDE_TEST = '''
@@ -46,6 +48,8 @@ def run(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> s
     return done.stdout
 
 
+# pip installs every dependency into a fresh venv: minutes on a busy machine, not 60 s
+@pytest.mark.timeout(900)
 def test_the_package_installs_under_its_own_name_and_serves_a_project_elsewhere(
     tmp_path, pytestconfig
 ):
@@ -77,6 +81,8 @@ def test_the_package_installs_under_its_own_name_and_serves_a_project_elsewhere(
     )
     assert "mqtt_factory_lab" in top_level
     assert "sim" not in top_level and "harness" not in top_level, top_level
+    for table in ("mqtt-3.1.1.tsv", "mqtt-5.tsv"):  # the conformance report's statement tables
+        assert (site / "mqtt_factory_lab" / "conformance" / "statements" / table).is_file(), table
     shared = venv / "share" / "mqtt-factory-lab"
     for needed in (
         "docker/mosquitto.conf",

@@ -88,3 +88,12 @@ def test_telemetry_with_swapped_levels_is_caught(run_lesson):
     assert re.search(r"\{root\}/telemetry/\w+/[\w-]+: levels 2 and 3 are swapped", message), message
     assert re.search(r"the device \([\w-]+\) comes before the sensor \(\w+\)", message), message
     assert "is not on the seed's tree" in run.message(filters)
+
+
+def test_a_sensor_level_in_capitals_is_caught_by_the_topic_lint(run_lesson):
+    run = run_lesson(LESSON, "-m", "solution", solution=BROKEN / "lesson01_sensor_in_capitals")
+    tree = "test_devices_publish_on_the_seed_topic_tree"
+    assert names(tree) <= set(run.failed()), run.output[-3000:]
+    message = run.message(tree)
+    assert re.search(r"\{root\}/telemetry/\w+/[A-Z]\w+: level '[A-Z]\w+' has characters", message)
+    assert "[lint-topics: characters]" in message and "mqtt-lab lint-topics" in message, message

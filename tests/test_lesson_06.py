@@ -129,7 +129,7 @@ def test_a_malformed_matrix_stops_the_run_with_the_entry_to_fix(run_lesson, tmp_
 def test_a_broker_folder_carries_the_given_acl_and_password_file(tmp_path):
     # What the docker backend mounts is what render() writes (local_paths=False keeps /mosquitto).
     from mqtt_factory_lab.brokers.config import BrokerConfigError, render
-    from mqtt_factory_lab.paths import DOCKER_DIR
+    from mqtt_factory_lab.core.paths import DOCKER_DIR
 
     password_file = tmp_path / "passwd"
     password_file.write_text("press-01:$7$101$not-a-real-hash\n")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_factory_lab.bridge import BRIDGE_TEMPLATE, render_bridge
 from mqtt_factory_lab.brokers.config import BrokerConfigError
+from mqtt_factory_lab.core.bridge import BRIDGE_TEMPLATE, render_bridge
 
 LESSON = "labs/10_bridge.py"
 BROKEN = Path(__file__).parent / "broken"

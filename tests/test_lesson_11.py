@@ -139,7 +139,7 @@ def test_run_all_starts_the_exporter_with_the_factory(sim_program):
     import urllib.request
 
     from mqtt_factory_lab.brokers.base import free_port
-    from mqtt_factory_lab.process import wait_until
+    from mqtt_factory_lab.core.process import wait_until
 
     port = free_port()
     factory = sim_program(

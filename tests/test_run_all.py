@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from mqtt_factory_lab.brokers.base import free_port
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from sim.connection import BrokerSettings
 from sim.run_all import DEVICE_KINDS, Programs, build_parser, plan
 

@@ -1,4 +1,4 @@
-"""The payload contract: the schemas in ``schemas/`` and the sentences ``mqtt_factory_lab.schemas`` makes.
+"""The payload contract: the schemas in ``schemas/`` and the sentences ``mqtt_factory_lab.contract`` makes.
 
 These tests need no broker. They pin down three things the lessons rely on:
 
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mqtt_factory_lab import schemas
-from mqtt_factory_lab.schemas import PayloadError, schema_for_topic, validate, validate_message
+from mqtt_factory_lab import contract
+from mqtt_factory_lab.contract import PayloadError, schema_for_topic, validate, validate_message
 from sim.machines import DEVICE_KINDS
 from sim.topics import QOS, RETAINED, Topics
 
@@ -44,7 +44,7 @@ FUZZ = settings(
 
 def example(name: str, index: int = 0) -> dict[str, Any]:
     """A fresh copy of the schema's own example, to break in one place."""
-    return copy.deepcopy(schemas.schema(name)["examples"][index])
+    return copy.deepcopy(contract.schema(name)["examples"][index])
 
 
 def changed(name: str, index: int = 0, **fields: Any) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def nested(name: str, path: str, value: Any, index: int = 0) -> dict[str, Any]:
 
 
 def test_every_schema_passes_the_draft_2020_12_metaschema_and_its_refs_resolve() -> None:
-    checked = schemas.check_all()
+    checked = contract.check_all()
     assert set(checked) >= {
         "common",
         "telemetry",
@@ -92,9 +92,9 @@ def test_every_schema_passes_the_draft_2020_12_metaschema_and_its_refs_resolve()
     }, f"schemas/ is missing payload types: found only {checked}"
 
 
-@pytest.mark.parametrize("name", schemas.names())
+@pytest.mark.parametrize("name", contract.names())
 def test_schema_describes_itself(name: str) -> None:
-    contents = schemas.schema(name)
+    contents = contract.schema(name)
     assert contents.get("$schema") == DRAFT_2020_12, (
         f"{name}.schema.json must declare draft 2020-12 in $schema, found {contents.get('$schema')!r}"
     )
@@ -116,32 +116,32 @@ def test_schema_describes_itself(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "index"),
-    [(n, i) for n in schemas.payload_names() for i in range(len(schemas.schema(n)["examples"]))],
+    [(n, i) for n in contract.payload_names() for i in range(len(contract.schema(n)["examples"]))],
 )
 def test_schema_example_is_valid(name: str, index: int) -> None:
-    payload = schemas.schema(name)["examples"][index]
+    payload = contract.schema(name)["examples"][index]
     assert validate(name, payload) is payload
     assert validate(name, json.dumps(payload).encode()) == payload, "the same example as bytes"
 
 
-@pytest.mark.parametrize("name", schemas.payload_names())
+@pytest.mark.parametrize("name", contract.payload_names())
 def test_payload_schema_has_examples(name: str) -> None:
-    assert schemas.schema(name).get("examples"), f"{name}.schema.json has no examples"
+    assert contract.schema(name).get("examples"), f"{name}.schema.json has no examples"
 
 
-@pytest.mark.parametrize("definition", sorted(schemas.schema("common")["$defs"]))
+@pytest.mark.parametrize("definition", sorted(contract.schema("common")["$defs"]))
 def test_shared_definition_examples_fit_their_definition(definition: str) -> None:
-    ref = f"{schemas.schema('common')['$id']}#/$defs/{definition}"
-    check = schemas.FactoryValidator({"$ref": ref}, registry=schemas.registry())
-    for value in schemas.schema("common")["$defs"][definition].get("examples", []):
+    ref = f"{contract.schema('common')['$id']}#/$defs/{definition}"
+    check = contract.FactoryValidator({"$ref": ref}, registry=contract.registry())
+    for value in contract.schema("common")["$defs"][definition].get("examples", []):
         errors = [e.message for e in check.iter_errors(value)]
         assert not errors, f"common $defs/{definition} example {value!r} fails: {errors}"
 
 
 @pytest.mark.parametrize("kind", sorted(QOS))
 def test_schema_description_states_topic_qos_and_retain_as_sim_topics_does(kind: str) -> None:
-    name = schemas.TOPIC_SCHEMAS[kind][0]
-    text = schemas.schema(name)["description"]
+    name = contract.TOPIC_SCHEMAS[kind][0]
+    text = contract.schema(name)["description"]
     retained = "RETAINED" if kind in RETAINED else "NOT retained"
     for needed in (f"<root>/{kind}/", f"QoS {QOS[kind]}", retained):
         assert needed in text, (
@@ -151,8 +151,8 @@ def test_schema_description_states_topic_qos_and_retain_as_sim_topics_does(kind:
 
 
 def test_every_topic_kind_in_sim_topics_has_a_schema() -> None:
-    assert set(schemas.TOPIC_SCHEMAS) == set(QOS), (
-        f"sim/topics.py knows {sorted(QOS)}, mqtt_factory_lab/schemas.py maps {sorted(schemas.TOPIC_SCHEMAS)}"
+    assert set(contract.TOPIC_SCHEMAS) == set(QOS), (
+        f"sim/topics.py knows {sorted(QOS)}, mqtt_factory_lab/contract/ maps {sorted(contract.TOPIC_SCHEMAS)}"
     )
 
 
@@ -519,7 +519,7 @@ def test_a_payload_that_is_not_json_gives_a_clear_error(raw: bytes, explains: st
 
 def test_unknown_schema_names_and_the_shared_definitions_are_refused() -> None:
     with pytest.raises(KeyError, match="telemetry"):
-        schemas.schema("telemetryy")
+        contract.schema("telemetryy")
     with pytest.raises(ValueError, match="not a payload"):
         validate("common", {})
 
@@ -644,7 +644,7 @@ STRATEGIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         {
             "ts": stamps,
             "device_id": device_ids,
-            "kind": st.sampled_from(schemas.device_kinds()),
+            "kind": st.sampled_from(contract.device_kinds()),
             "state": st.sampled_from(["running", "stopped", "fault"]),
             "setpoints": st.dictionaries(levels, reals, max_size=3),
             "counters": st.fixed_dictionaries({name: counts for name in counter_names}),
@@ -715,7 +715,7 @@ NUMBER_FIELDS = {
 
 
 def _required(name: str, payload: dict[str, Any]) -> list[str]:
-    fields = list(schemas.schema(name)["required"])
+    fields = list(contract.schema(name)["required"])
     if name == "command" and payload["command"] == "set":
         fields += ["setpoint", "value"]
     return fields

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_factory_lab.factory import FactoryLauncher
-from mqtt_factory_lab.roles import RoleError
-from mqtt_factory_lab.solution import REFERENCE_MANIFEST, ManifestError, load
+from mqtt_factory_lab.core.factory import FactoryLauncher
+from mqtt_factory_lab.core.roles import RoleError
+from mqtt_factory_lab.core.solution import REFERENCE_MANIFEST, ManifestError, load
 
 
 def write_manifest(folder: Path, body: str) -> Path:

@@ -23,7 +23,7 @@ from mqtt_factory_lab.brokers.base import (
     BrokerUnavailable,
     CapabilityMissing,
 )
-from mqtt_factory_lab.connection import ConnectionSettings
+from mqtt_factory_lab.core.connection import ConnectionSettings
 
 BACKENDS = ("auto", "local", "docker", "external")
 

@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
-from mqtt_factory_lab.connection import ConnectionSettings, try_connect
-from mqtt_factory_lab.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.connection import ConnectionSettings, try_connect
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 
 #: What a backend can do to its broker; lessons declare what they need.
 RESTART = "restart"  #: stop() / start() / restart()
@@ -52,7 +52,7 @@ def mqtt_ping(host: str, port: int, timeout: float = 1.0) -> bool:
     This is the readiness test of a broker the lab starts: a port that accepts TCP is
     not yet a broker, but a CONNACK, even one that refuses an anonymous client, is. It
     waits for the CONNACK on an event; for an external broker,
-    :func:`mqtt_factory_lab.connection.ready` also says why a broker is not ready.
+    :func:`mqtt_factory_lab.core.connection.ready` also says why a broker is not ready.
     """
     outcome, _ = try_connect(ConnectionSettings(host, port), "3.1.1", timeout=timeout)
     # A CONNACK that refuses (a broker that wants a login) still proves a broker is there.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqtt_factory_lab.brokers.base import BrokerError
-from mqtt_factory_lab.paths import DOCKER_DIR
+from mqtt_factory_lab.core.paths import DOCKER_DIR
 
 CONTAINER_ROOT = "/mosquitto"
 _LISTENER = re.compile(r"^\s*listener\s+\d+.*$", re.MULTILINE)

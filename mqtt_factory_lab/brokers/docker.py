@@ -50,7 +50,13 @@ from mqtt_factory_lab.brokers.base import (
     free_port,
     mqtt_ping,
 )
-from mqtt_factory_lab.process import ProcessTimeout, close_forgotten, track, untrack, wait_until
+from mqtt_factory_lab.core.process import (
+    ProcessTimeout,
+    close_forgotten,
+    track,
+    untrack,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer

@@ -7,7 +7,7 @@ or restart it; tests that need those are skipped with a reason saying so.
 from __future__ import annotations
 
 from mqtt_factory_lab.brokers.base import Broker, BrokerStartError
-from mqtt_factory_lab.connection import ConnectionSettings, ConnectOutcome, ready, try_connect
+from mqtt_factory_lab.core.connection import ConnectionSettings, ConnectOutcome, ready, try_connect
 
 
 def parse_url(url: str) -> tuple[str, int]:

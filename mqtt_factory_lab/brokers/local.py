@@ -1,7 +1,7 @@
 """The local backend: the ``mosquitto`` executable as a child process.
 
 The broker listens on a free 127.0.0.1 port and writes its log to a file that
-tests can read. It runs as a :class:`~mqtt_factory_lab.process.ChildProcess`
+tests can read. It runs as a :class:`~mqtt_factory_lab.core.process.ChildProcess`
 (its own session, a parent-death signal, SIGTERM then SIGKILL), and the
 process module's ``atexit`` registry closes any broker a crashed caller forgot.
 """
@@ -26,7 +26,7 @@ from mqtt_factory_lab.brokers.base import (
     free_port,
     mqtt_ping,
 )
-from mqtt_factory_lab.process import ChildProcess, ProcessTimeout, track, untrack, wait_until
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, track, untrack, wait_until
 
 INSTALL_HINT = (
     "install it with your package manager (Debian/Ubuntu: `sudo apt-get install -y mosquitto`, "

@@ -5,10 +5,8 @@ grades every folder of ``SUBMISSIONS_DIR`` that holds a ``solution.toml``:
 
 :mod:`~mqtt_factory_lab.grading.runner`   one child pytest per submission and lesson, with its
                                           own brokers, copy, process group and time limits
-:mod:`~mqtt_factory_lab.grading.limits`   CPU, memory, file and process limits, and an
-                                          unprivileged user, for the student's programs
 :mod:`~mqtt_factory_lab.grading.report`   ``gradebook.csv``, per-student HTML and Markdown
 
-This package is imported by :mod:`mqtt_factory_lab.roles` (for the limits): keep this
-file free of imports.
+The limits are the core's (:mod:`mqtt_factory_lab.core.limits`): the core never imports the
+grader.
 """

@@ -15,8 +15,8 @@ import html
 import json
 from pathlib import Path
 
+from mqtt_factory_lab.grading.points import Experiment, lesson_key
 from mqtt_factory_lab.grading.runner import SubmissionResult, lesson_columns
-from mqtt_factory_lab.points import Experiment, lesson_key
 
 #: lines of a program's output a report shows per failure
 OUTPUT_LINES = 40

@@ -15,7 +15,7 @@ submission, in a child pytest of its own:
   like the lab's) is read by the tests;
 * time limits: ``--timeout`` per experiment (pytest-timeout), ``lesson_timeout`` for the
   whole unit (then SIGTERM, a grace period, SIGKILL), CPU and the other
-  :mod:`~mqtt_factory_lab.grading.limits` per program.
+  :mod:`~mqtt_factory_lab.core.limits` per program.
 
 What a unit did comes from its ``--points-jsonl`` stream, which survives a killed run; an
 experiment of the plan (collected once, before grading) that has no result scores 0 with
@@ -47,11 +47,11 @@ try:  # finds the programs that left their process group (sweep); a dev extra fo
 except ImportError:  # pragma: no cover - depends on the installation
     psutil = None  # type: ignore[assignment]
 
-from mqtt_factory_lab.grading.limits import ENV_LIMITS, Limits
-from mqtt_factory_lab.paths import LAB_ROOT, LABS_DIR
-from mqtt_factory_lab.points import Experiment, lesson_key, read_jsonl, read_plan, summarize
-from mqtt_factory_lab.process import die_with_parent
-from mqtt_factory_lab.solution import ManifestError, load
+from mqtt_factory_lab.core.limits import ENV_LIMITS, Limits
+from mqtt_factory_lab.core.paths import LAB_ROOT, LABS_DIR
+from mqtt_factory_lab.core.process import die_with_parent
+from mqtt_factory_lab.core.solution import ManifestError, load
+from mqtt_factory_lab.grading.points import Experiment, lesson_key, read_jsonl, read_plan, summarize
 
 #: every process a unit starts inherits this variable; its value names the unit
 ENV_TOKEN = "MQTT_LAB_GRADE_TOKEN"

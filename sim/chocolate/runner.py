@@ -17,12 +17,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import paho.mqtt.client as mqtt
 
 from sim.chocolate.line import LineCore, Outgoing
 from sim.connection import BrokerSettings, connect, make_client
+from sim.mqtt5 import chocolate_properties
 from sim.runtime import StopSignals, print_ready, write_line
 
 log = logging.getLogger("sim.chocolate")
@@ -48,6 +49,17 @@ class LineRunner:
         self.clients: dict[str, mqtt.Client] = {}
         self.pending: list[tuple[Outgoing, mqtt.MQTTMessageInfo]] = []
         self.sent: Counter[str] = Counter()
+        #: each machine's last retained state, published again when it reconnects: a
+        #: restarted broker may have sent its Last Will (``offline``) meanwhile
+        self.last_state: dict[str, Outgoing] = {}
+
+    def _republish_state(self, machine: str) -> Callable[..., None]:
+        def on_connect(client: mqtt.Client, *_: object) -> None:
+            state = self.last_state.get(machine)
+            if state is not None:
+                client.publish(state.topic, state.encode(), state.qos, state.retain)
+
+        return on_connect
 
     def connect_all(self) -> None:
         for step, machine in self.core.machines():
@@ -55,14 +67,20 @@ class LineRunner:
                 f"{self.prefix}-{machine}", self.settings, will=self.core.will(step, machine)
             )
             client.reconnect_delay_set(min_delay=1, max_delay=5)
+            client.on_connect = self._republish_state(machine)
             connect(client, self.settings)
             self.clients[machine] = client
 
     def publish(self, message: Outgoing) -> None:
+        properties = chocolate_properties(
+            message.message_type, message.payload, self.settings.protocol
+        )
         info = self.clients[message.machine].publish(
-            message.topic, message.encode(), message.qos, message.retain
+            message.topic, message.encode(), message.qos, message.retain, properties=properties
         )
         self.sent[message.message_type] += 1
+        if message.message_type == "state":
+            self.last_state[message.machine] = message
         if message.qos > 0:
             self.pending.append((message, info))
             if len(self.pending) > 2000:

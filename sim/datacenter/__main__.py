@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "data center is away (default 86400)",
     )
     parser.add_argument(
+        "--share",
+        metavar="GROUP",
+        help="subscribe through the shared subscription $share/GROUP/...: the data centers "
+        "started with the same GROUP split the stream, each message going to one of them "
+        "(lesson 09; scale out by starting a second process)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=_at_least(1),
         default=500,
@@ -219,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_id=args.client_id,
         session_expiry=args.session_expiry,
         batch_size=args.batch_size,
+        share=args.share,
     ).run()
 
 

@@ -49,6 +49,8 @@ class DataCenter:
         (and queues QoS 1 messages) while the data center is away.
     :param batch_size: at most this many messages per transaction.
     :param topic_filter: what to subscribe to (default: every line under the root).
+    :param share: a shared subscription group: subscribe to ``$share/<share>/<filter>``, so
+        the data centers of one group split the stream (each message to one of them).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class DataCenter:
         session_expiry: int = 86400,
         batch_size: int = 500,
         topic_filter: str | None = None,
+        share: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -67,6 +70,8 @@ class DataCenter:
         self.session_expiry = session_expiry
         self.batch_size = batch_size
         self.topic_filter = topic_filter or f"{settings.topic_root}/+/+/+/+/+"
+        if share:
+            self.topic_filter = f"$share/{share}/{self.topic_filter}"
         self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self.counts = {"stored": 0, "duplicates": 0, "dead_letters": 0}
         self._subscribed = threading.Event()

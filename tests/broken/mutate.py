@@ -10,6 +10,9 @@ patches paho-mqtt inside the program, then runs the module as ``__main__``:
 ``--retain-once KINDS`` ...keep their retain flag only the first time on each topic
 ``--qos KIND=N``        ...go out at QoS N (repeatable)
 ``--no-will``           the program connects without its Last Will
+``--strip-property P``  MQTT 5: every publish goes out without the property P (paho's name:
+                        UserProperty, CorrelationData, MessageExpiryInterval...; repeatable)
+``--no-share``          subscriptions to ``$share/<group>/<filter>`` subscribe to ``<filter>``
 
 Every check of a solution in this project has a test that runs it against such a
 variant and expects it to fail (see ``tests/test_mutants.py``); lessons' broken
@@ -43,6 +46,8 @@ def main() -> None:
     parser.add_argument("--retain-once", type=_kinds, default=set(), metavar="KINDS")
     parser.add_argument("--qos", action="append", default=[], metavar="KIND=N")
     parser.add_argument("--no-will", action="store_true")
+    parser.add_argument("--strip-property", action="append", default=[], metavar="NAME")
+    parser.add_argument("--no-share", action="store_true")
     parser.add_argument("module", help="the program to run, such as sim.device")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args()
@@ -64,9 +69,27 @@ def main() -> None:
         if kind in options.retain_once:
             retain = retain and topic not in published_once
             published_once.add(topic)
+        for name in options.strip_property:
+            if properties is not None and hasattr(properties, name):
+                delattr(properties, name)
         return publish(self, topic, payload, qos_by_kind.get(kind, qos), retain, properties)
 
     mqtt.Client.publish = mutated_publish  # type: ignore[method-assign]
+    subscribe = mqtt.Client.subscribe
+
+    def unshared(topic: Any) -> Any:
+        if isinstance(topic, str) and topic.startswith("$share/"):
+            return topic.split("/", 2)[2]
+        if isinstance(topic, tuple):
+            return (unshared(topic[0]), *topic[1:])
+        if isinstance(topic, list):
+            return [unshared(item) for item in topic]
+        return topic
+
+    def mutated_subscribe(self: mqtt.Client, topic: Any, *args: Any, **kwargs: Any) -> Any:
+        return subscribe(self, unshared(topic) if options.no_share else topic, *args, **kwargs)
+
+    mqtt.Client.subscribe = mutated_subscribe  # type: ignore[method-assign]
     if options.no_will:
         mqtt.Client.will_set = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
     sys.path.insert(0, str(LAB_ROOT))

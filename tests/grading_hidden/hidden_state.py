@@ -7,7 +7,7 @@ Named ``hidden_*.py`` so that the lab's own test run does not collect them.
 
 import pytest
 
-from mqtt_factory_lab.schemas import validate
+from mqtt_factory_lab.contract import validate
 
 
 @pytest.mark.lesson(3)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_factory_lab.roles import RoleProcess
+from mqtt_factory_lab.core.roles import RoleProcess
 
 # A program that says it is ready, then blocks until a signal ends it.
 SLEEPER = "import signal; print('ready', flush=True); signal.pause()"

@@ -353,7 +353,11 @@ function renderTopic(topic) {
 
 function rate(t) {
   const now = Date.now();
-  return t.times.filter((ms) => now - ms <= 10000).length / 10;
+  const recent = t.times.filter((ms) => now - ms <= 10000);
+  // Only the last 200 arrivals are kept: when all of them are recent (a flood), the rate is
+  // theirs over the time they span, not 200 / 10 s.
+  if (recent.length >= 200) return recent.length / Math.max((now - recent[0]) / 1000, 0.001);
+  return recent.length / 10;
 }
 
 function renderLog() {

@@ -18,6 +18,9 @@ Each ``--mistake NAME`` switches on one common mistake, so that a broken solutio
 ``levels-swapped``      telemetry on ``<root>/telemetry/<sensor>/        01: devices_publish_on_the
                         <device>``: filters built on the seed's tree     _seed_topic_tree, each
                         find nothing                                     _filter_gets_exactly_...
+``capital-sensor``      telemetry on ``<root>/telemetry/<device>/        01: devices_publish_on_the
+                        Temperature``: topics are case-sensitive         _seed_topic_tree (lint-topics:
+                                                                         characters)
 ``telemetry-qos1``      telemetry at QoS 1: every reading waits for a    02: device_sends_telemetry
                         PUBACK and is queued for offline subscribers     _at_qos0
 ``no-will``             registers no Last Will: a crash leaves the       04: killed_device_is
@@ -65,6 +68,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 MISTAKES = (
     "obeys-all-commands",
     "levels-swapped",
+    "capital-sensor",
     "telemetry-qos1",
     "no-will",
     "will-after-online",
@@ -156,6 +160,8 @@ def on_message(client, userdata, msg):
 def publish_readings(client: mqtt.Client, seq: int) -> None:
     for name, (unit, _normal, _limit) in sensors.items():
         value = setpoints[name] + random.uniform(-0.5, 0.5)
+        if "capital-sensor" in mistakes:
+            name = name.capitalize()  # "Temperature" reads better, it thinks
         reading = {"ts": time.time(), "device_id": me, "sensor": name, "value": value}
         reading.update({"unit": unit, "seq": seq})
         if "levels-swapped" in mistakes:

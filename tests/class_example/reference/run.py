@@ -8,7 +8,7 @@ submission's stand-in for a student's code (see tests/broken/mutate.py for the m
 import runpy
 import sys
 
-from mqtt_factory_lab.paths import LAB_ROOT
+from mqtt_factory_lab.core.paths import LAB_ROOT
 
 MUTATE = LAB_ROOT / "tests" / "broken" / "mutate.py"
 sys.argv = [str(MUTATE), *sys.argv[1:]]

@@ -1,0 +1,1017 @@
+"""Lesson 09 — MQTT 5 in the factory: reason codes, expiry, properties, request/response, sharing.
+
+MQTT 3.1.1 moves a topic and some bytes, and says little when something goes wrong. MQTT 5
+keeps that core and adds what a factory kept reinventing on top of it. Each addition below
+is taught where the factory uses it.
+
+* **Reason codes: the broker says why.** Every acknowledgement carries a one-byte reason
+  (§2.4). CONNACK says why a login was refused: 0x86 *Bad user name or password*, 0x87 *Not
+  authorized* (Mosquitto answers 0x87 to both, revealing nothing to a guesser). To a
+  protocol version it does not speak, a broker MAY answer 0x84 *Unsupported protocol
+  version* (or, as Mosquitto does, a 3.1.1 CONNACK with return code 1) and closes the
+  connection. PUBACK says 0x10 *No matching subscribers* — the alarm nobody listens to
+  — and 0x87 when the ACL denies a publish: lesson 06's silent drop becomes visible. A SUBACK
+  has one code per filter: the QoS granted (maybe less than asked) or a refusal (an ACL
+  plugin's 0x87; Mosquitto's ``acl_file`` grants every SUBSCRIBE, see lesson 06). When a
+  second client connects with a used client id, the first is disconnected: the broker may
+  say so with DISCONNECT 0x8E *Session taken over* (Mosquitto 2.0.11 just closes the
+  socket). A client that leaves with DISCONNECT 0x04 *Disconnect with Will Message* is gone
+  cleanly *and* has its will sent.
+* **Message expiry.** A PUBLISH may carry a *message expiry interval*: when it passes
+  before the broker could start delivering a copy, that copy is deleted (§3.3.2.3.3); a copy
+  delivered later carries what is left of the interval. An alarm that waited an hour for a
+  controller to come back is history, not an emergency; a ``stop`` command that waited for a
+  conveyor must not stop it an hour late. A retained state with an expiry disappears when it
+  expires: no dashboard shows a dead machine's state from last week.
+* **Properties that say what a payload is.** *User properties* are key/value pairs the
+  broker forwards unchanged and in order: the factory's devices label every payload with
+  its schema, ``schema=vf.telemetry/1``, so a consumer can pick a parser (or refuse a
+  version it does not know) without guessing from the topic. *Content type*
+  (``application/json``) and the *payload format indicator* (1 = UTF-8 text) go along. A
+  broker MAY check that an indicated UTF-8 payload is UTF-8 (and refuse it with 0x99
+  *Payload format invalid*); Mosquitto 2.0 does not, and forwards the indicator unchanged —
+  so the receiver checks, as lesson 07's data center does with its dead-letter table.
+* **Request / response.** The controller asks a device for its setpoints: it publishes the
+  request with a *response topic* (where to answer) and *correlation data* (an opaque label);
+  the device answers on that topic with the same correlation data. Several requests can be
+  in flight on one response topic: the label, not the order of arrival, says which answer
+  is which.
+* **Shared subscriptions.** Subscribers of ``$share/<group>/<filter>`` share one
+  subscription: each message goes to *one* of them (§4.8.2). The data center scales out by
+  starting a second worker on ``$share/datacenter/<root>/...``: every QoS 1 record is stored
+  once across the two, and when one worker dies the broker sends the stream to the other.
+  A message the broker was delivering to the dead worker waits for *that* worker's session
+  (MQTT-4.8.2-4, -5): it is sent to nobody else, so a worker that may die needs a persistent
+  session and a restart (or an operator who ends its session, as the lab does below).
+* **Smaller tools, one experiment each.** *Topic aliases*: a telemetry publisher sends its
+  long topic once, then a two-byte number. *Subscription identifiers*: a dashboard with
+  several overlapping subscriptions learns which one delivered a message. *No local*: a
+  dashboard that sends commands and watches the command topic does not hear its own echo.
+  *Receive maximum*: a slow data center caps how many unacknowledged QoS 1 messages the
+  broker may push at it. *Maximum packet size*: a small device is never sent a message it
+  cannot hold; the broker drops that copy instead.
+* **Session expiry and will delay** are MQTT 5 too: lesson 05 (sessions) and lesson 04
+  (Last Will) teach them.
+
+Pitfalls:
+
+* Reading only ``rc == 0``: the reason code *is* the diagnosis; paho hands it to every
+  callback as a ``ReasonCode`` with a name.
+* A response topic every requester shares *without* correlation data: two answers in flight
+  cannot be told apart.
+* Expecting the broker to hand a dead worker's in-flight messages to another member of its
+  group: it keeps them for the session it chose (MQTT-4.8.2-5).
+* Properties on MQTT 3.1.1: there are none. A program that must speak both versions sends
+  them only on MQTT 5 (the lab's reference programs do).
+
+Try it (a broker on localhost:1884, e.g. ``mosquitto -p 1884``)::
+
+    python -m sim.device --device press --device-id press-01 &
+    mosquitto_sub -p 1884 -V 5 -t 'factory/telemetry/#' -F '%t %P %C'   # user property, type
+    python -m sim.controller --ask-setpoints press-01                  # setpoints press-01 {...}
+    python -m sim.datacenter --db a.db --client-id dc-a --share datacenter &
+    python -m sim.datacenter --db b.db --client-id dc-b --share datacenter &
+    python -m sim.chocolate --batches 2 --time-scale 20000              # each record in a or b
+    mosquitto_pub -p 1884 -V 5 -q 1 -D publish message-expiry-interval 5 -t factory/a/b -m x
+
+Your programs in this lesson: the ``[roles.device]`` role (on MQTT 5: every publish carries
+the user property ``schema=vf.<schema>/1`` — ``vf.telemetry/1``, ``vf.alarm/1``,
+``vf.state/1``, ``vf.status/1``, ``vf.event/1`` — and the content type ``application/json``;
+a message ``{"request": "setpoints"}`` on its command topic with a Response Topic is answered
+on that topic, at QoS 1, with ``schemas/setpoints_reply.schema.json`` and the request's
+Correlation Data); ``[roles.controller]`` (started as in lesson 05 with the rule
+``press-01/temperature=conveyor-01``: on MQTT 5 its commands carry a message expiry
+interval of at most an hour); ``[roles.datacenter]`` with the option ``share`` =
+``{share}``, a group name (subscribe through ``$share/{share}/...``; the lab starts two with
+their own ``{db}`` and kills one with SIGKILL). See ``solution.toml``.
+
+Run it: ``pytest labs/09_mqtt5.py -v`` (``-m broker`` for the broker's part, ``-m solution
+--solution PATH`` to grade a solution). On a broker without MQTT 5 the whole lesson is
+skipped, for that one finding.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from mqtt_factory_lab.brokers.base import Broker
+from mqtt_factory_lab.contract import schema, validate
+from mqtt_factory_lab.core import process
+from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
+from mqtt_factory_lab.core.paths import DOCKER_DIR
+from mqtt_factory_lab.fixtures.brokers import (
+    CONNECTION,
+    BrokerPool,
+    broker_or_fail,
+    capabilities_of,
+    remember_broker,
+)
+from mqtt_factory_lab.fixtures.factory import or_fail
+
+pytestmark = [pytest.mark.lesson(9), pytest.mark.needs("mqtt5")]
+
+PROMPT = 3.0
+NOT_AUTHORIZED = 0x87
+#: what the reference programs label each payload with (sim/mqtt5.py)
+SCHEMA_LABELS = {
+    "telemetry": "vf.telemetry/1",
+    "alarms": "vf.alarm/1",
+    "state": "vf.state/1",
+    "status": "vf.status/1",
+    "events": "vf.event/1",
+}
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def props(**values: Any) -> Properties:
+    """PUBLISH properties by paho name: ``props(MessageExpiryInterval=5)``."""
+    properties = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(properties, name, value)
+    return properties
+
+
+def reason(info_code: ReasonCode | None) -> str:
+    if info_code is None:
+        return "no reason code (paho: success)"
+    return f"0x{info_code.value:02X} {info_code}"
+
+
+def publish_for_ack(client: RecordingClient, topic: str, payload: Any, **kw: Any) -> ReasonCode:
+    """Publish at QoS 1 and return the PUBACK's reason code (paho's 'Success' when absent)."""
+    info = client.publish(topic, payload, qos=1, **kw)
+    return client.puback_reason(info) or ReasonCode(PacketTypes.PUBACK, "Success")
+
+
+def user_properties(message: ReceivedMessage) -> list[tuple[str, str]]:
+    return [tuple(pair) for pair in message.properties.get("UserProperty", [])]
+
+
+def alarm(state: str = "raised", value: float = 231.0) -> dict[str, Any]:
+    return validate(
+        "alarm",
+        {
+            "ts": time.time(),
+            "device_id": "press-01",
+            "sensor": "temperature",
+            "state": state,
+            "value": value,
+            "low": None,
+            "high": 220.0,
+            "severity": "critical",
+            "message": f"temperature {value} C above 220.0 C",
+        },
+    )
+
+
+def broker_lacks_mqtt5(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> None:
+    """Skip, with the probe's finding, before a module fixture starts a broker of its own:
+    module fixtures are set up before the per-test check of ``needs("mqtt5")``."""
+    found = capabilities_of(request.config, broker_pool).reason(["mqtt5"])
+    if found is not None:
+        pytest.skip(found)
+    if request.config.stash.get(CONNECTION, None) is not None:
+        pytest.skip(
+            "an external broker is not the lab's to configure: this test needs its ACL file "
+            "(and password file)"
+        )
+
+
+# -- Reason codes: the broker says why ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def _hardened_of_module(
+    request: pytest.FixtureRequest,
+    broker_pool: BrokerPool,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Broker, str]]:
+    broker_lacks_mqtt5(request, broker_pool)
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(tool).exists():
+        pytest.fail(
+            "the login experiments make a password file with `mosquitto_passwd`, which is not "
+            "installed: Debian/Ubuntu `apt-get install mosquitto`, macOS `brew install mosquitto`",
+            pytrace=False,
+        )
+    password = uuid.uuid4().hex
+    password_file = tmp_path_factory.mktemp("hardened09") / "passwd"
+    password_file.touch()
+    subprocess.run([tool, "-b", str(password_file), "press-01", password], check=True)
+    broker = broker_or_fail(
+        lambda: broker_pool.start(
+            "acl+hardened", acl_file=DOCKER_DIR / "acl-hardened", password_file=password_file
+        )
+    )
+    yield broker, password
+    broker_pool.release(broker)
+
+
+@pytest.fixture
+def hardened(_hardened_of_module: tuple[Broker, str], request: pytest.FixtureRequest) -> Broker:
+    """A broker that wants a login (``acl+hardened``); the user press-01 has a password."""
+    return remember_broker(request, _hardened_of_module[0])
+
+
+@pytest.fixture(scope="module")
+def _acl_of_module(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> Iterator[Broker]:
+    broker_lacks_mqtt5(request, broker_pool)
+    broker = broker_or_fail(lambda: broker_pool.start("acl"))
+    yield broker
+    broker_pool.release(broker)
+
+
+@pytest.fixture
+def acl_broker(_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broker:
+    """A broker with the lab's ``docker/acl``, shared by this module's experiments."""
+    return remember_broker(request, _acl_of_module)
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize(
+    ("login", "expected"),
+    [
+        pytest.param({}, {0x87, 0x86}, id="anonymous"),
+        pytest.param(
+            {"username": "press-01", "password": "guess"}, {0x86, 0x87}, id="wrong-password"
+        ),
+    ],
+)
+@pytest.mark.spec(mqtt5=["MQTT-3.2.2-6", "MQTT-3.2.2-7", "MQTT-3.2.2-8"])
+def test_connack_reason_code_says_why_a_login_was_refused(hardened, mqtt_client, login, expected):
+    impostor = mqtt_client("press-01", broker=hardened, connect=False, **login)
+    with pytest.raises(ConnectionError):
+        impostor.connect()
+    impostor.paho.disconnect()
+    code = impostor.connack["reason_code"]
+    names = " or ".join(f"0x{c:02X}" for c in sorted(expected))
+    assert code.value in expected, (
+        f"A broker with `allow_anonymous false` and a password file refuses "
+        f"{'a client without a user name' if not login else 'a wrong password'} in the CONNACK, "
+        f"and MQTT 5 says why: {names} (0x86 Bad user name or password, 0x87 Not authorized; "
+        f"Mosquitto says 0x87 for both, so a guesser does not learn which part was wrong). "
+        f"It answered {reason(code)}."
+    )
+    assert not impostor.connack["session_present"], (
+        "A CONNACK with a non-zero reason code must have session present = 0 (MQTT-3.2.2-6)."
+    )
+    assert not impostor.connected, "After a CONNACK >= 0x80 the broker closes the connection."
+
+
+def connect_raw(broker: Broker, level: int) -> bytes:
+    """Send a CONNECT with protocol level ``level`` on a bare socket; what came back, up to
+    the close."""
+    host, port = broker.connection.host, broker.connection.port
+    client_id = unique("v").encode()
+    body = b"\x00\x04MQTT" + bytes([level, 0x02, 0, 30])
+    if level == 5:
+        body += b"\x00"  # no properties
+    body += len(client_id).to_bytes(2, "big") + client_id
+    with socket.create_connection((host, port), timeout=PROMPT) as sock:
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(64)
+            except TimeoutError:
+                raise AssertionError(
+                    f"the broker neither answered nor closed a CONNECT with protocol level "
+                    f"{level} within {PROMPT}s (it received: {received!r})"
+                ) from None
+            if not chunk:
+                return received
+            received += chunk
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.1.2-2"])
+def test_unsupported_protocol_version_is_refused_then_the_connection_closed(broker):
+    answer = connect_raw(broker, level=6)
+    refused = answer == b"" or (
+        answer[0] == 0x20
+        and (answer[2:4] == b"\x00\x01" or (len(answer) > 3 and answer[3] == 0x84))
+    )
+    assert refused, (
+        "A CONNECT with protocol level 6 (no such MQTT) must be refused and the connection "
+        "closed (MQTT-3.1.2-2): a broker MAY first send CONNACK 0x84 Unsupported protocol "
+        "version (MQTT 5 format) or return code 1 (3.1.1 format, which a client of any version "
+        f"can read). It sent {answer!r} before closing."
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.needs("qos1")
+@pytest.mark.spec(mqtt5=["MQTT-3.4.2-1"])
+def test_puback_says_no_matching_subscribers_only_when_nobody_listens(mqtt_client, topic_root):
+    topic = f"{topic_root}/alarms/press-01/temperature"
+    press = mqtt_client()
+    alone = publish_for_ack(press, topic, alarm())
+    controller = mqtt_client()
+    controller.subscribe(topic, qos=1)
+    heard = publish_for_ack(press, topic, alarm("cleared", 205.0))
+    controller.wait_for_message(topic, why="The controller subscribed before the second alarm.")
+
+    assert alone.value in (0x00, 0x10), (
+        f"With no subscriber on {topic} a broker answers the QoS 1 alarm with 0x00 Success or "
+        f"0x10 No matching subscribers (MQTT 5 §3.4.2.1); it answered {reason(alone)}."
+    )
+    assert heard.value == 0x00, (
+        f"With the controller subscribed to {topic} the PUBACK must not say 0x10 No matching "
+        f"subscribers: it answered {reason(heard)}."
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.needs("qos1")
+@pytest.mark.spec(mqtt5=["MQTT-3.4.2-1"])
+def test_puback_0x87_makes_a_denied_publish_visible(acl_broker, mqtt_client):
+    dashboard = mqtt_client("dashboard", broker=acl_broker, username="dashboard")
+    dashboard.subscribe("factory/state/oven-01", qos=1)
+    press = mqtt_client("press-01", broker=acl_broker)
+    forged = {"forged": uuid.uuid4().hex}
+    code = publish_for_ack(press, "factory/state/oven-01", forged)
+    assert code.value == NOT_AUTHORIZED, (
+        "The ACL lets press-01 write only its own topics. Lesson 06 showed MQTT 3.1.1 drops a "
+        "denied publish silently; an MQTT 5 broker answers the QoS 1 publish with PUBACK 0x87 "
+        f"Not authorized, so the press can log it. It answered {reason(code)}."
+    )
+    dashboard.assert_nothing_received(
+        lambda m: m.payload == json.dumps(forged, separators=(",", ":")).encode(),
+        why="A publish answered 0x87 must not be delivered to anyone.",
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.8.4-5", "MQTT-3.8.4-6", "MQTT-3.8.4-7", "MQTT-3.9.3-1"])
+def test_suback_answers_each_filter_of_one_subscribe_in_order(mqtt_client, topic_root):
+    dashboard = mqtt_client()
+    filters = [
+        (f"{topic_root}/alarms/#", 2),  # alarms: as reliable as the broker allows
+        (f"{topic_root}/telemetry/+/temperature", 0),  # readings: the next one replaces it
+        (f"{topic_root}/state/+", 1),
+    ]
+    codes = dashboard.subscribe_all(filters)
+    got = [f"0x{c.value:02X}" for c in codes]
+    assert len(codes) == len(filters), (
+        f"One SUBSCRIBE with {len(filters)} filters gets one reason code per filter "
+        f"(MQTT-3.8.4-6); the SUBACK had {got}."
+    )
+    for (topic, asked), code in zip(filters, codes, strict=True):
+        assert not code.is_failure and code.value <= asked, (
+            f"The SUBACK's codes come in the order of the filters (MQTT-3.9.3-1), each the QoS "
+            f"granted to that filter: at most the QoS asked, less if the broker's maximum is "
+            f"lower (MQTT-3.8.4-7; Mosquitto's `max_qos`), or a failure code >= 0x80 (an ACL "
+            f"plugin's 0x87). Asked {[q for _, q in filters]}, got {got}: {topic} asked QoS "
+            f"{asked} and got {reason(code)}."
+        )
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.1.4-3"])
+def test_a_second_connection_with_the_same_client_id_takes_the_session_over(mqtt_client):
+    client_id = unique("press-01")
+    first = mqtt_client(client_id)
+    second = mqtt_client(client_id)
+    process.wait_until(lambda: not first.connected, timeout=PROMPT)
+    assert second.connected, "The newer connection is the one that stays."
+    sent = first.server_disconnects
+    assert all(code.value == 0x8E for code in sent), (
+        f"When a second client connects as {client_id}, the broker closes the first one's "
+        "connection and, if it says why, says DISCONNECT 0x8E Session taken over "
+        f"(MQTT-3.1.4-3). It sent {[reason(c) for c in sent]}."
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize(
+    ("code", "will_sent"),
+    [
+        pytest.param("Normal disconnection", False, id="0x00-normal"),
+        pytest.param("Disconnect with will message", True, id="0x04-with-will"),
+    ],
+)
+@pytest.mark.spec(mqtt5=["MQTT-3.1.2-8", "MQTT-3.1.2-10", "MQTT-3.14.4-3"])
+def test_disconnect_reason_code_decides_whether_the_will_is_sent(
+    mqtt_client, topic_root, code, will_sent
+):
+    status = f"{topic_root}/status/press-01"
+    watcher = mqtt_client()
+    watcher.subscribe(status, qos=1)
+    press = mqtt_client(will=(status, b"offline", 1, False))
+    press.paho.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, code))
+    process.wait_until(lambda: not press.connected, timeout=PROMPT)
+    if will_sent:
+        watcher.wait_for_message(
+            status,
+            timeout=PROMPT,
+            why="A client that leaves with DISCONNECT 0x04 Disconnect with Will Message asks "
+            "the broker to publish its will anyway (MQTT 5 §3.14.2.1): the press's 'offline' "
+            f"must arrive on {status}.",
+        )
+    else:
+        watcher.assert_nothing_received(
+            status,
+            why="DISCONNECT 0x00 Normal disconnection deletes the will (MQTT-3.14.4-3): "
+            f"nothing may arrive on {status}.",
+        )
+
+
+# -- Message expiry ---------------------------------------------------------------------
+
+
+def wait_until_expired(mqtt_client, topic: str, timeout: float = 6.0) -> None:
+    """Wait until the retained message on ``topic`` has expired: a fresh subscriber no longer
+    gets it. The broker's own clock, not a sleep of ours, says when the interval passed."""
+
+    def gone() -> bool:
+        probe = mqtt_client()
+        probe.subscribe(topic, qos=1)
+        probe.sync()
+        found = probe.received(topic)
+        probe.disconnect()
+        return not found
+
+    try:
+        process.wait_until(gone, timeout=timeout, interval=0.2)
+    except process.ProcessTimeout:
+        raise AssertionError(
+            f"The retained message on {topic} had a message expiry interval of 1-2 s and was "
+            f"still delivered to a new subscriber {timeout}s later: the broker must delete a "
+            f"retained message when it expires (MQTT-3.3.2-5)."
+        ) from None
+
+
+@pytest.mark.broker
+@pytest.mark.needs("qos1", "retain")
+@pytest.mark.spec(mqtt5=["MQTT-3.3.2-5", "MQTT-3.3.2-6"])
+def test_alarm_that_expired_while_the_controller_was_away_is_not_delivered(
+    broker, mqtt_client, topic_root
+):
+    topic = f"{topic_root}/alarms/press-01/temperature"
+    clock = f"{topic_root}/lab/expiry-clock"
+    client_id = unique("controller")
+    controller = mqtt_client(client_id, clean_start=False, session_expiry=60)
+    controller.subscribe(topic, qos=1)
+    controller.disconnect()
+
+    press = mqtt_client()
+    stale, lasting = alarm("raised", 231.0), alarm("raised", 240.0)
+    press.publish(topic, stale, qos=1, properties=props(MessageExpiryInterval=1))
+    press.publish(topic, lasting, qos=1, properties=props(MessageExpiryInterval=60))
+    # A retained message published after the alarm, with a longer interval, is our clock:
+    # once a new subscriber no longer gets it, the alarm's second has surely passed (brokers
+    # count in whole seconds, and may check a retained and a queued message differently).
+    press.publish(clock, b"tick", qos=1, retain=True, properties=props(MessageExpiryInterval=2))
+    wait_until_expired(mqtt_client, clock)
+
+    back = mqtt_client(client_id, clean_start=False, session_expiry=60)
+    message = back.wait_for_message(
+        topic,
+        why="The alarm with a 60 s expiry was queued in the controller's persistent session.",
+    )
+    back.sync()
+    got = [validate("alarm", m.payload)["value"] for m in back.received(topic)]
+    assert got == [240.0], (
+        f"Two alarms were queued for the absent controller on {topic}: one with a message "
+        "expiry interval of 1 s, one with 60 s. When it came back the first had expired: the "
+        "broker must delete it (MQTT-3.3.2-5) and deliver only the second (value 240.0). "
+        f"It delivered values {got}."
+    )
+    remaining = message.properties.get("MessageExpiryInterval")
+    assert remaining is not None and 0 < remaining < 60, (
+        "A message delivered after waiting in the broker carries the interval it has left: "
+        "60 s minus the time it waited (MQTT-3.3.2-6), so less than 60. It carried "
+        f"MessageExpiryInterval={remaining!r}."
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.needs("qos1", "retain")
+@pytest.mark.spec(mqtt5=["MQTT-3.3.2-5"])
+def test_retained_state_with_an_expiry_disappears_when_it_expires(mqtt_client, topic_root):
+    topic = f"{topic_root}/state/press-01"
+    press = mqtt_client()
+    press.publish(topic, {"state": "running"}, qos=1, retain=True,
+                  properties=props(MessageExpiryInterval=1))  # fmt: skip
+    early = mqtt_client()
+    early.subscribe(topic, qos=1)
+    message = early.wait_for_message(
+        topic, why="A new subscriber gets the retained state while it has not expired."
+    )
+    assert message.properties.get("MessageExpiryInterval", 99) <= 1, (
+        "A retained message is sent with what is left of its expiry interval (MQTT-3.3.2-6)."
+    )
+    wait_until_expired(mqtt_client, topic)
+
+
+# -- Properties that say what a payload is --------------------------------------------
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.3.2-17", "MQTT-3.3.2-18", "MQTT-3.3.2-20", "MQTT-3.3.2-4"])
+def test_user_properties_and_content_type_reach_every_subscriber_unaltered(mqtt_client, topic_root):
+    topic = f"{topic_root}/telemetry/press-01/temperature"
+    labels = [("schema", "vf.telemetry/1"), ("site", "hall-a"), ("schema", "vf.legacy/0")]
+    dashboards = [mqtt_client(), mqtt_client()]
+    for dashboard in dashboards:
+        dashboard.subscribe(topic)
+    mqtt_client().publish(
+        topic,
+        {"value": 181.5},
+        properties=props(
+            UserProperty=labels, ContentType="application/json", PayloadFormatIndicator=1
+        ),
+    )
+    for dashboard in dashboards:
+        message = dashboard.wait_for_message(topic)
+        assert user_properties(message) == labels, (
+            "The broker forwards every user property unchanged and in order, repeated keys "
+            f"included (MQTT-3.3.2-17, -18): sent {labels}, received {user_properties(message)}."
+        )
+        assert message.properties.get("ContentType") == "application/json", (
+            "The content type is forwarded unaltered (MQTT-3.3.2-20); received "
+            f"{message.properties.get('ContentType')!r}."
+        )
+        assert message.properties.get("PayloadFormatIndicator") == 1, (
+            "The payload format indicator is forwarded unaltered (MQTT-3.3.2-4)."
+        )
+
+
+@pytest.mark.broker
+@pytest.mark.needs("qos1")
+@pytest.mark.spec(mqtt5=["MQTT-3.3.2-4"])
+def test_payload_marked_utf8_that_is_not_is_refused_or_forwarded_with_its_mark(
+    mqtt_client, topic_root
+):
+    topic = f"{topic_root}/telemetry/press-01/temperature"
+    dashboard = mqtt_client()
+    dashboard.subscribe(topic, qos=1)
+    press = mqtt_client()
+    broken = b'{"value": 181.5, "unit": "\xff\xfe"}'
+    code = publish_for_ack(press, topic, broken, properties=props(PayloadFormatIndicator=1))
+    if press.connected and not code.is_failure:
+        message = dashboard.wait_for_message(topic)
+        assert message.properties.get("PayloadFormatIndicator") == 1, (
+            "A broker that does not check the payload (Mosquitto 2.0 does not) must still "
+            "forward the payload format indicator unaltered (MQTT-3.3.2-4), so the receiver "
+            "can check it."
+        )
+        with pytest.raises(UnicodeDecodeError):
+            message.payload.decode("utf-8")  # the receiver's check: this is what it must catch
+        return
+    refusal = code if press.connected else press.disconnects[-1]
+    assert refusal.value == 0x99, (
+        "A broker that checks a payload marked UTF-8 and finds it is not refuses it with "
+        f"0x99 Payload format invalid (MQTT 5 §3.3.2.3.2); it answered {reason(refusal)}."
+    )
+    dashboard.assert_nothing_received(topic, why="A refused payload is delivered to nobody.")
+
+
+# -- Request / response ------------------------------------------------------------------
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.3.2-15", "MQTT-3.3.2-16"])
+def test_response_topic_and_correlation_data_reach_the_responder_unaltered(mqtt_client, topic_root):
+    request_topic = f"{topic_root}/commands/controller/press-01"
+    press = mqtt_client()
+    press.subscribe(request_topic, qos=1)
+    response_topic = f"{topic_root}/replies/press-01/controller"
+    label = uuid.uuid4().bytes + b"\x00\xff"  # binary: correlation data is any bytes
+    mqtt_client().publish(
+        request_topic,
+        validate("setpoints_request", {"request": "setpoints"}),
+        qos=1,
+        properties=props(ResponseTopic=response_topic, CorrelationData=label),
+    )
+    message = press.wait_for_message(request_topic)
+    assert message.properties.get("ResponseTopic") == response_topic, (
+        "The broker forwards the response topic unaltered (MQTT-3.3.2-15)."
+    )
+    assert bytes.fromhex(message.properties.get("CorrelationData", "")) == label, (
+        "The broker forwards the correlation data, any bytes, unaltered (MQTT-3.3.2-16); "
+        f"sent {label.hex()}, received {message.properties.get('CorrelationData')!r}."
+    )
+
+
+# -- Shared subscriptions ------------------------------------------------------------------
+
+
+@pytest.mark.broker
+@pytest.mark.needs("mqtt5", "qos1", "shared_subscriptions")  # mqtt5 first: the finding
+@pytest.mark.spec(mqtt5=["MQTT-4.8.2-1", "MQTT-4.8.2-2", "MQTT-4.8.2-3"])
+def test_shared_subscription_gives_each_message_to_one_member_of_the_group(mqtt_client, topic_root):
+    group = f"$share/datacenter/{topic_root}/#"
+    workers = [mqtt_client(), mqtt_client()]
+    for worker in workers:
+        worker.subscribe(group, qos=1)
+    archive = mqtt_client()
+    archive.subscribe(f"{topic_root}/#", qos=1)  # a plain subscriber, for comparison
+    sent = [f"record-{i}".encode() for i in range(20)]
+    line = mqtt_client()
+    for payload in sent:
+        line.publish(f"{topic_root}/tunis-01/line-a/s4_conching/conche-01/batch", payload, qos=1)
+    archive.wait_for_messages(len(sent), why="A plain subscription gets every message.")
+    for worker in workers:
+        worker.sync()
+    shares = [Counter(m.payload for m in w.received(f"{topic_root}/#")) for w in workers]
+    together = shares[0] + shares[1]
+    assert together == Counter(sent), (
+        f"Two workers subscribed to {group}: each of the {len(sent)} messages must go to "
+        f"exactly one of them (MQTT 5 §4.8.2). They got {sum(shares[0].values())} and "
+        f"{sum(shares[1].values())}; missing or doubled: {(Counter(sent) - together) or ''}"
+        f"{(together - Counter(sent)) or ''}."
+    )
+    for worker in workers:
+        assert all(m.qos == 1 for m in worker.received(f"{topic_root}/#")), (
+            "A shared subscription keeps the QoS it was granted (MQTT-4.8.2-3)."
+        )
+
+
+# -- Smaller tools, one experiment each ----------------------------------------------------
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.3.2-12"])
+def test_topic_alias_lets_a_publisher_send_its_long_topic_once(mqtt_client, topic_root):
+    topic = f"{topic_root}/telemetry/robot_arm-01/joint_3_temperature"
+    dashboard = mqtt_client()
+    dashboard.subscribe(topic)
+    arm = mqtt_client()
+    allowed = arm.connack["properties"].get("TopicAliasMaximum", 0)
+    if not allowed:
+        pytest.skip("the broker announces no Topic Alias Maximum: it accepts no topic alias")
+    arm.publish(topic, b"61.0", properties=props(TopicAlias=1))  # topic and alias: the mapping
+    arm.publish("", b"61.5", properties=props(TopicAlias=1))  # the alias alone: 2 bytes
+    got = dashboard.wait_for_messages(2, topic, why="Both readings were published to the arm.")
+    assert [m.payload for m in got] == [b"61.0", b"61.5"], (
+        "A PUBLISH with an empty topic and topic alias 1 is published to the topic that alias "
+        "was set to (MQTT 5 §3.3.2.3.4): subscribers get the full topic name both times."
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.3.4-3", "MQTT-3.3.4-4", "MQTT-3.3.4-5"])
+def test_subscription_identifier_says_which_subscription_delivered_a_message(
+    mqtt_client, topic_root
+):
+    dashboard = mqtt_client()
+    dashboard.subscribe(f"{topic_root}/alarms/#", qos=1, subscription_id=1)  # the alarm panel
+    dashboard.subscribe(f"{topic_root}/+/press-01/#", qos=1, subscription_id=2)  # the press view
+    publisher = mqtt_client()
+    publisher.publish(f"{topic_root}/alarms/press-01/temperature", alarm(), qos=1)
+    publisher.publish(f"{topic_root}/alarms/oven-01/temperature", alarm(), qos=1)
+    dashboard.sync()
+    ids: dict[str, set[int]] = {}
+    for message in dashboard.received(f"{topic_root}/#"):
+        ids.setdefault(message.topic.split("/")[-2], set()).update(
+            message.properties.get("SubscriptionIdentifier", [])
+        )
+    assert ids == {"press-01": {1, 2}, "oven-01": {1}}, (
+        "Each delivered message carries the identifiers of the subscriptions it matched "
+        "(MQTT-3.3.4-3): the press alarm matched the alarm panel (1) and the press view (2), "
+        f"the oven alarm only the panel (1). The dashboard saw {ids}."
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.8.3-3"])
+def test_no_local_keeps_a_dashboard_from_hearing_its_own_commands(mqtt_client, topic_root):
+    commands = f"{topic_root}/commands/+/conveyor-01"
+    dashboard = mqtt_client()
+    dashboard.subscribe(commands, qos=1, no_local=True)
+    dashboard.publish(f"{topic_root}/commands/dashboard/conveyor-01", {"command": "stop"}, qos=1)
+    mqtt_client().publish(
+        f"{topic_root}/commands/controller/conveyor-01", {"command": "start"}, qos=1
+    )
+    dashboard.wait_for_message(commands, why="The controller's command must arrive.")
+    dashboard.sync()
+    senders = [m.topic.split("/")[-2] for m in dashboard.received(commands)]
+    assert senders == ["controller"], (
+        "With no local set, the broker does not send a client the messages it published "
+        f"itself (MQTT-3.8.3-3): the dashboard should see only the controller's command, it "
+        f"saw commands from {senders}."
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.needs("qos1")
+@pytest.mark.spec(mqtt5=["MQTT-3.3.4-9", "MQTT-3.3.4-10"])
+def test_receive_maximum_caps_the_unacknowledged_messages_sent_to_a_slow_consumer(
+    mqtt_client, topic_root
+):
+    records = f"{topic_root}/tunis-01/line-a/s8_packaging/packer-03/batch"
+    marker = f"{topic_root}/lab/marker"
+    slow = mqtt_client(connect=False, connect_properties={"ReceiveMaximum": 1})
+    slow.paho.manual_ack_set(True)  # it acknowledges when it is done, like the data center
+    slow.connect()
+    slow.subscribe(records, qos=1)
+    slow.subscribe(marker, qos=0)
+    line = mqtt_client()
+    for i in range(3):
+        line.publish(records, f"record-{i}", qos=1)
+    line.publish(marker, b"after the records")  # QoS 0: outside the quota
+    slow.wait_for_message(marker, why="QoS 0 messages are not held back by receive maximum.")
+    held = slow.received(records)
+    assert len(held) == 1, (
+        "The data center connected with Receive Maximum 1: the broker may have at most one "
+        "unacknowledged QoS 1 message in flight to it (MQTT-3.3.4-9), and must not hold back "
+        f"QoS 0 (MQTT-3.3.4-10). Before acknowledging anything it had {len(held)}."
+    )
+    slow.paho.ack(held[0].mid, 1)
+    slow.wait_for_messages(2, records, why="Once acknowledged, the next record comes.")
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt5=["MQTT-3.1.2-24", "MQTT-3.1.2-25"])
+def test_maximum_packet_size_keeps_a_small_device_from_getting_what_it_cannot_hold(
+    mqtt_client, topic_root
+):
+    topic = f"{topic_root}/commands/dashboard/sensor-07"
+    sensor = mqtt_client(connect_properties={"MaximumPacketSize": 256})
+    sensor.subscribe(topic, qos=1)
+    dashboard = mqtt_client()
+    recipe = {"command": "set", "setpoint": "profile", "value": "x" * 1000}
+    dashboard.publish(topic, recipe, qos=1)
+    dashboard.publish(topic, {"command": "start"}, qos=1)
+    sensor.wait_for_message(topic, why="The small command fits in 256 bytes.")
+    sensor.sync()
+    sizes = [len(m.payload) for m in sensor.received(topic)]
+    assert sizes == [len(json.dumps({"command": "start"}, separators=(",", ":")))], (
+        "The sensor connected with Maximum Packet Size 256: the broker must not send it a "
+        "bigger packet (MQTT-3.1.2-24) but drop that copy and carry on (MQTT-3.1.2-25). It "
+        f"received payloads of {sizes} bytes."
+    )
+    assert sensor.connected, "A dropped oversized message does not end the connection."
+
+
+# -- The solution's programs ------------------------------------------------------------------
+# The experiments below start programs of the solution under test (``--solution``; by
+# default the lab's own ``sim``), told to speak MQTT 5.
+
+
+def _by_kind(root: str, messages: list[ReceivedMessage]) -> dict[str, list[ReceivedMessage]]:
+    found: dict[str, list[ReceivedMessage]] = {}
+    for message in messages:
+        found.setdefault(message.topic[len(root) + 1 :].split("/")[0], []).append(message)
+    return found
+
+
+@pytest.mark.solution
+def test_device_labels_every_publish_with_its_schema_and_content_type(
+    device, mqtt_client, topic_root
+):
+    watcher = mqtt_client()
+    watcher.subscribe(f"{topic_root}/#", qos=1)
+    device("press", "press-01", anomaly=True)
+    watcher.wait_for_messages(
+        4, f"{topic_root}/telemetry/press-01/#", why="The press publishes telemetry every round."
+    )
+    seen = _by_kind(topic_root, watcher.received(f"{topic_root}/#"))
+    for kind in ("telemetry", "state", "status"):
+        assert seen.get(kind), f"The press published nothing on {topic_root}/{kind}/..."
+    for kind, messages in seen.items():
+        label = SCHEMA_LABELS.get(kind)
+        if label is None:
+            continue
+        for message in messages:
+            assert ("schema", label) in user_properties(message), (
+                f"On MQTT 5 every factory payload says which schema it follows, as the user "
+                f"property schema={label} on {kind} messages; {message.topic} came with user "
+                f"properties {user_properties(message)}. Publish with "
+                f"properties.UserProperty = [('schema', '{label}')]."
+            )
+            assert message.properties.get("ContentType") == "application/json", (
+                f"Factory payloads are JSON: publish them with the content type "
+                f"application/json. {message.topic} came with "
+                f"{message.properties.get('ContentType')!r}."
+            )
+
+
+@pytest.mark.solution
+def test_device_answers_setpoint_requests_on_the_response_topic_with_their_correlation_data(
+    device, mqtt_client, topic_root
+):
+    devices = {"press-01": device("press", "press-01"), "oven-01": device("oven", "oven-01")}
+    asker = mqtt_client()
+    response_topic = f"{topic_root}/replies/lab/{asker.client_id}"  # one topic for both answers
+    asker.subscribe(response_topic, qos=1)
+    asker.subscribe(f"{topic_root}/state/+", qos=1)
+    states = {
+        device_id: validate(
+            "state", asker.wait_for_message(f"{topic_root}/state/{device_id}").payload
+        )
+        for device_id in devices
+    }
+    labels = {device_id: f"{device_id}:{uuid.uuid4().hex}".encode() for device_id in devices}
+    for device_id, label in labels.items():  # both requests in flight before any answer
+        asker.publish(
+            f"{topic_root}/commands/controller/{device_id}",
+            validate("setpoints_request", {"request": "setpoints"}),
+            qos=1,
+            properties=props(
+                ResponseTopic=response_topic, CorrelationData=label, MessageExpiryInterval=30
+            ),
+        )
+    answers = asker.wait_for_messages(
+        2,
+        response_topic,
+        timeout=5,
+        why=f"A device that gets {{'request': 'setpoints'}} on its command topic with a Response "
+        f"Topic answers on that topic ({response_topic}), at QoS 1, with its setpoints "
+        f"(schemas/setpoints_reply.schema.json). Two requests were sent, to press-01 and "
+        f"oven-01.",
+    )
+    for answer in answers:
+        reply = validate("setpoints_reply", answer.payload)
+        label = bytes.fromhex(answer.properties.get("CorrelationData", ""))
+        assert label, (
+            f"{reply['device_id']} answered on the response topic without Correlation Data: "
+            "with two requests in flight on one response topic the controller cannot tell "
+            "which request this answers. Copy the request's properties.CorrelationData into "
+            "the reply's properties."
+        )
+        asked = next((d for d, sent in labels.items() if sent == label), None)
+        assert asked == reply["device_id"], (
+            f"The answer labelled {label!r} came from {reply['device_id']}, but that label was "
+            f"sent to {asked}: answer each request with *its own* Correlation Data."
+        )
+        assert reply["setpoints"] == states[asked]["setpoints"], (
+            f"{asked} answered setpoints {reply['setpoints']} but its retained state says "
+            f"{states[asked]['setpoints']}."
+        )
+
+
+RULE = "press-01/temperature=conveyor-01"
+
+
+@pytest.mark.solution
+def test_controller_commands_expire_so_a_late_conveyor_does_not_obey_them(
+    factory_launcher, mqtt_client, topic_root
+):
+    launcher = factory_launcher(protocol="5")
+    commands_topic = f"{topic_root}/commands/+/conveyor-01"
+    conveyor = mqtt_client()
+    conveyor.subscribe(commands_topic, qos=1)
+    or_fail(
+        lambda: launcher.start_role(
+            "controller", unique("controller"), options={"rules": RULE}, session="clean"
+        )
+    )
+    mqtt_client().publish(f"{topic_root}/alarms/press-01/temperature", alarm(), qos=1)
+    command = conveyor.wait_for_message(
+        commands_topic,
+        timeout=5,
+        why=f"An alarm raised on press-01's temperature calls for 'stop' on conveyor-01 (rule "
+        f"{RULE}).",
+    )
+    expiry = command.properties.get("MessageExpiryInterval")
+    assert expiry is not None and 0 < expiry <= 3600, (
+        "A command that waits in an absent conveyor's session must not be obeyed hours later: "
+        "on MQTT 5 the controller publishes every command with a message expiry interval "
+        "(at most an hour; the reference uses 30 s), and the broker deletes the command when "
+        f"it expires (MQTT-3.3.2-5). The 'stop' on {command.topic} came with "
+        f"MessageExpiryInterval={expiry!r}: set properties.MessageExpiryInterval on commands."
+    )
+
+
+# -- Shared subscriptions: two data-center workers -------------------------------------------
+
+SITE, LINE = "tunis-01", "line-a"
+MACHINES = {"s4_conching": "conche-01", "s5_tempering": "temper-01", "s8_packaging": "packer-03"}
+
+
+def record(message_type: str, step: str) -> dict[str, Any]:
+    """A chocolate record of ``step``'s machine (its schema's example, a fresh msg_id)."""
+    name = {"batch": "chocolate_batch"}.get(message_type, f"chocolate_{message_type}")
+    payload = copy.deepcopy(schema(name)["examples"][0])
+    payload.update(
+        ts=time.time(), msg_id=f"lab-{uuid.uuid4().hex[:12]}", step=step, machine=MACHINES[step]
+    )
+    return validate(name, payload)
+
+
+def stored_ids(path: Path) -> Counter[str]:
+    """How many rows of the data center's ``mqtt_messages`` hold each msg_id (read-only)."""
+    if not path.exists():
+        return Counter()
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = connection.execute("SELECT payload FROM mqtt_messages").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:
+        return Counter()
+    ids: Counter[str] = Counter()
+    for (payload,) in rows:
+        try:
+            ids[json.loads(payload)["msg_id"]] += 1
+        except (ValueError, TypeError, KeyError):
+            continue
+    return ids
+
+
+def publish_records(client: RecordingClient, root: str, n: int) -> list[str]:
+    steps = list(MACHINES)
+    sent = []
+    for i in range(n):
+        step = steps[i % len(steps)]
+        kind = ("batch", "quality", "alarm")[i % 3] if step == "s8_packaging" else "batch"
+        payload = record(kind, step)
+        client.publish(f"{root}/{SITE}/{LINE}/{step}/{MACHINES[step]}/{kind}", payload, qos=1)
+        sent.append(payload["msg_id"])
+    return sent
+
+
+@pytest.mark.solution
+@pytest.mark.needs("mqtt5", "qos1", "shared_subscriptions")  # mqtt5 first: the finding
+def test_two_datacenter_workers_on_a_shared_subscription_store_each_record_once(
+    factory_launcher, mqtt_client, topic_root, tmp_path
+):
+    launcher = factory_launcher(protocol="5")
+    group = f"datacenter-{uuid.uuid4().hex[:6]}"
+    names = [unique("dc-a"), unique("dc-b")]
+    dbs = [tmp_path / "worker-a.db", tmp_path / "worker-b.db"]
+    workers = [
+        or_fail(
+            lambda name=name, db=db: launcher.start_role(
+                "datacenter", name, db=db, options={"share": group}
+            )
+        )
+        for name, db in zip(names, dbs, strict=True)
+    ]
+    line = mqtt_client()
+    first = publish_records(line, topic_root, 24)
+
+    def counts() -> tuple[Counter[str], Counter[str]]:
+        return stored_ids(dbs[0]), stored_ids(dbs[1])
+
+    def all_in(ids: list[str]) -> bool:
+        a, b = counts()
+        return all(a[i] + b[i] >= 1 for i in ids)
+
+    with_deadline(lambda: all_in(first), 10, workers, f"store the {len(first)} records")
+    a, b = counts()
+    twice = [i for i in first if a[i] + b[i] > 1]
+    assert not twice, (
+        f"Two data-center workers were started with the share group {group!r}; "
+        f"{len(twice)} of {len(first)} QoS 1 records were stored by both. Subscribing to "
+        f"<root>/... directly gives each worker every message; subscribe through "
+        f"$share/{group}/<filter> (MQTT 5 shared subscription) so the broker gives each "
+        f"record to one worker of the group."
+    )
+    assert sum(a[i] for i in first) and sum(b[i] for i in first), (
+        f"The two workers of group {group!r} should split the stream; one of them stored "
+        f"nothing ({sum(a[i] for i in first)} and {sum(b[i] for i in first)})."
+    )
+
+    workers[0].kill()  # SIGKILL: no DISCONNECT, no goodbye
+    # End the dead worker's session, as an operator (or its session expiry) would: a
+    # message the broker chose for that session waits for it and goes to nobody else
+    # (MQTT-4.8.2-4, -5). Connecting with its client id and a clean start does it.
+    mqtt_client(names[0]).disconnect()
+    second = publish_records(line, topic_root, 12)
+    with_deadline(
+        lambda: all(stored_ids(dbs[1])[i] >= 1 for i in second),
+        10,
+        workers[1:],
+        f"store, alone, the {len(second)} records published after worker {names[0]} died",
+    )
+    a, b = counts()
+    lost = [i for i in first + second if a[i] + b[i] == 0]
+    doubled = [i for i in first + second if a[i] + b[i] > 1]
+    assert not lost and not doubled, (
+        f"After worker {names[0]} died the other took over: every record must be stored "
+        f"exactly once across the two; lost {lost}, doubled {doubled}."
+    )
+
+
+def with_deadline(condition: Callable[[], bool], timeout: float, workers, what: str) -> None:
+    try:
+        process.wait_until(condition, timeout, interval=0.05)
+    except process.ProcessTimeout:
+        running = [w for w in workers if w.is_running()]
+        target = running[0] if running else workers[0]
+        raise AssertionError(
+            target.describe_failure(f"the data-center workers did not {what} within {timeout}s")
+        ) from None

@@ -160,3 +160,14 @@ def test_run_all_starts_the_exporter_with_the_factory(sim_program):
 
     wait_until(both_online, 15, interval=0.2)
     assert "run_all: started exporter as pid" in factory.output(), factory.output()
+
+
+def test_the_sandbox_runs_the_exporter_with_the_factory_when_asked():
+    from mqtt_factory_lab.sandbox.plan import Options, programs
+
+    def factory_argv(options: Options) -> list[str]:
+        return next(p.argv for p in programs(options, Path("db")) if p.name == "factory")
+
+    assert "--metrics-port" not in factory_argv(Options())
+    argv = factory_argv(Options(metrics_port=9108))
+    assert argv[argv.index("--metrics-port") + 1] == "9108", argv

@@ -82,6 +82,11 @@ def up(state: StateDir, options: Options, say: Say = _say, timeout: float = 30.0
     for port, what, option in (
         (options.port, "the broker", "--port"),
         (options.http_port, "the dashboard", "--http-port"),
+        *(
+            [(options.metrics_port, "the exporter", "--metrics-port")]
+            if options.metrics_port
+            else []
+        ),
     ):
         problem = port_problem(port, what, option)
         if problem:

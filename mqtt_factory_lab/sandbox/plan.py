@@ -42,6 +42,8 @@ class Options:
     anomaly: bool = False
     chocolate: bool = True
     broker_backend: str = "auto"
+    #: the Prometheus exporter's port (lesson 11, ``sim.run_all --metrics-port``); None: none
+    metrics_port: int | None = None
     # Lesson 08 (branch `tls`, `sim.run_all --mtls`) adds `tls: bool` here: the broker
     # gets the TLS variant and certificates, every program below --mtls or --tls-* .
 
@@ -62,6 +64,8 @@ def programs(options: Options, database: Path) -> list[Program]:
         factory.append("--anomaly")
     if options.persistent_controller:
         factory += ["--controller-session", "persistent"]
+    if options.metrics_port is not None:
+        factory += ["--metrics-port", str(options.metrics_port)]
     listed = [
         Program(
             "factory",

@@ -105,9 +105,7 @@ class BrokerPair:
 
     def _make(self, variant: str, *, alias: str, **extra: Any) -> Broker:
         if self.backend == "docker":
-            return DockerMosquittoOnNetwork(
-                variant, pair=self, alias=alias, **self._options, **extra
-            )
+            return docker_on_network(variant, pair=self, alias=alias, **self._options, **extra)
         return create_broker("local", variant, **self._options, **extra)
 
     @property
@@ -166,37 +164,22 @@ class BrokerPair:
         self.close()
 
 
-def _docker_class() -> type:
+def docker_on_network(variant: str, *, pair: BrokerPair, alias: str, **options: Any) -> Broker:
+    """A :class:`~mqtt_factory_lab.brokers.docker.DockerMosquitto` that joins its pair's docker
+    network under ``alias`` (in ``bridge`` network mode; ``host`` mode needs no network).
+
+    The docker backend is imported here, so the local backend never imports testcontainers.
+    """
     from mqtt_factory_lab.brokers.docker import DockerMosquitto
 
-    return DockerMosquitto
+    class OnPairNetwork(DockerMosquitto):
+        def _build(self, docker_container: Any) -> Any:
+            container = super()._build(docker_container)
+            if self.network != "host":
+                container.with_network(pair.network()).with_network_aliases(alias)
+            return container
 
-
-class _LazyDocker(type):
-    """Defers importing the docker backend (and testcontainers) until a docker pair is made."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Broker:
-        base = _docker_class()
-
-        class OnNetwork(base):  # type: ignore[misc, valid-type]
-            """A :class:`DockerMosquitto` attached to its pair's network under an alias."""
-
-            def __init__(self, variant: str, *, pair: BrokerPair, alias: str, **kw: Any) -> None:
-                super().__init__(variant, **kw)
-                self._pair, self._alias = pair, alias
-
-            def _build(self, docker_container: Any) -> Any:
-                container = super()._build(docker_container)
-                if self.network != "host":
-                    container.with_network(self._pair.network()).with_network_aliases(self._alias)
-                return container
-
-        return OnNetwork(*args, **kwargs)
-
-
-class DockerMosquittoOnNetwork(metaclass=_LazyDocker):
-    """``DockerMosquittoOnNetwork(variant, pair=..., alias="cloud")``: a container on the pair's
-    network (built lazily so the local backend never imports testcontainers)."""
+    return OnPairNetwork(variant, **options)
 
 
 def read_template(path: Path) -> str:

@@ -68,7 +68,10 @@ a ``[filters]`` table with one topic filter per question of
 
 Each filter is subscribed while the factory runs and must get exactly the
 topics that answer its question. Your devices must publish on exactly the
-tree above and obey only their own commands.
+tree above and obey only their own commands — and survive the commands they do not
+understand: a command is input from the network (anyone allowed to publish there may send an
+unknown command or a payload that is not JSON), so a device rejects it (a
+``command_rejected`` event on ``factory/events/<device>``, a log line) and keeps running.
 
 Run it: ``pytest labs/01_wildcards.py -v`` (``-m broker`` for the broker's
 rules only, ``-m solution --solution PATH`` to grade a solution).
@@ -664,9 +667,12 @@ def start_seed_devices(
 
 
 def wait_for_factory_traffic(
-    observer: RecordingClient, root: str, devices, timeout: float = 5.0
+    observer: RecordingClient, root: str, devices, timeout: float = 5.0, alarms_from=()
 ) -> None:
     """Wait until every device has sent telemetry and state, and one alarm was raised.
+
+    :param alarms_from: devices that must each have raised an alarm too (a question about
+        one device judges its filter on every kind of message that device publishes).
 
     :raises AssertionError: naming what never came, once ``timeout`` has passed in all, or
         at once when a device published off the seed's tree (the rest would never come).
@@ -688,6 +694,14 @@ def wait_for_factory_traffic(
             f"{root}/alarms/<device>/<sensor>; none came.",
         )
     )
+    wanted += [
+        (
+            f"{root}/alarms/{device_id}/#",
+            f"A device started with the anomaly option raises alarms within seconds, on "
+            f"{root}/alarms/<device>/<sensor>: {device_id!r} raised none.",
+        )
+        for device_id in alarms_from
+    ]
     for topic_filter, why in wanted:
         while not observer.received(topic_filter):
             off_tree = first_tree_problem(observer, root, tuple(devices))
@@ -869,8 +883,23 @@ def test_each_filter_gets_exactly_the_topics_its_question_asks_for(
             {"command": "set", "setpoint": setpoint, "value": value, "reason": "lesson 01"},
         )
         dashboard.publish(f"{topic_root}/commands/dashboard/{device_id}", command, qos=1)
+    # The robot arm's question covers its events too, which its device writes only when it
+    # rejects a command: the lab adds one entry to that diary, so that every kind of message
+    # the question covers is in the traffic its filter is judged on.
+    diary = validate(
+        "event",
+        {
+            "ts": time.time(),
+            "device_id": "robot_arm",
+            "event": "command_rejected",
+            "reason": "lesson 01: an entry in the robot arm's diary",
+            "topic": f"{topic_root}/commands/dashboard/robot_arm",
+            "received": "(none)",
+        },
+    )
+    dashboard.publish(f"{topic_root}/events/robot_arm", diary, qos=1)
     try:
-        wait_for_factory_traffic(observer, topic_root, handles)
+        wait_for_factory_traffic(observer, topic_root, handles, alarms_from=("robot_arm",))
         shortfall = ""
     except AssertionError as missing:
         shortfall = str(missing)
@@ -1000,4 +1029,89 @@ def test_a_device_subscribes_only_to_its_own_commands(
             f"None of the press's subscriptions ({', '.join(filters) or 'none'}) matches "
             f"{topic}: a device must hear its commands from every publisher — "
             f"{topic_root}/commands/+/press."
+        )
+
+
+#: commands a device must refuse without falling over: it cannot choose what the network sends
+BAD_COMMANDS = [
+    pytest.param(b'{"command": "self_destruct", "reason": "lesson 01"}', id="unknown-command"),
+    pytest.param(b"stop the press!", id="not-json"),
+]
+
+
+@pytest.mark.solution
+@pytest.mark.parametrize("bad_command", BAD_COMMANDS)
+def test_a_device_rejects_a_bad_command_and_keeps_running(
+    factory_launcher, mqtt_client, topic_root, protocol, bad_command
+):
+    watcher = mqtt_client()
+    watcher.subscribe(f"{topic_root}/#", qos=1)
+    press = start_seed_devices(factory_launcher, watcher, protocol, kinds=("press",))["press"]
+    dashboard = mqtt_client()
+    commands = f"{topic_root}/commands/dashboard/press"
+
+    def setpoint_is(value: float) -> Callable[[ReceivedMessage], bool]:
+        def answered(m: ReceivedMessage) -> bool:
+            """the press's state with its new temperature setpoint"""
+            return (
+                m.topic == f"{topic_root}/state/press"
+                and (json_field(m, "setpoints") or {}).get("temperature") == value
+            )
+
+        return answered
+
+    # First the press hears its commands (sent again until it obeys one: a device may say
+    # online a moment before its subscription is in place).
+    warm_up = {"command": "set", "setpoint": "temperature", "value": 69.0, "reason": "lesson 01"}
+    deadline = time.monotonic() + 5
+    while not watcher.received(setpoint_is(69.0)) and time.monotonic() < deadline:
+        dashboard.publish(commands, validate("command", warm_up), qos=1)
+        with contextlib.suppress(AssertionError):
+            watcher.wait_for_message(setpoint_is(69.0), timeout=0.5)
+    if not watcher.received(setpoint_is(69.0)):
+        pytest.fail(
+            f"The press never obeyed a valid 'set' on {commands.replace(topic_root, '{root}')} "
+            "(no state with the new setpoint within 5 s): a device subscribes to "
+            "{root}/commands/+/<its id> and publishes its new state once it obeys.",
+            pytrace=False,
+        )
+    dashboard.publish(commands, bad_command, qos=1)
+    # A good command after the bad one: one connection delivers in order, so once the press
+    # has answered it, it has handled the bad one too, and survived it.
+    set_press = validate(
+        "command",
+        {"command": "set", "setpoint": "temperature", "value": 71.0, "reason": "lesson 01"},
+    )
+    dashboard.publish(commands, set_press, qos=1)
+    answered = setpoint_is(71.0)
+
+    deadline = time.monotonic() + 10
+    while not watcher.received(answered) and press.process.is_running():
+        if time.monotonic() > deadline:
+            break
+        with contextlib.suppress(AssertionError):
+            watcher.wait_for_message(answered, timeout=0.2)
+    sent = bad_command.decode(errors="replace")
+    rule = (
+        "A command is input from the network, and anyone who may publish there can send "
+        "anything: a device must reject what it does not understand (publish a "
+        "command_rejected event on {root}/events/<device>, log a line) and keep running."
+    )
+    if not press.process.is_running():
+        press.process.wait_exit(5)
+        pytest.fail(
+            press.process.describe_failure(
+                f"exited after the command {sent!r} on {commands.replace(topic_root, '{root}')}",
+                "parse a command inside try/except, check its name against the ones you know, "
+                "and answer anything else with a command_rejected event instead of raising",
+            )
+            + f"\n{rule}",
+            pytrace=False,
+        )
+    if not watcher.received(answered):
+        pytest.fail(
+            f"After the command {sent!r}, the press no longer obeyed a valid 'set' on "
+            f"{commands.replace(topic_root, '{root}')} (no state with the new setpoint within "
+            f"10 s), though its process still runs. {rule}",
+            pytrace=False,
         )

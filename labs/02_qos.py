@@ -557,7 +557,7 @@ def start_controller(launcher, controller_id: str, session: str = "persistent") 
 def no_command(root: str, command: str) -> str:
     return (
         f"The controller (rule {RULE}) sent no {command} to the conveyor on "
-        f"{root}/commands/<controller id>/conveyor within 5 s of the press's temperature alarm "
+        f"{root}/commands/<publisher>/conveyor within 5 s of the press's temperature alarm "
         f"on {root}/alarms/press/temperature: it must subscribe to the alarms and act on them."
     )
 

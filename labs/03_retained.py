@@ -38,6 +38,10 @@ Pitfalls:
   every new dashboard.
 * Expecting history: a late subscriber sees only the last state, never the
   states in between.
+* Retaining commands "so that an offline device gets them": a command is an event, not
+  state. Stored, a ``stop`` sent at 09:00 is handed to the press when it restarts at
+  15:00, and obeyed again. A device that must not miss commands while away keeps a
+  persistent session (lesson 05); the controller publishes commands with retain=False.
 
 Try it (the seed's exercise 3), with the broker of ``docker compose up`` and
 ``python -m sim.run_all --no-dashboard`` running: start the dashboard, open
@@ -54,7 +58,8 @@ press (``device("press")``) on each MQTT version and waits for its retained ``on
 status. It must publish its state and status retained (QoS 1), never its telemetry, and
 publish each new state retained again — after a ``stop`` command
 (``<root>/commands/dashboard/<device_id>``) a dashboard opened later must see
-``stopped``.
+``stopped``. Your ``[roles.controller]`` (started like lesson 02's, with the rule
+``press/temperature=conveyor``) must send its commands without the retain flag.
 
 Run it: ``pytest labs/03_retained.py -v``; grade your device with
 ``pytest labs/03_retained.py -m solution --solution path/to/solution.toml``. Each
@@ -64,13 +69,17 @@ subscriber sees.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 
 import pytest
 from paho.mqtt.client import topic_matches_sub as mqtt_topic_matches
 
 from mqtt_factory_lab.brokers import CONFIG, RESTART
 from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage
+from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = pytest.mark.lesson(3)
 
@@ -456,3 +465,78 @@ def test_device_retained_state_follows_the_device(device, mqtt_client, topic_roo
         "keeps only the last *retained* message per topic, so every state change must be "
         "published retained, not just the first one: publish each new state with retain=True."
     )
+
+
+#: the controller's rule in this lesson: an alarm on the press's temperature stops the conveyor
+RULE = "press/temperature=conveyor"
+
+
+def press_alarm(state: str) -> dict:
+    """The press's temperature alarm, as the press publishes it (checked against its schema)."""
+    return validate(
+        "alarm",
+        {
+            "ts": time.time(),
+            "device_id": "press",
+            "sensor": "temperature",
+            "state": state,
+            "value": 97.0,
+            "low": None,
+            "high": 90.0,
+            "severity": "warning",
+            "message": f"temperature 97.0 C, {state}",
+        },
+    )
+
+
+@pytest.mark.solution
+def test_controller_does_not_retain_its_commands(
+    factory_launcher, mqtt_client, topic_root, protocol
+):
+    commands = f"{topic_root}/commands/+/conveyor"
+    watcher = mqtt_client()
+    watcher.subscribe(commands, qos=1, retain_as_published=True)
+    launcher = factory_launcher(protocol=protocol)
+    or_fail(
+        lambda: launcher.start_role(
+            "controller",
+            f"controller-{uuid.uuid4().hex[:6]}",
+            options={"rules": RULE},
+            session="clean",
+        )
+    )
+    # Publish the alarm until the controller answers: it may be connected before it subscribed.
+    press = mqtt_client()
+    alarm_topic = f"{topic_root}/alarms/press/temperature"
+    command: ReceivedMessage | None = None
+    deadline = time.monotonic() + 5
+    while command is None and time.monotonic() < deadline:
+        press.publish(alarm_topic, press_alarm("raised"), qos=1)
+        with contextlib.suppress(MQTTTimeout):
+            command = watcher.wait_for_message(commands, timeout=0.5)
+    if command is None:
+        pytest.fail(
+            f"The controller (rule {RULE}) sent no command to the conveyor on "
+            f"{{root}}/commands/<publisher>/conveyor within 5 s of the press's temperature "
+            f"alarm on {{root}}/alarms/press/temperature: it must subscribe to the alarms and "
+            "act on them (lesson 02).",
+            pytrace=False,
+        )
+    # A conveyor that restarts later subscribes now: what does the broker hand it?
+    restarted = mqtt_client()
+    restarted.subscribe(commands, qos=1)
+    restarted.sync()
+    stored = [m for m in restarted.received(commands) if m.retain]
+    for message in stored:  # leave nothing stored behind on the broker
+        press.publish(message.topic, b"", qos=1, retain=True)
+    if command.retain or stored:
+        shown = (stored or [command])[0]
+        pytest.fail(
+            f"The controller published its command retained ({shown.describe()}): the broker "
+            f"stores it and hands it to every device that subscribes later, so a conveyor "
+            f"restarting hours from now obeys this stale "
+            f"{validate('command', shown.payload)['command']!r} again. A command is an event, "
+            "never state: publish commands with retain=False (a device that must not miss "
+            "commands while away keeps a persistent session, lesson 05).",
+            pytrace=False,
+        )

@@ -43,6 +43,11 @@ Pitfalls:
 * Subscribing at QoS 0: nothing is queued for a QoS 0 subscription.
 * Sessions of clients that never return, piling up queued messages in the broker: give
   MQTT 5 sessions an expiry.
+* Subscribing once, after ``connect()``, instead of in ``on_connect``. paho reconnects
+  by itself after a dropped connection, but a clean session (or one the broker lost: a
+  restart without persistence, a takeover) comes back with **no subscriptions**: the
+  device looks online and never hears another command. Subscribe in ``on_connect``, which
+  runs after every connection (or check CONNACK's session present flag).
 
 Try it (the seed's exercise 5, with the lab's reference programs)::
 
@@ -77,7 +82,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
-from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections
+from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections, subscriptions
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.core.roles import RoleProcess
@@ -379,6 +384,36 @@ def controller_connection(broker, mark: int, ours: set[str]) -> Connection | Non
     return None
 
 
+def which_cause(broker, mark: int, client_id: str, protocol: str, first: Connection | None) -> str:
+    """Which of the three ways to lose a session the broker's log shows, with the fix.
+
+    A session keeps queued alarms only with the same client id (checked before), clean start
+    off (checked before), a QoS 1 subscription, and (MQTT 5) a session expiry > 0. The log
+    has the subscription's QoS and the clean flag; the expiry is what remains.
+    """
+    keep = (
+        "Keep the session: the same client id, clean start off (MQTT 5: a session expiry > 0) "
+        "and a QoS 1 subscription to the alarms."
+    )
+    if LOG not in broker.capabilities or first is None:
+        return keep
+    logged = subscriptions(broker.log_lines()[mark:], first.client_id)
+    if logged and all(qos == 0 for _filter, qos in logged):
+        shown = ", ".join(dict.fromkeys(f"{f} at QoS {q}" for f, q in logged))
+        return (
+            f"The broker logged the controller's subscription: {shown}. Nothing is queued for a "
+            "QoS 0 subscription, persistent session or not: subscribe to the alarms at QoS 1."
+        )
+    if protocol == "5" and not first.clean:
+        return (
+            "The broker logged clean start = 0 and a QoS 1 subscription, so the session ended "
+            "at the disconnect: an MQTT 5 session with no Session Expiry Interval (0, the "
+            "default) does not outlive its connection. Send SessionExpiryInterval > 0 in the "
+            "CONNECT properties (for instance 3600)."
+        )
+    return keep
+
+
 def command_names(messages) -> list[str]:
     return [validate("command", m.payload)["command"] for m in messages]
 
@@ -395,7 +430,7 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
     ours = {commands.client_id, press.client_id}
     client_id = unique("controller")
 
-    mark = broker.log_mark()
+    mark = mark_first = broker.log_mark()
     controller = start_controller(launcher, client_id, "persistent")
     before = controller_connection(broker, mark, ours)
     controller.stop()
@@ -434,9 +469,8 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
         why=f"A controller with a persistent session that is stopped while alarms are raised "
         f"gets them, queued by the broker, when it comes back, and acts on them. Three alarms "
         f"(raised, cleared, raised) were published on {alarm_topic} while it was stopped; "
-        f"under rule {RULE} they call for stop, start, stop on conveyor-01. Keep the session: "
-        f"the same client id, clean start off (MQTT 5: a session expiry > 0) and a QoS 1 "
-        f"subscription to the alarms.",
+        f"under rule {RULE} they call for stop, start, stop on conveyor-01. "
+        + which_cause(broker, mark_first, client_id, protocol, before),
     )
     assert all(m.qos == 1 for m in got), "Commands are sent at QoS 1."
     assert command_names(got) == ["stop", "start", "stop"], (
@@ -476,4 +510,105 @@ def test_clean_session_controller_does_not_get_alarms_raised_while_it_was_stoppe
         f"'cleared' alarm was due. A clean session must not receive what was published while it "
         f"was disconnected: connect with clean start on (MQTT 3.1.1: clean_session=True) when "
         f"session = clean."
+    )
+
+
+# -- A device after its connection drops ------------------------------------------------
+
+
+@pytest.mark.solution
+@pytest.mark.broker_needs(LOG)
+def test_a_device_hears_its_commands_again_after_its_connection_drops(
+    broker, factory_launcher, mqtt_client, topic_root, protocol
+):
+    launcher = factory_launcher(protocol=protocol)
+    press = or_fail(lambda: launcher.start_device("press", "press-01"))
+    watcher = mqtt_client()
+    state = f"{topic_root}/state/press-01"
+    watcher.subscribe(state, qos=1)
+    commands = f"{topic_root}/commands/dashboard/press-01"
+    dashboard = mqtt_client(protocol=protocol)
+
+    def obeyed(value: float, timeout: float = 5) -> bool:
+        """Whether the press published a state with its temperature setpoint at ``value``."""
+        with contextlib.suppress(AssertionError):
+            watcher.wait_for_message(
+                lambda m: (
+                    m.topic == state and m.json().get("setpoints", {}).get("temperature") == value
+                ),
+                timeout=timeout,
+            )
+            return True
+        return False
+
+    # First, the press is at work: it obeys a command (so its start-up is over). Sent again
+    # until it does: a device may say online a moment before its subscription is in place.
+    before = validate("command", {"command": "set", "setpoint": "temperature", "value": 71.0})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        dashboard.publish(commands, before, qos=1)
+        if obeyed(71.0, timeout=0.5):
+            break
+    else:
+        pytest.fail(
+            f"press-01 never obeyed a 'set' on {commands.replace(topic_root, '{root}')} (no "
+            "state with the new setpoint within 5 s), even before its connection dropped: a "
+            "device subscribes to <root>/commands/+/<device_id> and obeys (lesson 01).",
+            pytrace=False,
+        )
+    # The connection drops and the session is lost, as when the broker restarts without
+    # persistence: a client with the device's id and clean start takes it over and leaves.
+    mark = broker.log_mark()
+    mqtt_client(press.client_id, protocol=protocol, clean_start=True).disconnect()
+
+    def connected_again() -> int | None:
+        """The log position just after the device's own reconnection (the impostor's first)."""
+        lines = broker.log_lines()
+        seen = 0
+        for position, line in enumerate(lines[mark:], start=mark):
+            if any(c.client_id == press.client_id for c in connections([line])):
+                seen += 1
+                if seen == 2:
+                    return position + 1
+        return None
+
+    try:
+        reconnected = wait_until(connected_again, timeout=15)
+    except ProcessTimeout:
+        pytest.fail(
+            press.process.describe_failure(
+                "never reconnected within 15 s after the broker dropped its connection",
+                "keep paho's network loop running (loop_start/loop_forever): it reconnects",
+            ),
+            pytrace=False,
+        )
+
+    def subscribed_again() -> bool:
+        return bool(subscriptions(broker.log_lines()[reconnected:], press.client_id))
+
+    with contextlib.suppress(ProcessTimeout):  # a session it kept would need no SUBSCRIBE
+        wait_until(subscribed_again, timeout=PROMPT)
+    set_press = validate(
+        "command",
+        {"command": "set", "setpoint": "temperature", "value": 72.0, "reason": "lesson 05"},
+    )
+    dashboard.publish(commands, set_press, qos=1)
+    if obeyed(72.0):
+        return
+    logged = [c for c in connections(broker.log_lines()[mark:]) if c.client_id == press.client_id]
+    flag = "clean session" if protocol == "3.1.1" else "clean start"
+    evidence = (
+        f"The broker logged its reconnection ({flag} = {int(logged[-1].clean)}) and no "
+        f"SUBSCRIBE from it afterwards."
+        if logged and not subscribed_again()
+        else ""
+    )
+    pytest.fail(
+        f"press-01's connection dropped and its session was lost (as in a broker restart "
+        f"without persistence); it reconnected, but then ignored a 'set' on "
+        f"{commands.replace(topic_root, '{root}')}: it no longer hears its commands. {evidence} "
+        f"A new session starts with no subscriptions (CONNACK session present = 0), and paho "
+        f"reconnects by itself without subscribing again: subscribe to your commands in "
+        f"on_connect, which runs after every connection, not once after connect().",
+        pytrace=False,
     )

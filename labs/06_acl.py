@@ -41,7 +41,10 @@ own telemetry, alarms, state and status (the lab's devices also write their
 reads alarms and writes commands as ``controller``; the dashboard reads
 everything and writes commands as ``dashboard``; the observer reads and never
 writes; the bad actor gets nothing. ``MATRIX`` below is that matrix as data;
-every cell is one experiment against the solution's ACL.
+every cell is one experiment against the solution's ACL. Points follow harm: a cell weighs
+by what a wrong verdict exposes (a forged command more than a read reading), ten times more
+when the leak is to a client with no right at all, so an ACL that shows the plant to a
+stranger costs most of the matrix's points.
 
 Pitfalls:
 
@@ -74,8 +77,10 @@ Try it (the seed's exercise 6), with the broker of ``docker compose up``::
 Your programs in this lesson: ``[files] acl`` in your manifest — a Mosquitto
 ACL file, loaded as the broker's ``acl_file`` (topics under ``factory/``; the
 lab connects devices with their device id as client id, ``controller``,
-``dashboard`` and ``observer`` with that client id *and* user name, and keeps
-``pattern readwrite lab/sync/%c/#``); ``[roles.device]`` runs under it,
+``dashboard`` and ``observer`` with that client id *and* user name). Your ACL **must
+keep** ``pattern readwrite lab/sync/%c/#`` (the starter's ``acl`` has it): every denial is
+proven with a round trip through it, and without it the lesson stops at once, in one
+sentence, before any cell runs. ``[roles.device]`` runs under it,
 connecting with client id ``{client_id}`` = ``{device_id}`` and topic root
 ``factory``. Run ``pytest labs/06_acl.py -v``; a platform team checks its own
 ACL with ``--acl-file PATH --acl-matrix PATH`` (see ``docs/acl.md``).
@@ -247,6 +252,7 @@ def how_to_allow(who: MatrixClient, access: str, topic: str) -> str:
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.points(2.5)
 def test_matrix_says_who_may_publish_where(
     publish_cell: Cell, acl_broker: Broker, mqtt_client, acl_file: Path
 ):
@@ -309,6 +315,7 @@ def test_matrix_says_who_may_publish_where(
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.points(2.5)
 def test_matrix_says_who_may_read_what(
     subscribe_cell: Cell, acl_broker: Broker, mqtt_client, acl_file: Path
 ):
@@ -369,6 +376,7 @@ def test_matrix_says_who_may_read_what(
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.points(1)
 def test_solution_devices_need_nothing_their_acl_denies(
     make_broker, factory_launcher, mqtt_client, acl_file, protocol
 ):

@@ -52,7 +52,18 @@ Try it (a broker on localhost:1884, e.g. ``mosquitto -p 1884``)::
     python -m sim.datacenter trace --db choc.db backward FG-B-<run>-0002-1
 
 Kill the data center with ``kill -9`` while the line runs, start it again: it
-resumes its session and nothing QoS 1 is missing (``docs/chocolate.md``).
+resumes its session and nothing QoS 1 is missing (``docs/chocolate.md``). The lab
+makes that verdict independent of luck: it holds the database (an exclusive lock, so
+nothing can be committed), publishes, kills the data center, releases the lock and
+restarts it; every record must come back, which it does only if nothing was
+acknowledged before its commit.
+
+**A persistent session has a limit.** The broker keeps at most
+``max_queued_messages`` messages for a client that is away and drops the newest past
+it, saying so once in its log (``Outgoing messages are being dropped for client
+<id>.``): an outage longer than the queue loses records for good. The lab's
+``docker/mosquitto.conf`` sets the limit for the chocolate line deliberately;
+``docs/chocolate.md`` says how long an outage that survives.
 
 Your programs in this lesson: the solution manifest's ``[roles.chocolate_line]``
 (the line: ``{batches}``, ``{time_scale}``, ``{run_id}``, ``{seed}``; prints
@@ -60,7 +71,9 @@ Your programs in this lesson: the solution manifest's ``[roles.chocolate_line]``
 ``mqtt_messages`` with ``topic``, ``payload``, ``qos`` and table ``dead_letters``
 with ``topic``, ``payload``, ``reason``; prints ``ready {client_id}``) and
 ``[roles.trace]`` (writes to ``{output}`` a JSON object whose ``finished_lots``
-are every finished lot made from ``{lot}``). See ``solution.toml``.
+are every finished lot made from ``{lot}``). The whole contract, enough to write
+them without reading ``sim/``: ``docs/chocolate.md``, "Your line and data center"
+(the starter has a skeleton of each).
 
 Run it: ``pytest labs/07_traceability.py -v`` (``-m broker`` for the broker's
 part, ``-m solution --solution PATH`` to grade a solution).
@@ -70,6 +83,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -81,7 +95,7 @@ from typing import Any
 
 import pytest
 
-from mqtt_factory_lab.brokers import Broker
+from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
 from mqtt_factory_lab.contract import (
     PayloadError,
     chocolate_steps,
@@ -458,7 +472,7 @@ def test_line_publishes_each_message_type_at_its_qos_and_retains_only_state(
     qos, retained = POLICY[message_type]
     messages = production.of_type(message_type)
     assert messages, (
-        f"The line made {production.batches} batches but published no {message_type} message "
+        f"The line was asked for {production.batches} batches but published no {message_type} message "
         f"under {production.root}/<site>/<line>/<step>/<machine>/{message_type}."
         + "".join("\n" + p for p in production.problems)
     )
@@ -512,7 +526,7 @@ def test_every_batch_has_a_complete_schema_valid_trace(production, recipe):
         if events[0]["recipe"] == recipe
     }
     assert batches, (
-        f"The line made {production.batches} batches and none was {recipe}: the line must make "
+        f"The line was asked for {production.batches} batches and none was {recipe}: the line must make "
         f"white, milk and dark chocolate (each three batches in a row cover all three)."
     )
     for batch_id, events in batches.items():
@@ -736,11 +750,23 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
         f"{database.describe()}."
     )
     doubled = sorted(i for i, n in stored.items() if n > 1)
-    assert not doubled, (
+    states = {
+        i for m in observer.received() if m.topic.endswith("/state") and (i := msg_id_of(m.payload))
+    }
+    resent_states = [i for i in doubled if i in states]
+    records = [i for i in doubled if i not in states]
+    assert not records, (
         f"After the restart the broker sent again what was never acknowledged, some of it "
-        f"already committed: {len(doubled)} record(s) are now stored twice, e.g. {doubled[:3]}. "
+        f"already committed: {len(records)} record(s) are now stored twice, e.g. {records[:3]}. "
         "At least once means sometimes twice: store each msg_id once (an idempotency key: a "
         "UNIQUE column, INSERT OR IGNORE)."
+    )
+    assert not resent_states, (
+        f"{len(resent_states)} machine state(s) are stored twice, e.g. {resent_states[:3]}: "
+        "these are retained states, which the broker hands again to every new subscription "
+        "(your data center subscribed again when it restarted), not unacknowledged records. "
+        "The same message is the same msg_id: store each msg_id once (an idempotency key: a "
+        "UNIQUE column, INSERT OR IGNORE), whatever brought it twice."
     )
     telemetry = {
         i for m in observer.received() if m.qos == 0 and (i := msg_id_of(m.payload)) is not None
@@ -832,6 +858,15 @@ def test_malformed_payload_ends_in_the_dead_letter_table(
         f"({database.describe()})"
     )
     letters = [(t, p, r) for t, p, r in database.dead_letters() if t == topic]
+    if letters and not any(p == payload for _, p, _r in letters):
+        pytest.fail(
+            f"dead_letters has a row for {topic} (reason {letters[0][2]!r}), but its payload "
+            f"column is not the payload that arrived: it holds {letters[0][1][:40]!r}, the "
+            f"broker delivered {payload[:40]!r}. Store the original bytes as received (a BLOB: "
+            "sqlite3.Binary(msg.payload)), never a decoded or re-encoded copy (errors='replace' "
+            "changes a non-UTF-8 payload), so someone can replay it once the sender is fixed.",
+            pytrace=False,
+        )
     assert any(p == payload and r for _, p, r in letters), (
         f"A payload that {what} must not be dropped silently: it belongs in dead_letters with "
         f"the reason, so someone can fix the sender and replay it. dead_letters holds "
@@ -873,4 +908,136 @@ def test_line_machines_go_offline_by_last_will_when_the_line_dies(
         "Each machine connects with a Last Will (its state 'offline', retained, QoS 1), so when "
         f"the line dies without DISCONNECT the broker publishes it for every machine; still not "
         f"offline after 10 s: {still}."
+    )
+
+
+# -- Verdicts that never depend on luck --------------------------------------------------
+
+
+def _puback_mids(broker: Broker, mark: int, client_id: str) -> set[int]:
+    """Packet ids the broker logged a PUBACK for from ``client_id`` since ``mark``."""
+    pattern = re.compile(rf"Received PUBACK from {re.escape(client_id)} \(Mid: (\d+)")
+    return {int(m.group(1)) for line in broker.log_lines()[mark:] if (m := pattern.search(line))}
+
+
+def _sent_mids(broker: Broker, mark: int, client_id: str, topic: str) -> set[int]:
+    """Packet ids of the QoS 1 PUBLISHes on ``topic`` the broker logged sending to ``client_id``."""
+    pattern = re.compile(
+        rf"Sending PUBLISH to {re.escape(client_id)} \(d\d, q1, r\d, m(\d+), '{re.escape(topic)}'"
+    )
+    return {int(m.group(1)) for line in broker.log_lines()[mark:] if (m := pattern.search(line))}
+
+
+@pytest.mark.solution
+@pytest.mark.broker_needs(LOG)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_records_delivered_while_the_database_cannot_commit_all_come_back(
+    broker, factory_launcher, mqtt_client, topic_root, tmp_path, protocol
+):
+    launcher = factory_launcher(protocol=protocol)
+    database = Database(tmp_path / "datacenter.db")
+    client_id = unique("datacenter")
+
+    def start_datacenter() -> RoleProcess:
+        return or_fail(lambda: launcher.start_role("datacenter", client_id, db=database.path))
+
+    datacenter = start_datacenter()
+    step = "s8_packaging"
+    publisher = mqtt_client(protocol=protocol)
+    first = record("batch", step)
+    publisher.publish(topic_of(topic_root, step, MACHINE[step], "batch"), first, qos=1)
+    stored = wait_until(lambda: database.msg_ids()[first["msg_id"]] > 0, timeout=10)
+    assert stored, datacenter.describe_failure(
+        f"never stored a batch event ({database.describe()})"
+    )
+    # The lab holds the database (an exclusive lock: no one else may write), so nothing that
+    # arrives now can be committed. A data center that acknowledges only after its commit
+    # sends no PUBACK; one that acknowledges on arrival does, for records it does not have.
+    topic = topic_of(topic_root, step, MACHINE[step], "quality")
+    held = [record("quality", step, result="pass") for _ in range(10)]
+    lock = sqlite3.connect(database.path, timeout=10, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        mark = broker.log_mark()
+        for payload in held:
+            publisher.publish(topic, payload, qos=1)
+        delivered = wait_until(
+            lambda: len(_sent_mids(broker, mark, client_id, topic)) >= len(held), timeout=10
+        )
+        assert delivered, datacenter.describe_failure(
+            f"was not sent the {len(held)} records published on {topic} (the broker's log shows "
+            f"{len(_sent_mids(broker, mark, client_id, topic))}): is it subscribed at QoS 1?"
+        )
+        sent = _sent_mids(broker, mark, client_id, topic)
+        # Whatever it acknowledges, it does so at once: give it the time a PUBACK takes.
+        wait_until(lambda: sent <= _puback_mids(broker, mark, client_id), timeout=PUBACK_GRACE)
+        acknowledged = sent & _puback_mids(broker, mark, client_id)
+        datacenter.kill()  # SIGKILL while the database is held: nothing of it was committed
+    finally:
+        lock.rollback()
+        lock.close()
+    start_datacenter()  # the same client id: the session resumes, unacknowledged ones return
+    # A record published now comes after every redelivery of the session (one topic, one
+    # queue, in order): once it is stored, whatever was coming back has come.
+    marker = record("quality", step, result="pass")
+    publisher.publish(topic, marker, qos=1)
+    ids = {payload["msg_id"] for payload in held}
+    wait_until(
+        lambda: ids <= set(stored := database.msg_ids()) or stored[marker["msg_id"]] > 0,
+        timeout=15,
+    )
+    wait_until(lambda: ids <= set(database.msg_ids()), timeout=1)  # the marker's own batch
+    lost = sorted(ids - set(database.msg_ids()))
+    assert not lost, (
+        f"While the lab held the database (nothing could be committed), the data center was "
+        f"sent {len(held)} QoS 1 records and acknowledged {len(acknowledged)} of them (the "
+        f"broker logged their PUBACKs); killed and restarted, {len(lost)} are lost for good: "
+        "the broker forgot each one at its PUBACK. A data center must acknowledge QoS 1 messages "
+        "only after the commit (paho: manual_ack=True, then client.ack(mid, qos) once the transaction is "
+        f"committed); a record never acknowledged comes back. {database.describe()}."
+    )
+
+
+#: seconds a data center has to acknowledge what it received (a PUBACK takes milliseconds)
+PUBACK_GRACE = 3.0
+#: the broker's queue limit in the outage experiment (the lab's own config says 100000)
+SMALL_QUEUE = 20
+
+
+@pytest.mark.broker
+@pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_outage_longer_than_the_queue_loses_the_newest_records(
+    make_broker, mqtt_client, topic_root, protocol
+):
+    broker = make_broker("open", extra_config=f"max_queued_messages {SMALL_QUEUE}\n")
+    step = "s8_packaging"
+    topic = topic_of(topic_root, step, MACHINE[step], "quality")
+    datacenter_id = unique("datacenter")
+    session = {"protocol": protocol, "clean_start": False, "session_expiry": 300, "broker": broker}
+    datacenter = mqtt_client(datacenter_id, **session)
+    datacenter.subscribe(topic, qos=1)
+    datacenter.disconnect()  # the data center is down: an outage begins
+
+    mark = broker.log_mark()
+    line = mqtt_client(protocol=protocol, broker=broker)
+    sent = [record("quality", step, result="pass") for _ in range(SMALL_QUEUE + 10)]
+    for payload in sent:
+        line.publish(topic, payload, qos=1)  # each one acknowledged: the line sees no problem
+    line.sync()
+    dropped = broker.wait_for_log(
+        rf"Outgoing messages are being dropped for client {re.escape(datacenter_id)}",
+        since=mark,
+    )
+    back = mqtt_client(datacenter_id, **session)
+    back.wait_for_messages(SMALL_QUEUE, topic)
+    back.sync()
+    ids = [msg_id_of(m.payload) for m in back.received(topic)]
+    assert ids == [p["msg_id"] for p in sent[:SMALL_QUEUE]], (
+        f"With max_queued_messages {SMALL_QUEUE}, the broker keeps the first {SMALL_QUEUE} "
+        f"records published while the data center is away and drops the newer ones: {len(sent)} "
+        f"were published, {len(ids)} came back. An outage longer than the queue loses records "
+        "for good, and only the broker's log says so "
+        f"({dropped.strip()!r}): size max_queued_messages for the longest outage "
+        "(docs/chocolate.md has the table)."
     )

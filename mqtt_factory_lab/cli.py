@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from mqtt_factory_lab.brokers import BACKENDS
@@ -131,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="local",
         help="where each lesson run gets its brokers (default: local mosquitto)",
     )
+    grade.add_argument(
+        "--share-network",
+        action="store_true",
+        help="do not give each lesson run a network namespace of its own (as root, the "
+        "default isolates: its programs reach only its own brokers)",
+    )
     grade.add_argument("--quiet", action="store_true", help="no progress display")
     grade.set_defaults(run=run_grade)
 
@@ -171,18 +176,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from mqtt_factory_lab.core.limits import Limits
+    from mqtt_factory_lab.grading.grader import ClassGrader
     from mqtt_factory_lab.grading.progress import Progress
     from mqtt_factory_lab.grading.report import write_reports
-    from mqtt_factory_lab.grading.runner import (
+    from mqtt_factory_lab.grading.settings import (
         UID_BASE,
-        ClassGrader,
         GradingError,
         Settings,
         discover_extra_tests,
         discover_lessons,
         discover_submissions,
         shard,
-        unprivileged_python_problem,
     )
 
     role_cpu = {}
@@ -215,32 +219,24 @@ def run_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         ),
         backend=args.broker_backend,
         run_as_uid_base=None if args.no_drop_privileges else (args.run_as_uid or UID_BASE),
+        isolate_network=not args.share_network,
     )
-    if settings.uid_for(0) is not None:
-        problem = unprivileged_python_problem(settings.uid_for(0))
-        if problem and args.run_as_uid is not None:
-            print(
-                f"mqtt-lab grade: user {args.run_as_uid} cannot run the lab's Python "
-                f"({problem}): install the lab where every user can read it (not under /root), "
-                "or pass --no-drop-privileges",
-                file=sys.stderr,
-            )
-            return 2
-        if problem:
-            print(
-                f"mqtt-lab grade: warning: student programs run as root, because an "
-                f"unprivileged user cannot run the lab's Python ({problem}). Install the lab "
-                "where every user can read it (not under /root) to run them unprivileged; "
-                "meanwhile the process limit does not hold (the kernel exempts root).",
-                file=sys.stderr,
-            )
-            settings = replace(settings, run_as_uid_base=None)
     started = time.monotonic()
     try:
         grader = ClassGrader(settings, args.out, jobs=args.jobs)
     except GradingError as error:
         print(f"mqtt-lab grade: {error}", file=sys.stderr)
         return 2
+    if grader.privileges and args.run_as_uid is not None:
+        print(f"mqtt-lab grade: {grader.privileges}; or pass --no-drop-privileges", file=sys.stderr)
+        grader.close()
+        return 2
+    for problem, what in (
+        (grader.privileges, "student programs run as ROOT and the process limit does not hold"),
+        (grader.network, "lesson runs share the machine's network (not isolated)"),
+    ):
+        if problem:
+            print(f"mqtt-lab grade: warning: {what}: {problem}", file=sys.stderr)
     try:
         try:
             grader.collect_plan()

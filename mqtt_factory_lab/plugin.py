@@ -39,6 +39,7 @@ from mqtt_factory_lab.conformance.capabilities import (
 from mqtt_factory_lab.contract import PayloadError
 from mqtt_factory_lab.core import broker_options
 from mqtt_factory_lab.core.connection import ConnectionSettings, mask_url
+from mqtt_factory_lab.core.mistakes import Mistake, describe, group, mistake_key, same_as
 from mqtt_factory_lab.core.roles import RoleError
 from mqtt_factory_lab.core.solution import ManifestError, load
 from mqtt_factory_lab.fixtures.acl import read_matrix_option
@@ -50,13 +51,13 @@ from mqtt_factory_lab.fixtures.brokers import (
     needed_capabilities,
 )
 from mqtt_factory_lab.fixtures.factory import LAUNCHERS, SOLUTION
+from mqtt_factory_lab.grading import points
 
 pytest_plugins = [
     "mqtt_factory_lab.fixtures.brokers",
     "mqtt_factory_lab.fixtures.factory",
     "mqtt_factory_lab.fixtures.bridge",
     "mqtt_factory_lab.fixtures.acl",
-    "mqtt_factory_lab.grading.points",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
@@ -71,6 +72,8 @@ _SKIP_REASONS = {
 REPORT_LINES = 25
 #: the conformance recorder of this run (controller or single process only)
 RECORDER = pytest.StashKey[spec.Recorder]()
+#: failures seen so far in this process, by :func:`~mqtt_factory_lab.core.mistakes.mistake_key`
+MISTAKES = pytest.StashKey[dict[str, Mistake]]()
 #: the key under which xdist's controller hands the probed capabilities to its workers
 WORKER_CAPABILITIES = "mqtt_lab_capabilities"
 
@@ -146,6 +149,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the permission matrix (TOML: [clients], [publish], [subscribe]; see docs/acl.md) "
         "lesson 06 holds the ACL to (default: the one written in labs/06_acl.py)",
     )
+    points.add_options(group)  # --points-json, --points-jsonl, --points-plan, --gradescope
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -161,8 +165,11 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{', '.join(CAPABILITIES)}",
         spec.MARKER,
         spec.RULE_MARKER,
+        points.MARKER,
+        points.WEIGHT_MARKER,
     ):
         config.addinivalue_line("markers", line)
+    points.configure(config)
     _read_connection(config)
     read_matrix_option(config)
     if hasattr(config, "workerinput"):
@@ -336,6 +343,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if message is not None:
         report.longrepr = message
     failure = str(report.longrepr)
+    # The same mistake as an earlier experiment: its message, without the evidence again.
+    seen = item.config.stash.setdefault(MISTAKES, {})
+    key = mistake_key(failure)
+    if key in seen:
+        seen[key].names.append(report.nodeid)
+        report.longrepr = f"{failure}\n{same_as(seen[key].first)}"
+        return report
+    seen[key] = Mistake(report.nodeid, failure, [report.nodeid])
     for broker, mark in item.stash.get(BROKERS_USED, []):
         section = broker.health()
         if LOG in broker.capabilities:
@@ -405,6 +420,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not counts:
         return
     terminalreporter.section("mqtt-factory-lab")
+    # From the reports themselves, so that it also works when pytest-xdist workers ran them.
+    failures = [
+        (report.nodeid, report.longreprtext)
+        for outcome in ("failed", "error")
+        for report in stats.get(outcome, [])
+        if report.failed
+    ]
+    for mistake in group(failures):
+        if len(mistake.names) > 1:
+            terminalreporter.write_line(describe(mistake), red=True)
     for kind, what in (
         ("broker", "the broker's MQTT rules"),
         ("solution", "the solution's programs"),

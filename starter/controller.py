@@ -45,7 +45,8 @@ def main() -> int:
     client.loop_start()
     # TODO (lessons 02, 05): subscribe to every alarm under f"{root}/alarms/..." at QoS 1
     # (client.subscribe(...), again in on_connect after a reconnect), and
-    # when an alarm is raised send a command to <root>/commands/controller/<device_id>.
+    # when an alarm is raised send a command to <root>/commands/<publisher>/<device_id>, where
+    # <publisher> is your client id (args.client_id): the broker's ACL lets you write there.
     print(f"controller: connected; alarms arrive under {root}/alarms/", flush=True)
     print(f"ready {args.client_id}", flush=True)  # exactly this line: the lab waits for it
     stop.wait()

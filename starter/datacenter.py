@@ -9,7 +9,8 @@ and asks it a recall question like this (it writes the answer to ``--output`` an
 
     python datacenter.py trace --db /tmp/x/plant.sqlite --output answer.json forward LOT-0042
 
-What is left is yours: look for TODO. Lesson 07's docstring has the whole contract.
+What is left is yours: look for TODO. The whole contract is in docs/chocolate.md, "Your line
+and data center".
 """
 
 from __future__ import annotations

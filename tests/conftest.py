@@ -18,6 +18,7 @@ from :mod:`mqtt_factory_lab.plugin`, which the root ``conftest.py`` loads.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -32,6 +33,27 @@ from mqtt_factory_lab.brokers.base import Broker, free_port
 from mqtt_factory_lab.core.roles import RoleProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SLOW_LANE = "slow_lane"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{SLOW_LANE}: the slow lane (CI runs it apart: `scripts/test -m {SLOW_LANE}`): every "
+        "broken variant in tests/broken/ graded 20 times; deselected unless -m names it",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow lane runs only when asked for by name (``-m slow_lane``)."""
+    if SLOW_LANE in (config.getoption("markexpr", "") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker(SLOW_LANE)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker(SLOW_LANE)]
+
+
 #: ``ready <id>`` alone on a line (see ``sim.runtime.print_ready``)
 READY_LINE = r"^ready \S+\s*$"
 
@@ -208,14 +230,17 @@ def run_lesson(tmp_path: Path, pytestconfig: pytest.Config) -> Callable[..., Les
 
     Runs the lesson in a child pytest on the same broker backend as this run, with the
     solution manifest given (default: the reference), and reads the outcome of every
-    experiment from its JUnit XML. The child inherits nothing from ``MQTT_LAB_*``.
+    experiment from its JUnit XML. The child inherits nothing from ``MQTT_LAB_*``;
+    ``timeout`` (seconds, default 300) bounds the child run.
     """
     import os
     import xml.etree.ElementTree as ET
 
     runs = iter(range(1, 1000))
 
-    def run(lesson: str, *args: str, solution: Path | str | None = None) -> LessonRun:
+    def run(
+        lesson: str, *args: str, solution: Path | str | None = None, timeout: float = 300
+    ) -> LessonRun:
         xml = tmp_path / f"{Path(lesson).stem}-{next(runs)}.xml"
         backend = pytestconfig.getoption("--broker-backend")
         command = [
@@ -248,7 +273,7 @@ def run_lesson(tmp_path: Path, pytestconfig: pytest.Config) -> Callable[..., Les
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=timeout,
             check=False,
         )
         outcomes: dict[str, str] = {}
@@ -295,15 +320,16 @@ def mutant_solution(tmp_path: Path) -> Callable[..., Path]:
             for option, args in spec.get("options", {}).items():
                 lines.append(f"options.{option} = {json.dumps(args)}")
             lines.append("")
-        files = {
-            k: str((PROJECT_ROOT / v).resolve()) for k, v in reference.get("files", {}).items()
-        }
+        folder = tmp_path / f"mutant-{role}-{'-'.join(m.strip('-') for m in mutation)}"[:120]
+        folder.mkdir(parents=True, exist_ok=True)
+        # a solution's [files] live inside its folder: copies of the reference's
+        files = {k: Path(v).name for k, v in reference.get("files", {}).items()}
+        for k, v in reference.get("files", {}).items():
+            shutil.copyfile(PROJECT_ROOT / v, folder / files[k])
         lines += ["[files]", *(f"{k} = {json.dumps(v)}" for k, v in files.items())]
         filters = reference.get("filters", {})
         if filters:
             lines += ["", "[filters]", *(f"{k} = {json.dumps(v)}" for k, v in filters.items())]
-        folder = tmp_path / f"mutant-{role}-{'-'.join(m.strip('-') for m in mutation)}"[:120]
-        folder.mkdir(parents=True, exist_ok=True)
         # the reference's programs (python -m sim.…) import from the lab's folder
         (folder / "sim").symlink_to(PROJECT_ROOT / "sim")
         manifest = folder / "solution.toml"

@@ -1,9 +1,11 @@
 """The example class (tests/class_example) graded end to end with ``mqtt-lab grade``.
 
-Ten submissions against lesson 03's solution experiments (6 experiments, 1 point each): the
-reference, the starter kit, two partly broken solutions, one that hangs, one that crashes
-at start, one that floods, one that forks without end, one with a broken manifest and one
-that tries to change the tests. The class is graded once (a module fixture); each test
+Fourteen submissions against lesson 03's solution experiments (8 experiments, 1 point each):
+the reference, the starter kit, two partly broken solutions, one that hangs, one that
+crashes at start, one that floods, one that forks without end, one with a broken manifest,
+one that tries to change the tests, one started through a wrapper script, and three snoops
+(an ACL that is /etc/shadow, an ACL that is a symlink to it, a device that tries to read the
+grader's files and scans 127.0.0.1 for other students' brokers). The class is graded once (a module fixture); each test
 checks one promise: the scores, the reasons, the reports, that the hostile submissions
 changed nothing for the others, and — by PID — that nothing is left running.
 """
@@ -27,7 +29,7 @@ import psutil
 import pytest
 
 from mqtt_factory_lab.core.process import tracked_pids, wait_until
-from mqtt_factory_lab.grading.runner import ENV_TOKEN
+from mqtt_factory_lab.grading.sandbox import ENV_TOKEN
 
 #: grading the class takes about a minute on a busy 2-core machine: more than the default limit
 pytestmark = pytest.mark.timeout(300)
@@ -39,19 +41,25 @@ HIDDEN = HERE / "grading_hidden"
 #: a minute on 2 cores)
 OPTIONS = ["--lessons", "03", "-j", "2", "--lesson-timeout", "30", "--cpu-seconds", "5",
            "--processes", "64"]  # fmt: skip
-#: expected points of lesson 03 (3 solution checks × 2 points, each run on 2 protocols: 6) by student
+#: expected points of lesson 03 (4 solution checks × 2 points, each run on 2 protocols: 8) by student
 EXPECTED = {
-    "reference": 6,
+    "reference": 8,
     "starter": 0,
-    "state_not_retained": 2,
-    "retains_telemetry": 4,
+    "state_not_retained": 4,
+    "retains_telemetry": 6,
     "hangs": 0,
     "crashes_at_start": 0,
     "floods": 0,
     "forks": 0,
     "broken_manifest": 0,
     "cheater": 0,
+    "snoops": 0,
+    "snoops_files": 0,
+    "snoops_symlink": 0,
+    "wrapper": 6,
 }
+#: the submissions whose manifest is refused: nothing of theirs runs
+REFUSED = {"broken_manifest", "snoops_files", "snoops_symlink"}
 
 
 @dataclass
@@ -84,6 +92,29 @@ def grade(submissions: Path, out: Path, *options: str, timeout: float = 300) -> 
     return done.stdout + done.stderr, seconds
 
 
+def copy_class(submissions: Path, students: tuple[str, ...] | None = None) -> Path:
+    """The example class (or some of its ``students``) in ``submissions``: a symlink inside a
+    submission stays a link (``snoops_symlink/acl -> /etc/shadow``), the starter is copied."""
+    for student in students or [p.name for p in CLASS.iterdir() if p.is_dir()]:
+        source = CLASS / student
+        symlinks = not source.is_symlink()
+        shutil.copytree(source.resolve(), submissions / student, symlinks=symlinks)
+    return submissions
+
+
+def every_report(out: Path) -> dict[Path, str]:
+    """Every file the grader wrote: the gradebook, reports, index and runs."""
+    return {p: p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()}
+
+
+def shadow_lines() -> list[str]:
+    """The lines of /etc/shadow (the test runs as root), the secret the snoops want."""
+    try:
+        return [line for line in Path("/etc/shadow").read_text().splitlines() if len(line) > 8]
+    except OSError:
+        return []
+
+
 def grading_processes(tokens: set[str]) -> dict[int, str]:
     """Every process carrying one of the grader's ``tokens`` in its environment, by PID."""
     found = {}
@@ -99,9 +130,8 @@ def grading_processes(tokens: set[str]) -> dict[int, str]:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Graded]:
-    """The example class, copied (the starter through its link) and graded once."""
-    submissions = tmp_path_factory.mktemp("class") / "submissions"
-    shutil.copytree(CLASS, submissions, ignore=shutil.ignore_patterns("conftest.py"))
+    """The example class, copied (symlinks as links; the starter through its link), graded once."""
+    submissions = copy_class(tmp_path_factory.mktemp("class") / "submissions")
     out = tmp_path_factory.mktemp("graded")
     output, seconds = grade(submissions, out, *OPTIONS)
     runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
@@ -130,7 +160,7 @@ def test_every_student_gets_the_expected_points(graded: Graded) -> None:
     assert list(next(iter(rows.values()))) == ["student", "lesson 03", "total", "max", "problem"]
     scores = {student: float(row["total"]) for student, row in rows.items()}
     assert scores == EXPECTED, graded.output
-    assert {row["max"] for row in rows.values()} == {"6"}
+    assert {row["max"] for row in rows.values()} == {"8"}
     assert {row["lesson 03"] for row in rows.values()} == {f"{v:g}" for v in EXPECTED.values()}
 
 
@@ -151,14 +181,16 @@ def test_partly_broken_solutions_lose_exactly_the_experiments_of_their_mistake(
         "test_device_retained_state_follows_the_device",
     }
     report = graded.report("state_not_retained")
-    assert "# state_not_retained: 2 of 6 points" in report
+    assert "# state_not_retained: 4 of 8 points" in report
     assert "publish it with retain=True" in report
 
 
 def test_the_starter_fails_with_teaching_messages_not_tracebacks(graded: Graded) -> None:
     for name, experiment in graded.experiments("starter").items():
         assert experiment["outcome"] == "failed", (name, experiment)
-        assert "without the retain flag" in experiment["message"], experiment["message"]
+        # its device forgets the retain flag; its controller never acts on an alarm (lesson 02)
+        said = "sent no command" if "controller" in name else "without the retain flag"
+        assert said in experiment["message"], experiment["message"]
         assert "Traceback" not in experiment["message"]
     html = graded.report("starter", "html")
     assert "published &#x27;online&#x27;" in html and "without the retain flag" in html
@@ -177,8 +209,11 @@ def test_a_hanging_submission_is_stopped_at_the_lesson_time_limit(graded: Graded
 
 
 def test_a_crash_at_start_shows_the_programs_own_error(graded: Graded) -> None:
-    for experiment in graded.experiments("crashes_at_start").values():
+    for name, experiment in graded.experiments("crashes_at_start").items():
         assert experiment["outcome"] == "failed"
+        if "controller" in name:  # it has no controller: lesson 03 says which role to add
+            assert "has no [roles.controller]" in experiment["message"]
+            continue
         assert "exited before publishing online" in experiment["message"]
         assert "ModuleNotFoundError: No module named 'paho.mqtt.clinet'" in experiment["message"]
     assert "paho.mqtt.clinet" in graded.report("crashes_at_start")
@@ -186,7 +221,7 @@ def test_a_crash_at_start_shows_the_programs_own_error(graded: Graded) -> None:
 
 def test_a_flooding_submission_is_graded_and_stopped(graded: Graded) -> None:
     run = graded.run("floods")
-    assert [e["points"] for e in run["experiments"]] == [0] * 6
+    assert [e["points"] for e in run["experiments"]] == [0] * 8
     assert all(e["message"] for e in run["experiments"])
     assert run["seconds"] < 60, run["units"]
 
@@ -203,17 +238,58 @@ def test_a_broken_manifest_scores_zero_with_the_reason(graded: Graded) -> None:
     assert run["problem"].startswith("the solution manifest cannot be used: ")
     assert "broken_manifest/solution.toml is not valid TOML" in run["problem"]
     assert all(e["outcome"] == "error" and e["points"] == 0 for e in run["experiments"])
-    assert len(run["experiments"]) == 6
+    assert len(run["experiments"]) == 8
+
+
+@pytest.mark.parametrize("student", ["snoops_files", "snoops_symlink"])
+def test_a_file_outside_the_submission_is_refused_and_never_quoted(
+    graded: Graded, student: str
+) -> None:
+    """``[files] acl = "/etc/shadow"`` and ``acl -> /etc/shadow``: one manifest error each;
+    the grader copied nothing into a broker, and no report quotes a line of the file."""
+    run = graded.run(student)
+    assert run["units"] == [], run["units"]  # no broker, no program: nothing ran
+    assert "is outside the solution's folder" in run["problem"], run["problem"]
+    assert all(e["outcome"] == "error" and e["points"] == 0 for e in run["experiments"])
+    secrets = shadow_lines()
+    assert secrets, "the test needs /etc/shadow to hold something (it runs as root)"
+    leaks = [(p.name, line) for p, text in every_report(graded.out).items() for line in secrets
+             if line in text]  # fmt: skip
+    assert not leaks, leaks
+
+
+def test_a_snoop_reads_none_of_the_graders_files_and_no_other_broker(graded: Graded) -> None:
+    """The snoop finds the grader's files through /proc (lesson copies, logs, results, other
+    submissions, brokers' configuration) and scans 127.0.0.1; it reads none, reaches only
+    its own broker; its report says so, and quotes nothing it should not."""
+    if os.geteuid() != 0:
+        pytest.skip("the grader isolates students' users and networks only as root")
+    # its device experiments (it has no controller: lesson 03's controller check says so)
+    messages = [
+        e["message"] for e in graded.run("snoops")["experiments"] if "controller" not in e["name"]
+    ]
+    assert len(messages) == 6 and all("snoop: read 0 of " in m for m in messages), messages
+    assert any(" denied 0" not in m for m in messages), "the snoop found no file to try"
+    for message in messages:
+        own, ports = _snoop_ports(message)
+        assert ports == [own], message  # its own broker: the scan works; nobody else's
+    header = graded.report("snoops")
+    assert "network: a namespace of its own" in header and "programs ran as user 642" in header
 
 
 def test_nothing_in_a_submission_changes_the_tests(graded: Graded) -> None:
     """The cheater's conftest.py would pass every test, its pytest.ini would collect none,
-    its mqtt_factory_lab/ would break every import: all six experiments ran and failed."""
+    its mqtt_factory_lab/ would break every import: all eight experiments ran and failed."""
     experiments = graded.experiments("cheater")
-    assert len(experiments) == 6
-    for experiment in experiments.values():
+    assert len(experiments) == 8
+    for name, experiment in experiments.items():
         assert experiment["outcome"] == "failed", experiment
-        assert "the device role (press-01) exited" in experiment["message"]
+        said = (
+            "has no [roles.controller]"
+            if "controller" in name
+            else "the device role (press-01) exited"
+        )
+        assert said in experiment["message"], experiment["message"]
 
 
 def test_student_programs_run_under_the_graders_limits(graded: Graded) -> None:
@@ -221,12 +297,21 @@ def test_student_programs_run_under_the_graders_limits(graded: Graded) -> None:
     message = next(iter(graded.experiments("cheater").values()))["message"]
     assert "RLIMIT_CPU 5\n" in message, message
     assert f"RLIMIT_AS {1024 * 2**20}\n" in message and f"RLIMIT_FSIZE {20 * 2**20}\n" in message
-    if "uid 0\n" not in message:  # privileges dropped: the process limit holds too
-        assert "RLIMIT_NPROC 64\n" in message, message
+    if os.geteuid() == 0:  # privileges dropped (a readable Python made if needed): NPROC holds
+        assert "uid 0\n" not in message and "RLIMIT_NPROC 64\n" in message, message
+
+
+def test_a_wrapper_script_leaves_nothing_running_between_experiments(graded: Graded) -> None:
+    """``sh run.sh python ...`` does not forward SIGTERM: stopping the device's process group
+    stops the real program after each experiment, so the sweep at the end finds nothing."""
+    run = graded.run("wrapper")
+    assert run["score"] == 6, [e["message"] for e in run["experiments"] if e["points"] == 0]
+    assert run["units"][0]["killed_leftovers"] == 0, run["units"]
+    assert run["problem"] == ""
 
 
 def test_nothing_is_left_running(graded: Graded) -> None:
-    assert len(graded.tokens) == 9  # one lesson run per submission with a usable manifest
+    assert len(graded.tokens) == len(EXPECTED) - len(REFUSED)  # one run per usable manifest
     left = grading_processes(graded.tokens)
     assert not left, [psutil.Process(p).cmdline() for p in left if psutil.pid_exists(p)]
     # This worker's own brokers (started by other tests, tracked by the lab) may run on.
@@ -242,12 +327,12 @@ def test_a_second_run_regrades_only_what_changed(graded: Graded) -> None:
     manifest = graded.submissions / "reference" / "solution.toml"
     manifest.write_text(manifest.read_text() + "\n# changed after the deadline\n")
     output, _ = grade(graded.submissions, graded.out, *OPTIONS)
-    assert "graded 10 submissions (9 unchanged)" in output, output
+    assert f"graded {len(EXPECTED)} submissions ({len(EXPECTED) - 1} unchanged)" in output, output
     after = {
         p.stem: json.loads(p.read_text())["graded_at"] for p in (graded.out / "runs").glob("*.json")
     }
     assert {s for s in after if after[s] != before[s]} == {"reference"}
-    assert graded.run("reference")["score"] == 6
+    assert graded.run("reference")["score"] == 8
 
 
 def test_hidden_experiments_shards_and_merge(tmp_path: Path) -> None:
@@ -270,11 +355,50 @@ def test_hidden_experiments_shards_and_merge(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     with (merged / "gradebook.csv").open() as stream:
         rows = {row["student"]: row for row in csv.DictReader(stream)}
-    # lesson 03: 6 + the hidden experiment's 5; extra: the hidden one without a lesson, 3
-    assert (rows["reference"]["lesson 03"], rows["reference"]["extra"]) == ("11", "3")
-    assert (rows["reference"]["total"], rows["reference"]["max"]) == ("14", "14")
-    assert (rows["starter"]["total"], rows["starter"]["max"]) == ("0", "14")
+    # lesson 03: 8 + the hidden experiment's 5; extra: the hidden one without a lesson, 3
+    assert (rows["reference"]["lesson 03"], rows["reference"]["extra"]) == ("13", "3")
+    assert (rows["reference"]["total"], rows["reference"]["max"]) == ("16", "16")
+    assert (rows["starter"]["total"], rows["starter"]["max"]) == ("0", "16")
     assert "test_hidden_state_names_the_device_kind" in (merged / "reports/starter.md").read_text()
+
+
+def test_hidden_experiments_stay_hidden_and_other_brokers_out_of_reach(tmp_path: Path) -> None:
+    """The snoop is graded beside the reference (-j 2) with hidden experiments, while a
+    broker of someone else runs on the machine's 127.0.0.1: it finds the hidden file's path
+    (in /proc) but cannot read it, reaches neither the reference's brokers nor the other
+    one, and no report holds a line of the hidden file's source."""
+    if os.geteuid() != 0:
+        pytest.skip("the grader isolates students' users and networks only as root")
+    from mqtt_factory_lab.brokers.local import LocalMosquitto
+
+    hidden = tmp_path / "hidden"  # the instructor's folder: root's only, as the docs say
+    shutil.copytree(HIDDEN, hidden)
+    hidden.chmod(0o700)
+    submissions = copy_class(tmp_path / "submissions", ("snoops", "reference"))
+    out = tmp_path / "out"
+    with LocalMosquitto() as elsewhere:
+        grade(submissions, out, "--lessons", "03", "-j", "2", "--extra-tests", str(hidden),
+              "--lesson-timeout", "60")  # fmt: skip
+        runs = {
+            s: json.loads((out / "runs" / f"{s}.json").read_text()) for s in ("snoops", "reference")
+        }
+    assert runs["reference"]["score"] == runs["reference"]["max_score"] == 16, runs["reference"]
+    experiments = [e for e in runs["snoops"]["experiments"] if "controller" not in e["name"]]
+    assert len(experiments) == 8 and all("snoop:" in e["message"] for e in experiments)
+    for experiment in experiments:
+        message = experiment["message"]
+        assert "snoop: read 0 of " in message, message
+        if "hidden_state.py" in experiment["nodeid"]:  # its own run names the hidden file
+            assert "snoop: hidden experiments found 1, read 0" in message, message
+        own, ports = _snoop_ports(message)
+        seen = json.loads(message.split("snoop: listening ports seen ")[1].splitlines()[0])
+        assert elsewhere.port in seen, message  # it knew where the other broker listened
+        assert elsewhere.port not in ports and ports == [own], message
+    source = [line for line in (HIDDEN / "hidden_state.py").read_text().splitlines()
+              if line.startswith(("Named ", "from mqtt_factory_lab"))]  # fmt: skip
+    leaks = [(p.name, line) for p, text in every_report(out).items() for line in source
+             if line in text]  # fmt: skip
+    assert len(source) == 2 and not leaks, leaks
 
 
 def test_ctrl_c_stops_the_grader_and_everything_it_started(tmp_path: Path) -> None:
@@ -307,6 +431,13 @@ def test_ctrl_c_stops_the_grader_and_everything_it_started(tmp_path: Path) -> No
     assert "interrupted; every program it started was stopped" in output
     _gone, alive = psutil.wait_procs([*started, *family], timeout=10)
     assert not alive, [_cmdline(p) for p in alive]
+
+
+def _snoop_ports(message: str) -> tuple[int, list[int]]:
+    """``snoop: own broker N; open ports on 127.0.0.1 [...]`` of a snoop's output."""
+    line = next(x for x in message.splitlines() if "snoop: own broker" in x)
+    own = int(line.split("own broker ")[1].split(";")[0])
+    return own, json.loads(line.split("127.0.0.1 ")[1])
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

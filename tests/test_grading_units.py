@@ -16,14 +16,8 @@ from mqtt_factory_lab.core.roles import RoleError, RoleProcess
 from mqtt_factory_lab.grading.points import Experiment
 from mqtt_factory_lab.grading.progress import Progress
 from mqtt_factory_lab.grading.report import html_report, markdown, write_gradebook, write_reports
-from mqtt_factory_lab.grading.runner import (
-    GradingError,
-    SubmissionResult,
-    content_hash,
-    discover_lessons,
-    merge_with_plan,
-    shard,
-)
+from mqtt_factory_lab.grading.settings import GradingError, content_hash, discover_lessons, shard
+from mqtt_factory_lab.grading.submission import SubmissionResult, merge_with_plan
 
 SHOW_LIMITS = (
     "import resource\n"
@@ -163,6 +157,36 @@ def test_reports_show_the_message_and_the_programs_output(tmp_path: Path) -> Non
     header = write_gradebook([result], tmp_path / "gradebook.csv")
     assert header == ["student", "lesson 03", "total", "max", "problem"]
     assert (tmp_path / "gradebook.csv").read_text().splitlines()[1] == "alice,2,2,4,"
+
+
+def test_reports_lead_with_the_lesson_group_repeats_and_quote_the_broker_log() -> None:
+    will = experiment(
+        "test_killed[mqtt5]",
+        lesson=4,
+        outcome="failed",
+        message="labs/04_lwt.py:547: MQTTTimeout\nThe will travels in CONNECT: set it before.",
+        output={"broker open": "its log during this test:\n    No will message specified."},
+    )
+    cells = [
+        experiment(
+            f"test_cell[bad-actor-{topic}]",
+            lesson=6,
+            outcome="failed",
+            message=f"bad-actor may NOT read factory/{topic}, yet it received it.",
+        )
+        for topic in ("state/press-01", "alarms/press-01/temperature", "state/oven-01")
+    ]
+    text = markdown(SubmissionResult("bob", "h", [will, *cells]))
+    section = text.split("### lesson 04")[1]
+    assert section.split("```text\n")[1].startswith("The will travels in CONNECT"), section
+    assert "(labs/04_lwt.py:547: MQTTTimeout)" in section
+    assert "What the broker logged during the experiment (open)" in section
+    assert "No will message specified." in section
+    assert text.count("### lesson 06") == 1, text
+    assert "The same mistake in 2 more experiments (4 points)" in text
+    assert "test_cell[bad-actor-alarms/press-01/temperature]" in text
+    page = html_report(SubmissionResult("bob", "h", [will, *cells]))
+    assert page.count("lesson 06:") == 1 and "The same mistake in 2 more" in page
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -750,3 +750,15 @@ def test_markers_lists_lesson_and_broker_needs(tmp_path):
     assert "@pytest.mark.broker_needs(*capabilities)" in run.output, run.explain()
     for capability in (RESTART, CONFIG, LOG):
         assert f"'{capability}'" in run.output, run.explain()
+
+
+def test_a_free_port_lies_below_the_range_client_sockets_take() -> None:
+    """A server port from the ephemeral range can be taken by any outgoing client socket
+    before the server binds it; ``free_port`` picks below that range, and the port binds."""
+    from mqtt_factory_lab.brokers.base import LISTEN_PORTS, free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(LISTEN_PORTS.start <= p < min(low, LISTEN_PORTS.stop) for p in ports), ports
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))

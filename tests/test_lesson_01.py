@@ -90,6 +90,21 @@ def test_telemetry_with_swapped_levels_is_caught(run_lesson):
     assert "is not on the seed's tree" in run.message(filters)
 
 
+def test_a_device_that_exits_on_a_bad_command_is_caught(run_lesson):
+    run = run_lesson(
+        LESSON, "-m", "solution", solution=BROKEN / "lesson01_device_exits_on_bad_command"
+    )
+    test = "test_a_device_rejects_a_bad_command_and_keeps_running"
+    assert set(run.failed()) == {
+        f"{test}[{protocol}-{payload}]"
+        for protocol in ("mqtt3.1.1", "mqtt5")
+        for payload in ("unknown-command", "not-json")
+    }, run.output[-3000:]
+    message = run.message(test)
+    assert "exited after the command" in message and "it exited with status 1" in message
+    assert "A command is input from the network" in message
+
+
 def test_a_sensor_level_in_capitals_is_caught_by_the_topic_lint(run_lesson):
     run = run_lesson(LESSON, "-m", "solution", solution=BROKEN / "lesson01_sensor_in_capitals")
     tree = "test_devices_publish_on_the_seed_topic_tree"

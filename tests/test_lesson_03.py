@@ -8,6 +8,8 @@ with a message that names the rule.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 LESSON = "labs/03_retained.py"
@@ -54,3 +56,14 @@ def test_a_broken_device_fails_the_experiment_that_teaches_its_rule(
     assert says in result.message(experiment), result.message(experiment)
     others = [n for n in result.failed() if not any(e in n for e in (experiment, *also))]
     assert not others, f"only {experiment} should fail, but so did {others}"
+
+
+def test_a_controller_that_retains_its_commands_is_caught(run_lesson):
+    broken = Path(__file__).parent / "broken" / "lesson03_controller_retains_commands"
+    experiment = "test_controller_does_not_retain_its_commands"
+    result = run_lesson(LESSON, "-m", "solution", solution=broken)
+    assert sorted(result.failed()) == [f"{experiment}[mqtt3.1.1]", f"{experiment}[mqtt5]"], (
+        result.output[-3000:]
+    )
+    message = result.message(experiment)
+    assert "A command is an event, never state" in message and "stale 'stop'" in message, message

@@ -68,3 +68,16 @@ def test_lesson_05_catches_a_controller_that_keeps_its_session_when_clean_is_ask
     message = run.message(CLEAN)
     for words in ("session = clean", "A clean session must not receive", "clean start on"):
         assert words in message, f"the failure should say {words!r}; it says:\n{message}"
+
+
+def test_lesson_05_catches_a_device_that_subscribes_only_once(run_lesson):
+    hears = "test_a_device_hears_its_commands_again_after_its_connection_drops"
+    run = run_lesson(LESSON, "-m", "solution", solution=BROKEN / "lesson05_device_subscribes_once")
+
+    assert sorted(run.failed()) == [f"{hears}[mqtt3.1.1]", f"{hears}[mqtt5]"], (
+        f"only {hears} must fail, on both MQTT versions; outcomes: {run.outcomes}\n"
+        f"{run.output[-3000:]}"
+    )
+    message = run.message(hears)
+    for words in ("no SUBSCRIBE from it afterwards", "subscribe to your commands in on_connect"):
+        assert words in message, f"the failure should say {words!r}; it says:\n{message}"

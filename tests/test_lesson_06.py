@@ -10,6 +10,9 @@ checked here too.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,47 @@ def test_a_broker_folder_carries_the_given_acl_and_password_file(tmp_path):
     assert default.files["acl"].read_text() == (DOCKER_DIR / "acl").read_text()
     with pytest.raises(BrokerConfigError, match="does not exist"):
         render("acl", tmp_path / "missing", port=1883, acl_file=tmp_path / "nope")
+
+
+def test_an_acl_without_the_lab_round_trip_fails_every_cell_at_once_in_one_sentence(
+    run_lesson, tmp_path
+):
+    starter = Path(__file__).resolve().parent.parent / "starter"
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "".join(
+            line
+            for line in (starter / "acl").read_text().splitlines(keepends=True)
+            if not line.startswith("pattern readwrite lab/sync/")
+        )
+    )
+    (tmp_path / "solution.toml").write_text((starter / "solution.toml").read_text())
+    for program in ("device.py", "controller.py", "datacenter.py"):
+        (tmp_path / program).write_text((starter / program).read_text())
+    result = run_lesson(LESSON, "-m", "solution", "-k", "matrix", solution=tmp_path)
+
+    cells = result.failed("test_matrix_")
+    assert len(cells) == 108 and not result.passed(), result.outcomes
+    sentence = "so no cell of the permission matrix can be proven: keep the line `pattern"
+    odd = [name for name in cells if sentence not in result.messages[name]]
+    assert not odd, [result.messages[name] for name in odd[:3]]
+    assert "the same mistake in 108 experiments" in result.output, result.output[-3000:]
+
+
+def test_points_follow_harm_a_stranger_reading_the_plant_costs_most_of_the_matrix(tmp_path):
+    plan = tmp_path / "plan.json"
+    subprocess.run(
+        [sys.executable, "-m", "pytest", LESSON, "-m", "solution", "--collect-only", "-q",
+         "-p", "no:cacheprovider", f"--points-plan={plan}"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    points = {e["name"]: e["max_points"] for e in json.loads(plan.read_text())["experiments"]}
+    assert round(sum(points.values()), 2) == 6
+    stranger_reads = sum(
+        v for n, v in points.items() if "who_may_read_what[bad-actor-" in n and "-denied]" in n
+    )
+    own_reading = points[
+        "test_matrix_says_who_may_read_what[press-01-subscribe-factory/telemetry/press-01/temperature-denied]"
+    ]
+    assert stranger_reads > 1.5, stranger_reads  # of the read matrix's 2.5 points
+    assert stranger_reads > 30 * own_reading, (stranger_reads, own_reading)

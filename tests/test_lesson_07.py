@@ -23,7 +23,7 @@ BROKEN = Path(__file__).resolve().parent / "broken"
     [
         pytest.param(
             "lesson07_ack_before_commit",
-            ("killed_datacenter",),
+            ("killed_datacenter", "cannot_commit"),
             "acknowledge QoS 1 messages only after the commit",
             id="acknowledges-before-commit",
         ),

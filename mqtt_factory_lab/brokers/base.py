@@ -8,6 +8,7 @@ a script, a benchmark or a fixture alike.
 
 from __future__ import annotations
 
+import random
 import re
 import socket
 from abc import ABC, abstractmethod
@@ -39,8 +40,36 @@ class CapabilityMissing(BrokerError):
     """The backend cannot do what a test asked (restart an external broker...)."""
 
 
+#: where :func:`free_port` looks first: below the ephemeral range (Linux: 32768-60999)
+LISTEN_PORTS = range(10000, 32768)
+_pick = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return LISTEN_PORTS.stop
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (the kernel picks it)."""
+    """A TCP port that nothing listens on right now, for a server the lab starts next.
+
+    The port comes from below the kernel's ephemeral range: a port the kernel hands out
+    for ``bind(0)`` lies inside that range, where every outgoing client socket (a paho
+    client, a browser) also takes its local port, so between this call and the server's
+    own ``bind`` a client could take it ("address already in use"). Below the range only
+    another listener can. The kernel's pick is the fallback when none is free there.
+    """
+    low = min(_ephemeral_low(), LISTEN_PORTS.stop)
+    for _ in range(50):
+        port = _pick.randrange(LISTEN_PORTS.start, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

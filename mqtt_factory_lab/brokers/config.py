@@ -165,11 +165,26 @@ def render(
         (conf_d / f"{name}.conf").write_text(localise(text))
     if extra:
         (conf_d / "zz-extra.conf").write_text(localise(extra))
+    _protect(root, config_dir, data_dir, local_paths)
+    return RenderedConfig(root=root, variant="+".join(fragments), port=port)
+
+
+def _protect(root: Path, config_dir: Path, data_dir: Path, local: bool) -> None:
+    """Who may read the broker's folder.
+
+    Locally the broker runs as the lab's own user: its configuration (a solution's ACL, a
+    password file) and its database are that user's alone (0600/0700), out of reach of the
+    student programs a grader runs as other users. In a container, Mosquitto reads them as
+    its own user through a bind mount: readable by all, as the image expects.
+    """
+    if local:
+        for path in [*config_dir.rglob("*"), config_dir, data_dir, root]:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+        return
     for path in config_dir.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     config_dir.chmod(0o755)
     root.chmod(0o755)
-    return RenderedConfig(root=root, variant="+".join(fragments), port=port)
 
 
 def _render_source(
@@ -205,9 +220,5 @@ def _render_source(
     if local_paths:
         text = text.replace(f"{CONTAINER_ROOT}/", f"{root}/")
     (config_dir / "mosquitto.conf").write_text(text)
-    for path in config_dir.rglob("*"):
-        # mosquitto refuses a password file or key that others may read
-        path.chmod(0o755 if path.is_dir() else 0o600 if local_paths else 0o644)
-    config_dir.chmod(0o755)
-    root.chmod(0o755)
+    _protect(root, config_dir, data_dir, local_paths)  # (mosquitto refuses a readable key)
     return RenderedConfig(root=root, variant=f"config from {source}", port=port)

@@ -97,7 +97,7 @@ class LocalMosquitto(Broker):
         self._fixed_port = port
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mqtt-lab-broker-"))
-        self.workdir.chmod(0o755)
+        self.workdir.chmod(0o700)  # its configuration, database and log: the lab's user's only
         self.extra_config = extra_config
         #: a team's own configuration folder used instead of the lab's (``--broker-config``)
         self.config_source = config_source

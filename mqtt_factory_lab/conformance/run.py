@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mqtt_factory_lab.conformance.spec import render_comparison
 from mqtt_factory_lab.core import broker_options
-from mqtt_factory_lab.core.connection import mask_url
+from mqtt_factory_lab.core.connection import ENV_PASSWORD, mask_url
 from mqtt_factory_lab.core.paths import LAB_ROOT, LABS_DIR
 
 
@@ -226,6 +228,21 @@ def run(args: argparse.Namespace) -> int:
         return 3
 
 
+def secret_out_of_url(args: argparse.Namespace, url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its password, and the environment that carries the password instead.
+
+    A child's command line is world-readable (``ps``, ``/proc/PID/cmdline``); its
+    environment is not. The child pytest reads the password from ``--broker-password-env``.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, {}
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    variable = getattr(args, "broker_password_env", None) or ENV_PASSWORD
+    return urlunsplit(parts._replace(netloc=netloc)), {variable: unquote(parts.password)}
+
+
 def acl_file_of(folder: Path) -> Path | None:
     """The ACL file a configuration folder's ``mosquitto.conf`` names (``acl_file``), found
     beside it (paths as in the eclipse-mosquitto image: ``/mosquitto/config/acl``)."""
@@ -293,13 +310,15 @@ def _fallback_report(args: argparse.Namespace, broker: str, what: str) -> None:
 
 
 def _run_pytest(args: argparse.Namespace, url: str, notes: tuple[str, ...] = ()) -> int:
+    url, secret = secret_out_of_url(args, url)
+    env = {**os.environ, **secret}
     command = pytest_command(args, url, notes)
     shown = " ".join(mask_url(part) for part in command[2:])
     print(f"conformance: {shown}", flush=True)
     out = args.out.resolve()
     for stale in ("report.md", "report.json"):
         (out / stale).unlink(missing_ok=True)
-    status = subprocess.run(command, cwd=LAB_ROOT, check=False).returncode
+    status = subprocess.run(command, cwd=LAB_ROOT, env=env, check=False).returncode
     _fallback_report(
         args, mask_url(url), f"pytest ended with exit status {status} (see its output)"
     )

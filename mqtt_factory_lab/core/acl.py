@@ -37,6 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ACTIONS = ("publish", "subscribe")
+#: what a leak on each kind of topic (its second level) exposes, relative to a reading
+HARM = {"commands": 3.0, "alarms": 2.0, "state": 2.0, "status": 2.0, "events": 1.0}
+#: how much more a leak to a client with no right at all costs
+STRANGER_FACTOR = 10.0
 
 
 class MatrixError(ValueError):
@@ -74,6 +78,22 @@ class Cell:
     allowed: bool
     witness: MatrixClient
     control: MatrixClient | None
+    #: the client has no right anywhere in the matrix (an anonymous stranger)
+    stranger: bool = False
+
+    @property
+    def weight(self) -> float:
+        """What a wrong verdict on this cell costs, relative to a right the ACL forgot (1).
+
+        Points follow harm: a denial that leaks weighs by what the topic exposes (forging a
+        command stops a machine; reading it only tells), and far more when the
+        leak is to a stranger, who has no business on the broker at all (ten times).
+        """
+        if self.allowed:
+            return 1.0
+        kind = self.topic.split("/")[1] if "/" in self.topic else ""
+        harm = HARM.get(kind, 1.0) * (1.5 if self.action == "publish" else 1.0)
+        return harm * (STRANGER_FACTOR if self.stranger else 1.0)
 
     @property
     def id(self) -> str:
@@ -111,7 +131,12 @@ class Matrix:
                     witness = self._first(writers, client.client_id)
                     control = None if allowed else self._first(readers, client.client_id)
                 assert witness is not None  # parse_matrix checked every topic has both
-                cells.append(Cell(client, action, topic, allowed, witness, control))
+                stranger = not any(
+                    client.client_id in ids
+                    for table in (self.publish, self.subscribe)
+                    for ids in table.values()
+                )
+                cells.append(Cell(client, action, topic, allowed, witness, control, stranger))
         return cells
 
 

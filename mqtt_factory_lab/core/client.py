@@ -98,7 +98,14 @@ def _describe_matcher(what: Matcher) -> str:
         return "any message"
     if isinstance(what, str):
         return f"a message matching {what!r}"
-    return f"a message satisfying {getattr(what, '__name__', 'the predicate')}"
+    # A predicate's name is the harness's, not the student's: say what it stands for.
+    doc = (getattr(what, "__doc__", None) or "").strip()
+    name = getattr(what, "__name__", "<lambda>")
+    if doc and not isinstance(what, type):
+        return f"a message ({doc.splitlines()[0].rstrip('.')})"
+    if name.isidentifier() and name != "<lambda>":
+        return f"a message ({name.replace('_', ' ')})"
+    return "the message this experiment waits for"
 
 
 class RecordingClient:

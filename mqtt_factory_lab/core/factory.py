@@ -157,6 +157,7 @@ class FactoryLauncher:
                 process.wait_for_output(
                     f"^{re.escape(ready)}$",
                     self.ready_timeout,
+                    line=ready,
                     advice=f"make the program print {ready!r} on stdout once it is connected "
                     f"(or remove `ready` from [roles.{role}] in the manifest)",
                 )

@@ -8,7 +8,8 @@ One home for what every child process of the lab needs:
   even a ``kill -9`` of pytest leaves nothing running; elsewhere teardown and the
   ``atexit`` registry below do the work;
 * everything it prints goes to a **file**, which a failure message can quote;
-* it is stopped with **SIGTERM, then SIGKILL** after a grace period.
+* it is stopped with **SIGTERM, then SIGKILL** after a grace period, sent to its whole
+  process group: a wrapper (``sh run.sh``) and the program it started stop together.
 
 :func:`wait_until` is the one deadline loop the harness uses for conditions that
 have no event to wait on (a line in a file, a process that has exited).
@@ -22,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -151,34 +153,78 @@ class ChildProcess:
         return self
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` (SIGSTOP, SIGCONT, SIGTERM...) if the program is running."""
+        """Send ``signum`` (SIGSTOP, SIGCONT, SIGTERM...) to the program's process group.
+
+        The program leads a session (and process group) of its own, so a wrapper
+        (``sh run.sh``, ``npm start``, ``poetry run ...``) and the program it starts get it alike.
+        """
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signum)
+            self._signal_group(signum)
+
+    def _signal_group(self, signum: int) -> bool:
+        """``killpg`` the program's group; False when no process of it is left."""
+        if self.process is None or self._pid_recycled():
+            return False
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a member changed user: signal at least the leader we started
+            if self.process.poll() is None:
+                self.process.send_signal(signum)
+        return True
+
+    def _group_gone(self) -> bool:
+        """True when no process of the program's group is left (zombies do not count)."""
+        if self.process is None or self._pid_recycled():
+            return True
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return not _live_group_members(self.process.pid)
+
+    def _pid_recycled(self) -> bool:
+        """The leader was reaped and its pid is another process's now: the kernel hands out a
+        pid only when no group uses it any more, so the program's group is gone and group
+        ``pid`` is someone else's (a fork-happy machine recycles pids within seconds)."""
+        assert self.process is not None
+        return self.process.returncode is not None and os.path.exists(f"/proc/{self.process.pid}")
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        """Ask the program to end (SIGTERM; SIGCONT first, in case it is paused), then kill it.
+        """Ask the program's process group to end (SIGTERM; SIGCONT too, in case it is paused),
+        wait up to ``timeout`` for all of it, then SIGKILL the group.
 
-        :returns: its exit status, or None if it never started.
+        A wrapper that does not forward signals (``sh run.sh`` starting the real program)
+        leaves nothing behind: the real program is in the same group.
+
+        :returns: the leader's exit status, or None if it never started.
         """
         process = self.process
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.send_signal(signal.SIGCONT)
-            try:
+        if process.poll() is None or not self._group_gone():
+            self._signal_group(signal.SIGTERM)
+            self._signal_group(signal.SIGCONT)
+            deadline = time.monotonic() + timeout
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            with contextlib.suppress(ProcessTimeout):  # the wrapper's children, after it
+                wait_until(self._group_gone, max(0.0, deadline - time.monotonic()), interval=0.05)
+            self._signal_group(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
         untrack(self)
         return process.returncode
 
     def kill(self) -> None:
-        """End the program at once (SIGKILL): no goodbye, as in a crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
+        """End the program's process group at once (SIGKILL): no goodbye, as in a crash."""
+        if self.process is not None:
+            self._signal_group(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
         untrack(self)
 
     def close(self) -> None:
@@ -247,6 +293,23 @@ class ChildProcess:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} pid={self.pid}>"
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that are not zombies (``/proc``; an orphaned zombie
+    waits for a reaper that a container's PID 1 may never be)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 @atexit.register

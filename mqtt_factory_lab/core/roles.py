@@ -97,23 +97,44 @@ class RoleProcess(ChildProcess):
             f"  {heading}:\n{quoted}" + (f"\n  what to do: {advice}" if advice else "")
         )
 
-    def wait_for_output(self, pattern: str, timeout: float = 10.0, advice: str = "") -> str:
+    def wait_for_output(
+        self, pattern: str, timeout: float = 10.0, advice: str = "", *, line: str | None = None
+    ) -> str:
         """Wait for a line of output matching ``pattern``; fail early if the program exits.
 
         :param advice: what to tell the user when the line never comes.
+        :param line: the exact line ``pattern`` stands for (such as ``ready press-01``): messages
+            then quote it as text, and say so when it was printed glued to other output.
         :raises RoleError: when the program exits or the deadline passes first.
         """
         try:
             return super().wait_for_output(pattern, timeout)
         except ProcessTimeout:
             pass
-        if not self.is_running():
-            raise RoleError(self.describe_failure(f"exited before printing {pattern!r}", advice))
-        raise RoleError(
-            self.describe_failure(
-                f"did not print a line matching {pattern!r} within {timeout}s", advice
+        expected = repr(line) if line is not None else f"a line matching {pattern!r}"
+        glued = self._glued(line) if line is not None else None
+        if glued is not None:
+            what = (
+                f"printed {line!r}, but not alone on its line: {glued!r}. Two threads printing "
+                "at once (or a print with end='') glue lines together, and the lab reads lines"
             )
+            advice = (
+                f"print {line!r} on a line of its own, with flush=True, from one thread (or "
+                "under a lock shared by everything that prints)"
+            )
+            raise RoleError(self.describe_failure(what, advice))
+        if not self.is_running():
+            raise RoleError(self.describe_failure(f"exited before printing {expected}", advice))
+        raise RoleError(
+            self.describe_failure(f"did not print {expected} within {timeout}s", advice)
         )
+
+    def _glued(self, line: str) -> str | None:
+        """The first output line that holds ``line`` among other text, or None."""
+        for printed in self.output().splitlines():
+            if line in printed and printed.strip() != line:
+                return printed if len(printed) <= 120 else printed[:117] + "..."
+        return None
 
     def wait_exit(self, timeout: float = 10.0) -> int:
         """Wait for the program to end by itself; return its exit status."""

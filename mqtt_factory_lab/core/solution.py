@@ -21,7 +21,7 @@ A manifest::
     crash_after = ["--crash-after", "{crash_after}"]
 
     [files]
-    acl = "docker/acl"                           # relative to the manifest's folder
+    acl = "docker/acl"                           # inside the manifest's folder
 
 Placeholders are written ``{name}``; :data:`PLACEHOLDERS` lists them.
 """
@@ -178,7 +178,7 @@ def load(path: str | Path | None = None) -> Solution:
     """Read and check a manifest (default: the reference solution).
 
     :raises ManifestError: for a missing file, TOML errors, missing commands,
-        unknown placeholders or files that do not exist.
+        unknown placeholders, files that do not exist or lie outside the manifest's folder.
     """
     path = Path(path or REFERENCE_MANIFEST)
     if path.is_dir():
@@ -218,14 +218,8 @@ def load(path: str | Path | None = None) -> Solution:
             _check_placeholders(part, f"{where}: [roles.{role_name}]", extra=set(options))
         roles[role_name] = Role(role_name, command, ready, options)
 
-    files: dict[str, Path] = {}
-    for key, relative in (data.get("files") or {}).items():
-        file_path = (path.parent / relative).resolve()
-        if not file_path.exists():
-            raise ManifestError(
-                f"{where}: [files] {key} = {relative!r} does not exist ({file_path})"
-            )
-        files[key] = file_path
+    files = {key: _inside(path.parent, key, relative, where) for key, relative in
+             (data.get("files") or {}).items()}  # fmt: skip
 
     filters_data = data.get("filters") or {}
     if not isinstance(filters_data, dict) or not all(
@@ -236,6 +230,27 @@ def load(path: str | Path | None = None) -> Solution:
             'all_alarms = "{root}/alarms/#"'
         )
     return Solution(path=path, name=name, roles=roles, files=files, filters=dict(filters_data))
+
+
+def _inside(folder: Path, key: str, relative: Any, where: str) -> Path:
+    """``[files] key = relative``: a file of the solution, inside its folder once every
+    symlink is followed. An absolute path (``/etc/shadow``), ``..`` or a link that leaves the
+    folder would have the lab copy a file that is not the student's into a broker
+    configuration, and quote it in a report."""
+    if not isinstance(relative, str) or not relative:
+        raise ManifestError(f"{where}: [files] {key} must be a path relative to {folder.name}/")
+    file_path = (folder / relative).resolve()
+    if Path(relative).is_absolute() or not file_path.is_relative_to(folder.resolve()):
+        raise ManifestError(
+            f"{where}: [files] {key} = {relative!r} is outside the solution's folder: every "
+            f"file of a solution lives in its folder; write a path relative to "
+            f"{folder.name}/ (a symlink must point inside it too)"
+        )
+    if not file_path.is_file():
+        raise ManifestError(
+            f"{where}: [files] {key} = {relative!r} does not exist (or is not a file)"
+        )
+    return file_path
 
 
 def _argv(value: Any, where: str) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Points: what each experiment of a lesson is worth, the score of a run, and its machine-readable forms.
 
-Loaded by :mod:`mqtt_factory_lab.plugin` (``pytest_plugins``). Every experiment of a lesson
+Its options, marker and recorder are registered by :mod:`mqtt_factory_lab.plugin`
+(:func:`add_options`, :data:`MARKER`, :func:`configure`). Every experiment of a lesson
 (an item with ``pytest.mark.lesson(N)``) is worth points:
 
 * ``@pytest.mark.points(3)`` on the experiment, or in a lesson's ``pytestmark`` for all its
@@ -10,7 +11,8 @@ Loaded by :mod:`mqtt_factory_lab.plugin` (``pytest_plugins``). Every experiment 
 
 The points belong to the test *function*: its parametrised cases share them evenly (a check
 run on MQTT 3.1.1 and 5 gives half its points per protocol; the 110 cells of a permission
-matrix do not outweigh every other lesson). Cases are counted before ``-m``/``-k``
+matrix do not outweigh every other lesson), or by their ``weight(w)`` marks (lesson 06's
+cells weigh by the harm of a wrong verdict). Cases are counted before ``-m``/``-k``
 deselection, so a selection never changes what a case is worth. A skipped experiment is not
 part of the maximum: it was not asked.
 
@@ -46,6 +48,8 @@ from typing import Any
 
 import pytest
 
+from mqtt_factory_lab.core.mistakes import SAME_AS, group, names_in_short
+
 #: points of an experiment that has no ``points`` marker, by its kind (``None``: untagged)
 DEFAULT_POINTS: dict[str | None, float] = {"solution": 2, "broker": 1, None: 1}
 #: the format name written into every JSON document, bumped when fields change meaning
@@ -54,6 +58,8 @@ FORMAT = "mqtt-factory-lab/points/1"
 SUMMARY_LINES = 8
 #: the report sections that are a program's output (added by the plugin on failure)
 PROGRAM_SECTION = re.compile(r"^program (?P<role>\S+) (?P<name>.+)$")
+#: the report sections that are a broker's state and trimmed log during the test
+BROKER_SECTION = re.compile(r"^broker (?P<variant>\S+) \((?P<backend>[\w-]+)\)$")
 
 
 @dataclass
@@ -70,7 +76,8 @@ class Experiment:
     :ivar max_points: what the experiment is worth.
     :ivar outcome: ``passed``, ``failed``, ``error``, ``skipped`` or ``not run``.
     :ivar message: the failure's teaching message (empty when passed).
-    :ivar output: what each program printed, by ``role name``, for a failure.
+    :ivar output: what each program printed, by ``role name``, for a failure, and each
+        broker's trimmed log during the test, by ``broker <variant>``.
     :ivar duration: seconds, setup to teardown.
     """
 
@@ -139,10 +146,22 @@ def function_key(item: pytest.Item) -> str:
     return item.nodeid.split("[", 1)[0]
 
 
-def points_of(item: pytest.Item, cases: int = 1) -> float:
+def points_of(item: pytest.Item, cases: float = 1) -> float:
     """What ``item`` is worth: its function's points (closest ``points`` marker, else
-    :data:`DEFAULT_POINTS`) divided among the function's ``cases``."""
-    return round(_function_points(item) / max(cases, 1), 4)
+    :data:`DEFAULT_POINTS`) shared among the function's cases by weight: ``cases`` is the
+    sum of their weights (each case weighs 1 unless marked ``weight(w)``)."""
+    return round(_function_points(item) * weight_of(item) / max(cases, 1e-9), 4)
+
+
+def weight_of(item: pytest.Item) -> float:
+    """A case's share of its function's points (``@pytest.mark.weight(w)``, default 1)."""
+    mark = item.get_closest_marker("weight")
+    value = mark.args[0] if mark is not None and mark.args else 1.0
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.weight needs a number > 0, got {value!r}"
+        )
+    return float(value)
 
 
 def _function_points(item: pytest.Item) -> float:
@@ -168,17 +187,24 @@ def lesson_of(item: pytest.Item) -> int | None:
 
 # -- pytest hooks ------------------------------------------------------------------------
 
-#: how many parametrised cases each test function has, counted before deselection
+#: the summed weights of each test function's parametrised cases, counted before deselection
 CASES = pytest.StashKey[Counter[str]]()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    config.stash[CASES] = Counter(function_key(item) for item in items)
+#: the ``points`` marker, registered by :mod:`mqtt_factory_lab.plugin`
+MARKER = (
+    "points(n): what the experiment is worth when graded (default: solution 2, broker 1); "
+    "in a lesson's pytestmark, for all its experiments"
+)
+#: the ``weight`` marker, registered by :mod:`mqtt_factory_lab.plugin`
+WEIGHT_MARKER = (
+    "weight(w): a parametrised case's share of its function's points (default 1); lesson 06 "
+    "weighs each permission cell by what a wrong verdict exposes"
+)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("mqtt-factory-lab", "MQTT factory lab")
+def add_options(group: Any) -> None:
+    """The points options, in the lab's option group (:mod:`mqtt_factory_lab.plugin` calls it)."""
     group.addoption(
         "--points-json",
         metavar="PATH",
@@ -208,14 +234,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "points(n): what the experiment is worth when graded (default: solution 2, broker 1); "
-        "in a lesson's pytestmark, for all its experiments",
-    )
-    recorder = PointsRecorder(config)
-    config.pluginmanager.register(recorder, "mqtt-factory-lab-points")
+def configure(config: pytest.Config) -> None:
+    """Register this run's :class:`PointsRecorder` (:mod:`mqtt_factory_lab.plugin` calls it)."""
+    config.pluginmanager.register(PointsRecorder(config), "mqtt-factory-lab-points")
 
 
 class PointsRecorder:
@@ -235,6 +256,15 @@ class PointsRecorder:
 
     # Items carry their lesson, concept, kind and points as user properties: they travel
     # with every report (also from pytest-xdist workers) and land in the JUnit XML.
+    @pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
+    def pytest_count_cases(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Count each function's parametrised cases before ``-m``/``-k`` deselect any
+        (``specname``: a second implementation of the hook; pytest reads only ``pytest_*``)."""
+        weights: Counter[str] = Counter()
+        for item in items:  # each case counts by its weight (1 unless marked weight(w))
+            weights[function_key(item)] += weight_of(item)  # type: ignore[assignment]
+        config.stash[CASES] = weights
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         cases = self.config.stash.get(CASES, Counter())
@@ -281,6 +311,11 @@ class PointsRecorder:
                         for title, content in report.sections
                         if (m := PROGRAM_SECTION.match(title))
                     }
+                    exp.output.update(
+                        (f"broker {m['variant']}", content)
+                        for title, content in report.sections
+                        if (m := BROKER_SECTION.match(title))
+                    )
             elif report.skipped and exp.outcome == "not run":
                 exp.outcome = "skipped"
                 exp.message = _skip_reason(report)
@@ -324,19 +359,33 @@ class PointsRecorder:
         maximum = round(sum(e["max_points"] for e in lessons.values()), 2)
         terminalreporter.write_line(f"total: {_num(total)} of {_num(maximum)} points", bold=True)
         failures = [e for e in experiments if e.outcome in ("failed", "error", "not run")]
-        for exp in failures:
+        by_name = {e.name: e for e in failures}
+        for mistake in group((e.name, e.message) for e in failures):
+            exp = by_name[mistake.first]
             terminalreporter.write_line("")
             terminalreporter.write_line(
                 f"✗ lesson {lesson_key(exp.lesson)} {exp.name} "
                 f"(0 of {_num(exp.max_points)} points, {exp.outcome})",
                 red=True,
             )
-            lines = _message_body(exp.message).splitlines()
+            lines = [
+                line
+                for line in _message_body(exp.message).splitlines()
+                if not line.startswith(SAME_AS)
+            ]
             for line in lines[:SUMMARY_LINES]:
                 terminalreporter.write_line(f"    {line}")
             if len(lines) > SUMMARY_LINES:
                 terminalreporter.write_line(
                     f"    … ({len(lines) - SUMMARY_LINES} more lines in the report above)"
+                )
+            others = mistake.names[1:]
+            if others:
+                lost = sum(by_name[name].max_points for name in others)
+                terminalreporter.write_line(
+                    f"    … and the same mistake in {len(others)} more experiments "
+                    f"({_num(lost)} points): {names_in_short(others)}",
+                    red=True,
                 )
 
 

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TextIO
 
-from mqtt_factory_lab.grading.runner import SubmissionResult
+from mqtt_factory_lab.grading.submission import SubmissionResult
 
 
 def _clock(seconds: float) -> str:

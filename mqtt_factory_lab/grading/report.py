@@ -4,8 +4,10 @@
 hidden experiments outside the lessons) with the points earned, then ``total``, ``max`` and
 ``problem`` (a broken manifest, a lesson stopped at its time limit, programs left running).
 
-A report shows, per lesson, experiments passed and points, then every failure with its
-teaching message and what the student's programs printed.
+A report shows, per lesson, experiments passed and points, then every mistake once: its
+teaching message first (where it failed last), the other experiments that failed the same
+way, what the student's programs printed and the broker's trimmed log, as the terminal
+shows them.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 from pathlib import Path
 
+from mqtt_factory_lab.core.mistakes import SAME_AS, group, names_in_short
+from mqtt_factory_lab.grading.grader import lesson_columns
 from mqtt_factory_lab.grading.points import Experiment, lesson_key
-from mqtt_factory_lab.grading.runner import SubmissionResult, lesson_columns
+from mqtt_factory_lab.grading.submission import SubmissionResult
 
 #: lines of a program's output a report shows per failure
 OUTPUT_LINES = 40
@@ -67,13 +72,40 @@ def _failures(result: SubmissionResult) -> list[Experiment]:
     return [e for e in result.experiments if e.outcome not in ("passed", "skipped")]
 
 
+def _grouped(result: SubmissionResult) -> list[tuple[Experiment, list[Experiment]]]:
+    """Each mistake once: its first failure and the others that fail the same way."""
+    failures = _failures(result)
+    by_name = {e.nodeid: e for e in failures}
+    groups = group((e.nodeid, e.message) for e in failures)
+    return [(by_name[g.first], [by_name[n] for n in g.names[1:]]) for g in groups]
+
+
+#: "labs/04_lwt.py:547: MQTTTimeout": where the check failed, not what it teaches
+_WHERE = re.compile(r"^\S+:\d+: \w+$")
+
+
 def _message(exp: Experiment) -> str:
-    lines = exp.message.strip().splitlines()
-    # the first line is often only "labs/03_retained.py:355: AssertionError"
-    if lines and lines[0].endswith(("Error", "Exception")) and ": " in lines[0]:
+    """The teaching message first; where it failed last; no pointer to the terminal's report."""
+    lines = [line for line in exp.message.strip().splitlines() if not line.startswith(SAME_AS)]
+    if lines and _WHERE.match(lines[0]):
         where, lines = lines[0], lines[1:]
         lines.append(f"({where})")
     return "\n".join(lines).strip() or "(no message)"
+
+
+def _label(name: str) -> str:
+    if name.startswith("broker "):
+        return f"What the broker logged during the experiment ({name.removeprefix('broker ')})"
+    return f"What `{name}` printed"
+
+
+def _same(others: list[Experiment]) -> str:
+    names = [e.name for e in others]
+    lost = sum(e.max_points for e in others)
+    return (
+        f"The same mistake in {len(others)} more experiments ({_num(lost)} points): "
+        f"{names_in_short(names, 8)}"
+    )
 
 
 def _output(text: str) -> str:
@@ -89,6 +121,8 @@ def markdown(result: SubmissionResult) -> str:
         f"# {result.student}: {_num(result.score)} of {_num(result.max_score)} points",
         "",
     ]
+    if result.isolation:
+        out += [f"*Graded with {result.isolation}.*", ""]
     if result.problem:
         out += [f"**Problem:** {result.problem}", ""]
     out += ["| lesson | concept | experiments passed | points |", "|---|---|---|---|"]
@@ -97,10 +131,10 @@ def markdown(result: SubmissionResult) -> str:
             f"| {key} | {entry['concept']} | {entry['passed']} of {entry['total']} | "
             f"{_num(entry['points'])} of {_num(entry['max_points'])} |"
         )
-    failures = _failures(result)
+    failures = _grouped(result)
     if failures:
         out += ["", "## What failed", ""]
-    for exp in failures:
+    for exp, others in failures:
         out += [
             f"### lesson {lesson_key(exp.lesson)}: `{exp.name}` "
             f"(0 of {_num(exp.max_points)} points, {exp.outcome})",
@@ -110,8 +144,10 @@ def markdown(result: SubmissionResult) -> str:
             "```",
             "",
         ]
+        if others:
+            out += [_same(others), ""]
         for program, printed in exp.output.items():
-            out += [f"What `{program}` printed:", "", "```text", _output(printed), "```", ""]
+            out += [f"{_label(program)}:", "", "```text", _output(printed), "```", ""]
     if not failures:
         out += ["", "Every experiment passed."]
     return "\n".join(out).rstrip() + "\n"
@@ -127,19 +163,22 @@ def html_report(result: SubmissionResult) -> str:
         for key, entry in result.lessons.items()
     )
     failures = []
-    for exp in _failures(result):
+    for exp, others in _grouped(result):
         outputs = "".join(
-            f"<p>What <code>{esc(program)}</code> printed:</p><pre>{esc(_output(printed))}</pre>"
+            f"<p>{esc(_label(program)).replace('`', '')}:</p><pre>{esc(_output(printed))}</pre>"
             for program, printed in exp.output.items()
         )
+        same = f"<p class='same'>{esc(_same(others))}</p>" if others else ""
         failures.append(
             f"<section class='failure'><h3>lesson {esc(lesson_key(exp.lesson))}: "
             f"<code>{esc(exp.name)}</code> (0 of {_num(exp.max_points)} points, "
-            f"{esc(exp.outcome)})</h3><pre>{esc(_message(exp))}</pre>{outputs}</section>"
+            f"{esc(exp.outcome)})</h3><pre>{esc(_message(exp))}</pre>{same}{outputs}</section>"
         )
     problem = (
         f"<p class='problem'><b>Problem:</b> {esc(result.problem)}</p>" if result.problem else ""
     )
+    if result.isolation:
+        problem = f"<p class='isolation'>Graded with {esc(result.isolation)}.</p>{problem}"
     body = "".join(failures) or "<p>Every experiment passed.</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

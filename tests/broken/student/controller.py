@@ -2,12 +2,13 @@
 
 It subscribes to ``<root>/alarms/#`` and applies one rule ``SOURCE=TARGET`` (such as
 ``press/temperature=conveyor``): an alarm raised on ``<root>/alarms/SOURCE`` sends ``stop`` to
-TARGET, a cleared one ``start``, on ``<root>/commands/<client id>/TARGET`` at QoS 1. Without
-``--mistake`` it follows the seed: alarms subscribed at QoS 1, the client id it is given, and
-the session ``--session`` asks for (``persistent``: clean start off and a session expiry, so
-the broker queues the alarms raised while it is stopped; ``clean``: a fresh session each
-start). Each ``--mistake NAME`` switches on one common mistake, so that a broken solution
-under ``tests/broken/lessonNN_*/`` can prove that the lesson teaching the concept catches it:
+TARGET, a cleared one ``start``, on ``<root>/commands/<publisher>/TARGET`` at QoS 1 (the
+publisher level is its client id). Without ``--mistake`` it follows the seed: alarms
+subscribed at QoS 1, the client id it is given, and the session ``--session`` asks for
+(``persistent``: clean start off and a session expiry, so the broker queues the alarms raised
+while it is stopped; ``clean``: a fresh session each start). Each ``--mistake NAME`` switches
+on one common mistake, so that a broken solution under ``tests/broken/lessonNN_*/`` can prove
+that the lesson teaching the concept catches it:
 
 =====================  ===============================================  ===========================
 ``--mistake``          what it does wrong                               caught by (lesson:
@@ -27,6 +28,9 @@ under ``tests/broken/lessonNN_*/`` can prove that the lesson teaching the concep
 ``random-client-id``   makes up a new client id at each start ("to      05: persistent_controller
                        avoid clashes"): each restart opens a new,       _acts_on_alarms_raised
                        empty session                                    _while_it_was_stopped
+``commands-retained``  publishes its commands retained ("so a device    03: controller_does_not
+                       that is offline gets them"): a device that       _retain_its_commands
+                       starts hours later obeys a stale ``stop``
 =====================  ===============================================  ===========================
 
     python controller.py --client-id controller-1 --session persistent
@@ -57,7 +61,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-MISTAKES = ("alarms-qos0", "always-clean", "always-persistent", "random-client-id")
+MISTAKES = (
+    "alarms-qos0",
+    "always-clean",
+    "always-persistent",
+    "random-client-id",
+    "commands-retained",
+)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--client-id", required=True)
@@ -95,7 +105,10 @@ def on_message(client, userdata, msg):
         "ts": time.time(),
         "issued_by": client_id,
     }
-    client.publish(f"{root}/commands/{client_id}/{target}", json.dumps(command), qos=1)
+    retain = "commands-retained" in mistakes  # commands are events, never state
+    client.publish(
+        f"{root}/commands/{client_id}/{target}", json.dumps(command), qos=1, retain=retain
+    )
 
 
 if protocol == mqtt.MQTTv5:

@@ -39,6 +39,13 @@ Each ``--mistake NAME`` switches on one common mistake, so that a broken solutio
 ``no-goodbye``          no SIGTERM handler: a planned stop dies like a   04: device_stopped
                         crash and the broker sends the will for it       _gracefully_publishes
                                                                          _offline_itself
+``exits-on-bad-input``  trusts every command: an unknown command or a    01: a_device_rejects_a_bad
+                        payload that is not JSON raises, and the device  _command_and_keeps_running
+                        exits (a command is input from the network)
+``subscribes-once``     subscribes once after ``connect()``, not in      05: a_device_hears_its
+                        ``on_connect``: after its connection drops it    _commands_again_after_its
+                        reconnects (clean session) with no subscription  _connection_drops
+                        and never hears another command
 ======================  ===============================================  ==========================
 
     python device.py --kind press --device-id press --client-id press-1 [--anomaly]
@@ -75,6 +82,8 @@ MISTAKES = (
     "will-not-retained",
     "fixed-keepalive",
     "no-goodbye",
+    "exits-on-bad-input",
+    "subscribes-once",
 )
 
 # sensor: (unit, normal value, alarm limit above)
@@ -131,20 +140,35 @@ def publish_state(client: mqtt.Client) -> None:
     client.publish(f"{root}/state/{me}", json.dumps(payload), qos=1, retain=True)
 
 
-def on_connect(client, userdata, flags, reason_code, properties):
+def subscribe_commands(client: mqtt.Client) -> None:
     if "obeys-all-commands" in mistakes:
         client.subscribe(f"{root}/commands/#", qos=1)  # every machine's commands
     else:
         client.subscribe(f"{root}/commands/+/{me}", qos=1)
+
+
+def on_connect(client, userdata, flags, reason_code, properties):
+    if "subscribes-once" not in mistakes:  # on every connection: a clean session has none
+        subscribe_commands(client)
     client.publish(status_topic, status("online", "connected"), qos=1, retain=True)
     publish_state(client)
     connected.set()
 
 
 def on_message(client, userdata, msg):
+    if "exits-on-bad-input" in mistakes:
+        try:
+            command = json.loads(msg.payload)  # "the controller only sends valid JSON"
+            if command["command"] not in ("start", "stop", "reset", "set"):
+                raise ValueError(f"unknown command {command['command']!r}")
+        except Exception as error:  # the mistake: give up on bad input
+            print(f"{me}: cannot handle the command on {msg.topic}: {error!r}", flush=True)
+            os._exit(1)
     try:
         command = json.loads(msg.payload)
     except ValueError:
+        return
+    if not isinstance(command, dict):
         return
     with lock:
         if command.get("command") == "stop":
@@ -215,6 +239,8 @@ client.connect(
 )
 client.loop_start()
 connected.wait(10)
+if "subscribes-once" in mistakes:  # once, here: a reconnection does not come back this way
+    subscribe_commands(client)
 if "will-after-online" in mistakes:  # too late: CONNECT has gone, this connection has no will
     client.will_set(status_topic, status("offline", "last-will"), qos=1, retain=True)
 

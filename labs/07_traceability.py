@@ -1006,6 +1006,7 @@ SMALL_QUEUE = 20
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG, LOG)
+@pytest.mark.rule("may")  # how much a broker queues for an offline session is its choice
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_an_outage_longer_than_the_queue_loses_the_newest_records(
     make_broker, mqtt_client, topic_root, protocol

@@ -403,6 +403,8 @@ topic factory/commands/cloud/# in 1 "" sites/{{site}}/
             "on MQTT 3.1.1 the private bit in the bridge's CONNECT tells a Mosquitto cloud that "
             "this client is a bridge, and the cloud never sends a bridge its own messages",
             id="mqtt311-try_private",
+            # Mosquitto's own extension (bridges are in no specification): observed, not failed
+            marks=pytest.mark.rule("may"),
         ),
         pytest.param(
             "bridge_protocol_version mqttv50\ntry_private false",
@@ -418,6 +420,8 @@ topic factory/commands/cloud/# in 1 "" sites/{{site}}/
             "an MQTT 3.1.1 bridge the cloud takes for an ordinary client gets its own messages "
             "back wherever its in and out patterns overlap: the site sees the command twice",
             id="mqtt311-plain-client-echoes",
+            # MQTT 3.1.1 numbers no statement for it: it has no No Local, so nothing forbids it
+            marks=pytest.mark.rule("may"),
         ),
     ],
 )

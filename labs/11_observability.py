@@ -204,6 +204,7 @@ def alarm(device: str, ts: float, value: float = 231.5) -> dict:
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
+@pytest.mark.rule("may")  # $SYS is a convention of brokers, not of the specifications
 def test_sys_topics_report_clients_messages_retained_and_uptime(sys_broker, mqtt_client):
     watcher = mqtt_client(broker=sys_broker)
     publisher = mqtt_client(broker=sys_broker)

@@ -239,3 +239,31 @@ def test_taken_port_is_named_in_the_error(docker_engine: None) -> None:
             pytest.fail(f"port {port} is in use, yet a broker started on it")
     message = str(caught.value)
     assert f"port {port} is taken" in message, message
+
+
+def test_a_bridged_pair_is_two_containers_that_reach_each_other(docker_engine: None) -> None:
+    """Lesson 10's pair: the site container's bridge reaches the cloud container (on the pair's
+    own network in bridge mode, on loopback in host mode), again after the cloud restarts, and
+    close() leaves neither container nor network behind."""
+    from mqtt_factory_lab.core.bridge import BRIDGE_TEMPLATE, BrokerPair
+    from mqtt_factory_lab.fixtures.bridge import wait_until_bridged
+
+    with BrokerPair("docker", BRIDGE_TEMPLATE.read_text()) as pair:
+        wait_until_bridged(pair)
+        pair.cloud.restart()
+        wait_until_bridged(pair)  # the site's bridge found the new cloud container
+        ids = [*pair.cloud.container_ids, *pair.site.container_ids]
+        network = pair._network
+        if pair.cloud.network == "bridge":
+            assert network is not None and "address cloud:1883" in pair.bridge_config
+    assert not _engine_containers(ids), "close() must remove both brokers' containers"
+    if network is not None:
+        import docker.errors
+        from testcontainers.core.docker_client import DockerClient
+
+        client = DockerClient().client
+        try:
+            with pytest.raises(docker.errors.NotFound):
+                client.networks.get(network.name)
+        finally:
+            client.close()

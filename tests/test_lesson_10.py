@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mqtt_factory_lab.brokers.config import BrokerConfigError
-from mqtt_factory_lab.core.bridge import BRIDGE_TEMPLATE, render_bridge
+from mqtt_factory_lab.core.bridge import BRIDGE_TEMPLATE, BrokerPair, render_bridge
 
 LESSON = "labs/10_bridge.py"
 BROKEN = Path(__file__).parent / "broken"
@@ -87,3 +87,69 @@ def test_a_bridge_with_an_unknown_placeholder_or_no_address_is_refused_clearly()
         )
     with pytest.raises(BrokerConfigError, match="no `address` line"):
         render_bridge("connection c\ntopic # out\n", cloud_host="h", cloud_port=1, site="s")
+
+
+# -- the docker backend's pair, without an engine -------------------------------------------
+
+
+class EngineFreeClient:
+    """Stands in for testcontainers' DockerClient, so a container can be built without an
+    engine: the pair's wiring (network, alias, ports) is checked before anything starts."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def host(self) -> str:
+        return "localhost"
+
+
+@pytest.fixture
+def docker_pair_built(monkeypatch):
+    """``built(mode)``: a docker BrokerPair started up to the engine; ``(pair, containers)``."""
+    import testcontainers.core.container
+
+    monkeypatch.setattr(testcontainers.core.container, "DockerClient", EngineFreeClient)
+    pairs = []
+
+    def built(mode: str):
+        pair = BrokerPair("docker", BRIDGE_TEMPLATE.read_text(), network=mode)
+        pairs.append(pair)
+        network = type("PairNetwork", (), {"name": f"pair-{mode}"})
+        monkeypatch.setattr(pair, "network", lambda: network)
+        containers = {}
+        for broker in pair.brokers:
+            monkeypatch.setattr(broker, "_run", lambda c, b=broker: containers.setdefault(b, c))
+            monkeypatch.setattr(broker, "_wait_until_ready", lambda c, deadline: None)
+        pair.start()
+        return pair, containers
+
+    yield built
+    for pair in pairs:
+        pair.close()
+
+
+def test_on_a_docker_bridge_network_the_pair_has_a_network_and_the_site_dials_cloud(
+    docker_pair_built,
+):
+    pair, containers = docker_pair_built("bridge")
+    cloud, site = containers[pair.cloud], containers[pair.site]
+    assert cloud._network.name == site._network.name == "pair-bridge", (
+        "both containers must join the pair's own network, where the site reaches the cloud"
+    )
+    assert (cloud._network_aliases, site._network_aliases) == (["cloud"], ["site"])
+    assert "address cloud:1883" in pair.bridge_config, pair.bridge_config
+    # The lab's clients reach each broker at its own published loopback port.
+    assert cloud.ports == {"1883": ("127.0.0.1", pair.cloud.port)}
+    assert site.ports == {"1883": ("127.0.0.1", pair.site.port)}
+    assert pair.cloud.port != pair.site.port
+
+
+def test_on_docker_host_networking_the_site_dials_the_clouds_loopback_port(docker_pair_built):
+    pair, containers = docker_pair_built("host")
+    for container in containers.values():
+        assert container._network is None and container._kwargs["network_mode"] == "host"
+    assert f"address 127.0.0.1:{pair.cloud.port}" in pair.bridge_config, pair.bridge_config
+    # ...where the cloud listens, on the host's loopback only; the bridge goes in with the site
+    conf = pair.cloud.rendered.files["mosquitto.conf"].read_text()
+    assert f"listener {pair.cloud.port} 127.0.0.1" in conf.splitlines(), conf
+    assert "connection cloud" in pair.site.rendered.files["conf.d/zz-extra.conf"].read_text()

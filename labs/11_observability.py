@@ -145,15 +145,17 @@ def scrape_until(
         return last[0]
     if not exporter.is_running():
         pytest.fail(exporter.describe_failure("exited"), pytrace=False)
-    shown = (
-        "\n".join(
-            "    " + line
-            for line in last[0].text.splitlines()
-            if line.startswith(("factory_", "mqtt_broker_"))
-        )[:1500]
-        if last
-        else "    (it served no parsable /metrics page)"
-    )
+    lines = [
+        "    " + line
+        for line in (last[0].text.splitlines() if last else [])
+        if line.startswith(("factory_", "mqtt_broker_"))
+    ]
+    if not last:
+        shown = "    (it served no parsable /metrics page)"
+    elif not lines:
+        shown = "    (none: its page has no factory_ or mqtt_broker_ sample yet)"
+    else:
+        shown = "\n".join(lines)[:1500]
     pytest.fail(f"{why}\n  the exporter's metrics:\n{shown}", pytrace=False)
 
 
@@ -263,7 +265,7 @@ def test_hash_subscription_does_not_receive_sys_topics(sys_broker, mqtt_client, 
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(CONFIG)
-def test_exporter_exposes_the_factory_and_the_broker(exporter, device):
+def test_exporter_exposes_the_factory_and_the_broker(exporter):
     launcher, process, port = exporter()
     press = or_fail(lambda: launcher.start_device("press", "press-01"))
     page = scrape_until(

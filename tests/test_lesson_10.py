@@ -12,6 +12,7 @@ from mqtt_factory_lab.core.bridge import BRIDGE_TEMPLATE, BrokerPair, render_bri
 
 LESSON = "labs/10_bridge.py"
 BROKEN = Path(__file__).parent / "broken"
+STARTER = Path(__file__).resolve().parents[1] / "starter"
 
 PREFIX = "test_site_topics_arrive_in_the_cloud_under_the_site_prefix"
 DIRECTION = "test_cloud_commands_reach_the_site_only_on_command_topics"
@@ -69,6 +70,16 @@ def test_a_broken_bridge_fails_the_experiments_that_teach_its_rule(
     assert "Traceback" not in messages, messages
     if broken == "both_ways":
         assert "`topic factory/# both`" in run.message(DIRECTION), run.message(DIRECTION)
+
+
+def test_the_starter_bridge_fails_on_its_todos_with_teaching_messages(run_lesson):
+    # (the outage experiment is left out: it waits its whole reconnect budget for nothing)
+    run = run_lesson(LESSON, "-m", "solution", "-k", "not cloud_is_away", solution=STARTER)
+    failed = {name.split("[")[0] for name in run.failed()}
+    assert {PREFIX, DIRECTION, QOS, STATE} <= failed, f"{sorted(failed)}\n{run.output[-3000:]}"
+    for name in run.failed():
+        message = run.message(name)
+        assert "Traceback" not in message and "bridge" in message, message
 
 
 def test_the_lab_renders_the_cloud_address_into_a_bridge():

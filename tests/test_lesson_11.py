@@ -19,6 +19,7 @@ from sim.topics import Topics
 LESSON = "labs/11_observability.py"
 BROKEN = Path(__file__).parent / "broken"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+STARTER = Path(__file__).resolve().parents[1] / "starter"
 
 EXPOSES = "test_exporter_exposes_the_factory_and_the_broker"
 KILLED = "test_killed_device_shows_online_0_within_its_keepalive_budget"
@@ -61,6 +62,17 @@ def test_a_broken_exporter_fails_the_experiment_that_teaches_its_rule(
     for words in says:
         assert words in message, f"{broken}: the failure should say {words!r}:\n{message}"
     assert "Traceback" not in message, message
+
+
+def test_the_starter_exporter_fails_with_teaching_messages(run_lesson):
+    run = run_lesson(LESSON, "-m", "solution", solution=STARTER)
+    assert set(run.failed()) == {EXPOSES, KILLED, ONCE}, run.output[-3000:]
+    # The starter's device forgets the retain flag (lesson 03), which the exporter lessons
+    # need; its exporter has factory_device_online and nothing else yet.
+    assert "without the retain flag" in run.message(EXPOSES), run.message(EXPOSES)
+    assert "no factory_ or mqtt_broker_ sample" in run.message(ONCE), run.message(ONCE)
+    for name in run.failed():
+        assert "Traceback" not in run.message(name), run.message(name)
 
 
 def metric_names(expr: str) -> set[str]:

@@ -80,105 +80,43 @@ rules only, ``-m solution --solution PATH`` to grade a solution).
 from __future__ import annotations
 
 import contextlib
-import json
-import signal
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from mqtt_factory_lab.brokers import LOG, Broker
+from mqtt_factory_lab.brokers import LOG
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.contract import PayloadError, validate, validate_message
 from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.core.factory import DeviceHandle
+from mqtt_factory_lab.core.packets import PUBACK, SUBACK, RawConnection, describe_answer, refused
 from mqtt_factory_lab.core.solution import ManifestError
-from mqtt_factory_lab.core.wire import open_stream
 from mqtt_factory_lab.experiment import json_field
+from mqtt_factory_lab.experiment.topics import (
+    DEVICE_KINDS,
+    SEED_DEVICES,
+    MatchCase,
+    Question,
+    explain_match,
+    levels,
+    seed_devices_online,
+    set_command,
+    stop_all,
+    subscribe_filter,
+    topics_matched,
+    tree_problem,
+    wait_for_factory_traffic,
+)
 from mqtt_factory_lab.fixtures.factory import or_fail
 from mqtt_factory_lab.lint_topics import lint_topic
 
 pytestmark = [pytest.mark.lesson(1)]
 
 
-#: the devices of the seed's factory, by the names its topics use (device id = kind)
-SEED_DEVICES = ("press", "conveyor", "robot_arm", "oven", "packer", "environment")
-#: the second level of every topic (the kind of message) and the levels that follow it
-TREE = {
-    "telemetry": ("<device>", "<sensor>"),
-    "alarms": ("<device>", "<sensor>"),
-    "commands": ("<publisher>", "<device>"),
-    "state": ("<device>",),
-    "status": ("<device>",),
-    "events": ("<device>",),
-}
-#: what a device publishes (commands come from controllers and dashboards)
-DEVICE_KINDS = ("telemetry", "alarms", "state", "status", "events")
-
-
-def levels(topic: str, root: str) -> list[str]:
-    """The levels of ``topic`` below ``root`` (``[]`` for a topic outside it)."""
-    if not topic.startswith(root + "/"):
-        return []
-    return topic[len(root) + 1 :].split("/")
-
-
-# -- the broker's matching rules --------------------------------------------------------
-
-
-def topics_matched(
-    mqtt_client: Callable[..., RecordingClient],
-    topic_filter: str,
-    topics: list[str],
-    protocol: str,
-) -> set[str]:
-    """Subscribe ``topic_filter``, publish one message to each of ``topics``, return those received.
-
-    The publishes are acknowledged (QoS 1) before the subscriber's own round trip through
-    the broker (:meth:`RecordingClient.sync`), so everything the broker routed has arrived.
-    """
-    subscriber = mqtt_client(protocol=protocol)
-    subscriber.subscribe(topic_filter, qos=1)
-    publisher = mqtt_client(protocol=protocol)
-    for topic in topics:
-        publisher.publish(topic, topic.encode(), qos=1)
-    subscriber.sync()
-    # Only live deliveries (RETAIN=0) answer the question: a stored message the broker sends
-    # at subscribe time is the retained lesson's (03), and is judged there, once.
-    return {m.topic for m in subscriber.received() if not m.retain}
-
-
-def explain_match(
-    topic_filter: str, rule: str, expected: set[str], got: set[str], root: str
-) -> str:
-    """The rule, the filter, and what was expected, missing and extra (a few topics each)."""
-
-    def short(topics: set[str], limit: int = 6) -> str:
-        names = sorted(t.replace(root, "{root}") for t in topics)
-        more = f" … (+{len(names) - limit} more)" if len(names) > limit else ""
-        return (", ".join(names[:limit]) + more) or "nothing"
-
-    return (
-        f"{rule}\n  filter:   {topic_filter.replace(root, '{root}')}\n"
-        f"  expected: {short(expected)}"
-        + (f"\n  missing:  {short(expected - got)}" if expected - got else "")
-        + (f"\n  extra:    {short(got - expected)}" if got - expected else "")
-    )
-
-
-@dataclass(frozen=True)
-class MatchCase:
-    """A filter (``{root}`` = the test's topic root, ``{tail}`` = the root without its first
-    level), the topics it must match and those it must miss (relative to the root; ``""`` is
-    the root topic itself)."""
-
-    topic_filter: str
-    matches: tuple[str, ...]
-    misses: tuple[str, ...]
-    rule: str
+# The seed's tree, the filters' machinery and the devices' start live in
+# mqtt_factory_lab.experiment.topics; the cases and the experiments are the chapter.
 
 
 def _case(id_: str, case: MatchCase) -> object:
@@ -385,144 +323,29 @@ def test_dollar_topics_are_not_matched_by_a_leading_wildcard(
     )
 
 
-# A filter or topic name that paho refuses to send can only reach the broker as hand-made
-# bytes. These few lines build the three packets needed (MQTT 3.1.1 §3.1/§3.3/§3.8, MQTT 5
-# the same sections plus an empty property block) and read the broker's answer.
-CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, DISCONNECT = 1, 2, 3, 4, 8, 9, 14
-PACKET_NAMES = {CONNACK: "CONNACK", PUBACK: "PUBACK", SUBACK: "SUBACK", DISCONNECT: "DISCONNECT"}
-
-
-class RawConnection:
-    """A connection speaking MQTT byte by byte, to send what a correct library refuses to. It
-    logs in and uses TLS or WebSockets as the lab's other clients do (``--broker-url``)."""
-
-    def __init__(self, broker: Broker, client_id: str, protocol: str) -> None:
-        settings = broker.connection.for_protocol(protocol)
-        self.v5 = protocol == "5"
-        self.sock = open_stream(settings, timeout=3)  # TCP, TLS or a WebSocket (wire.py)
-        props = b"\x00" if self.v5 else b""
-        flags = 0x02 | (0x80 if settings.username else 0) | (0x40 if settings.password else 0)
-        header = _string("MQTT") + bytes([5 if self.v5 else 4, flags]) + struct.pack("!H", 30)
-        login = b"".join(_string(v) for v in (settings.username, settings.password) if v)
-        self.send(CONNECT << 4, header + props + _string(client_id) + login)
-        answer = self.read()
-        assert answer is not None and answer[0] == CONNACK, f"no CONNACK but {answer}"
-
-    def send(self, first_byte: int, body: bytes) -> None:
-        self.sock.sendall(bytes([first_byte]) + _varint(len(body)) + body)
-
-    def read(self) -> tuple[int, bytes] | None:
-        """The next packet as ``(type, body)``, or None once the broker closed the connection."""
-        try:
-            first = self.sock.recv(1)
-            if not first:
-                return None
-            length, shift = 0, 0
-            while True:
-                byte = self.sock.recv(1)[0]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            body = b""
-            while len(body) < length:
-                chunk = self.sock.recv(length - len(body))
-                if not chunk:
-                    return None
-                body += chunk
-            return first[0] >> 4, body
-        except (ConnectionResetError, TimeoutError):
-            return None
-
-    def answer(self) -> tuple[int, bytes] | None:
-        """The broker's answer to what we sent: the next packet that is not a PUBLISH (a broker
-        may send messages, such as retained ones, at any time), or None once it closed."""
-        while True:
-            packet = self.read()
-            if packet is None or packet[0] != PUBLISH:
-                return packet
-
-    def subscribe(self, topic_filter: str, qos: int = 1) -> tuple[int, bytes] | None:
-        props = b"\x00" if self.v5 else b""
-        self.send(
-            SUBSCRIBE << 4 | 0x02,
-            struct.pack("!H", 1) + props + _string(topic_filter) + bytes([qos]),
-        )
-        return self.answer()
-
-    def publish(self, topic: str, payload: bytes) -> tuple[int, bytes] | None:
-        props = b"\x00" if self.v5 else b""
-        self.send(PUBLISH << 4 | 0x02, _string(topic) + struct.pack("!H", 2) + props + payload)
-        return self.answer()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, byte = divmod(n, 128)
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def describe_answer(answer: tuple[int, bytes] | None, v5: bool) -> str:
-    if answer is None:
-        return "it closed the connection"
-    kind, body = answer
-    name = PACKET_NAMES.get(kind, f"packet type {kind}")
-    if kind == DISCONNECT and body:
-        return f"it sent DISCONNECT with reason code 0x{body[0]:02X}"
-    if kind == SUBACK:
-        return f"it sent SUBACK with code 0x{body[-1]:02X}"
-    if kind == PUBACK and v5 and len(body) > 2:
-        return f"it sent PUBACK with reason code 0x{body[2]:02X}"
-    return f"it sent {name}"
-
-
-def refused(answer: tuple[int, bytes] | None, expected_ack: int, v5: bool) -> bool:
-    """A refusal as the protocol version allows it.
-
-    MQTT 3.1.1 has no server DISCONNECT: the broker closes the connection (or, for SUBSCRIBE,
-    answers the failure code 0x80). MQTT 5 adds a DISCONNECT or an acknowledgement with a
-    reason code of 0x80 or more before closing.
-    """
-    if answer is None:
-        return True
-    kind, body = answer
-    if kind == DISCONNECT:
-        return v5 and bool(body) and body[0] >= 0x80
-    if kind == SUBACK == expected_ack:
-        return body[-1] >= 0x80
-    if kind == PUBACK == expected_ack:
-        return v5 and len(body) > 2 and body[2] >= 0x80
-    return False
+#: '#' alone or after '/', and last (3.1.1's MQTT-4.7.1-2, MQTT 5's 4.7.1-1); '+' a whole level
+#: (3.1.1's MQTT-4.7.1-3, MQTT 5's 4.7.1-2)
+HASH_RULE = pytest.mark.spec(mqtt311=["MQTT-4.7.1-2"], mqtt5=["MQTT-4.7.1-1"])
+PLUS_RULE = pytest.mark.spec(mqtt311=["MQTT-4.7.1-3"], mqtt5=["MQTT-4.7.1-2"])
 
 
 @pytest.mark.broker
 @pytest.mark.parametrize(
     "bad_filter",
     [
-        pytest.param("{root}/#/x", id="hash-not-last"),
-        pytest.param("{parent}/fac+", id="plus-inside-a-level"),
-        pytest.param("{root}/#x", id="hash-inside-a-level"),
+        pytest.param("{root}/#/x", id="hash-not-last", marks=HASH_RULE),
+        pytest.param("{parent}/fac+", id="plus-inside-a-level", marks=PLUS_RULE),
+        pytest.param("{root}/#x", id="hash-inside-a-level", marks=HASH_RULE),
     ],
 )
-@pytest.mark.spec(mqtt311=["MQTT-4.7.1-2", "MQTT-4.7.1-3"], mqtt5=["MQTT-4.7.1-1", "MQTT-4.7.1-2"])
 def test_invalid_filters_are_refused(broker, mqtt_client, topic_root, protocol, bad_filter):
     topic_filter = bad_filter.format(root=topic_root, parent=topic_root.rsplit("/", 1)[0])
     with pytest.raises(ValueError):
         # A good client library refuses to send it at all...
         mqtt_client(protocol=protocol).subscribe(topic_filter, qos=1)
 
-    # ... and a broker that receives it anyway must refuse it too.
+    # ... and a broker that receives it anyway must refuse it too (hand-made bytes:
+    # mqtt_factory_lab.core.packets builds the packets paho refuses to send).
     raw = RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol)
     try:
         answer = raw.subscribe(topic_filter)
@@ -576,15 +399,6 @@ def test_a_publish_to_a_topic_with_a_wildcard_is_refused(
 # seed's topic tree and the manifest's [filters].
 
 
-@dataclass(frozen=True)
-class Question:
-    """A question the factory's data answers, and how to recognise a topic that answers it."""
-
-    name: str
-    meaning: str
-    answers: Callable[[list[str]], bool]
-
-
 #: the questions of the [filters] table; ``answers`` gets the levels below the topic root
 QUESTIONS = (
     Question(
@@ -625,158 +439,10 @@ QUESTIONS = (
 def start_seed_devices(
     factory_launcher, observer: RecordingClient, protocol: str, kinds=SEED_DEVICES
 ) -> dict[str, DeviceHandle]:
-    """Start the solution's devices at once (device id = kind, anomalies on); wait until each
-    has published its ``online`` status, which ``observer`` (subscribed to the root) sees."""
+    """Start the solution's devices at once (device id = kind, anomalies on); return once each
+    has said ``online`` on its status topic (the launcher's own readiness check)."""
     launcher = factory_launcher(protocol=protocol)
-    handles: dict[str, DeviceHandle] = or_fail(
-        lambda: {
-            kind: launcher.start_device(kind, kind, anomaly=True, wait_online=False)
-            for kind in kinds
-        }
-    )
-    deadline = time.monotonic() + launcher.ready_timeout
-    for handle in handles.values():
-        topic = handle.topic("status")
-
-        def online(m: ReceivedMessage, topic: str = topic) -> bool:
-            return m.topic == topic and json_field(m, "status") == "online"
-
-        while not observer.received(online):
-            if not handle.process.is_running():
-                pytest.fail(
-                    handle.process.describe_failure(f"exited before publishing online on {topic}"),
-                    pytrace=False,
-                )
-            if time.monotonic() > deadline:
-                elsewhere = sorted(
-                    {m.topic for m in observer.received() if handle.device_id in m.topic}
-                )
-                pytest.fail(
-                    handle.process.describe_failure(
-                        f"never published a retained 'online' status on {topic}"
-                        + (f" (it published on: {', '.join(elsewhere[:5])})" if elsewhere else ""),
-                        "publish your status to <VF_TOPIC_ROOT>/status/<device_id> once connected",
-                    ),
-                    pytrace=False,
-                )
-            try:
-                observer.wait_for_message(online, timeout=0.1)
-            except AssertionError:
-                continue
-    return handles
-
-
-def wait_for_factory_traffic(
-    observer: RecordingClient, root: str, devices, timeout: float = 5.0, alarms_from=()
-) -> None:
-    """Wait until every device has sent telemetry and state, and one alarm was raised.
-
-    :param alarms_from: devices that must each have raised an alarm too (a question about
-        one device judges its filter on every kind of message that device publishes).
-
-    :raises AssertionError: naming what never came, once ``timeout`` has passed in all, or
-        at once when a device published off the seed's tree (the rest would never come).
-    """
-    deadline = time.monotonic() + timeout
-    wanted = [
-        (
-            f"{root}/{kind}/{device_id}/#",
-            f"A running device publishes its {kind} under {root}/{kind}/{device_id}: the "
-            f"device {device_id!r} (started with that id) published none there.",
-        )
-        for device_id in devices
-        for kind in ("telemetry", "state")
-    ]
-    wanted.append(
-        (
-            f"{root}/alarms/#",
-            f"Devices started with the anomaly option raise alarms within seconds, on "
-            f"{root}/alarms/<device>/<sensor>; none came.",
-        )
-    )
-    wanted += [
-        (
-            f"{root}/alarms/{device_id}/#",
-            f"A device started with the anomaly option raises alarms within seconds, on "
-            f"{root}/alarms/<device>/<sensor>: {device_id!r} raised none.",
-        )
-        for device_id in alarms_from
-    ]
-    for topic_filter, why in wanted:
-        while not observer.received(topic_filter):
-            off_tree = first_tree_problem(observer, root, tuple(devices))
-            if off_tree:
-                raise AssertionError(f"{why}\n  It published {off_tree}")
-            remaining = deadline - time.monotonic()
-            try:
-                observer.wait_for_message(topic_filter, timeout=max(0.01, min(0.2, remaining)))
-            except AssertionError:
-                if remaining <= 0.2:
-                    observer.wait_for_message(topic_filter, timeout=0.01, why=why)
-
-
-def first_tree_problem(observer: RecordingClient, root: str, device_ids) -> str:
-    """``<topic>: <level out of place>`` for the first message off the seed's tree, or ``""``."""
-    for message in observer.received():
-        if levels(message.topic, root)[:1] == ["commands"]:
-            continue  # the lab's own commands, as a dashboard
-        problem = tree_problem(message.topic, root, device_ids, message.payload)
-        if problem:
-            return f"{message.topic.replace(root, '{root}')}: {problem}"
-    return ""
-
-
-def stop_all(handles: dict[str, DeviceHandle]) -> None:
-    """SIGTERM every device first, then wait for each: they shut down together."""
-    for handle in handles.values():
-        if handle.process.is_running():
-            handle.process.signal(signal.SIGTERM)
-    for handle in handles.values():
-        handle.stop()
-
-
-def _device_id_in(payload: bytes) -> object:
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return None
-    return data.get("device_id") if isinstance(data, dict) else None
-
-
-def tree_problem(topic: str, root: str, device_ids, payload: bytes) -> str | None:
-    """Which level of ``topic`` is out of place in the seed's tree, or None when it fits."""
-    p = levels(topic, root)
-    if not p:
-        return f"it is not under the topic root {root} (VF_TOPIC_ROOT)"
-    kind = p[0]
-    if kind not in TREE:
-        near = next((k for k in TREE if k.lower() == kind.lower()), None)
-        if near:
-            return f"level 1 is {kind!r}, not {near!r}: topic levels are case sensitive"
-        if kind in device_ids:
-            return (
-                f"level 1 is the device id {kind!r}: the tree puts the kind of message first "
-                f"(telemetry, alarms, state, status), then the device"
-            )
-        return f"level 1 is {kind!r}; the tree has {', '.join(TREE)} there"
-    if kind == "commands":
-        return "a device publishes no commands; commands come from controllers and dashboards"
-    shape = TREE[kind]
-    if len(p) - 1 != len(shape):
-        return f"it has {len(p) - 1} level(s) after {kind!r}; the tree has {kind}/{'/'.join(shape)}"
-    if p[1] not in device_ids:
-        if len(p) > 2 and p[2] in device_ids:
-            return (
-                f"levels 2 and 3 are swapped: the device ({p[2]}) comes before the sensor "
-                f"({p[1]}) in {kind}/<device>/<sensor>"
-            )
-        return f"level 2 is {p[1]!r}, which is not the id of a running device ({', '.join(device_ids)})"
-    claimed = _device_id_in(payload)
-    if claimed is not None and claimed != p[1]:
-        return f"level 2 is {p[1]!r} but the payload says device_id {claimed!r}"
-    if any(level == "" for level in p):
-        return "it has an empty level"
-    return None
+    return or_fail(lambda: seed_devices_online(launcher, observer, kinds))
 
 
 @pytest.mark.solution
@@ -827,29 +493,6 @@ def test_devices_publish_on_the_seed_topic_tree(
         pytest.fail(shortfall, pytrace=False)
 
 
-def subscribe_filter(
-    mqtt_client, question: Question, topic_filter: str, root: str
-) -> RecordingClient:
-    client = mqtt_client()
-    try:
-        codes = client.subscribe(topic_filter, qos=1)
-    except ValueError:  # paho checks the filter before sending it
-        codes = None
-    if codes is None:
-        pytest.fail(
-            f"[filters] {question.name} = {topic_filter.replace(root, '{root}')!r} is not a "
-            f"valid topic filter: a wildcard fills a whole level (+ one level, # the last "
-            f"level and everything below it).",
-            pytrace=False,
-        )
-    if codes and codes[0].is_failure:
-        pytest.fail(
-            f"the broker refused [filters] {question.name} = {topic_filter!r}: {codes[0]}",
-            pytrace=False,
-        )
-    return client
-
-
 @pytest.mark.solution
 def test_each_filter_gets_exactly_the_topics_its_question_asks_for(
     solution, factory_launcher, mqtt_client, topic_root, protocol
@@ -878,10 +521,7 @@ def test_each_filter_gets_exactly_the_topics_its_question_asks_for(
         ("robot_arm", "cycle_time", 4.5),
         ("press", "temperature", 70.0),
     ):
-        command = validate(
-            "command",
-            {"command": "set", "setpoint": setpoint, "value": value, "reason": "lesson 01"},
-        )
+        command = set_command(setpoint, value)
         dashboard.publish(f"{topic_root}/commands/dashboard/{device_id}", command, qos=1)
     # The robot arm's question covers its events too, which its device writes only when it
     # rejects a command: the lab adds one entry to that diary, so that every kind of message
@@ -965,10 +605,7 @@ def test_a_stop_for_the_conveyor_does_not_stop_the_press(
     )
     # A command to the press itself, sent after the stop: once the press has answered it, it
     # has also handled anything it received before (one connection delivers in order).
-    set_press = validate(
-        "command",
-        {"command": "set", "setpoint": "temperature", "value": 70.0, "reason": "lesson 01"},
-    )
+    set_press = set_command("temperature", 70.0)
     dashboard.publish(f"{topic_root}/commands/dashboard/press", set_press, qos=1)
     answered = watcher.wait_for_message(
         lambda m: (
@@ -1001,10 +638,7 @@ def test_a_device_subscribes_only_to_its_own_commands(
     press = start_seed_devices(factory_launcher, watcher, protocol, kinds=("press",))["press"]
     # Once the press has obeyed a command, its command subscription is surely in place.
     dashboard = mqtt_client()
-    command = validate(
-        "command",
-        {"command": "set", "setpoint": "temperature", "value": 70.0, "reason": "lesson 01"},
-    )
+    command = set_command("temperature", 70.0)
     dashboard.publish(f"{topic_root}/commands/dashboard/press", command, qos=1)
     watcher.wait_for_message(
         lambda m: (
@@ -1062,10 +696,10 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
 
     # First the press hears its commands (sent again until it obeys one: a device may say
     # online a moment before its subscription is in place).
-    warm_up = {"command": "set", "setpoint": "temperature", "value": 69.0, "reason": "lesson 01"}
+    warm_up = set_command("temperature", 69.0)
     deadline = time.monotonic() + 5
     while not watcher.received(setpoint_is(69.0)) and time.monotonic() < deadline:
-        dashboard.publish(commands, validate("command", warm_up), qos=1)
+        dashboard.publish(commands, warm_up, qos=1)
         with contextlib.suppress(AssertionError):
             watcher.wait_for_message(setpoint_is(69.0), timeout=0.5)
     if not watcher.received(setpoint_is(69.0)):
@@ -1078,10 +712,7 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
     dashboard.publish(commands, bad_command, qos=1)
     # A good command after the bad one: one connection delivers in order, so once the press
     # has answered it, it has handled the bad one too, and survived it.
-    set_press = validate(
-        "command",
-        {"command": "set", "setpoint": "temperature", "value": 71.0, "reason": "lesson 01"},
-    )
+    set_press = set_command("temperature", 71.0)
     dashboard.publish(commands, set_press, qos=1)
     answered = setpoint_is(71.0)
 

@@ -71,9 +71,6 @@ Run it: ``pytest labs/02_qos.py -v`` (``-m broker`` or ``-m solution``).
 
 from __future__ import annotations
 
-import contextlib
-import re
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -83,9 +80,17 @@ from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.core.factory import DeviceHandle
-from mqtt_factory_lab.core.roles import RoleProcess
 from mqtt_factory_lab.experiment import json_field, unique
-from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.experiment.qos import (
+    PacketLog,
+    alarm,
+    by_qos,
+    granted_qos,
+    publish_alarm_until_command,
+    qos2_watcher,
+    telemetry,
+)
+from mqtt_factory_lab.fixtures.factory import or_fail, start_controller
 
 pytestmark = [pytest.mark.lesson(2)]
 
@@ -95,55 +100,7 @@ RULE = "press/temperature=conveyor"
 SESSION_EXPIRY = 60
 
 
-def telemetry(device_id: str, seq: int, value: float = 65.0) -> dict:
-    """A temperature reading as the factory's devices publish it (checked against its schema)."""
-    return validate(
-        "telemetry",
-        {
-            "ts": time.time(),
-            "device_id": device_id,
-            "sensor": "temperature",
-            "value": value,
-            "unit": "C",
-            "seq": seq,
-        },
-    )
-
-
-def alarm(device_id: str, sensor: str, state: str, value: float) -> dict:
-    """An alarm payload (raised above 90, cleared below), checked against its schema."""
-    return validate(
-        "alarm",
-        {
-            "ts": time.time(),
-            "device_id": device_id,
-            "sensor": sensor,
-            "state": state,
-            "value": value,
-            "low": None,
-            "high": 90.0,
-            "severity": "warning",
-            "message": f"{sensor} {value} {'above' if state == 'raised' else 'back below'} 90",
-        },
-    )
-
-
-def granted_qos(codes) -> int:
-    """The QoS a SUBACK granted (its reason code 0, 1 or 2); fails on a refusal."""
-    __tracebackhide__ = True
-    assert codes and not codes[0].is_failure, f"the broker refused the subscription: {codes}"
-    return codes[0].value
-
-
-class PacketLog:
-    """Paho's own account of the packets it sends and receives (``on_log``), per client."""
-
-    def __init__(self, client: RecordingClient) -> None:
-        self.lines: list[str] = []
-        client.paho.on_log = lambda _client, _userdata, _level, text: self.lines.append(text)
-
-    def find(self, pattern: str) -> list[re.Match[str]]:
-        return [m for line in list(self.lines) if (m := re.search(pattern, line))]
+# The payloads, watchers and paho's packet log live in mqtt_factory_lab.experiment.qos.
 
 
 @pytest.fixture
@@ -431,30 +388,6 @@ def test_whether_qos0_is_queued_for_an_offline_session_is_the_brokers_choice(
 # The watcher subscribes at QoS 2, so each message reaches it at the QoS its publisher chose.
 
 
-def qos2_watcher(mqtt_client, topic_filter: str) -> RecordingClient:
-    watcher = mqtt_client()
-    granted = granted_qos(watcher.subscribe(topic_filter, qos=2))
-    if granted < 2:
-        pytest.fail(
-            f"The broker granted the lab's watcher QoS {granted}, not 2: messages then arrive "
-            f"at QoS ≤ {granted} whatever their publisher chose, and the lesson cannot judge "
-            f"them. Allow QoS 2 subscriptions (Mosquitto: max_qos 2).",
-            pytrace=False,
-        )
-    return watcher
-
-
-def by_qos(messages: list[ReceivedMessage], root: str) -> str:
-    """``telemetry/press/temperature at QoS 1 (x12)`` lines, for failure messages."""
-    counts: dict[tuple[str, int], int] = {}
-    for m in messages:
-        key = (m.topic.replace(root, "{root}"), m.qos)
-        counts[key] = counts.get(key, 0) + 1
-    return "\n".join(
-        f"    {topic} at QoS {qos} (x{n})" for (topic, qos), n in sorted(counts.items())[:6]
-    )
-
-
 def start_press(factory_launcher, protocol: str, anomaly: bool = False) -> DeviceHandle:
     """Start the solution's press and wait for its ``online`` status; a missing role or a
     device that never comes online fails the test with one message."""
@@ -518,42 +451,6 @@ def test_device_sends_alarms_state_and_status_at_qos1(
         )
 
 
-def publish_alarm_until_command(
-    mqtt_client, watcher: RecordingClient, root: str, state: str, command: str
-) -> ReceivedMessage | None:
-    """Publish the press's temperature alarm (QoS 1) until the controller commands the conveyor;
-    None when no command came within 5 s.
-
-    Publishing again covers a controller that is connected but has not subscribed yet.
-    """
-    press = mqtt_client()
-
-    def answered(m: ReceivedMessage) -> bool:
-        return (
-            m.topic.startswith(f"{root}/commands/")
-            and m.topic.endswith("/conveyor")
-            and json_field(m, "command") == command
-        )
-
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        payload = alarm("press", "temperature", state, 97.0)
-        press.publish(f"{root}/alarms/press/temperature", payload, 1)
-        with contextlib.suppress(MQTTTimeout):
-            return watcher.wait_for_message(answered, timeout=0.5)
-    return None
-
-
-def start_controller(launcher, controller_id: str, session: str = "persistent") -> RoleProcess:
-    """Start the solution's controller with the lesson's rule; a missing role or a program that
-    never gets ready fails the test with one message."""
-    return or_fail(
-        lambda: launcher.start_role(
-            "controller", controller_id, options={"rules": RULE}, session=session
-        )
-    )
-
-
 def no_command(root: str, command: str) -> str:
     return (
         f"The controller (rule {RULE}) sent no {command} to the conveyor on "
@@ -565,7 +462,7 @@ def no_command(root: str, command: str) -> str:
 @pytest.mark.solution
 def test_controller_sends_commands_at_qos1(factory_launcher, mqtt_client, topic_root, protocol):
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
-    start_controller(factory_launcher(protocol=protocol), unique("controller"), session="clean")
+    start_controller(factory_launcher(protocol=protocol), unique("controller"), RULE, "clean")
     command = publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop")
     if command is None:
         pytest.fail(no_command(topic_root, "stop"), pytrace=False)
@@ -589,7 +486,7 @@ def test_controller_gets_the_alarms_raised_while_it_was_away(
     mark = broker.log_mark()
 
     watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
-    controller = start_controller(launcher, controller_id)
+    controller = start_controller(launcher, controller_id, RULE)
     # First, live: the controller is subscribed and acts on the press's alarm.
     if publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop") is None:
         pytest.fail(no_command(topic_root, "stop"), pytrace=False)
@@ -598,7 +495,7 @@ def test_controller_gets_the_alarms_raised_while_it_was_away(
     # While it is away, the alarm clears; the broker must keep that for it.
     alarm_topic = f"{topic_root}/alarms/press/temperature"
     mqtt_client().publish(alarm_topic, alarm("press", "temperature", "cleared", 80.0), qos=1)
-    restarted_controller = start_controller(launcher, controller_id)
+    restarted_controller = start_controller(launcher, controller_id, RULE)
 
     def restarted(m: ReceivedMessage) -> bool:
         return m.topic.endswith("/conveyor") and json_field(m, "command") == "start"

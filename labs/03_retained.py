@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 
 import pytest
 from paho.mqtt.client import topic_matches_sub as mqtt_topic_matches
@@ -79,7 +78,8 @@ from paho.mqtt.client import topic_matches_sub as mqtt_topic_matches
 from mqtt_factory_lab.brokers import CONFIG, RESTART
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage
-from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.experiment import unique
+from mqtt_factory_lab.fixtures.factory import start_controller
 
 pytestmark = pytest.mark.lesson(3)
 
@@ -497,14 +497,7 @@ def test_controller_does_not_retain_its_commands(
     watcher = mqtt_client()
     watcher.subscribe(commands, qos=1, retain_as_published=True)
     launcher = factory_launcher(protocol=protocol)
-    or_fail(
-        lambda: launcher.start_role(
-            "controller",
-            f"controller-{uuid.uuid4().hex[:6]}",
-            options={"rules": RULE},
-            session="clean",
-        )
-    )
+    start_controller(launcher, unique("controller"), RULE, "clean")
     # Publish the alarm until the controller answers: it may be connected before it subscribed.
     press = mqtt_client()
     alarm_topic = f"{topic_root}/alarms/press/temperature"

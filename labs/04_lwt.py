@@ -82,20 +82,28 @@ import re
 import signal
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import LOG
-from mqtt_factory_lab.contract import PayloadError, validate
-from mqtt_factory_lab.core.client import PROTOCOLS, ReceivedMessage, RecordingClient
+from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.client import PROTOCOLS
 from mqtt_factory_lab.core.factory import DeviceHandle
 from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_until
-from mqtt_factory_lab.experiment import wait_broker_saw_disconnect
+from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
+from mqtt_factory_lab.experiment.wills import (
+    SILENT_CLIENT,
+    assert_late_dashboard_sees_offline,
+    says_offline,
+    says_offline_on,
+    status,
+    watch_status,
+    will_delay,
+    will_of,
+)
 from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(4)]
@@ -120,39 +128,8 @@ def keepalive_budget(keepalive: int = KEEPALIVE) -> float:
     return 1.5 * keepalive + KEEPALIVE_SWEEP
 
 
-def status(device_id: str, value: str, reason: str) -> dict:
-    """A status payload as the factory's devices publish it (checked against its schema)."""
-    return validate(
-        "status", {"ts": time.time(), "device_id": device_id, "status": value, "reason": reason}
-    )
-
-
-def will_of(topic: str, device_id: str, qos: int = 1, retain: bool = True) -> tuple:
-    """The factory's Last Will for a device, as ``mqtt_client(will=...)`` takes it."""
-    return (topic, json.dumps(status(device_id, "offline", "last-will")), qos, retain)
-
-
-def says_offline(message: ReceivedMessage) -> bool:
-    """Whether a message is a status payload saying ``offline`` (anything else: no)."""
-    try:
-        return json.loads(message.payload).get("status") == "offline"
-    except (ValueError, AttributeError):
-        return False
-
-
-def says_offline_on(topic: str) -> Callable[[ReceivedMessage], bool]:
-    def offline_on_topic(message: ReceivedMessage) -> bool:
-        return message.topic == topic and says_offline(message)
-
-    offline_on_topic.__name__ = f"status 'offline' on {topic}"
-    return offline_on_topic
-
-
-def will_delay(client: RecordingClient, topic: str, payload: str, delay: int) -> None:
-    """Give a not yet connected MQTT 5 client a will with a will delay interval."""
-    properties = Properties(PacketTypes.WILLMESSAGE)
-    properties.WillDelayInterval = delay
-    client.paho.will_set(topic, payload, qos=1, retain=False, properties=properties)
+# The status payloads, the wills and what dashboards see live in
+# mqtt_factory_lab.experiment.wills; the timings above and the experiments are the chapter.
 
 
 # -- The broker's side -----------------------------------------------------------------
@@ -190,7 +167,7 @@ def test_broker_publishes_the_will_when_the_connection_drops_without_disconnect(
 
 
 @pytest.mark.broker
-@pytest.mark.spec(mqtt311=["MQTT-3.14.4-3"], mqtt5=["MQTT-3.1.2-10"])
+@pytest.mark.spec(mqtt311=["MQTT-3.14.4-3"], mqtt5=["MQTT-3.14.4-3", "MQTT-3.1.2-10"])
 def test_clean_disconnect_discards_the_will(broker, mqtt_client, topic_root, protocol):
     topic = f"{topic_root}/status/press-01"
     dashboard = mqtt_client(protocol=protocol)
@@ -242,33 +219,6 @@ def test_retained_will_reaches_dashboards_opened_after_the_crash(mqtt_client, to
     )
 
 
-#: A client program reduced to its connection: connect with a will and a keepalive, then
-#: answer the broker until it is paused. ``python -c`` keeps it in this lesson. It reads the
-#: broker's login, TLS and transport from the ``VF_*`` variables, as every factory program does.
-SILENT_CLIENT = """
-import os, sys
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-client_id, will_topic, will_payload, keepalive = sys.argv[1:5]
-env = os.environ
-version = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}[env["VF_MQTT_PROTOCOL"]]
-client = mqtt.Client(
-    CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
-    transport=env.get("VF_TRANSPORT", "tcp"),
-)
-if env.get("VF_USERNAME"):
-    client.username_pw_set(env["VF_USERNAME"], env.get("VF_PASSWORD"))
-if env.get("VF_TLS") or env.get("VF_TLS_CA"):
-    client.tls_set(env.get("VF_TLS_CA"), env.get("VF_TLS_CERT"), env.get("VF_TLS_KEY"))
-if env.get("VF_TRANSPORT") == "websockets":
-    client.ws_set_options(path=env.get("VF_WS_PATH", "/mqtt"))
-client.will_set(will_topic, will_payload, qos=1, retain=False)
-client.on_connect = lambda *args: print("connected", flush=True)
-client.connect(os.environ["VF_BROKER_HOST"], int(os.environ["VF_BROKER_PORT"]), int(keepalive))
-client.loop_forever()
-"""
-
-
 @pytest.fixture
 def paused_programs() -> Iterator[list[ChildProcess]]:
     """Programs a test pauses with SIGSTOP: resumed (SIGCONT) and stopped when it ends."""
@@ -294,7 +244,7 @@ def test_broker_publishes_the_will_of_a_client_that_stops_answering(
         program = ChildProcess(
             [
                 *(sys.executable, "-c", SILENT_CLIENT),
-                *(f"{device_id}-{uuid.uuid4().hex[:6]}", topics[protocol], will, str(KEEPALIVE)),
+                *(unique(device_id), topics[protocol], will, str(KEEPALIVE)),
             ],
             name=device_id,
             env=broker_env(broker, topic_root, protocol),
@@ -342,7 +292,7 @@ def test_will_delay_postpones_the_will_and_a_quick_return_cancels_it(mqtt_client
     dashboard.subscribe(f"{topic_root}/status/#", qos=1)
 
     # Two devices with a will delay and a session that outlives it.
-    flaky_id = f"conveyor-01-{uuid.uuid4().hex[:6]}"
+    flaky_id = unique("conveyor-01")
     flaky = mqtt_client(flaky_id, session_expiry=60, clean_start=False, connect=False)
     will_delay(
         flaky, flaky_topic, json.dumps(status("conveyor-01", "offline", "last-will")), WILL_DELAY
@@ -408,12 +358,12 @@ def test_disconnect_with_will_message_publishes_the_will(broker, mqtt_client, to
 
 
 @pytest.mark.broker
-@pytest.mark.spec(mqtt311=["MQTT-3.1.4-2"], mqtt5=["MQTT-3.1.4-3"])
+@pytest.mark.spec(mqtt311=["MQTT-3.1.4-2"], mqtt5=["MQTT-3.1.4-3", "MQTT-3.1.2-8"])
 def test_second_connection_with_the_same_client_id_takes_over_and_fires_the_will(
     mqtt_client, topic_root, protocol
 ):
     topic = f"{topic_root}/status/press-01"
-    client_id = f"press-01-{uuid.uuid4().hex[:6]}"
+    client_id = unique("press-01")
     dashboard = mqtt_client(protocol=protocol)
     dashboard.subscribe(topic, qos=1)
     first = mqtt_client(client_id, protocol=protocol, will=will_of(topic, "press-01"))
@@ -453,79 +403,9 @@ def test_second_connection_with_the_same_client_id_takes_over_and_fires_the_will
 def start_device(launcher, kind: str, device_id: str, **options) -> DeviceHandle:
     """Start a device with manifest options the ``device`` fixture does not pass (keepalive).
 
-    Waits, like ``device()``, for its retained ``online`` status.
+    Waits, like ``device()``, for its retained ``online`` status (the launcher's own check).
     """
-    client_id = f"{device_id}-{uuid.uuid4().hex[:6]}"
-    topic = f"{launcher.topic_root}/status/{device_id}"
-    watcher = RecordingClient(launcher.broker.host, launcher.broker.port)
-    watcher.connect()
-    try:
-        watcher.subscribe(topic, qos=1)
-        process = or_fail(
-            lambda: launcher.start_role(
-                "device",
-                device_id,
-                options=options,
-                wait_ready=False,
-                kind=kind,
-                device_id=device_id,
-                client_id=client_id,
-                seed=launcher.seed,
-                time_scale=launcher.time_scale,
-                rate=launcher.rate,
-            )
-        )
-
-        def online() -> bool:
-            for message in watcher.received(topic):
-                with contextlib.suppress(PayloadError):
-                    if validate("status", message.payload)["status"] == "online":
-                        return True
-            return False
-
-        try:
-            wait_until(online, timeout=10, stop_early=lambda: not process.is_running())
-        except ProcessTimeout:
-            pytest.fail(
-                process.describe_failure(
-                    f"never published a retained 'online' status on {topic}",
-                    'after connecting, publish {"status": "online", ...} retained at QoS 1',
-                ),
-                pytrace=False,
-            )
-    finally:
-        watcher.disconnect()
-    return DeviceHandle(kind, device_id, client_id, process, launcher.topic_root)
-
-
-def dashboard_view(mqtt_client, topic: str) -> list[ReceivedMessage]:
-    """What a dashboard opened now receives at once on ``topic``: the broker's stored copy."""
-    late = mqtt_client()
-    late.subscribe(topic, qos=1)
-    late.sync()
-    return late.received(topic)
-
-
-def assert_late_dashboard_sees_offline(mqtt_client, topic: str, what_happened: str) -> None:
-    __tracebackhide__ = True
-    stored = dashboard_view(mqtt_client, topic)
-    if not (stored and says_offline(stored[-1]) and stored[-1].retain):
-        shown = stored[-1].describe() if stored else "nothing"
-        pytest.fail(
-            f"{what_happened} A dashboard opened afterwards subscribed to {topic} and got "
-            f"{shown}. The device's Last Will must be retained, so that it replaces the "
-            f"retained 'online': will_set(<status topic>, <offline payload>, qos=1, retain=True) "
-            f"before connect().",
-            pytrace=False,
-        )
-    validate("status", stored[-1].payload)
-
-
-def watch_status(mqtt_client, topic: str) -> RecordingClient:
-    """A live subscriber that sees retain flags as published (MQTT 5 retain-as-published)."""
-    watcher = mqtt_client()
-    watcher.subscribe(topic, qos=2, retain_as_published=True)
-    return watcher
+    return or_fail(lambda: launcher.start_device(kind, device_id, options=options))
 
 
 @pytest.mark.solution

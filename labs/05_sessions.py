@@ -82,50 +82,41 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
-from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections, subscriptions
+from mqtt_factory_lab.brokers.mosquitto_log import connections, subscriptions
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.core.roles import RoleProcess
 from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
-from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.experiment.sessions import (
+    EXPIRY,
+    PROMPT,
+    alarm,
+    command_names,
+    controller_connection,
+    session,
+    which_cause,
+)
+from mqtt_factory_lab.fixtures.factory import or_fail, start_controller
 
 pytestmark = [pytest.mark.lesson(5)]
 
-SESSIONS = [pytest.param(False, id="clean"), pytest.param(True, id="persistent")]
-#: how long an MQTT 5 session outlives its connection in these experiments, unless a test
-#: is about expiry itself
-EXPIRY = 60
-PROMPT = 3.0
+SESSIONS = [
+    # a clean session is discarded (CleanSession=1 / Clean Start=1)
+    pytest.param(
+        False, id="clean", marks=pytest.mark.spec(mqtt311=["MQTT-3.1.2-6"], mqtt5=["MQTT-3.1.2-4"])
+    ),
+    # a persistent one is kept with its QoS 1 queue and resumed
+    pytest.param(
+        True,
+        id="persistent",
+        marks=pytest.mark.spec(
+            mqtt311=["MQTT-3.1.2-4", "MQTT-3.1.2-5"], mqtt5=["MQTT-3.1.2-5", "MQTT-3.1.2-23"]
+        ),
+    ),
+]
 
 
-def alarm(state: str, value: float, device_id: str = "press-01") -> dict:
-    """An alarm on a press's temperature, as the press publishes it (checked against its schema)."""
-    return validate(
-        "alarm",
-        {
-            "ts": time.time(),
-            "device_id": device_id,
-            "sensor": "temperature",
-            "state": state,
-            "value": value,
-            "low": None,
-            "high": 220.0,
-            "severity": "critical" if state == "raised" else "warning",
-            "message": f"temperature {value} C {'above' if state == 'raised' else 'back under'} "
-            "220.0 C",
-        },
-    )
-
-
-def session(protocol: str, persistent: bool, expiry: int = EXPIRY) -> dict:
-    """``mqtt_client`` settings for a clean or a persistent session in each MQTT version."""
-    if not persistent:
-        return {"protocol": protocol, "clean_start": True}
-    return {
-        "protocol": protocol,
-        "clean_start": False,
-        "session_expiry": expiry if protocol == "5" else None,
-    }
+# The session settings, the press's alarm and the controller's logged session live in
+# mqtt_factory_lab.experiment.sessions.
 
 
 # -- The broker's side -----------------------------------------------------------------
@@ -134,7 +125,6 @@ def session(protocol: str, persistent: bool, expiry: int = EXPIRY) -> dict:
 @pytest.mark.broker
 @pytest.mark.parametrize("persistent", SESSIONS)
 @pytest.mark.needs("qos1")
-@pytest.mark.spec("MQTT-3.1.2-4", "MQTT-3.1.2-5", mqtt311=["MQTT-3.1.2-6"])
 def test_only_a_persistent_session_keeps_subscriptions_and_queued_alarms(
     broker, mqtt_client, topic_root, protocol, persistent
 ):
@@ -357,67 +347,6 @@ def test_persistent_session_survives_a_broker_restart_only_with_persistence(
 RULE = "press-01/temperature=conveyor-01"
 
 
-def start_controller(launcher, client_id: str, session_kind: str) -> RoleProcess:
-    return or_fail(
-        lambda: launcher.start_role(
-            "controller", client_id, options={"rules": RULE}, session=session_kind
-        )
-    )
-
-
-def controller_connection(broker, mark: int, ours: set[str]) -> Connection | None:
-    """The controller's connection as the broker logged it since ``mark`` (None without a log).
-
-    Every connection logged since ``mark`` that is not one of the lab's own clients is the
-    controller's; the last one counts. Waits a moment for a log that is read with a delay
-    (the docker backend).
-    """
-    if LOG not in broker.capabilities:
-        return None
-
-    def last_connection() -> Connection | None:
-        theirs = [c for c in connections(broker.log_lines()[mark:]) if c.client_id not in ours]
-        return theirs[-1] if theirs else None
-
-    with contextlib.suppress(ProcessTimeout):
-        return wait_until(last_connection, timeout=PROMPT)
-    return None
-
-
-def which_cause(broker, mark: int, client_id: str, protocol: str, first: Connection | None) -> str:
-    """Which of the three ways to lose a session the broker's log shows, with the fix.
-
-    A session keeps queued alarms only with the same client id (checked before), clean start
-    off (checked before), a QoS 1 subscription, and (MQTT 5) a session expiry > 0. The log
-    has the subscription's QoS and the clean flag; the expiry is what remains.
-    """
-    keep = (
-        "Keep the session: the same client id, clean start off (MQTT 5: a session expiry > 0) "
-        "and a QoS 1 subscription to the alarms."
-    )
-    if LOG not in broker.capabilities or first is None:
-        return keep
-    logged = subscriptions(broker.log_lines()[mark:], first.client_id)
-    if logged and all(qos == 0 for _filter, qos in logged):
-        shown = ", ".join(dict.fromkeys(f"{f} at QoS {q}" for f, q in logged))
-        return (
-            f"The broker logged the controller's subscription: {shown}. Nothing is queued for a "
-            "QoS 0 subscription, persistent session or not: subscribe to the alarms at QoS 1."
-        )
-    if protocol == "5" and not first.clean:
-        return (
-            "The broker logged clean start = 0 and a QoS 1 subscription, so the session ended "
-            "at the disconnect: an MQTT 5 session with no Session Expiry Interval (0, the "
-            "default) does not outlive its connection. Send SessionExpiryInterval > 0 in the "
-            "CONNECT properties (for instance 3600)."
-        )
-    return keep
-
-
-def command_names(messages) -> list[str]:
-    return [validate("command", m.payload)["command"] for m in messages]
-
-
 @pytest.mark.solution
 def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
     factory_launcher, broker, mqtt_client, topic_root, protocol
@@ -431,7 +360,7 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
     client_id = unique("controller")
 
     mark = mark_first = broker.log_mark()
-    controller = start_controller(launcher, client_id, "persistent")
+    controller = start_controller(launcher, client_id, RULE, "persistent")
     before = controller_connection(broker, mark, ours)
     controller.stop()
 
@@ -441,7 +370,7 @@ def test_persistent_controller_acts_on_alarms_raised_while_it_was_stopped(
         press.publish(alarm_topic, payload, qos=1)
 
     mark = broker.log_mark()
-    start_controller(launcher, client_id, "persistent")
+    start_controller(launcher, client_id, RULE, "persistent")
     after = controller_connection(broker, mark, ours)
 
     if before and after:  # what the broker logged: the ids and clean flags it was sent
@@ -492,9 +421,9 @@ def test_clean_session_controller_does_not_get_alarms_raised_while_it_was_stoppe
     alarm_topic = f"{topic_root}/alarms/press-01/temperature"
     client_id = unique("controller")
 
-    start_controller(launcher, client_id, "clean").stop()
+    start_controller(launcher, client_id, RULE, "clean").stop()
     press.publish(alarm_topic, alarm("raised", 231.0), qos=1)  # nobody listens
-    start_controller(launcher, client_id, "clean")
+    start_controller(launcher, client_id, RULE, "clean")
     press.publish(alarm_topic, alarm("cleared", 205.0), qos=1)  # live, after the restart
 
     commands.wait_for_message(

@@ -89,25 +89,26 @@ ACL with ``--acl-file PATH --acl-matrix PATH`` (see ``docs/acl.md``).
 from __future__ import annotations
 
 import contextlib
-import secrets
-import shutil
-import subprocess
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.acl import Cell, MatrixClient
-from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
-from mqtt_factory_lab.core.paths import DOCKER_DIR
+from mqtt_factory_lab.core.client import MQTTTimeout
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.experiment.acl import (
+    Parties,
+    denials,
+    expect,
+    how_to_allow,
+    probe,
+    publish_for_ack,
+    round_trip,
+    shown,
+)
 from mqtt_factory_lab.fixtures.acl import parametrize_cells
-from mqtt_factory_lab.fixtures.brokers import BrokerPool, broker_or_fail, remember_broker
 
 pytestmark = [pytest.mark.lesson(6)]
 
@@ -161,86 +162,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize_cells(metafunc, MATRIX)
 
 
-# -- helpers --------------------------------------------------------------------------
-
-
-class Parties:
-    """The clients of one experiment, one connection per client id (a second one would
-    take the first one's session over)."""
-
-    def __init__(self, mqtt_client: Callable[..., RecordingClient], broker: Broker) -> None:
-        self._make, self._broker = mqtt_client, broker
-        self._by_id: dict[str, RecordingClient] = {}
-
-    def __call__(self, who: MatrixClient, protocol: str = "5") -> RecordingClient:
-        if who.client_id not in self._by_id:
-            self._by_id[who.client_id] = self._make(
-                who.client_id,
-                protocol=protocol,
-                broker=self._broker,
-                username=who.username,
-            )
-        return self._by_id[who.client_id]
-
-
-def publish_for_ack(client: RecordingClient, topic: str, payload: bytes, qos: int) -> ReasonCode:
-    """Publish and return the broker's answer: the PUBACK reason code (QoS 1), or success (QoS 0).
-
-    MQTT 3.1.1 PUBACKs carry no code, so paho reports success for them.
-    """
-    info = client.publish(topic, payload, qos=qos)
-    return client.puback_reason(info) or ReasonCode(PacketTypes.PUBACK, "Success")
-
-
-def round_trip(client: RecordingClient) -> None:
-    """``client.sync()``, failing with the ACL rule it needs when the round trip cannot happen."""
-    __tracebackhide__ = True
-    try:
-        client.sync(timeout=3)
-    except (MQTTTimeout, ConnectionError) as error:
-        message = (
-            f"{client.client_id}'s round trip through lab/sync/{client.client_id}/# did not come "
-            "back, so the lab cannot prove what was (not) delivered. Keep the rule "
-            f"`pattern readwrite lab/sync/%c/#` in your ACL.\n  ({error})"
-        )
-    else:
-        return
-    pytest.fail(message, pytrace=False)
-
-
-def expect(condition: object, message: str) -> None:
-    """Fail with the lesson's message alone, without a source listing, unless ``condition``."""
-    __tracebackhide__ = True
-    if not condition:
-        pytest.fail(message, pytrace=False)
-
-
-def shown(path: Path) -> str:
-    """A file's path as a student typed it: relative to the working folder when inside it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def probe(client: MatrixClient, what: str) -> bytes:
-    return f"acl probe {uuid.uuid4().hex[:12]}: {what} by {client.client_id}".encode()
-
-
-def denials(broker: Broker, mark: int, client_id: str, topic: str) -> list[str]:
-    """The broker's ``Denied PUBLISH`` lines for this client and topic since ``mark``."""
-    needle = f"Denied PUBLISH from {client_id} "
-    return [
-        line.strip()
-        for line in broker.log_lines()[mark:]
-        if needle in line and f"'{topic}'" in line
-    ]
-
-
-def how_to_allow(who: MatrixClient, access: str, topic: str) -> str:
-    if who.username:
-        return f"a `topic {access} {topic}` line under `user {who.username}`"
-    return f"a `pattern {access} ...%c...` line that matches {topic} for client id {who.client_id}"
+# The parties and the verdicts' wording live in mqtt_factory_lab.experiment.acl; the brokers
+# (acl_broker, lab_acl, hardened) are fixtures of mqtt_factory_lab.fixtures.acl.
 
 
 # -- the permission matrix, cell by cell, against the solution's ACL ------------------
@@ -440,21 +363,6 @@ def test_solution_devices_need_nothing_their_acl_denies(
 # -- how the broker says no (the lab's docker/acl) -------------------------------------
 
 
-@pytest.fixture(scope="module")
-def _lab_acl_of_module(broker_pool: BrokerPool) -> Iterator[Broker]:
-    broker = broker_or_fail(lambda: broker_pool.start("acl"))
-    yield broker
-    broker_pool.release(broker)
-
-
-@pytest.fixture
-def lab_acl(_lab_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broker:
-    """A broker that loads the lab's own ``docker/acl``, shared by this module's experiments
-    (each one tells its messages apart by a unique payload)."""
-    remember_broker(request, _lab_acl_of_module)
-    return _lab_acl_of_module
-
-
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.parametrize("qos", [0, 1], ids=lambda q: f"qos{q}")
@@ -585,46 +493,6 @@ def test_without_passwords_anyone_may_claim_the_dashboard_user(lab_acl, mqtt_cli
         why="The acl variant has no password file: a user name is as easy to claim as a client "
         "id, so the spy calling itself 'dashboard' reads the plant (this shows the weakness).",
     )
-
-
-@pytest.fixture(scope="module")
-def _hardened_of_module(
-    broker_pool: BrokerPool, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Broker, dict[str, str]]]:
-    """A broker of the ``acl+hardened`` variant and the passwords of its users.
-
-    The password file is made now with ``mosquitto_passwd -b`` (random passwords,
-    nothing kept in the repository) and the ACL is ``docker/acl-hardened``.
-    """
-    tool = shutil.which("mosquitto_passwd") or (
-        "/usr/bin/mosquitto_passwd" if Path("/usr/bin/mosquitto_passwd").exists() else None
-    )
-    if tool is None:
-        pytest.fail(
-            "the hardened experiments make a password file with `mosquitto_passwd`, which is not "
-            "installed: Debian/Ubuntu `apt-get install mosquitto`, macOS `brew install mosquitto`",
-            pytrace=False,
-        )
-    passwords = {user: secrets.token_urlsafe(12) for user in ("press-01", "dashboard", "observer")}
-    password_file = tmp_path_factory.mktemp("hardened") / "passwd"
-    password_file.touch()
-    for user, password in passwords.items():
-        subprocess.run([tool, "-b", str(password_file), user, password], check=True)
-    broker = broker_or_fail(
-        lambda: broker_pool.start(
-            "acl+hardened", acl_file=DOCKER_DIR / "acl-hardened", password_file=password_file
-        )
-    )
-    yield broker, passwords
-    broker_pool.release(broker)
-
-
-@pytest.fixture
-def hardened(
-    _hardened_of_module: tuple[Broker, dict[str, str]], request: pytest.FixtureRequest
-) -> tuple[Broker, dict[str, str]]:
-    remember_broker(request, _hardened_of_module[0])
-    return _hardened_of_module
 
 
 @pytest.mark.broker

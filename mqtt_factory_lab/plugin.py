@@ -42,6 +42,7 @@ from mqtt_factory_lab.core.connection import ConnectionSettings, mask_url
 from mqtt_factory_lab.core.mistakes import Mistake, describe, group, mistake_key, same_as
 from mqtt_factory_lab.core.roles import RoleError
 from mqtt_factory_lab.core.solution import ManifestError, load
+from mqtt_factory_lab.core.tls_probe import files_problem
 from mqtt_factory_lab.fixtures.acl import read_matrix_option
 from mqtt_factory_lab.fixtures.brokers import (
     BROKERS_USED,
@@ -58,6 +59,8 @@ pytest_plugins = [
     "mqtt_factory_lab.fixtures.factory",
     "mqtt_factory_lab.fixtures.bridge",
     "mqtt_factory_lab.fixtures.acl",
+    "mqtt_factory_lab.fixtures.chocolate",
+    "mqtt_factory_lab.fixtures.tls",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"
@@ -215,6 +218,13 @@ def _read_connection(config: pytest.Config) -> None:
         )
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
+    problem = files_problem(  # a CA, certificate or key that cannot be used: one sentence
+        config.getoption("--broker-ca"),
+        config.getoption("--broker-cert"),
+        config.getoption("--broker-key"),
+    )
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 @pytest.hookimpl(tryfirst=True)

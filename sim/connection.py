@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -211,6 +212,92 @@ def make_client(
     return client
 
 
+def tls_files_problem(settings: BrokerSettings) -> str | None:
+    """One sentence when the TLS files cannot be used (which file, which check, what to do).
+
+    Checked when the settings are read, so that a wrong path or a key of another certificate
+    ends the program with that sentence, before any connection and without a stack trace.
+    """
+    if not (settings.tls or settings.tls_ca):
+        return None
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        return "VF_TLS_CERT (--tls-cert) and VF_TLS_KEY (--tls-key) go together: give both"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if settings.tls_ca:
+            context.load_verify_locations(cafile=settings.tls_ca)
+    except (ssl.SSLError, OSError) as error:
+        return (
+            f"VF_TLS_CA (--tls-ca) {settings.tls_ca} cannot be used as the CA certificate "
+            f"({_ssl_reason(error)}): give the PEM file of the CA that signed the broker's "
+            "certificate"
+        )
+    try:
+        if settings.tls_cert and settings.tls_key:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, OSError) as error:
+        if "KEY_VALUES_MISMATCH" in f"{getattr(error, 'reason', '')} {error}".upper():
+            return (
+                f"VF_TLS_KEY (--tls-key) {settings.tls_key} is not the private key of "
+                f"VF_TLS_CERT {settings.tls_cert} (the key does not match the certificate): "
+                "give this machine's own certificate and key"
+            )
+        return (
+            f"VF_TLS_CERT {settings.tls_cert} and VF_TLS_KEY {settings.tls_key} cannot be "
+            f"used as this machine's certificate and key ({_ssl_reason(error)}): give a PEM "
+            "certificate and its unencrypted PEM key"
+        )
+    return None
+
+
+def _ssl_reason(error: BaseException) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, PermissionError):
+        return "not readable by this user"
+    reason = getattr(error, "reason", None)
+    return str(reason or getattr(error, "strerror", None) or error).replace("_", " ").lower()
+
+
+#: OpenSSL verification results (``verify_code``) → what failed, in words
+_VERIFY = {
+    10: "its certificate has expired",
+    9: "its certificate is not valid yet",
+    62: "its certificate is for another host name",
+    64: "its certificate is for another IP address",
+}
+
+
+def tls_failure(error: ssl.SSLError, settings: BrokerSettings) -> str:
+    """One sentence for a failed TLS handshake: which certificate, which check, what to do."""
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        trusted = f"the CA in {settings.tls_ca}" if settings.tls_ca else "the system's CAs"
+        what = _VERIFY.get(
+            getattr(error, "verify_code", -1), f"its certificate is not signed by {trusted}"
+        )
+        return (
+            f"refusing the broker at {where}: {what} (TLS certificate verification failed), so "
+            "it may not be the factory's broker (a man in the middle); nothing was sent. Check "
+            "VF_TLS_CA (--tls-ca) and VF_BROKER_HOST; never switch verification off."
+        )
+    text = f"{getattr(error, 'reason', '')} {error}".upper()
+    if "UNKNOWN_CA" in text or "BAD_CERTIFICATE" in text:
+        return (
+            f"the broker at {where} refused our client certificate {settings.tls_cert} (mutual "
+            "TLS: not signed by the CA it trusts); use the certificate the factory's CA issued "
+            "for this machine (VF_TLS_CERT, VF_TLS_KEY)"
+        )
+    if "CERTIFICATE_REQUIRED" in text or "HANDSHAKE_FAILURE" in text:
+        return (
+            f"the broker at {where} requires a client certificate (mutual TLS) and we sent "
+            "none; set VF_TLS_CERT and VF_TLS_KEY (--tls-cert, --tls-key)"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER" in text:
+        return f"the listener at {where} does not speak TLS; unset VF_TLS / VF_TLS_CA or use its TLS port"
+    return f"the TLS handshake with the broker at {where} failed: {error.reason or error}"
+
+
 def connect(client: mqtt.Client, settings: BrokerSettings, timeout: float = 10.0) -> None:
     """Connect and start the network loop; return once the CONNACK accepted us.
 
@@ -227,7 +314,16 @@ def connect(client: mqtt.Client, settings: BrokerSettings, timeout: float = 10.0
         if previous is not None:
             previous(c, userdata, flags, reason_code, properties)
 
+    previous_disconnect = client.on_disconnect
+
+    def on_disconnect(c, userdata, flags, reason_code, properties):
+        outcome.setdefault("closed", reason_code)
+        accepted.set()
+        if previous_disconnect is not None:
+            previous_disconnect(c, userdata, flags, reason_code, properties)
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     kwargs: dict[str, object] = {}
     if client.protocol == mqtt.MQTTv5:
         kwargs["clean_start"] = client._lab_clean_start  # type: ignore[attr-defined]
@@ -238,14 +334,36 @@ def connect(client: mqtt.Client, settings: BrokerSettings, timeout: float = 10.0
             kwargs["properties"] = props
     try:
         client.connect(settings.host, settings.port, keepalive=settings.keepalive, **kwargs)
+    except ssl.SSLError as error:
+        raise ConnectionError(tls_failure(error, settings)) from error
     except OSError as error:
         raise ConnectionError(
             f"cannot reach the MQTT broker at {settings.host}:{settings.port} ({error}); "
             "is it running? Set VF_BROKER_HOST / VF_BROKER_PORT (or --host / --port) to where it is."
         ) from error
     client.loop_start()
-    if not accepted.wait(timeout):
+    answered = accepted.wait(timeout)
+    client.on_disconnect = previous_disconnect
+    if not answered or "reason" not in outcome:
         client.loop_stop()
+        if (settings.tls or settings.tls_ca) and settings.tls_cert is None:
+            raise ConnectionError(
+                f"the broker at {settings.host}:{settings.port} closed the TLS connection "
+                "without answering CONNECT: it probably requires a client certificate (mutual "
+                "TLS); set VF_TLS_CERT and VF_TLS_KEY (--tls-cert, --tls-key)"
+            )
+        if answered and settings.tls_cert:
+            raise ConnectionError(
+                f"the broker at {settings.host}:{settings.port} closed the TLS connection "
+                f"without answering CONNECT: it probably refused our client certificate "
+                f"{settings.tls_cert} (mutual TLS: not issued by the CA it trusts); use the "
+                "certificate the factory's CA issued for this machine (VF_TLS_CERT, VF_TLS_KEY)"
+            )
+        if answered:
+            raise ConnectionError(
+                f"the broker at {settings.host}:{settings.port} closed the connection before "
+                f"answering CONNECT ({outcome['closed']})"
+            )
         raise ConnectionError(
             f"the broker at {settings.host}:{settings.port} did not answer CONNECT within {timeout}s"
         )

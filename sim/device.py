@@ -67,7 +67,13 @@ import paho.mqtt.client as mqtt
 
 from sim.alarms import RAISED, AlarmChange, AlarmPanel
 from sim.commands import Command, CommandRejected, parse_command
-from sim.connection import BrokerSettings, add_arguments, connect, make_client
+from sim.connection import (
+    BrokerSettings,
+    add_arguments,
+    connect,
+    make_client,
+    tls_files_problem,
+)
 from sim.machines import DEVICE_KINDS, AnomalySchedule, Machine, TransitionRefused
 from sim.mqtt5 import SETPOINTS, publish_properties, reply, request_of
 from sim.runtime import JsonFormatter, StopSignals, add_log_level, print_ready, setup_logging
@@ -308,6 +314,9 @@ class DeviceRunner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.settings = BrokerSettings.from_args(args)
+        problem = tls_files_problem(self.settings)  # a CA, certificate or key it cannot use
+        if problem:
+            raise ValueError(problem)
         self.device_id: str = args.device_id or args.device
         self.client_id: str = args.client_id or self.device_id
         self.topics = Topics(self.settings.topic_root)
@@ -609,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level, device_id)
     try:
         runner = DeviceRunner(args)
-    except ValueError as error:  # bad VF_* variable
+    except ValueError as error:  # bad VF_* variable, or a TLS file it cannot use
         log.error("%s", error)
         return 2
     return runner.run()

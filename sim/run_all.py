@@ -3,6 +3,7 @@
 ::
 
     $ python -m sim.run_all --anomaly --controller-session persistent
+    $ python -m sim.run_all --mtls certs/ --port 8883   # mutual TLS, one certificate each
     run_all: started observer as pid 4242
     ...
     ready run_all
@@ -376,6 +377,23 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     return programs
 
 
+def machine_tls_env(folder: Path, name: str) -> dict[str, str]:
+    """The ``VF_TLS_*`` variables of program ``name`` under ``--mtls FOLDER``: the folder's CA,
+    and the certificate whose CN is the program's identity (a device's kind, or its role)."""
+    return {
+        "VF_TLS": "1",
+        "VF_TLS_CA": str(folder / "ca.crt"),
+        "VF_TLS_CERT": str(folder / f"{name}.crt"),
+        "VF_TLS_KEY": str(folder / f"{name}.key"),
+    }
+
+
+def missing_certificates(folder: Path, names: Sequence[str]) -> list[str]:
+    """The files ``--mtls FOLDER`` lacks for these programs (the CA first)."""
+    wanted = ["ca.crt", *(f"{n}.{ext}" for n in names for ext in ("crt", "key"))]
+    return [name for name in wanted if not (folder / name).is_file()]
+
+
 class Programs:
     """The running programs, started in order and stopped in reverse groups."""
 
@@ -402,7 +420,12 @@ class Programs:
             for name, module, argv in group:
                 if abort():
                     raise ComponentError("start interrupted")
-                component = Component(name, module, argv, env=self.env, echo=self.echo).start()
+                env = (
+                    {**self.env, **machine_tls_env(self.args.mtls, name)}
+                    if self.args.mtls
+                    else self.env
+                )
+                component = Component(name, module, argv, env=env, echo=self.echo).start()
                 self.components.append(component)
                 started.append(component)
                 log.info("started %s as pid %d", name, component.pid)
@@ -570,6 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds a program has to exit after SIGTERM before it is killed (default 5)",
     )
+    parser.add_argument(
+        "--mtls",
+        type=Path,
+        metavar="DIR",
+        help="run the factory under mutual TLS: every program verifies the broker with "
+        "DIR/ca.crt and presents its own certificate DIR/<name>.crt and .key (<name>: the "
+        "device kind, controller, observer, dashboard; their CN is that name). Make them with "
+        "`python -m mqtt_factory_lab.certificates DIR` or openssl (docs/tls.md); the broker "
+        "must be an mtls one (docker/variants/mtls.conf with docker/acl-machines)",
+    )
     add_arguments(parser)
     return parser
 
@@ -582,6 +615,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"unknown device kind(s) {', '.join(unknown)}; choose from {', '.join(DEVICE_KINDS)}"
         )
+    if args.mtls is not None:
+        missing = missing_certificates(args.mtls, [name for name, _, _ in plan(args)])
+        if missing:
+            owners = list(dict.fromkeys(m.rsplit(".", 1)[0] for m in missing if m != "ca.crt"))
+            lacks = (["the CA certificate ca.crt"] if "ca.crt" in missing else []) + (
+                [f"a certificate and key (<name>.crt, .key) for {', '.join(owners)}"]
+                if owners
+                else []
+            )
+            parser.error(
+                f"--mtls {args.mtls} lacks {' and '.join(lacks)}; make the folder with "
+                f"`python -m mqtt_factory_lab.certificates {args.mtls}` (or openssl, docs/tls.md)"
+            )
     setup_logging("run_all: %(message)s")
     settings = broker_settings(parser, args)
     # SIGHUP too: the children run in sessions of their own, so a closed

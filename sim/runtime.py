@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import Any, TextIO
 
-from sim.connection import BrokerSettings
+from sim.connection import BrokerSettings, tls_files_problem
 
 #: the line a program prints on stdout once it is ready; group 1 is its id
 READY = re.compile(r"^ready (\S+)\s*$")
@@ -253,6 +253,10 @@ def broker_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     the usage line, the reason, exit status 2.
     """
     try:
-        return BrokerSettings.from_args(args)
+        settings = BrokerSettings.from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    problem = tls_files_problem(settings)  # a CA, certificate or key that cannot be used
+    if problem:
+        parser.error(problem)
+    return settings

@@ -37,6 +37,13 @@ def main() -> int:
 
     # TODO (lesson 05): a persistent session keeps the alarms raised while we were away.
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=protocol)
+    # Lesson 08: under TLS the lab sets VF_TLS_CA (the factory's CA) and gives this machine its
+    # own certificate and key in VF_TLS_CERT / VF_TLS_KEY (its CN is the machine's identity).
+    ca = os.environ.get("VF_TLS_CA")
+    if ca:
+        # TODO (lesson 08): present this machine's certificate too (certfile=, keyfile=), or a
+        # mutual-TLS broker refuses us in the handshake. Never switch verification off.
+        client.tls_set(ca_certs=ca)
     try:
         client.connect(host, port, keepalive=30)
     except OSError as error:

@@ -91,6 +91,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the lab stops us with SIGTERM
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=protocol)
+    # Lesson 08: under TLS the lab sets VF_TLS_CA (the factory's CA) and gives this machine its
+    # own certificate and key in VF_TLS_CERT / VF_TLS_KEY (its CN is the machine's identity).
+    ca = os.environ.get("VF_TLS_CA")
+    if ca:
+        # TODO (lesson 08): present this machine's certificate too (certfile=, keyfile=), or a
+        # mutual-TLS broker refuses us in the handshake. Never switch verification off.
+        client.tls_set(ca_certs=ca)
     # Every message on a topic we subscribe to arrives here (paho's network thread).
     # TODO: a message that is not a request is a command to obey.
     client.on_message = lambda c, userdata, msg: answer_request(c, msg, args.device_id)

@@ -778,7 +778,13 @@ def test_every_broker_experiment_says_what_kind_of_rule_it_checks(tmp_path):
         ("3.1.1", "MQTT-4.7.1-2", "'#'"),
         ("3.1.1", "MQTT-4.7.1-3", "'+'"),
         ("5", "MQTT-3.3.1-1", "DUP=1"),
+        ("3.1.1", "MQTT-3.3.1-1", "DUP=1"),
         ("3.1.1", "MQTT-4.7.2-1", "'$'"),
+        ("5", "MQTT-4.7.2-1", "'$'"),
+        # rows the check against the OASIS text corrected
+        ("3.1.1", "MQTT-3.1.2-5", "QoS 1 and QoS 2 messages"),
+        ("5", "MQTT-3.3.1-10", "did not exist"),
+        ("3.1.1", "MQTT-3.10.4-5", "deletes nothing"),
     ],
 )
 def test_the_doubted_statement_ids_say_what_the_experiments_check(protocol, statement, words):
@@ -790,12 +796,35 @@ def test_the_doubted_statement_ids_say_what_the_experiments_check(protocol, stat
 def test_the_tables_count_the_client_testable_statements():
     from mqtt_factory_lab.conformance.spec import statements, testable
 
-    for protocol, at_least in (("3.1.1", 130), ("5", 230)):
+    # Appendix B of mqtt-v3.1.1-os numbers 141 statements, that of mqtt-v5.0-os 251
+    for protocol, appendix_b in (("3.1.1", 141), ("5", 251)):
         rows = statements(protocol)
         numbered = [s for s in rows if not s.startswith("§")]
-        assert len(numbered) >= at_least, f"MQTT {protocol}: {len(numbered)} statements"
+        assert len(numbered) == appendix_b, f"MQTT {protocol}: {len(numbered)} statements"
         assert {r.keyword for r in rows.values()} <= {"MUST", "MUST+MAY", "SHOULD", "MAY"}
         assert 0 < len(testable(protocol)) < len(numbered)
+
+
+def test_every_row_says_what_of_the_oasis_text_it_was_verified_against():
+    from mqtt_factory_lab.conformance.spec import statements
+
+    for protocol in ("3.1.1", "5"):
+        unverified = [
+            s.id
+            for s in statements(protocol).values()
+            if not s.verified.startswith("body §" if s.id.startswith("§") else "os-B")
+        ]
+        assert not unverified, f"MQTT {protocol}: rows not checked against the text: {unverified}"
+
+
+def test_a_statement_says_only_what_its_sentence_says():
+    from mqtt_factory_lab.conformance.spec import statements
+
+    # 3.1.1's MQTT-2.3.1-6 names PUBACK, PUBREC and PUBREL; PUBCOMP is not in its sentence
+    assert "PUBCOMP" not in statements("3.1.1")["MQTT-2.3.1-6"].gist
+    # queuing QoS 0 for an offline session is a MAY in both versions, never a numbered MUST
+    assert "MAY" in statements("3.1.1")["MQTT-3.1.2-5"].gist
+    assert statements("3.1.1")["§3.1.2.4"].keyword == statements("5")["§4.1"].keyword == "MAY"
 
 
 # -- a report for every run: refusals, denied grants, empty URLs ----------------------------

@@ -241,6 +241,36 @@ def test_taken_port_is_named_in_the_error(docker_engine: None) -> None:
     assert f"port {port} is taken" in message, message
 
 
+def test_mtls_broker_in_a_container_reads_its_mounted_certificates(
+    start_broker: Callable[..., DockerMosquitto], topic_root: str
+) -> None:
+    """Lesson 08 on docker: the certificates are mounted with config/ and the key is readable
+    by the image's mosquitto user; identity-as-username works as on the local backend."""
+    from mqtt_factory_lab.core.certificates import run_certificates
+    from mqtt_factory_lab.core.connection import ConnectionSettings
+    from mqtt_factory_lab.core.tls_probe import probe_tls
+
+    broker = start_broker("mtls+persistent")
+    certs = run_certificates()
+    press = certs.client("press-01")
+    settings = ConnectionSettings(
+        broker.host, broker.port, tls=True, ca=str(certs.ca_file), cert=str(press.cert),
+        key=str(press.key),
+    )  # fmt: skip
+    mark = broker.log_mark()
+    client = RecordingClient(broker.host, broker.port, "any-id", connection=settings)
+    client.connect()
+    try:
+        client.subscribe(f"{topic_root}/x", qos=1)
+        client.publish(f"{topic_root}/x", b"over mutual TLS", qos=1)
+        assert client.wait_for_message(f"{topic_root}/x").text == "over mutual TLS"
+    finally:
+        client.disconnect()
+    broker.wait_for_log(r"as any-id \(.*u'press-01'", since=mark)
+    refused = probe_tls(broker.host, broker.port, ca=certs.ca_file)
+    assert refused.kind == "cert_required", refused.sentence
+
+
 def test_a_bridged_pair_is_two_containers_that_reach_each_other(docker_engine: None) -> None:
     """Lesson 10's pair: the site container's bridge reaches the cloud container (on the pair's
     own network in bridge mode, on loopback in host mode), again after the cloud restarts, and

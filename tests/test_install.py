@@ -86,6 +86,7 @@ def test_the_package_installs_under_its_own_name_and_serves_a_project_elsewhere(
     shared = venv / "share" / "mqtt-factory-lab"
     for needed in (
         "docker/mosquitto.conf",
+        "docker/acl-machines",  # the reference solution's [files] acl_machines
         "schemas/state.schema.json",
         "solution.toml",
         "sim/device.py",

@@ -567,3 +567,117 @@ def test_down_after_a_reboot_leaves_a_reused_pid_alone(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+# -- lesson 08: the whole factory under mutual TLS ----------------------------------------
+
+
+def tls_connect(port: int, folder: Path | None, identity: str | None) -> str:
+    """Try one MQTT CONNECT over TLS (``folder``: trust its CA, present ``identity``'s
+    certificate) or in plain text (``folder`` None); return what happened, in one word."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if folder is not None:
+        client.tls_set(
+            ca_certs=str(folder / "ca.crt"),
+            certfile=str(folder / f"{identity}.crt") if identity else None,
+            keyfile=str(folder / f"{identity}.key") if identity else None,
+        )
+    answered = threading.Event()
+    outcome: dict[str, str] = {}
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        outcome.setdefault("said", "refused" if reason.is_failure else "accepted")
+        answered.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = lambda *_: (outcome.setdefault("said", "closed"), answered.set())
+    try:
+        client.connect("127.0.0.1", port, keepalive=10)
+    except OSError:  # ssl.SSLError among them
+        return "handshake refused"
+    client.loop_start()
+    try:
+        answered.wait(5)
+        return outcome.get("said", "no answer")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_up_mtls_runs_the_factory_with_a_certificate_per_program(make_sandbox, page, tmp_path):
+    box = make_sandbox()
+    assert box.up("--mtls").returncode == 0, f"sandbox up --mtls failed:\n{box.up_output}"
+    folder = box.state.path / "certs"
+    assert f"mqtts://127.0.0.1:{box.port}" in box.up_output and str(folder) in box.up_output
+    assert "variant mtls+persistent" in box.up_output, box.up_output
+    # the dashboard keeps working: every device online, the chocolate line, over mutual TLS
+    page.goto(box.url)
+    for device in DEVICES:
+        expect(device_card(page, device)).to_have_attribute("data-status", "online", timeout=WAIT)
+    expect(page.locator("#lines")).to_contain_text("s5_tempering", timeout=WAIT)
+    page.screenshot(path=str(tmp_path / "sandbox-mtls.png"), full_page=True)
+    # each program connected as the identity of its own certificate (use_identity_as_username)
+    log = box.state.log_file("broker").read_text()
+    for identity in (*DEVICES, "controller", "observer", "datacenter", "dashboard"):
+        assert f"as {identity} " in log and f"u'{identity}'" in log, (identity, log[-3000:])
+    assert "u'choc-line-a'" in log, log[-3000:]
+    status = box.run("status", "--window", "1")
+    assert status.returncode == 0 and "6/6 devices online" in status.stdout, status.stdout
+    # the broker takes no plain MQTT and no client without a certificate from its CA
+    assert tls_connect(box.port, folder, "observer") == "accepted"
+    assert tls_connect(box.port, None, None) != "accepted"
+    assert tls_connect(box.port, folder, None) != "accepted"
+
+
+@pytest.mark.parametrize("flaw", ["missing", "expired"])
+def test_up_mtls_with_a_bad_certificate_folder_is_one_sentence(make_sandbox, tmp_path, flaw):
+    from mqtt_factory_lab.certificates import make_folder
+    from mqtt_factory_lab.core.certificates import LabCertificates
+    from mqtt_factory_lab.sandbox.tls import IDENTITIES
+
+    folder = tmp_path / "certs"
+    if flaw == "missing":
+        make_folder(folder, ["press"])  # no certificate for the other programs
+        expected = ["lacks", "conveyor.crt", f"python -m mqtt_factory_lab.certificates {folder}"]
+    else:
+        make_folder(folder, list(IDENTITIES))
+        certs = LabCertificates.create(tmp_path / "scratch")
+        (folder / "server.crt").write_bytes(certs.expired_server().cert.read_bytes())
+        expected = [str(folder / "server.crt"), "not today", "certificate expired"]
+    box = make_sandbox()
+    result = box.up("--mtls", str(folder))
+    assert result.returncode == 1, box.up_output
+    first = box.up_output.splitlines()[0]
+    for phrase in expected:
+        assert phrase in first, f"{phrase!r} not in {first!r}"
+    assert "Traceback" not in box.up_output and "_ssl.c" not in box.up_output, box.up_output
+    assert not box.state.records(), "nothing may start with a bad certificate folder"
+
+
+@pytest.mark.parametrize("container", [False, True], ids=["local", "docker"])
+def test_the_mtls_broker_folder_carries_the_folders_certificates(tmp_path, container):
+    """What ``up --mtls --acl`` gives mosquitto, locally or mounted into the container."""
+    from mqtt_factory_lab.certificates import make_folder
+    from mqtt_factory_lab.core.paths import DOCKER_DIR
+    from mqtt_factory_lab.sandbox import broker as sandbox_broker
+
+    folder = tmp_path / "certs"
+    make_folder(folder, ["observer"])
+    state = StateDir(tmp_path / "state")
+    state.prepare()
+    where = (
+        {"port": 1883, "bind_address": None, "local_paths": False} if container else {"port": 1883}
+    )
+    rendered = sandbox_broker._render(state, True, str(folder), **where)
+    certs = rendered.config_dir / "certs"
+    for name in ("ca.crt", "server.crt", "server.key"):
+        assert (certs / name).read_bytes() == (folder / name).read_bytes(), name
+    key = (certs / "server.key").stat()
+    if container and os.geteuid() == 0:
+        assert (key.st_uid, key.st_mode & 0o777) == (1883, 0o600), "the image's mosquitto user's"
+    elif not container:
+        assert key.st_mode & 0o077 == 0, "a local broker's key is ours alone"
+    assert (rendered.config_dir / "acl").read_text() == (DOCKER_DIR / "acl-machines").read_text()
+    conf = (rendered.config_dir / "conf.d" / "mtls.conf").read_text()
+    prefix = "/mosquitto/config/certs" if container else str(certs)
+    assert f"certfile {prefix}/server.crt" in conf and "require_certificate true" in conf, conf

@@ -14,9 +14,13 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mqtt_factory_lab.core.connection import ConnectionSettings, try_connect
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+
+if TYPE_CHECKING:
+    from mqtt_factory_lab.brokers.tls import BrokerTLS
 
 #: What a backend can do to its broker; lessons declare what they need.
 RESTART = "restart"  #: stop() / start() / restart()
@@ -107,6 +111,8 @@ class Broker(ABC):
         self.host = "127.0.0.1"
         self.port = 0
         self.ready_seconds: float | None = None
+        #: the CA and server certificate of a ``tls``/``mtls`` broker (None: plaintext)
+        self.tls: BrokerTLS | None = None
 
     # -- lifecycle ---------------------------------------------------------
     @abstractmethod
@@ -149,13 +155,22 @@ class Broker(ABC):
     # -- what tests look at -------------------------------------------------
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls is not None else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def connection(self) -> ConnectionSettings:
         """How clients and programs connect: plain TCP to :attr:`host`/:attr:`port` for a
-        broker the lab starts; the external backend returns its ``--broker-url`` settings."""
+        broker the lab starts (TLS trusting the run's CA for a ``tls``/``mtls`` variant); the
+        external backend returns its ``--broker-url`` settings."""
+        if self.tls is not None:
+            return self.tls.settings(self.host, self.port)
         return ConnectionSettings(self.host, self.port)
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        """Whether the broker answers a CONNECT now (over TLS for a TLS variant)."""
+        if self.tls is not None:
+            return self.tls.ping(self.host, self.port, timeout)
+        return mqtt_ping(self.host, self.port, timeout)
 
     @property
     def config_files(self) -> dict[str, Path]:

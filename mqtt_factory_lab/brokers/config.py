@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqtt_factory_lab.brokers.base import BrokerError
+from mqtt_factory_lab.brokers.tls import BrokerTLS
+from mqtt_factory_lab.brokers.tls import install as install_tls
 from mqtt_factory_lab.core.paths import DOCKER_DIR
 
 CONTAINER_ROOT = "/mosquitto"
@@ -106,6 +108,7 @@ def render(
     source: Path | None = None,
     acl_file: Path | None = None,
     password_file: Path | None = None,
+    tls: BrokerTLS | None = None,
 ) -> RenderedConfig:
     """Build a broker folder for ``variant`` under ``root``.
 
@@ -125,6 +128,8 @@ def render(
         (a solution's own ACL, or a platform team's).
     :param password_file: a ``mosquitto_passwd`` file to install as ``config/passwd``
         (the ``hardened`` variant reads it).
+    :param tls: the CA and server certificate of a ``tls``/``mtls`` variant, installed as
+        ``config/certs/`` (:mod:`mqtt_factory_lab.brokers.tls`).
     """
     if source is not None:
         return _render_source(
@@ -149,7 +154,21 @@ def render(
     listener = f"listener {port} {bind_address}" if bind_address else f"listener {port}"
     if not _LISTENER.search(base):
         raise BrokerConfigError(f"{docker_dir / 'mosquitto.conf'} has no 'listener' line")
-    base = _LISTENER.sub(listener, base, count=1)
+    texts = {name: (docker_dir / "variants" / f"{name}.conf").read_text() for name in fragments}
+    # A variant with its own `listener` (tls, mtls) replaces the base's: Mosquitto applies
+    # listener options (certfile, require_certificate...) to the listener defined before
+    # them *in the same file*, so they must follow a listener line of their own.
+    owners = [name for name, text in texts.items() if _LISTENER.search(text)]
+    if len(owners) > 1:
+        raise BrokerConfigError(
+            f"broker variant {variant!r}: {' and '.join(owners)} each define the listener; "
+            "combine at most one of them (mtls already includes tls)"
+        )
+    if owners:
+        base = _LISTENER.sub(f"# listener: see conf.d/{owners[0]}.conf", base, count=1)
+        texts[owners[0]] = _LISTENER.sub(listener, texts[owners[0]], count=1)
+    else:
+        base = _LISTENER.sub(listener, base, count=1)
     (config_dir / "mosquitto.conf").write_text(localise(base))
     acl = Path(acl_file) if acl_file is not None else docker_dir / "acl"
     if acl_file is not None and not acl.is_file():
@@ -160,12 +179,13 @@ def render(
         if not Path(password_file).is_file():
             raise BrokerConfigError(f"the password file {password_file} does not exist")
         shutil.copyfile(password_file, config_dir / "passwd")
-    for name in fragments:
-        text = (docker_dir / "variants" / f"{name}.conf").read_text()
+    for name, text in texts.items():
         (conf_d / f"{name}.conf").write_text(localise(text))
     if extra:
         (conf_d / "zz-extra.conf").write_text(localise(extra))
     _protect(root, config_dir, data_dir, local_paths)
+    if tls is not None:  # after _protect: in a container the key is the mosquitto user's alone
+        install_tls(tls, config_dir, container=not local_paths)
     return RenderedConfig(root=root, variant="+".join(fragments), port=port)
 
 

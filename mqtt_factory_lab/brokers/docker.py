@@ -48,8 +48,9 @@ from mqtt_factory_lab.brokers.base import (
     BrokerUnavailable,
     format_log,
     free_port,
-    mqtt_ping,
 )
+from mqtt_factory_lab.brokers.tls import broker_tls
+from mqtt_factory_lab.core.certificates import KeyPair, LabCertificates
 from mqtt_factory_lab.core.process import (
     ProcessTimeout,
     close_forgotten,
@@ -153,6 +154,8 @@ class DockerMosquitto(Broker):
     :param start_timeout: seconds to wait for the ready line and an accepted CONNECT.
     :param acl_file: the ACL to load instead of ``docker/acl``.
     :param password_file: a ``mosquitto_passwd`` file, installed as ``config/passwd``.
+    :param certificates: the CA of a ``tls``/``mtls`` variant (default: the run's).
+    :param server_certificate: the broker's certificate (default: the CA's for 127.0.0.1).
 
     Example::
 
@@ -176,9 +179,12 @@ class DockerMosquitto(Broker):
         start_timeout: float = 30.0,
         acl_file: Path | None = None,
         password_file: Path | None = None,
+        certificates: LabCertificates | None = None,
+        server_certificate: KeyPair | None = None,
     ) -> None:
         super().__init__(variant)
-        broker_config.parse_variant(variant)
+        fragments = broker_config.parse_variant(variant)
+        self.tls = broker_tls(fragments, certificates, server_certificate)
         self.image = image or os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
         self.network = (network or os.environ.get(NETWORK_ENV) or "bridge").strip().lower()
         if self.network not in NETWORKS:
@@ -240,6 +246,7 @@ class DockerMosquitto(Broker):
             source=self.config_source,
             acl_file=self.acl_file,
             password_file=self.password_file,
+            tls=self.tls,
         )
         container = self._build(tc.DockerContainer)
         started = time.monotonic()
@@ -352,7 +359,7 @@ class DockerMosquitto(Broker):
         self.host = self._client_host(container)
         try:
             wait_until(
-                lambda: mqtt_ping(self.host, self.port, timeout=0.5),
+                lambda: self.ping(timeout=0.5),
                 max(0.0, deadline - time.monotonic()),
                 stop_early=lambda: not self.is_running(),
             )

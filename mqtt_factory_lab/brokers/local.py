@@ -24,8 +24,9 @@ from mqtt_factory_lab.brokers.base import (
     BrokerUnavailable,
     format_log,
     free_port,
-    mqtt_ping,
 )
+from mqtt_factory_lab.brokers.tls import broker_tls
+from mqtt_factory_lab.core.certificates import KeyPair, LabCertificates
 from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, track, untrack, wait_until
 
 INSTALL_HINT = (
@@ -62,6 +63,8 @@ class LocalMosquitto(Broker):
     :param start_timeout: seconds to wait for the first accepted CONNECT.
     :param acl_file: the ACL to load instead of ``docker/acl``.
     :param password_file: a ``mosquitto_passwd`` file, installed as ``config/passwd``.
+    :param certificates: the CA of a ``tls``/``mtls`` variant (default: the run's).
+    :param server_certificate: the broker's certificate (default: the CA's for 127.0.0.1).
 
     Example::
 
@@ -84,6 +87,8 @@ class LocalMosquitto(Broker):
         start_timeout: float = 10.0,
         acl_file: Path | None = None,
         password_file: Path | None = None,
+        certificates: LabCertificates | None = None,
+        server_certificate: KeyPair | None = None,
     ) -> None:
         super().__init__(variant)
         found = find_mosquitto(executable)
@@ -92,7 +97,8 @@ class LocalMosquitto(Broker):
                 f"the local backend needs the `mosquitto` executable, which is not installed: "
                 f"{INSTALL_HINT}"
             )
-        broker_config.parse_variant(variant)
+        fragments = broker_config.parse_variant(variant)
+        self.tls = broker_tls(fragments, certificates, server_certificate)
         self.executable = found
         self._fixed_port = port
         self._owns_workdir = workdir is None
@@ -141,6 +147,7 @@ class LocalMosquitto(Broker):
             acl_file=self.acl_file,
             password_file=self.password_file,
             source=self.config_source,
+            tls=self.tls,
         )
         self.port = port
         self._archive_log()
@@ -154,7 +161,7 @@ class LocalMosquitto(Broker):
         track(self)
         try:
             wait_until(
-                lambda: mqtt_ping(self.host, port, timeout=0.5),
+                lambda: self.ping(timeout=0.5),
                 self.start_timeout,
                 interval=0.01,
                 stop_early=lambda: not process.is_running(),

@@ -42,3 +42,23 @@ def subscriptions(lines: Iterable[str], client_id: str) -> list[tuple[str, int]]
     """``(filter, qos)`` of every SUBSCRIBE the lines log for ``client_id``, in order."""
     pattern = re.compile(rf"(?:^|: ){re.escape(client_id)} (\d) (.+)$")
     return [(m.group(2), int(m.group(1))) for line in lines if (m := pattern.search(line))]
+
+
+def pubacks_from(lines: Iterable[str], client_id: str) -> set[int]:
+    """Packet ids of every PUBACK the lines log as received from ``client_id``.
+
+    ``Received PUBACK from datacenter-1 (Mid: 7, RC:0)``: the client said "I have it".
+    """
+    pattern = re.compile(rf"Received PUBACK from {re.escape(client_id)} \(Mid: (\d+)")
+    return {int(m.group(1)) for line in lines if (m := pattern.search(line))}
+
+
+def qos1_sent_to(lines: Iterable[str], client_id: str, topic: str) -> set[int]:
+    """Packet ids of every QoS 1 PUBLISH on ``topic`` the lines log as sent to ``client_id``.
+
+    ``Sending PUBLISH to datacenter-1 (d0, q1, r0, m7, 'factory/…/quality', ... (42 bytes))``.
+    """
+    pattern = re.compile(
+        rf"Sending PUBLISH to {re.escape(client_id)} \(d\d, q1, r\d, m(\d+), '{re.escape(topic)}'"
+    )
+    return {int(m.group(1)) for line in lines if (m := pattern.search(line))}

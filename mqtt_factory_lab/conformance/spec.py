@@ -59,13 +59,18 @@ STATEMENT_FILES = {"3.1.1": "mqtt-3.1.1.tsv", "5": "mqtt-5.tsv"}
 
 @dataclass(frozen=True)
 class Statement:
-    """One row of a statement table: a numbered statement, or a MAY/SHOULD sentence (``§…``)."""
+    """One row of a statement table: a numbered statement, or a MAY/SHOULD sentence (``§…``).
+
+    ``verified`` says what of the OASIS text the row was checked against (``os-B``: the
+    standard's Appendix B; ``body §3.1.2.4``: that section); see the tables' header comments.
+    """
 
     id: str
     keyword: str
     binds: str
     client_testable: bool
     gist: str
+    verified: str = ""
 
 
 @functools.cache
@@ -76,7 +81,12 @@ def statements(protocol: str) -> dict[str, Statement]:
     rows = csv.DictReader(lines, delimiter="\t")
     return {
         row["id"]: Statement(
-            row["id"], row["keyword"], row["binds"], row["client_testable"] == "yes", row["gist"]
+            row["id"],
+            row["keyword"],
+            row["binds"],
+            row["client_testable"] == "yes",
+            row["gist"],
+            row.get("verified") or "",
         )
         for row in rows
     }

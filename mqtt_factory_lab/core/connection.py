@@ -270,6 +270,16 @@ ADVICE = {
     "name matches the certificate, and that the listener speaks TLS (else use mqtt:// or ws://)",
     "not_tls": "the broker does not speak TLS here: use mqtt:// (or ws://) for this port, or "
     "give the port of its TLS listener",
+    "tls_unknown_ca": "the broker's certificate is not signed by the CA the lab trusts: give the "
+    "CA that signed it with --broker-ca (never switch verification off)",
+    "tls_expired": "the broker's certificate is outside its validity period: the broker needs a "
+    "new certificate (or this machine a correct clock)",
+    "tls_hostname": "the broker's certificate is made out to another host name: use a host name "
+    "the certificate lists in the URL, or give the broker a certificate for this one",
+    "tls_client_cert": "the broker refused the lab's client certificate (mutual TLS): give one "
+    "its CA issued, with --broker-cert and --broker-key",
+    "tls_cert_required": "the listener may require a client certificate (mutual TLS): give one "
+    "with --broker-cert and --broker-key",
     "not_authorized": "give the broker a login it accepts: --broker-username NAME and the password "
     f"in ${ENV_PASSWORD} (or mqtt://NAME:PASSWORD@HOST:PORT)",
     "bad_credentials": "the broker refused this user name and password: check them "
@@ -292,6 +302,7 @@ ADVICE = {
 #: answered, or what answered does not speak MQTT (a broker refuses a version with a CONNACK)
 NOT_MQTT = frozenset(
     {"refused", "unresolved", "unreachable", "timeout", "tls", "not_tls", "no_connack"}
+    | {"tls_unknown_ca", "tls_expired", "tls_hostname", "tls_client_cert", "tls_cert_required"}
 )
 
 #: MQTT 3.1.1 CONNACK return codes, by the MQTT 5 name paho gives them (paho reports a 3.1.1
@@ -371,6 +382,12 @@ class ConnectOutcome:
             "timeout": f"did not answer within {self.seconds:.1f}s",
             "tls": "failed the TLS handshake",
             "not_tls": "did not complete a TLS handshake",
+            "tls_unknown_ca": "failed TLS verification: unknown CA",
+            "tls_expired": "failed TLS verification: certificate expired",
+            "tls_hostname": "failed TLS verification: host name mismatch",
+            "tls_client_cert": "ended the TLS connection before any CONNACK (a refused client "
+            "certificate)",
+            "tls_cert_required": "closed the TLS connection before any CONNACK",
             "no_connack": f"sent no CONNACK within {self.seconds:.1f}s",
             "closed": "closed the connection before any CONNACK",
             "error": "could not be reached",
@@ -392,7 +409,23 @@ _NOT_TLS = (
 )
 
 
+#: tls_probe's kinds → this module's outcome kinds
+_TLS_KINDS = {
+    "unknown_ca": "tls_unknown_ca",
+    "expired": "tls_expired",
+    "hostname": "tls_hostname",
+    "client_unknown_ca": "tls_client_cert",
+    "cert_required": "tls_cert_required",
+    "not_tls": "not_tls",
+}
+
+
 def _classify_error(error: BaseException, tls: bool = False) -> str:
+    from mqtt_factory_lab.core.tls_probe import classify_ssl_error
+
+    named = _TLS_KINDS.get(classify_ssl_error(error) or "")
+    if named is not None:
+        return named
     if isinstance(error, ssl.SSLError | ssl.CertificateError):
         text = str(error)
         if isinstance(error, ssl.SSLCertVerificationError | ssl.CertificateError):
@@ -458,6 +491,9 @@ def try_connect(
         client.connect(target.host, target.port, keepalive=10)
     except (OSError, ssl.SSLError, ValueError) as error:
         kind = _classify_error(error, target.tls)
+        if kind.startswith("tls_"):  # the check that failed, without OpenSSL's decoration
+            detail = getattr(error, "verify_message", None) or getattr(error, "reason", None)
+            return outcome(kind, str(detail or "").lower()), None
         return outcome(kind, str(error) or type(error).__name__), None
     no_delay(client)
     client.loop_start()
@@ -480,6 +516,9 @@ def try_connect(
     closed = result.get("closed")  # before our own disconnect adds one
     _close(client)
     if closed is not None:
+        if target.tls:  # Mosquitto's require_certificate under TLS 1.3: no alert, just the end
+            kind = "tls_cert_required" if target.cert is None else "tls_client_cert"
+            return outcome(kind, ""), None
         return outcome("closed", str(closed)), None
     return outcome("no_connack"), None
 

@@ -1,7 +1,9 @@
 """The sandbox's broker: the ``docker/`` configuration, in a container or as ``mosquitto``.
 
 The broker always runs the ``persistent`` variant (``restart-broker`` shows retained
-messages and sessions coming back), plus ``acl`` with ``--acl``. Its configuration and
+messages and sessions coming back), plus ``acl`` with ``--acl``, and ``mtls`` with ``--mtls``
+(the certificate folder's CA and server certificate in ``config/certs/``; with ``--acl``
+the rules of ``docker/acl-machines``, which follow each certificate's identity). Its configuration and
 database live in ``<state dir>/broker``. With an answering Docker engine it runs in the
 lab's pinned image (a container named ``mqtt-lab-sandbox-<port>``, port published on
 127.0.0.1); otherwise the local ``mosquitto`` executable runs as a detached program.
@@ -14,11 +16,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from mqtt_factory_lab.brokers import config as broker_config
 from mqtt_factory_lab.brokers.base import mqtt_ping
 from mqtt_factory_lab.brokers.local import INSTALL_HINT, find_mosquitto
+from mqtt_factory_lab.brokers.tls import install_files, tls_ping
+from mqtt_factory_lab.core.certificates import KeyPair
+from mqtt_factory_lab.core.paths import DOCKER_DIR
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.sandbox.processes import StartError, alive, log_tail, spawn, terminate
 from mqtt_factory_lab.sandbox.state import Record, StateDir
@@ -28,8 +34,42 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
 
 
-def variant(acl: bool) -> str:
-    return "acl+persistent" if acl else "persistent"
+def variant(acl: bool, mtls: bool = False) -> str:
+    return f"{'mtls+' if mtls else ''}{'acl+' if acl else ''}persistent"
+
+
+def _render(state: StateDir, acl: bool, mtls: str | None, **where: Any) -> Any:
+    """The broker's folder; under ``--mtls`` with the certificate folder's CA and server key."""
+    rendered = broker_config.render(
+        variant(acl, bool(mtls)),
+        state.broker_dir,
+        acl_file=DOCKER_DIR / "acl-machines" if acl and mtls else None,
+        **where,
+    )
+    if mtls:
+        folder = Path(mtls)
+        server = KeyPair(
+            "the broker's certificate",
+            folder / "server.crt",
+            folder / "server.key",
+            folder / "ca.crt",
+        )
+        install_files(
+            folder / "ca.crt",
+            server,
+            rendered.config_dir,
+            container=not where.get("local_paths", True),
+        )
+    return rendered
+
+
+def _ping(state: StateDir, port: int, timeout: float) -> bool:
+    """Whether the broker answers a CONNECT: over TLS, as the observer, under ``--mtls``."""
+    mtls = state.settings().get("mtls")
+    if not mtls:
+        return mqtt_ping(HOST, port, timeout=timeout)
+    folder = Path(mtls)
+    return tls_ping(HOST, port, folder / "observer.crt", folder / "observer.key", timeout)
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
@@ -48,12 +88,20 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return "local", "no Docker engine answers"
 
 
-def start(state: StateDir, backend: str, port: int, acl: bool, env: dict[str, str]) -> Record:
-    """Start the broker and return once it answers an MQTT CONNECT."""
+def start(
+    state: StateDir,
+    backend: str,
+    port: int,
+    acl: bool,
+    env: dict[str, str],
+    mtls: str | None = None,
+) -> Record:
+    """Start the broker and return once it answers an MQTT CONNECT (``mtls``: the
+    certificate folder of ``--mtls``)."""
     if backend == "docker":
-        record = _start_container(state, port, acl)
+        record = _start_container(state, port, acl, mtls)
     else:
-        record = _start_local(state, port, acl, env)
+        record = _start_local(state, port, acl, env, mtls)
     wait_ready(state, record, port)
     return record
 
@@ -61,7 +109,7 @@ def start(state: StateDir, backend: str, port: int, acl: bool, env: dict[str, st
 def wait_ready(state: StateDir, record: Record, port: int, timeout: float = START_TIMEOUT) -> None:
     try:
         wait_until(
-            lambda: mqtt_ping(HOST, port, timeout=0.5),
+            lambda: _ping(state, port, 0.5),
             timeout,
             interval=0.02,
             stop_early=lambda: not running(record),
@@ -73,14 +121,16 @@ def wait_ready(state: StateDir, record: Record, port: int, timeout: float = STAR
         ) from None
 
 
-def _start_local(state: StateDir, port: int, acl: bool, env: dict[str, str]) -> Record:
+def _start_local(
+    state: StateDir, port: int, acl: bool, env: dict[str, str], mtls: str | None = None
+) -> Record:
     executable = find_mosquitto()
     if executable is None:
         raise StartError(f"the sandbox needs the `mosquitto` executable: {INSTALL_HINT}")
     # As root, mosquitto would switch to the `mosquitto` user, who may not reach the
     # state folder; the sandbox's broker runs as whoever runs the sandbox.
     extra = "user root\n" if os.geteuid() == 0 else ""
-    rendered = broker_config.render(variant(acl), state.broker_dir, port=port, extra=extra)
+    rendered = _render(state, acl, mtls, port=port, extra=extra)
     return spawn(state, NAME, [executable, "-c", str(rendered.main_file)], env)
 
 
@@ -91,7 +141,7 @@ def _docker() -> Any:
     return docker.from_env(environment=_docker_environment())
 
 
-def _start_container(state: StateDir, port: int, acl: bool) -> Record:
+def _start_container(state: StateDir, port: int, acl: bool, mtls: str | None = None) -> Record:
     from mqtt_factory_lab.brokers.docker import (
         COMMAND,
         DEFAULT_IMAGE,
@@ -103,9 +153,10 @@ def _start_container(state: StateDir, port: int, acl: bool) -> Record:
     # ``MQTT_LAB_DOCKER_NETWORK=host`` (CI, whose engine has no bridge): the container
     # shares the host's network and mosquitto itself listens on 127.0.0.1:<port>.
     host_network = os.environ.get(NETWORK_ENV) == "host"
-    rendered = broker_config.render(
-        variant(acl),
-        state.broker_dir,
+    rendered = _render(
+        state,
+        acl,
+        mtls,
         port=port if host_network else 1883,
         bind_address=HOST if host_network else None,
         local_paths=False,

@@ -70,7 +70,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     up.add_argument(
         "--timeout", type=float, default=30.0, help="seconds each program has to get ready"
     )
-    # --tls: lesson 08 (branch `tls`) adds it here, passed on as Options(tls=...).
+    up.add_argument(
+        "--mtls",
+        nargs="?",
+        const="",
+        default=None,
+        type=str,
+        metavar="DIR",
+        help="mutual TLS (lesson 08): the broker takes only TLS connections with a client "
+        "certificate and each program presents its own (CN = its identity); DIR holds them "
+        "(`python -m mqtt_factory_lab.certificates DIR`), default: made in the state folder. "
+        "With --acl the rules follow the certificates (docker/acl-machines)",
+    )
     up.set_defaults(sandbox_run=_up)
 
     status = actions.add_parser("status", help="every program: pid, up time, MQTT status, traffic")
@@ -115,8 +126,10 @@ def _up(args: argparse.Namespace, state: StateDir) -> int:
         anomaly=args.anomaly,
         chocolate=not args.no_chocolate,
         broker_backend=args.broker_backend,
+        # `--mtls` alone: the sandbox's own folder, made when it lacks a certificate
+        mtls=None if args.mtls is None else str(Path(args.mtls or state.path / "certs").resolve()),
     )
-    code = lifecycle.up(state, options, timeout=args.timeout)
+    code = lifecycle.up(state, options, timeout=args.timeout, make_certificates=not args.mtls)
     if code == 0 and args.foreground:
         return lifecycle.foreground(state)
     return code

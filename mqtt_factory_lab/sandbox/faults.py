@@ -35,8 +35,9 @@ import psutil
 from mqtt_factory_lab.core.paths import LAB_ROOT
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.sandbox import broker as sandbox_broker
+from mqtt_factory_lab.sandbox import tls as sandbox_tls
 from mqtt_factory_lab.sandbox.lifecycle import _datacenter_rows, _label, broker_env
-from mqtt_factory_lab.sandbox.plan import DEVICES
+from mqtt_factory_lab.sandbox.plan import DATACENTER_ID, DEVICES
 from mqtt_factory_lab.sandbox.processes import (
     StartError,
     ended,
@@ -127,7 +128,7 @@ def _watch(settings: dict, what: str) -> None:  # type: ignore[type-arg]
 class Witness:
     """A client that records what arrives on one filter; waits for a message by event."""
 
-    def __init__(self, port: int, *topic_filters: str) -> None:
+    def __init__(self, port: int, *topic_filters: str, mtls: str | None = None) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
@@ -137,6 +138,7 @@ class Witness:
             protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set("observer")
+        sandbox_tls.apply(self.client, mtls)  # under --mtls: the observer's certificate
         self.client.on_connect = lambda c, *_: c.subscribe([(f, 1) for f in topic_filters])
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -190,7 +192,7 @@ def device_process(state: StateDir, device: str) -> psutil.Process:
 def kill_device(state: StateDir, device: str) -> int:
     settings = _settings(state)
     process = device_process(state, device)
-    witness = Witness(int(settings["port"]), f"factory/status/{device}")
+    witness = Witness(int(settings["port"]), f"factory/status/{device}", mtls=settings.get("mtls"))
     try:
         witness.wait_for(lambda m: True, 2)  # its retained status: online
         witness.messages.clear()
@@ -230,7 +232,7 @@ def crash_datacenter(state: StateDir, down_for: float = 3.0) -> int:
         "every QoS 1 message for it meanwhile"
     )
     time.sleep(down_for)  # the outage itself: how long the data center stays dead
-    env = program_env(state, broker_env(int(settings["port"])))
+    env = program_env(state, broker_env(int(settings["port"]), settings.get("mtls"), DATACENTER_ID))
     fresh = spawn(state, "datacenter", record.argv, env)
     wait_for_line(fresh, r"^ready datacenter\s*$", 20)
     try:
@@ -289,7 +291,7 @@ def restart_broker(state: StateDir) -> int:
     env = program_env(state, broker_env(port))
     sandbox_broker.restart(state, record, port, env)
     _say(f"the broker answers again after {time.monotonic() - started:.1f} s")
-    witness = Witness(port, "factory/status/+", "factory/+/+/+/+/state")
+    witness = Witness(port, "factory/status/+", "factory/+/+/+/+/state", mtls=settings.get("mtls"))
     try:
         back = wait_until(lambda: everyone_back(witness, state), 20, interval=0.1)
     except ProcessTimeout:
@@ -353,6 +355,9 @@ def flood_device(state: StateDir, device: str, rate: float, duration: float) -> 
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device}-flood", protocol=mqtt.MQTTv5
     )
+    # under --mtls the flood presents the device's own certificate: the broker (and
+    # acl-machines) take it for the device
+    sandbox_tls.apply(client, settings.get("mtls"), device)
     connected = threading.Event()
     client.on_connect = lambda *_: connected.set()
     client.connect(sandbox_broker.HOST, int(settings["port"]), keepalive=30)
@@ -363,7 +368,7 @@ def flood_device(state: StateDir, device: str, rate: float, duration: float) -> 
     note = (
         " Under --acl the broker drops them: client id "
         f"{device}-flood may not write factory/telemetry/{device}/#."
-        if settings.get("acl")
+        if settings.get("acl") and not settings.get("mtls")
         else ""
     )
     _watch(settings, f"the traffic table's row {topic} climbs to about {rate:g} msg/s.{note}")
@@ -387,10 +392,15 @@ def flood_device(state: StateDir, device: str, rate: float, duration: float) -> 
 
 def bad_actor(state: StateDir) -> int:
     settings = _settings(state)
-    env = program_env(state, broker_env(int(settings["port"])))
+    # under --mtls the bad actor trusts the factory's CA but has no certificate of its own:
+    # the broker ends its handshake, and its report says so in one sentence
+    env = program_env(state, broker_env(int(settings["port"]), settings.get("mtls")))
     env.pop("MQTT_LAB_SANDBOX", None)  # it runs in this terminal and ends by itself
     protected = (
-        "the broker refuses what docker/acl forbids"
+        "under --mtls the broker ends the handshake of a client without a certificate from "
+        "the factory's CA: the bad actor gets nowhere"
+        if settings.get("mtls")
+        else "the broker refuses what docker/acl forbids"
         if settings.get("acl")
         else ("without --acl the broker lets all of it through: `sandbox down`, `sandbox up --acl`")
     )

@@ -26,7 +26,14 @@ import psutil
 
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.sandbox import broker as sandbox_broker
-from mqtt_factory_lab.sandbox.plan import DEVICES, Options, programs
+from mqtt_factory_lab.sandbox import tls as sandbox_tls
+from mqtt_factory_lab.sandbox.plan import (
+    CHOCOLATE_ID,
+    DATACENTER_ID,
+    DEVICES,
+    Options,
+    programs,
+)
 from mqtt_factory_lab.sandbox.ports import port_problem
 from mqtt_factory_lab.sandbox.processes import (
     StartError,
@@ -46,9 +53,17 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def broker_env(port: int) -> dict[str, str]:
-    """The VF_* variables every program of the sandbox connects with."""
-    return {"VF_BROKER_HOST": sandbox_broker.HOST, "VF_BROKER_PORT": str(port)}
+def broker_env(port: int, mtls: str | None = None, identity: str | None = None) -> dict[str, str]:
+    """The VF_* variables a program of the sandbox connects with; under ``--mtls`` (the
+    certificate folder) also its ``VF_TLS_*``, presenting ``identity``'s certificate."""
+    env = {"VF_BROKER_HOST": sandbox_broker.HOST, "VF_BROKER_PORT": str(port)}
+    if mtls:
+        env.update(sandbox_tls.env_for(mtls, identity))
+    return env
+
+
+#: whose certificate each program of the plan presents (run_all gives its children theirs)
+_IDENTITY = {"factory": None, "datacenter": DATACENTER_ID, "chocolate": CHOCOLATE_ID}
 
 
 def running_records(state: StateDir) -> list[Record]:
@@ -67,8 +82,19 @@ def _is_running(record: Record) -> bool:
 # -- up ------------------------------------------------------------------------------
 
 
-def up(state: StateDir, options: Options, say: Say = _say, timeout: float = 30.0) -> int:
-    """Start the sandbox; 0 once the dashboard serves, 1 (everything stopped) if not."""
+def up(
+    state: StateDir,
+    options: Options,
+    say: Say = _say,
+    timeout: float = 30.0,
+    make_certificates: bool = True,
+) -> int:
+    """Start the sandbox; 0 once the dashboard serves, 1 (everything stopped) if not.
+
+    :param make_certificates: under ``options.mtls``, make the certificate folder when it
+        lacks a file (the sandbox's own folder); ``False``: a folder the user gave, which
+        must hold them all.
+    """
     state.prepare()
     already = running_records(state) or tagged(state)
     if already:
@@ -98,30 +124,40 @@ def up(state: StateDir, options: Options, say: Say = _say, timeout: float = 30.0
         log.unlink()
     started = time.monotonic()
     env = program_env(state, broker_env(options.port))
+    scheme = "mqtts" if options.mtls else "mqtt"
     settings = {
         **asdict(options),
         "started": time.time(),
-        "broker_url": f"mqtt://{sandbox_broker.HOST}:{options.port}",
+        "broker_url": f"{scheme}://{sandbox_broker.HOST}:{options.port}",
         "pid": os.getpid(),
     }
     state.write_settings(settings)
     try:
+        if options.mtls:
+            folder = sandbox_tls.prepare(Path(options.mtls), make=make_certificates)
+            say(f"  certificates {folder}")
         backend, why = sandbox_broker.choose_backend(options.broker_backend)
         settings["backend"] = backend
         state.write_settings(settings)
-        sandbox_broker.start(state, backend, options.port, options.acl, env)
+        sandbox_broker.start(state, backend, options.port, options.acl, env, options.mtls)
+        variant = sandbox_broker.variant(options.acl, bool(options.mtls))
         say(
             f"  broker      {settings['broker_url']}  mosquitto, {backend} ({why}), "
-            f"variant {sandbox_broker.variant(options.acl)}   {time.monotonic() - started:4.1f} s"
+            f"variant {variant}   {time.monotonic() - started:4.1f} s"
         )
         if options.acl and options.chocolate:
+            acl = "docker/acl-machines" if options.mtls else "docker/acl"
             say(
-                "  chocolate   not started: docker/acl has no rules for the chocolate line "
+                f"  chocolate   not started: {acl} has no rules for the chocolate line "
                 "(per-machine ACLs are its seed's next step); run without --acl to see it"
             )
             options = Options(**{**asdict(options), "chocolate": False})
         for program in programs(options, state.database):
-            record = spawn(state, program.name, program.argv, env)
+            mine = program_env(
+                state,
+                broker_env(options.port, options.mtls, _IDENTITY.get(program.name, program.name)),
+            )
+            record = spawn(state, program.name, program.argv, mine)
             match = wait_for_line(record, program.ready, timeout)
             if program.name == "dashboard":
                 settings["dashboard"] = match.group(1)
@@ -141,11 +177,17 @@ def up(state: StateDir, options: Options, say: Say = _say, timeout: float = 30.0
         down(state, say)
         return 130
     seconds = time.monotonic() - started
+    observer = f"python -m sim.observer --port {options.port} --username observer"
+    if options.mtls:
+        where = Path(options.mtls)
+        observer = (
+            f"python -m sim.observer --port {options.port} --tls-ca {where / 'ca.crt'} "
+            f"--tls-cert {where / 'observer.crt'} --tls-key {where / 'observer.key'}"
+        )
     say(
         f"\nthe sandbox runs ({seconds:.1f} s):\n"
         f"  dashboard   {settings['dashboard']}\n"
-        f"  broker      {settings['broker_url']}   "
-        f"(python -m sim.observer --port {options.port} --username observer)\n"
+        f"  broker      {settings['broker_url']}   ({observer})\n"
         f"  logs        {state.log_dir}   (mqtt-lab sandbox logs [COMPONENT] [-f])\n"
         f"  state       {state.path}\n"
         "next: `mqtt-lab sandbox status`, `mqtt-lab sandbox fault --help`, "
@@ -265,7 +307,7 @@ def status(state: StateDir, window: float = 10.0, out: TextIO = sys.stdout) -> i
         print(f"the sandbox is not running (nothing recorded in {state.path})", file=out)
         return 3
     port = int(settings.get("port", 1884))
-    seen = listen(port, window)
+    seen = listen(port, window, settings.get("mtls"))
     now = time.time()
     rows = [("COMPONENT", "PID", "UP", "MQTT STATUS", f"MSGS/{window:g}s")]
     for record in records:

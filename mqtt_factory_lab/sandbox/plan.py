@@ -12,7 +12,8 @@ dashboard      ``sim.dashboard``: both views                ``dashboard at <url>
 =============  ==========================================  =============================
 
 The data center starts before the line so that it stores the line's first message. Every
-program reads the broker's address from ``VF_BROKER_HOST``/``VF_BROKER_PORT``.
+program reads the broker's address from ``VF_BROKER_HOST``/``VF_BROKER_PORT`` (and under
+``--mtls`` its certificate from ``VF_TLS_CA``/``VF_TLS_CERT``/``VF_TLS_KEY``: :mod:`.tls`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ class Options:
     anomaly: bool = False
     chocolate: bool = True
     broker_backend: str = "auto"
+    #: lesson 08: the certificate folder of ``--mtls`` (:mod:`.tls`), or None for plain MQTT;
+    #: the broker becomes ``mtls``, every program presents a certificate of its own
+    mtls: str | None = None
     #: the Prometheus exporter's port (lesson 11, ``sim.run_all --metrics-port``); None: none
     metrics_port: int | None = None
-    # Lesson 08 (branch `tls`, `sim.run_all --mtls`) adds `tls: bool` here: the broker
-    # gets the TLS variant and certificates, every program below --mtls or --tls-* .
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def programs(options: Options, database: Path) -> list[Program]:
         factory.append("--anomaly")
     if options.persistent_controller:
         factory += ["--controller-session", "persistent"]
+    if options.mtls:
+        factory += ["--mtls", options.mtls]  # run_all hands each child its own certificate
     if options.metrics_port is not None:
         factory += ["--metrics-port", str(options.metrics_port)]
     listed = [

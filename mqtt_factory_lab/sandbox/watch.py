@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
+from mqtt_factory_lab.sandbox import tls as sandbox_tls
 from mqtt_factory_lab.sandbox.broker import HOST
 
 ROOT = "factory"
@@ -71,8 +72,9 @@ def _field(payload: bytes, name: str) -> str:
         return "?"
 
 
-def listen(port: int, seconds: float) -> Seen:
-    """Subscribe to ``factory/#`` on the sandbox's broker for ``seconds``."""
+def listen(port: int, seconds: float, mtls: str | None = None) -> Seen:
+    """Subscribe to ``factory/#`` on the sandbox's broker for ``seconds`` (under ``--mtls``,
+    ``mtls`` is the certificate folder: the listener is the observer)."""
     seen = Seen()
     subscribed = threading.Event()
     lock = threading.Lock()
@@ -82,6 +84,7 @@ def listen(port: int, seconds: float) -> Seen:
         protocol=mqtt.MQTTv5,
     )
     client.username_pw_set("observer")  # docker/acl lets the observer read factory/#
+    sandbox_tls.apply(client, mtls)  # acl-machines too, by its certificate
 
     def on_connect(c, userdata, flags, reason, properties):  # type: ignore[no-untyped-def]
         if not reason.is_failure:
@@ -97,7 +100,7 @@ def listen(port: int, seconds: float) -> Seen:
     client.on_message = on_message
     try:
         client.connect(HOST, port, keepalive=10)
-    except OSError:
+    except OSError:  # ssl.SSLError too: the status table then says DOES NOT ANSWER
         return seen
     client.loop_start()
     try:

@@ -10,6 +10,8 @@ patches paho-mqtt inside the program, then runs the module as ``__main__``:
 ``--retain-once KINDS`` ...keep their retain flag only the first time on each topic
 ``--qos KIND=N``        ...go out at QoS N (repeatable)
 ``--no-will``           the program connects without its Last Will
+``--tls-insecure``      TLS without verifying the broker (``CERT_NONE``, ``tls_insecure_set(True)``)
+``--no-client-cert``    TLS without presenting the client certificate (``VF_TLS_CERT`` ignored)
 ``--strip-property P``  MQTT 5: every publish goes out without the property P (paho's name:
                         UserProperty, CorrelationData, MessageExpiryInterval...; repeatable)
 ``--no-share``          subscriptions to ``$share/<group>/<filter>`` subscribe to ``<filter>``
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,8 @@ def main() -> None:
     parser.add_argument("--retain-once", type=_kinds, default=set(), metavar="KINDS")
     parser.add_argument("--qos", action="append", default=[], metavar="KIND=N")
     parser.add_argument("--no-will", action="store_true")
+    parser.add_argument("--tls-insecure", action="store_true")
+    parser.add_argument("--no-client-cert", action="store_true")
     parser.add_argument("--strip-property", action="append", default=[], metavar="NAME")
     parser.add_argument("--no-share", action="store_true")
     parser.add_argument("module", help="the program to run, such as sim.device")
@@ -92,6 +97,20 @@ def main() -> None:
     mqtt.Client.subscribe = mutated_subscribe  # type: ignore[method-assign]
     if options.no_will:
         mqtt.Client.will_set = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    if options.tls_insecure or options.no_client_cert:
+        tls_set = mqtt.Client.tls_set
+
+        def mutated_tls_set(self: mqtt.Client, *args: Any, **kwargs: Any) -> None:
+            if options.no_client_cert:
+                kwargs.pop("certfile", None)
+                kwargs.pop("keyfile", None)
+            if options.tls_insecure:
+                kwargs["cert_reqs"] = ssl.CERT_NONE
+            tls_set(self, *args, **kwargs)
+            if options.tls_insecure:
+                self.tls_insecure_set(True)
+
+        mqtt.Client.tls_set = mutated_tls_set  # type: ignore[method-assign]
     sys.path.insert(0, str(LAB_ROOT))
     sys.argv = [options.module, *options.args]
     runpy.run_module(options.module, run_name="__main__", alter_sys=True)

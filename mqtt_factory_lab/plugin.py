@@ -57,6 +57,7 @@ from mqtt_factory_lab.grading import points
 pytest_plugins = [
     "mqtt_factory_lab.fixtures.brokers",
     "mqtt_factory_lab.fixtures.factory",
+    "mqtt_factory_lab.fixtures.bridge",
     "mqtt_factory_lab.fixtures.acl",
     "mqtt_factory_lab.fixtures.chocolate",
     "mqtt_factory_lab.fixtures.tls",

@@ -326,6 +326,10 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
         if args.stats_interval:
             observer_args += ["--stats-interval", str(args.stats_interval)]
         programs.append(("observer", "sim.observer", observer_args))
+    if getattr(args, "metrics_port", None) is not None:
+        # the Prometheus exporter (lesson 11); it reads like the observer
+        exporter_args = ["--client-id", "exporter", "--metrics-port", str(args.metrics_port)]
+        programs.append(("exporter", "sim.exporter", [*exporter_args, *as_user("observer")]))
     programs.append(
         (
             "controller",
@@ -478,7 +482,7 @@ class Programs:
         Members of a group get SIGTERM together, so the whole stop takes about
         one ``timeout`` at worst per group, not one per program.
         """
-        watchers = ("observer", "dashboard")
+        watchers = ("observer", "dashboard", "exporter")
         groups = [
             [c for c in self.components if c.name not in ("controller", *watchers)],
             [c for c in self.components if c.name == "controller"],
@@ -563,6 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8080,
         help="port the dashboard serves on (default 8080; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="also start the Prometheus exporter (sim.exporter) on 127.0.0.1:PORT/metrics "
+        "(default: no exporter; see docs/observability.md)",
     )
     parser.add_argument(
         "--stats-interval",

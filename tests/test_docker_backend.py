@@ -269,3 +269,31 @@ def test_mtls_broker_in_a_container_reads_its_mounted_certificates(
     broker.wait_for_log(r"as any-id \(.*u'press-01'", since=mark)
     refused = probe_tls(broker.host, broker.port, ca=certs.ca_file)
     assert refused.kind == "cert_required", refused.sentence
+
+
+def test_a_bridged_pair_is_two_containers_that_reach_each_other(docker_engine: None) -> None:
+    """Lesson 10's pair: the site container's bridge reaches the cloud container (on the pair's
+    own network in bridge mode, on loopback in host mode), again after the cloud restarts, and
+    close() leaves neither container nor network behind."""
+    from mqtt_factory_lab.core.bridge import BRIDGE_TEMPLATE, BrokerPair
+    from mqtt_factory_lab.fixtures.bridge import wait_until_bridged
+
+    with BrokerPair("docker", BRIDGE_TEMPLATE.read_text()) as pair:
+        wait_until_bridged(pair)
+        pair.cloud.restart()
+        wait_until_bridged(pair)  # the site's bridge found the new cloud container
+        ids = [*pair.cloud.container_ids, *pair.site.container_ids]
+        network = pair._network
+        if pair.cloud.network == "bridge":
+            assert network is not None and "address cloud:1883" in pair.bridge_config
+    assert not _engine_containers(ids), "close() must remove both brokers' containers"
+    if network is not None:
+        import docker.errors
+        from testcontainers.core.docker_client import DockerClient
+
+        client = DockerClient().client
+        try:
+            with pytest.raises(docker.errors.NotFound):
+                client.networks.get(network.name)
+        finally:
+            client.close()

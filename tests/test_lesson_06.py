@@ -172,7 +172,7 @@ def test_an_acl_without_the_lab_round_trip_fails_every_cell_at_once_in_one_sente
         )
     )
     (tmp_path / "solution.toml").write_text((starter / "solution.toml").read_text())
-    for program in ("device.py", "controller.py", "datacenter.py"):
+    for program in ("device.py", "controller.py", "datacenter.py", "acl-machines", "bridge.conf"):
         (tmp_path / program).write_text((starter / program).read_text())
     result = run_lesson(LESSON, "-m", "solution", "-k", "matrix", solution=tmp_path)
 

@@ -175,6 +175,11 @@ def test_points_under_xdist_are_counted_once_by_the_controller(lesson: Path) -> 
     document = json.loads((folder / "points.json").read_text())
     assert (document["score"], document["max_score"]) == (6.5, 9)
     assert len(document["experiments"]) == 6
+    summary = done.stdout.split("✗", 1)[1]
+    assert summary.splitlines()[1].strip().startswith("A retained message must"), (
+        "the terminal's summary starts with the teaching message, not with the worker's "
+        f"line or the assertion's file and line:\n{summary}"
+    )
 
 
 def test_a_bad_points_marker_is_a_usage_error(tmp_path: Path) -> None:

@@ -75,6 +75,14 @@ CAUGHT_BY = {
     "lesson09_datacenter_without_share": ("09_mqtt5", "shared_subscription_store"),
     "lesson09_publishes_without_user_property": ("09_mqtt5", "labels_every_publish"),
     "lesson09_reply_without_correlation_data": ("09_mqtt5", "answers_setpoint_requests"),
+    "lesson10_always_clean": ("10_bridge", "published_while_the_cloud_is_away"),
+    "lesson10_both_ways": (
+        "10_bridge",
+        "reach_the_site_only_on_command_topics or no_message_comes_back",
+    ),
+    "lesson10_no_remote_prefix": ("10_bridge", "under_the_site_prefix"),
+    "lesson11_counts_redeliveries": ("11_observability", "counts_once"),
+    "lesson11_online_never_drops": ("11_observability", "killed_device_shows_online_0"),
 }
 #: ``[mqtt5-run7-not-json]``: the repetition's number among the test's parameters
 REPETITION = re.compile(r"[\[-]run(\d+)[\]-]")
@@ -144,6 +152,8 @@ REFERENCE_RUNS = int(os.environ.get("MQTT_LAB_SLOW_LANE_REFERENCE_RUNS", "5"))
         "07_traceability",
         "08_tls",
         "09_mqtt5",
+        "10_bridge",
+        "11_observability",
     ],
 )
 def test_the_reference_passes_every_solution_experiment_in_every_run(

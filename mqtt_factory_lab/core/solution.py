@@ -60,6 +60,7 @@ PLACEHOLDERS = {
     "run_id": "makes the chocolate line's batch ids, lot codes and msg_ids unique to a run",
     "lot": "the lot code a traceability query starts from",
     "output": "a file a program writes its answer to",
+    "metrics_port": "the 127.0.0.1 port an exporter serves /metrics on (lesson 11)",
 }
 
 

@@ -420,8 +420,11 @@ def _skip_reason(report: pytest.TestReport) -> str:
 
 
 def _message_body(message: str) -> str:
-    """The teaching message without its first line when that is only ``path:line: Kind``."""
+    """The teaching message without its first lines when they are only pytest-xdist's
+    ``[gw0] linux -- Python ...`` and ``path:line: Kind``."""
     lines = message.splitlines()
+    if lines and re.match(r"^\[gw\d+\] ", lines[0]):
+        lines = lines[1:]
     if lines and re.match(r"^\S+:\d+: \w+$", lines[0]):
         lines = lines[1:]
     return "\n".join(lines).strip()

@@ -44,6 +44,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     up.add_argument(
         "--http-port", type=int, default=DEFAULT_HTTP_PORT, help="dashboard port (default 8080)"
     )
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="also run the Prometheus exporter on 127.0.0.1:PORT/metrics (docs/observability.md)",
+    )
     up.add_argument("--acl", action="store_true", help="the broker enforces docker/acl (lesson 06)")
     up.add_argument(
         "--persistent-controller",
@@ -114,6 +120,7 @@ def _up(args: argparse.Namespace, state: StateDir) -> int:
     options = Options(
         port=args.port,
         http_port=args.http_port,
+        metrics_port=args.metrics_port,
         acl=args.acl,
         persistent_controller=args.persistent_controller,
         anomaly=args.anomaly,

@@ -108,6 +108,11 @@ def up(
     for port, what, option in (
         (options.port, "the broker", "--port"),
         (options.http_port, "the dashboard", "--http-port"),
+        *(
+            [(options.metrics_port, "the exporter", "--metrics-port")]
+            if options.metrics_port
+            else []
+        ),
     ):
         problem = port_problem(port, what, option)
         if problem:

@@ -46,6 +46,8 @@ class Options:
     #: lesson 08: the certificate folder of ``--mtls`` (:mod:`.tls`), or None for plain MQTT;
     #: the broker becomes ``mtls``, every program presents a certificate of its own
     mtls: str | None = None
+    #: the Prometheus exporter's port (lesson 11, ``sim.run_all --metrics-port``); None: none
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ def programs(options: Options, database: Path) -> list[Program]:
         factory += ["--controller-session", "persistent"]
     if options.mtls:
         factory += ["--mtls", options.mtls]  # run_all hands each child its own certificate
+    if options.metrics_port is not None:
+        factory += ["--metrics-port", str(options.metrics_port)]
     listed = [
         Program(
             "factory",

@@ -85,7 +85,7 @@ import pytest
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
 from mqtt_factory_lab.core.certificates import LabCertificates
-from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.connection import ConnectionSettings, try_connect
 from mqtt_factory_lab.core.factory import FactoryLauncher
 from mqtt_factory_lab.core.paths import DOCKER_DIR
@@ -93,6 +93,8 @@ from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.core.roles import RoleError, RoleProcess
 from mqtt_factory_lab.core.solution import ManifestError, Solution
 from mqtt_factory_lab.core.tls_probe import TLS_FAILURES, probe_tls
+from mqtt_factory_lab.experiment.acl import expect
+from mqtt_factory_lab.experiment.acl import round_trip as acl_round_trip
 from mqtt_factory_lab.fixtures.brokers import BrokerPool, broker_or_fail, remember_broker
 from mqtt_factory_lab.fixtures.factory import or_fail
 
@@ -126,27 +128,10 @@ CONNECTED_AS = re.compile(r"New client connected from \S+ as (\S+) \(.*u'([^']*)
 # -- helpers --------------------------------------------------------------------------
 
 
-def expect(condition: object, message: str) -> None:
-    """Fail with the lesson's message alone, without a source listing, unless ``condition``."""
-    __tracebackhide__ = True
-    if not condition:
-        pytest.fail(message, pytrace=False)
-
-
 def round_trip(client: RecordingClient) -> None:
     """``client.sync()``: proves that nothing more is on its way to ``client``."""
     __tracebackhide__ = True
-    try:
-        client.sync(timeout=3)
-    except (MQTTTimeout, ConnectionError) as error:
-        message = (
-            f"{client.client_id}'s round trip through lab/sync/{client.client_id}/# did not come "
-            "back, so the lab cannot prove what was (not) delivered. Keep the rule "
-            f"`pattern readwrite lab/sync/%c/#` in your per-machine ACL.\n  ({error})"
-        )
-    else:
-        return
-    pytest.fail(message, pytrace=False)
+    acl_round_trip(client, acl="per-machine ACL")
 
 
 def probe(who: str, what: str) -> bytes:

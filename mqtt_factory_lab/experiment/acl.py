@@ -57,8 +57,10 @@ def publish_for_ack(client: RecordingClient, topic: str, payload: bytes, qos: in
     return client.puback_reason(info) or ReasonCode(PacketTypes.PUBACK, "Success")
 
 
-def round_trip(client: RecordingClient) -> None:
-    """``client.sync()``, failing with the ACL rule it needs when the round trip cannot happen."""
+def round_trip(client: RecordingClient, acl: str = "ACL") -> None:
+    """``client.sync()``, failing with the ACL rule it needs when the round trip cannot happen.
+
+    ``acl`` names the file the student keeps the rule in ("ACL", "per-machine ACL")."""
     __tracebackhide__ = True
     try:
         client.sync(timeout=3)
@@ -66,7 +68,7 @@ def round_trip(client: RecordingClient) -> None:
         message = (
             f"{client.client_id}'s round trip through lab/sync/{client.client_id}/# did not come "
             "back, so the lab cannot prove what was (not) delivered. Keep the rule "
-            f"`pattern readwrite lab/sync/%c/#` in your ACL.\n  ({error})"
+            f"`pattern readwrite lab/sync/%c/#` in your {acl}.\n  ({error})"
         )
     else:
         return

@@ -195,7 +195,9 @@ def _protect(root: Path, config_dir: Path, data_dir: Path, local: bool) -> None:
     Locally the broker runs as the lab's own user: its configuration (a solution's ACL, a
     password file) and its database are that user's alone (0600/0700), out of reach of the
     student programs a grader runs as other users. In a container, Mosquitto reads them as
-    its own user through a bind mount: readable by all, as the image expects.
+    its own user (whatever uid the image gives it) through a bind mount: readable by all
+    inside the mounted folders, as the image expects, while the folder that holds them is
+    ours alone (0700), so no other user of this machine reaches them.
     """
     if local:
         for path in [*config_dir.rglob("*"), config_dir, data_dir, root]:
@@ -204,7 +206,7 @@ def _protect(root: Path, config_dir: Path, data_dir: Path, local: bool) -> None:
     for path in config_dir.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     config_dir.chmod(0o755)
-    root.chmod(0o755)
+    root.chmod(0o700)
 
 
 def _render_source(

@@ -179,6 +179,13 @@ else
     ldd "$MOSQUITTO" | grep -o '/[^ ]*' | sort -u | while read -r lib; do
         cp -L --parents "$lib" "$ROOTFS/"
     done
+    # glibc loads libgcc_s with dlopen when a thread exits (pthread_exit, used by the
+    # asynchronous DNS lookup a bridge makes when it reconnects): ldd does not list it,
+    # and without it the broker aborts ("libgcc_s.so.1 must be installed for pthread_exit").
+    LIBGCC=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64|libgcc_s\.so\.1 \(libc6\)/ { print $NF; exit }')
+    [[ -n $LIBGCC ]] || LIBGCC=$(ldconfig -p | awk '/libgcc_s\.so\.1/ { print $NF; exit }')
+    [[ -n $LIBGCC ]] || die "libgcc_s.so.1 is missing (apt-get install -y libgcc-s1): a bridging broker needs it"
+    cp -L --parents "$LIBGCC" "$ROOTFS/"
     # Mosquitto starts as root and drops to the `mosquitto` user.
     grep -E '^(root|mosquitto):' /etc/passwd >"$ROOTFS/etc/passwd" || true
     grep -E '^(root|mosquitto):' /etc/group >"$ROOTFS/etc/group" || true

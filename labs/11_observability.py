@@ -167,9 +167,12 @@ def sys_broker(make_broker: Callable[..., Broker]) -> Broker:
 
 @pytest.fixture
 def exporter(
-    factory_launcher: Callable[..., FactoryLauncher], sys_broker: Broker
+    sys_broker: Broker, factory_launcher: Callable[..., FactoryLauncher]
 ) -> Callable[[], tuple[FactoryLauncher, RoleProcess, int]]:
-    """Start the solution's exporter on the $SYS broker: ``launcher, process, port = exporter()``."""
+    """Start the solution's exporter on the $SYS broker: ``launcher, process, port = exporter()``.
+
+    The broker comes first, so it stops last: programs stop while it still answers.
+    """
 
     def start() -> tuple[FactoryLauncher, RoleProcess, int]:
         launcher = factory_launcher(sys_broker)

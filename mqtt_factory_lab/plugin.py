@@ -374,7 +374,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 section += ":\n" + format_log(shown, REPORT_LINES)
             except Exception as error:  # the broker may be gone; the report must not be
                 section += f"\n    (log unavailable: {error})"
-        report.sections.append((f"broker {broker.variant} ({broker.backend})", section))
+        report.sections.append((f"broker {broker.label} ({broker.backend})", section))
     for launcher in item.stash.get(LAUNCHERS, []):
         for process in launcher.processes:
             if f"the {process.role} role ({process.name})" in failure:

@@ -43,9 +43,10 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import paho.mqtt.client as mqtt
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -262,9 +263,16 @@ class Exporter:
         self._server: Any = None
 
     def start(self) -> None:
-        self._server = start_http_server(
-            self.port, addr="127.0.0.1", registry=self.metrics.registry
+        # prometheus_client's WSGI app on a server of our own: its start_http_server polls for
+        # shutdown every 0.5 s, and an exporter told to stop should be gone at once.
+        server = make_server(
+            "127.0.0.1", self.port, make_wsgi_app(self.metrics.registry), handler_class=_Quiet
         )
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        self._server = (server, thread)
         connect(self.client, self.settings)
 
     def stop(self) -> None:
@@ -273,7 +281,15 @@ class Exporter:
         if self._server is not None:
             server, thread = self._server
             server.shutdown()
+            server.server_close()
             thread.join(timeout=2)
+
+
+class _Quiet(WSGIRequestHandler):
+    """No access log on stderr for every scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -297,3 +297,25 @@ def test_a_bridged_pair_is_two_containers_that_reach_each_other(docker_engine: N
                 client.networks.get(network.name)
         finally:
             client.close()
+
+
+def test_the_cleanup_sweep_removes_a_dead_runs_pair_network(docker_engine: None) -> None:
+    """A run killed mid-experiment leaves its bridged pair's network behind: the sweep
+    (``remove_containers(pid)``, also run at exit) removes networks with the run's label."""
+    from testcontainers.core.docker_client import DockerClient
+
+    from mqtt_factory_lab.brokers.docker import LABEL, remove_containers
+
+    dead_run = 2**22 + os.getpid()  # a pid label no live lab process carries
+    client = DockerClient().client
+    try:
+        network = client.networks.create(
+            f"mqtt-lab-leftover-{os.getpid()}", labels={LABEL: "1", PID_LABEL: str(dead_run)}
+        )
+        remove_containers(dead_run)
+        left = client.networks.list(filters={"label": f"{PID_LABEL}={dead_run}"})
+        if left:
+            network.remove()
+        assert not left, "the sweep must remove the lab's networks of that run, not only containers"
+    finally:
+        client.close()

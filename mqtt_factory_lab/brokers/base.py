@@ -101,6 +101,8 @@ class Broker(ABC):
     :ivar port: port clients connect to.
     :ivar capabilities: subset of {``RESTART``, ``CONFIG``, ``LOG``}.
     :ivar ready_seconds: how long the last start took until a CONNECT succeeded.
+    :ivar role: what the broker is in an experiment of several (``"site"``, ``"cloud"``);
+        empty for the lab's usual single broker.
     """
 
     backend: str = "abstract"
@@ -113,6 +115,12 @@ class Broker(ABC):
         self.ready_seconds: float | None = None
         #: the CA and server certificate of a ``tls``/``mtls`` broker (None: plaintext)
         self.tls: BrokerTLS | None = None
+        self.role = ""
+
+    @property
+    def label(self) -> str:
+        """How reports name the broker: its role in a pair (``site``), else its variant."""
+        return self.role or self.variant
 
     # -- lifecycle ---------------------------------------------------------
     @abstractmethod

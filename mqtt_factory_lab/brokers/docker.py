@@ -566,6 +566,9 @@ def _ryuk_hint(error: BaseException) -> str:
 def remove_containers(pid: int | None = None) -> list[str]:
     """Remove the lab's containers (of process ``pid``, or all) from the engine; return their ids.
 
+    The docker networks of the lab's bridged pairs (same labels) go too, once their containers
+    are gone: a run killed mid-experiment leaves neither behind.
+
     For cleanup after a crash: ``python -c "from mqtt_factory_lab.brokers.docker import
     remove_containers; print(remove_containers())"``.
     """
@@ -581,6 +584,9 @@ def remove_containers(pid: int | None = None) -> list[str]:
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True, v=True)
                 removed.append(container.id)
+        for network in client.networks.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.APIError):
+                network.remove()
     finally:
         client.close()
     return removed

@@ -101,6 +101,7 @@ class BrokerPair:
         self._network: Any = None
         self.cloud: Broker = self._make(cloud_variant, alias=CLOUD_ALIAS)
         self.site: Broker = self._make(site_variant, alias="site")
+        self.cloud.role, self.site.role = "cloud", "site"
         self.bridge_config = ""
 
     def _make(self, variant: str, *, alias: str, **extra: Any) -> Broker:

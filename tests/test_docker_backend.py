@@ -77,6 +77,21 @@ def test_unreachable_engine_is_reported_not_raised(
     assert str(socket) in answer, f"the reason should name where it looked: {answer!r}"
 
 
+def test_a_machine_without_docker_is_told_so_without_asking_an_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No DOCKER_HOST, no docker context, no default socket: the answer comes without the
+    docker SDK (every lesson run asks, when the backend is ``auto``)."""
+    from mqtt_factory_lab.brokers import docker as docker_backend
+
+    for name in ("DOCKER_HOST", "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-config"))
+    monkeypatch.setattr(docker_backend, "DEFAULT_SOCKET", tmp_path / "docker.sock")
+    answer = docker_available()
+    assert answer is not True and str(tmp_path / "docker.sock") in answer, answer
+
+
 # -- with an engine ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def docker_engine() -> None:

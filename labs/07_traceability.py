@@ -84,19 +84,15 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import sqlite3
 import uuid
 from collections import Counter
 
 import pytest
 
 from mqtt_factory_lab.brokers import CONFIG, LOG
-from mqtt_factory_lab.brokers.mosquitto_log import pubacks_from, qos1_sent_to
 from mqtt_factory_lab.contract import chocolate_steps, validate_message
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.core.roles import RoleProcess
 from mqtt_factory_lab.core.traceability import (
-    FAST,
     MACHINE,
     Database,
     forward_truth,
@@ -106,12 +102,12 @@ from mqtt_factory_lab.core.traceability import (
     record,
     topic_of,
     valid_or_reason,
-    watch,
 )
 from mqtt_factory_lab.experiment import remember_mids, unique, wait_or_fail
 from mqtt_factory_lab.fixtures.factory import or_fail
 
-pytestmark = [pytest.mark.lesson(7)]
+#: the slow cases of both protocols run side by side (mqtt_factory_lab/fixtures/chocolate.py)
+pytestmark = [pytest.mark.lesson(7), pytest.mark.usefixtures("chocolate_cases")]
 
 PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
 #: message type -> (QoS, retained), the seed's policy
@@ -472,55 +468,13 @@ def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(production
 
 @pytest.mark.solution
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
-    factory_launcher, mqtt_client, topic_root, tmp_path, protocol
-):
-    launcher = factory_launcher(protocol=protocol)
-    run_id = uuid.uuid4().hex[:6]
-    database = Database(tmp_path / "datacenter.db")
-    observer = watch(mqtt_client(), topic_root)
-
-    def start_datacenter() -> RoleProcess:
-        return or_fail(
-            lambda: launcher.start_role("datacenter", f"datacenter-{run_id}", db=database.path)
-        )
-
-    first = start_datacenter()
-    line = or_fail(
-        lambda: launcher.start_role(
-            "chocolate_line", f"line-{run_id}", batches=4, time_scale=FAST / 2, run_id=run_id
-        )
-    )
-    wait_or_fail(
-        lambda: len(database.messages()) >= 40,
-        timeout=20,
-        why=lambda: first.describe_failure(
-            f"stored fewer than 40 messages while the line ran ({database.describe()})"
-        ),
-    )
-    # Kill it mid-stream: the line has sent more records since the last commit we saw.
-    seen = len(qos1_ids(observer.received()))
-    with contextlib.suppress(ProcessTimeout):
-        wait_until(lambda: len(qos1_ids(observer.received())) >= seen + 15, timeout=10)
-    first.kill()  # SIGKILL: no goodbye, no last commit, no last acknowledgement
-    during = len(observer.received())
-    with contextlib.suppress(ProcessTimeout):  # the line goes on publishing while it is dead
-        wait_until(
-            lambda: (
-                sum(m.qos == 0 for m in observer.received()[during:]) >= 10
-                and len(qos1_ids(observer.received()[during:])) >= 10
-            ),
-            timeout=10,
-        )
-    start_datacenter()  # same client id, same database: the session resumes
-    status = or_fail(lambda: line.wait_exit(60))
-    assert status == 0, line.describe_failure(f"exited with status {status}")
-    observer.sync()
-
-    expected = qos1_ids(observer.received())
-    with contextlib.suppress(ProcessTimeout):  # judged below on what it stored by then
-        wait_until(lambda: expected <= set(database.msg_ids()), timeout=15)
-    stored = database.msg_ids()
+def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(killed_datacenter, protocol):
+    # The case (core/traceability.py, KilledDatacenter) kills the data center (SIGKILL)
+    # mid-production, lets the line publish into the outage and starts it again.
+    run = or_fail(killed_datacenter)
+    database = run.database
+    assert run.line_status == 0, run.line.describe_failure(f"exited with status {run.line_status}")
+    expected, stored = qos1_ids(run.messages), run.stored
     lost = sorted(expected - set(stored))
     assert not lost, (
         f"The data center was killed (SIGKILL) during production and restarted: {len(lost)} of "
@@ -531,11 +485,8 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
         f"{database.describe()}."
     )
     doubled = sorted(i for i, n in stored.items() if n > 1)
-    states = {
-        i for m in observer.received() if m.topic.endswith("/state") and (i := msg_id_of(m.payload))
-    }
-    resent_states = [i for i in doubled if i in states]
-    records = [i for i in doubled if i not in states]
+    resent_states = [i for i in doubled if i in run.states()]
+    records = [i for i in doubled if i not in run.states()]
     assert not records, (
         f"After the restart the broker sent again what was never acknowledged, some of it "
         f"already committed: {len(records)} record(s) are now stored twice, e.g. {records[:3]}. "
@@ -549,11 +500,7 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
         "The same message is the same msg_id: store each msg_id once (an idempotency key: a "
         "UNIQUE column, INSERT OR IGNORE), whatever brought it twice."
     )
-    telemetry = {
-        i for m in observer.received() if m.qos == 0 and (i := msg_id_of(m.payload)) is not None
-    }
-    gap = telemetry - set(stored)
-    assert gap, (
+    assert run.telemetry_gap(), (
         "Telemetry is QoS 0: what the line sent while the data center was dead cannot be queued "
         "by the broker, so the database must show a gap; every reading is there, which means "
         "telemetry was not published at QoS 0 or the data center is not the one that was killed."
@@ -707,77 +654,12 @@ def test_line_machines_go_offline_by_last_will_when_the_line_dies(
 @pytest.mark.solution
 @pytest.mark.broker_needs(LOG)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_records_delivered_while_the_database_cannot_commit_all_come_back(
-    broker, factory_launcher, mqtt_client, topic_root, tmp_path, protocol
-):
-    launcher = factory_launcher(protocol=protocol)
-    database = Database(tmp_path / "datacenter.db")
-    client_id = unique("datacenter")
-
-    def start_datacenter() -> RoleProcess:
-        return or_fail(lambda: launcher.start_role("datacenter", client_id, db=database.path))
-
-    datacenter = start_datacenter()
-    step = "s8_packaging"
-    publisher = mqtt_client(protocol=protocol)
-    first = record("batch", step)
-    publisher.publish(topic_of(topic_root, step, MACHINE[step], "batch"), first, qos=1)
-    wait_or_fail(
-        lambda: database.msg_ids()[first["msg_id"]] > 0,
-        timeout=10,
-        why=lambda: datacenter.describe_failure(
-            f"never stored a batch event ({database.describe()})"
-        ),
-    )
-    # The lab holds the database (an exclusive lock: no one else may write), so nothing that
-    # arrives now can be committed. A data center that acknowledges only after its commit
-    # sends no PUBACK; one that acknowledges on arrival does, for records it does not have.
-    topic = topic_of(topic_root, step, MACHINE[step], "quality")
-    held = [record("quality", step, result="pass") for _ in range(10)]
-    lock = sqlite3.connect(database.path, timeout=10, isolation_level=None)
-    try:
-        lock.execute("BEGIN EXCLUSIVE")
-        mark = broker.log_mark()
-        for payload in held:
-            publisher.publish(topic, payload, qos=1)
-
-        def sent_to_it() -> set[int]:  # packet ids, as the broker logged them
-            return qos1_sent_to(broker.log_lines()[mark:], client_id, topic)
-
-        def acknowledged_by_it() -> set[int]:
-            return pubacks_from(broker.log_lines()[mark:], client_id)
-
-        wait_or_fail(
-            lambda: len(sent_to_it()) >= len(held),
-            timeout=10,
-            why=lambda: datacenter.describe_failure(
-                f"was not sent the {len(held)} records published on {topic} (the broker's log "
-                f"shows {len(sent_to_it())}): is it subscribed at QoS 1?"
-            ),
-        )
-        sent = sent_to_it()
-        # Whatever it acknowledges, it does so at once: give it the time a PUBACK takes.
-        with contextlib.suppress(ProcessTimeout):
-            wait_until(lambda: sent <= acknowledged_by_it(), timeout=PUBACK_GRACE)
-        acknowledged = sent & acknowledged_by_it()
-        datacenter.kill()  # SIGKILL while the database is held: nothing of it was committed
-    finally:
-        lock.rollback()
-        lock.close()
-    start_datacenter()  # the same client id: the session resumes, unacknowledged ones return
-    # A record published now comes after every redelivery of the session (one topic, one
-    # queue, in order): once it is stored, whatever was coming back has come.
-    marker = record("quality", step, result="pass")
-    publisher.publish(topic, marker, qos=1)
-    ids = {payload["msg_id"] for payload in held}
-    with contextlib.suppress(ProcessTimeout):
-        wait_until(
-            lambda: ids <= set(stored := database.msg_ids()) or stored[marker["msg_id"]] > 0,
-            timeout=15,
-        )
-    with contextlib.suppress(ProcessTimeout):
-        wait_until(lambda: ids <= set(database.msg_ids()), timeout=1)  # the marker's own batch
-    lost = sorted(ids - set(database.msg_ids()))
+def test_records_delivered_while_the_database_cannot_commit_all_come_back(held_database, protocol):
+    # The case (core/traceability.py, HeldDatabase) holds the database's exclusive lock, so
+    # nothing can be committed, publishes records, gives the data center PUBACK_GRACE
+    # seconds to acknowledge them (the broker's log says which it did), kills and restarts it.
+    run = or_fail(held_database)
+    held, acknowledged, lost, database = run.held, run.acknowledged, run.lost, run.database
     assert not lost, (
         f"While the lab held the database (nothing could be committed), the data center was "
         f"sent {len(held)} QoS 1 records and acknowledged {len(acknowledged)} of them (the "
@@ -788,8 +670,6 @@ def test_records_delivered_while_the_database_cannot_commit_all_come_back(
     )
 
 
-#: seconds a data center has to acknowledge what it received (a PUBACK takes milliseconds)
-PUBACK_GRACE = 3.0
 #: the broker's queue limit in the outage experiment (the lab's own config says 100000)
 SMALL_QUEUE = 20
 

@@ -14,22 +14,27 @@ what they read and build:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mqtt_factory_lab.brokers import Broker
+from mqtt_factory_lab.brokers.mosquitto_log import pubacks_from, qos1_sent_to
 from mqtt_factory_lab.contract import PayloadError, schema, validate, validate_message
 from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.core.factory import FactoryLauncher
-from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.roles import RoleError, RoleProcess
 
 SITE, LINE = "tunis-01", "line-a"
 #: a machine of each step, for the experiments that publish by hand
@@ -201,3 +206,262 @@ def forward_truth(run: ProductionRun, lot: str) -> set[str]:
                     seen.add(made)
                     todo.append(made)
     return {x for x in seen if material.get(x) == "finished_chocolate"}
+
+
+# -- The slow scenarios: a crash and a database that cannot commit ------------------------
+#
+# Each is one case of an experiment (one protocol), with its own client ids, topic root and
+# database. They only wait (for a line, an outage, a grace window), so a lesson runs its
+# cases side by side (:class:`SideBySide`) and the experiments judge what each one recorded.
+
+#: seconds a data center has to acknowledge what it received (a PUBACK takes milliseconds);
+#: a correct data center acknowledges nothing while its database is held, so the whole
+#: window runs out: it proves an absence and must not shrink
+PUBACK_GRACE = 3.0
+#: records the lab publishes while it holds the data center's database
+HELD_RECORDS = 10
+
+
+def client_for(broker: Broker, client_id: str, protocol: str = "5") -> RecordingClient:
+    """A connected recording client of ``broker`` (its listener for ``protocol``)."""
+    settings = broker.connection.for_protocol(protocol)
+    client = RecordingClient(
+        settings.host,
+        settings.port,
+        client_id,
+        protocol=protocol,
+        describe_broker=broker.health,
+        connection=settings,
+    )
+    client.connect()
+    return client
+
+
+class Scenario:
+    """One case of a slow experiment: its launcher, database and clients, closed together."""
+
+    def __init__(self, launcher: FactoryLauncher, tmp: Path) -> None:
+        self.launcher = launcher
+        self.broker = launcher.broker
+        self.database = Database(tmp / "datacenter.db")
+        self.mark = self.broker.log_mark()  # a failure report shows the log from here
+        self.run_id = uuid.uuid4().hex[:6]
+        self.clients: list[RecordingClient] = []
+
+    def client(self, name: str, protocol: str = "5") -> RecordingClient:
+        client = client_for(self.broker, f"lab-{name}-{self.run_id}", protocol)
+        self.clients.append(client)
+        return client
+
+    def start_datacenter(self, client_id: str) -> RoleProcess:
+        return self.launcher.start_role("datacenter", client_id, db=self.database.path)
+
+    def wait(self, condition: Callable[[], object], timeout: float, failure: Callable[[], str]):
+        """Wait for ``condition``; past ``timeout``, the solution failed: :class:`RoleError`."""
+        try:
+            wait_until(condition, timeout)
+        except ProcessTimeout:
+            raise RoleError(failure()) from None
+
+    def run(self) -> Scenario:  # pragma: no cover - each scenario says what it does
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.disconnect()
+        self.launcher.close()
+
+
+class KilledDatacenter(Scenario):
+    """The solution's data center killed (SIGKILL) mid-production and started again.
+
+    :meth:`run` starts the data center and a line of :attr:`BATCHES` batches; once the data
+    center has stored 40 messages and the line has sent 15 more records, it kills the data
+    center, lets the line publish (10 records and 10 readings) into the outage, restarts the
+    data center on the same database and client id, and waits for the line to finish and the
+    data center to store what the observer saw (at most 15 s: judged on what it has by then).
+    """
+
+    BATCHES = 3
+
+    def run(self) -> KilledDatacenter:
+        self.observer = watch(self.client("choc-observer"), self.launcher.topic_root)
+        client_id = f"datacenter-{self.run_id}"
+        self.first = self.start_datacenter(client_id)
+        self.line = self.launcher.start_role(
+            "chocolate_line",
+            f"line-{self.run_id}",
+            batches=self.BATCHES,
+            time_scale=FAST / 2,
+            run_id=self.run_id,
+        )
+        self.wait(
+            lambda: len(self.database.messages()) >= 40,
+            20,
+            lambda: self.first.describe_failure(
+                f"stored fewer than 40 messages while the line ran ({self.database.describe()})"
+            ),
+        )
+        # Kill it mid-stream: the line has sent more records since the last commit we saw.
+        seen = len(qos1_ids(self.observer.received()))
+        with contextlib.suppress(ProcessTimeout):
+            wait_until(lambda: len(qos1_ids(self.observer.received())) >= seen + 15, timeout=10)
+        self.first.kill()  # SIGKILL: no goodbye, no last commit, no last acknowledgement
+        during = len(self.observer.received())
+
+        def outage_seen() -> bool:  # the line goes on publishing while it is dead
+            sent = self.observer.received()[during:]
+            return sum(m.qos == 0 for m in sent) >= 10 and len(qos1_ids(sent)) >= 10
+
+        with contextlib.suppress(ProcessTimeout):
+            wait_until(outage_seen, timeout=10)
+        self.start_datacenter(client_id)  # same client id, same database: the session resumes
+        self.line_status = self.line.wait_exit(60)
+        self.observer.sync()
+        self.messages = self.observer.received()
+        expected = qos1_ids(self.messages)
+        with contextlib.suppress(ProcessTimeout):  # judged on what it stored by then
+            wait_until(lambda: expected <= set(self.database.msg_ids()), timeout=15)
+        self.stored = self.database.msg_ids()
+        return self
+
+    def states(self) -> set[str]:
+        """The msg_ids of the machine states the line published (retained: sent again to
+        every new subscription)."""
+        return {
+            i
+            for m in self.messages
+            if m.topic.endswith("/state") and (i := msg_id_of(m.payload)) is not None
+        }
+
+    def telemetry_gap(self) -> set[str]:
+        """The msg_ids of the QoS 0 readings the line sent that the database does not hold."""
+        sent = {i for m in self.messages if m.qos == 0 and (i := msg_id_of(m.payload))}
+        return sent - set(self.stored)
+
+
+class HeldDatabase(Scenario):
+    """Records delivered to the solution's data center while the lab holds its database.
+
+    :meth:`run` starts the data center, sees it store one batch event, takes the database's
+    exclusive lock (nothing can be committed), publishes :data:`HELD_RECORDS` quality records,
+    waits until the broker's log shows each sent to the data center, gives it
+    :data:`PUBACK_GRACE` seconds to acknowledge, kills it, releases the lock and starts it
+    again with the same client id. Then a marker record (behind every redelivery, in one
+    queue) says when whatever was coming back has come. Needs the broker's log (``LOG``).
+    """
+
+    def __init__(self, launcher: FactoryLauncher, tmp: Path) -> None:
+        super().__init__(launcher, tmp)
+        self.client_id = f"datacenter-{self.run_id}"
+
+    def _log(self) -> list[str]:
+        return self.broker.log_lines()[self.lock_mark :]
+
+    def sent_to_it(self) -> set[int]:
+        """Packet ids of the QoS 1 publishes on the held topic the broker logged to it."""
+        return qos1_sent_to(self._log(), self.client_id, self.topic)
+
+    def acknowledged_by_it(self) -> set[int]:
+        return pubacks_from(self._log(), self.client_id)
+
+    def run(self) -> HeldDatabase:
+        step, root = "s8_packaging", self.launcher.topic_root
+        datacenter = self.start_datacenter(self.client_id)
+        publisher = self.client("choc-publisher", self.launcher.protocol)
+        first = record("batch", step)
+        publisher.publish(topic_of(root, step, MACHINE[step], "batch"), first, qos=1)
+        self.wait(
+            lambda: self.database.msg_ids()[first["msg_id"]] > 0,
+            10,
+            lambda: datacenter.describe_failure(
+                f"never stored a batch event ({self.database.describe()})"
+            ),
+        )
+        # The lab holds the database (an exclusive lock: no one else may write), so nothing
+        # that arrives now can be committed. A data center that acknowledges only after its
+        # commit sends no PUBACK; one that acknowledges on arrival does, for records it lacks.
+        self.topic = topic_of(root, step, MACHINE[step], "quality")
+        self.held = [record("quality", step, result="pass") for _ in range(HELD_RECORDS)]
+        lock = sqlite3.connect(self.database.path, timeout=10, isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            self.lock_mark = self.broker.log_mark()
+            for payload in self.held:
+                publisher.publish(self.topic, payload, qos=1)
+            self.wait(
+                lambda: len(self.sent_to_it()) >= len(self.held),
+                10,
+                lambda: datacenter.describe_failure(
+                    f"was not sent the {len(self.held)} records published on {self.topic} (the "
+                    f"broker's log shows {len(self.sent_to_it())}): is it subscribed at QoS 1?"
+                ),
+            )
+            sent = self.sent_to_it()
+            # Whatever it acknowledges, it does so at once: give it the time a PUBACK takes.
+            with contextlib.suppress(ProcessTimeout):
+                wait_until(lambda: sent <= self.acknowledged_by_it(), timeout=PUBACK_GRACE)
+            self.acknowledged = sent & self.acknowledged_by_it()
+            datacenter.kill()  # SIGKILL while the database is held: nothing of it committed
+        finally:
+            lock.rollback()
+            lock.close()
+        self.start_datacenter(self.client_id)  # the session resumes: unacknowledged ones return
+        # A record published now comes after every redelivery of the session (one topic, one
+        # queue, in order): once it is stored, whatever was coming back has come.
+        marker = record("quality", step, result="pass")
+        publisher.publish(self.topic, marker, qos=1)
+        ids = {payload["msg_id"] for payload in self.held}
+        with contextlib.suppress(ProcessTimeout):
+            wait_until(
+                lambda: ids <= set(got := self.database.msg_ids()) or got[marker["msg_id"]] > 0,
+                timeout=15,
+            )
+        with contextlib.suppress(ProcessTimeout):  # the marker's own batch
+            wait_until(lambda: ids <= set(self.database.msg_ids()), timeout=1)
+        self.lost = sorted(ids - set(self.database.msg_ids()))
+        return self
+
+
+class SideBySide:
+    """Runs scenarios at once, each in its own thread, and hands each its finished case.
+
+    A slow experiment mostly waits (a line, an outage, a grace window that must run out), so
+    its cases need not wait one after the other: :meth:`start` starts a case if it is not
+    running yet, :meth:`result` waits for it and re-raises what went wrong in it, :meth:`close`
+    waits for every case and closes its programs and clients.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="side-by-side")
+        self._cases: dict[Hashable, tuple[Scenario, Future[Scenario]]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: Hashable, make: Callable[[], Scenario]) -> None:
+        with self._lock:
+            if key not in self._cases:
+                case = make()
+                self._cases[key] = (case, self._pool.submit(case.run))
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._cases
+
+    def case(self, key: Hashable) -> Scenario:
+        """The case started under ``key`` (running or not)."""
+        return self._cases[key][0]
+
+    def result(self, key: Hashable, timeout: float = 120) -> Scenario:
+        """The finished case; raises what its :meth:`Scenario.run` raised."""
+        return self._cases[key][1].result(timeout)
+
+    def finish(self, key: Hashable) -> None:
+        """Wait for one case to end, then close it (its programs stop now, not at the end)."""
+        case, future = self._cases[key]
+        with contextlib.suppress(Exception):
+            future.result(120)
+        case.close()
+
+    def close(self) -> None:
+        for key in list(self._cases):
+            self.finish(key)
+        self._pool.shutdown(wait=True)

@@ -272,6 +272,48 @@ class Scenario:
         self.launcher.close()
 
 
+class Production(Scenario):
+    """One production run of the solution: its data center, then a line of :attr:`BATCHES`
+    batches at :data:`FAST`; :meth:`run` waits for the line to finish and the data center to
+    store every record the observer saw (at most 15 s: the experiments judge what it has)."""
+
+    #: three batches in a row cover white, milk and dark chocolate
+    BATCHES = 4
+
+    def run(self) -> Production:
+        root = self.launcher.topic_root
+        observer = watch(self.client("choc-observer"), root)
+        datacenter = self.start_datacenter(f"datacenter-{self.run_id}")
+        line = self.launcher.start_role(
+            "chocolate_line",
+            f"line-{self.run_id}",
+            batches=self.BATCHES,
+            time_scale=FAST,
+            run_id=self.run_id,
+        )
+        status = line.wait_exit(60)
+        observer.sync()
+        self.production = ProductionRun(
+            root,
+            self.broker,
+            self.launcher,
+            self.database,
+            datacenter,
+            line,
+            observer.received(),
+            self.BATCHES,
+            self.database.path.parent,
+        )
+        if status != 0:
+            self.production.problems.append(line.describe_failure(f"exited with status {status}"))
+        expected = qos1_ids(self.production.messages)
+        # the data center may still be committing the last records: the experiments judge
+        # what it stored, so wait for all of them (or 15 s) before the first one looks
+        with contextlib.suppress(ProcessTimeout):
+            wait_until(lambda: expected <= set(self.database.msg_ids()), timeout=15)
+        return self
+
+
 class KilledDatacenter(Scenario):
     """The solution's data center killed (SIGKILL) mid-production and started again.
 

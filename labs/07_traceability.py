@@ -81,21 +81,16 @@ part, ``-m solution --solution PATH`` to grade a solution).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import uuid
 from collections import Counter
 
 import pytest
 
 from mqtt_factory_lab.brokers import CONFIG, LOG
 from mqtt_factory_lab.contract import chocolate_steps, validate_message
-from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.core.traceability import (
     MACHINE,
-    Database,
-    forward_truth,
     last_packaging_outputs,
     msg_id_of,
     qos1_ids,
@@ -103,7 +98,7 @@ from mqtt_factory_lab.core.traceability import (
     topic_of,
     valid_or_reason,
 )
-from mqtt_factory_lab.experiment import remember_mids, unique, wait_or_fail
+from mqtt_factory_lab.experiment import remember_mids, unique
 from mqtt_factory_lab.fixtures.factory import or_fail
 
 #: the slow cases of both protocols run side by side (mqtt_factory_lab/fixtures/chocolate.py)
@@ -425,32 +420,12 @@ def test_datacenter_stores_every_qos1_record_of_the_run_exactly_once(production)
 
 @pytest.mark.solution
 @pytest.mark.parametrize("raw_material", ["hazelnut_paste", "milk_powder", "sugar", "cocoa_beans"])
-def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(production, raw_material):
-    lots = sorted(
-        {
-            item["lot"]
-            for events in production.batch_events().values()
-            for e in events
-            for item in e.get("inputs", [])
-            if item["material"] == raw_material
-        }
-    )
-    assert lots, f"No batch of the run consumed {raw_material}: the recipes need it."
-    lot = lots[0]
-    truth = forward_truth(production, lot)
-    answer_file = production.tmp / f"recall-{lot}.json"
-    trace = or_fail(
-        lambda: production.launcher.start_role(
-            "trace",
-            f"trace-{raw_material}",
-            wait_ready=False,
-            db=production.database.path,
-            lot=lot,
-            output=answer_file,
-        )
-    )
-    status = or_fail(lambda: trace.wait_exit(30))
-    assert status == 0 and answer_file.exists(), trace.describe_failure(
+def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(recall, raw_material):
+    # The case (Recall) runs the trace role for the first lot of raw_material the run used.
+    run = or_fail(recall)
+    assert run.lot, f"No batch of the run consumed {raw_material}: the recipes need it."
+    lot, truth, answer_file, status = run.lot, run.truth, run.answer_file, run.status
+    assert status == 0 and answer_file.exists(), run.trace.describe_failure(
         f"did not answer the recall query for lot {lot} (exit {status}, {answer_file.name} "
         f"{'written' if answer_file.exists() else 'not written'})"
     )
@@ -508,30 +483,10 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(killed_datac
 
 
 @pytest.mark.solution
-def test_datacenter_stores_a_record_sent_twice_only_once(
-    factory_launcher, mqtt_client, topic_root, tmp_path
-):
-    launcher = factory_launcher()
-    database = Database(tmp_path / "datacenter.db")
-    datacenter = or_fail(
-        lambda: launcher.start_role("datacenter", unique("datacenter"), db=database.path)
-    )
-    step = "s5_tempering"
-    topic = topic_of(topic_root, step, MACHINE[step], "batch")
-    event = record("batch", step)
-    marker = record("batch", step)
-    publisher = mqtt_client()
-    publisher.publish(topic, event, qos=1)
-    publisher.publish(topic, event, qos=1)  # the same record again: a redelivery
-    publisher.publish(topic, marker, qos=1)
-    wait_or_fail(
-        lambda: database.msg_ids()[marker["msg_id"]] > 0,
-        timeout=10,
-        why=lambda: datacenter.describe_failure(
-            f"never stored the batch events published on {topic} ({database.describe()})"
-        ),
-    )
-    copies = database.msg_ids()[event["msg_id"]]
+def test_datacenter_stores_a_record_sent_twice_only_once(redelivered_record):
+    # The case (RedeliveredRecord) publishes one batch event twice, as a redelivery does.
+    run = or_fail(redelivered_record)
+    copies, event = run.copies, run.event
     assert copies == 1, (
         f"The batch event {event['msg_id']} arrived twice, as a QoS 1 redelivery does, and is "
         f"stored {copies} times in mqtt_messages. Use the payload's msg_id as an idempotency "
@@ -561,25 +516,10 @@ BAD_PAYLOADS = [
 
 @pytest.mark.solution
 @pytest.mark.parametrize(("message_type", "payload", "what"), BAD_PAYLOADS)
-def test_malformed_payload_ends_in_the_dead_letter_table(
-    factory_launcher, mqtt_client, topic_root, tmp_path, message_type, payload, what
-):
-    launcher = factory_launcher()
-    database = Database(tmp_path / "datacenter.db")
-    datacenter = or_fail(
-        lambda: launcher.start_role("datacenter", unique("datacenter"), db=database.path)
-    )
-    step = "s8_packaging"
-    topic = topic_of(topic_root, step, MACHINE[step], message_type)
-    good = record(message_type, step)
-    publisher = mqtt_client()
-    publisher.publish(topic, payload, qos=1)
-    publisher.publish(topic, good, qos=1)
-    with contextlib.suppress(ProcessTimeout):
-        wait_until(
-            lambda: database.msg_ids()[good["msg_id"]] > 0 or not datacenter.is_running(),
-            timeout=10,
-        )
+def test_malformed_payload_ends_in_the_dead_letter_table(dead_letter, message_type, payload, what):
+    # The case (DeadLetter) publishes the payload, then a valid record, on one topic.
+    run = or_fail(dead_letter)
+    datacenter, database, topic, good = run.datacenter, run.database, run.topic, run.good
     assert datacenter.is_running(), datacenter.describe_failure(
         f"died after a payload that {what} arrived on {topic}: a data center must never crash "
         "on a payload (the broker would hand it back at every restart); store it in "
@@ -589,7 +529,7 @@ def test_malformed_payload_ends_in_the_dead_letter_table(
         f"did not store the valid record that followed a payload that {what} on {topic} "
         f"({database.describe()})"
     )
-    letters = [(t, p, r) for t, p, r in database.dead_letters() if t == topic]
+    letters = run.letters()
     if letters and not any(p == payload for _, p, _r in letters):
         pytest.fail(
             f"dead_letters has a row for {topic} (reason {letters[0][2]!r}), but its payload "
@@ -604,47 +544,20 @@ def test_malformed_payload_ends_in_the_dead_letter_table(
         f"the reason, so someone can fix the sender and replay it. dead_letters holds "
         f"{len(letters)} row(s) for {topic}: {[(p[:40], r) for _, p, r in letters]}."
     )
-    kept = [p for t, p, _ in database.messages() if t == topic]
-    assert all((p.encode() if isinstance(p, str) else p) != payload for p in kept), (
+    assert not run.kept_as_record(), (
         f"A payload that {what} must not be stored in mqtt_messages as if it were a record: "
         "the traceability tables would trust it."
     )
 
 
 @pytest.mark.solution
-def test_line_machines_go_offline_by_last_will_when_the_line_dies(
-    factory_launcher, mqtt_client, topic_root
-):
-    launcher = factory_launcher()
-    run_id = uuid.uuid4().hex[:6]
-    dashboard = mqtt_client()
-    dashboard.subscribe(f"{topic_root}/+/+/+/+/state", qos=1)
-    line = or_fail(
-        lambda: launcher.start_role(
-            "chocolate_line", f"line-{run_id}", batches=1000, time_scale=600, run_id=run_id
-        )
-    )
-    dashboard.sync()
-    machines = {m.topic for m in dashboard.received()}
-    assert machines, line.describe_failure("published no machine state before it was killed")
-    line.kill()  # power cut: no machine says goodbye
-
-    def all_offline() -> bool:
-        last = {m.topic: m for m in dashboard.received()}
-        return all(last[t].json().get("state") == "offline" for t in machines)
-
-    def still_running() -> list[str]:
-        last = {m.topic: m.json() for m in dashboard.received()}
-        return sorted(t.rsplit("/", 2)[-2] for t in machines if last[t].get("state") != "offline")
-
-    wait_or_fail(
-        all_offline,
-        timeout=10,
-        why=lambda: (
-            "Each machine connects with a Last Will (its state 'offline', retained, QoS "
-            "1), so when the line dies without DISCONNECT the broker publishes it for every machine; "
-            f"still not offline after 10 s: {still_running()}."
-        ),
+def test_line_machines_go_offline_by_last_will_when_the_line_dies(killed_line):
+    # The case (KilledLine) kills the running line (SIGKILL: a power cut) under a dashboard.
+    run = or_fail(killed_line)
+    assert not run.still_running(), (
+        "Each machine connects with a Last Will (its state 'offline', retained, QoS 1), so "
+        "when the line dies without DISCONNECT the broker publishes it for every machine; "
+        f"still not offline after 10 s: {run.still_running()}."
     )
 
 

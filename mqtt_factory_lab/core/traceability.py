@@ -243,10 +243,13 @@ class Scenario:
     def __init__(self, launcher: FactoryLauncher, tmp: Path) -> None:
         self.launcher = launcher
         self.broker = launcher.broker
+        self.tmp = tmp
         self.database = Database(tmp / "datacenter.db")
         self.mark = self.broker.log_mark()  # a failure report shows the log from here
         self.run_id = uuid.uuid4().hex[:6]
         self.clients: list[RecordingClient] = []
+        #: set when the module ends before the case did (Ctrl-C, ``-x``): its waits end at once
+        self.abandoned = threading.Event()
 
     def client(self, name: str, protocol: str = "5") -> RecordingClient:
         client = client_for(self.broker, f"lab-{name}-{self.run_id}", protocol)
@@ -256,15 +259,27 @@ class Scenario:
     def start_datacenter(self, client_id: str) -> RoleProcess:
         return self.launcher.start_role("datacenter", client_id, db=self.database.path)
 
-    def wait(self, condition: Callable[[], object], timeout: float, failure: Callable[[], str]):
+    def until(self, condition: Callable[[], object], timeout: float) -> None:
+        """Wait for ``condition``, at most ``timeout`` seconds: the experiment judges the rest."""
+        with contextlib.suppress(ProcessTimeout):
+            wait_until(condition, timeout, stop_early=self.abandoned.is_set)
+
+    def wait(
+        self, condition: Callable[[], object], timeout: float, failure: Callable[[], str]
+    ) -> None:
         """Wait for ``condition``; past ``timeout``, the solution failed: :class:`RoleError`."""
         try:
-            wait_until(condition, timeout)
+            wait_until(condition, timeout, stop_early=self.abandoned.is_set)
         except ProcessTimeout:
             raise RoleError(failure()) from None
 
     def run(self) -> Scenario:  # pragma: no cover - each scenario says what it does
         raise NotImplementedError
+
+    def abandon(self) -> None:
+        """End the case early: its waits stop and its programs are stopped."""
+        self.abandoned.set()
+        self.launcher.close()
 
     def close(self) -> None:
         for client in self.clients:
@@ -309,8 +324,7 @@ class Production(Scenario):
         expected = qos1_ids(self.production.messages)
         # the data center may still be committing the last records: the experiments judge
         # what it stored, so wait for all of them (or 15 s) before the first one looks
-        with contextlib.suppress(ProcessTimeout):
-            wait_until(lambda: expected <= set(self.database.msg_ids()), timeout=15)
+        self.until(lambda: expected <= set(self.database.msg_ids()), 15)
         return self
 
 
@@ -346,8 +360,7 @@ class KilledDatacenter(Scenario):
         )
         # Kill it mid-stream: the line has sent more records since the last commit we saw.
         seen = len(qos1_ids(self.observer.received()))
-        with contextlib.suppress(ProcessTimeout):
-            wait_until(lambda: len(qos1_ids(self.observer.received())) >= seen + 15, timeout=10)
+        self.until(lambda: len(qos1_ids(self.observer.received())) >= seen + 15, 10)
         self.first.kill()  # SIGKILL: no goodbye, no last commit, no last acknowledgement
         during = len(self.observer.received())
 
@@ -355,15 +368,14 @@ class KilledDatacenter(Scenario):
             sent = self.observer.received()[during:]
             return sum(m.qos == 0 for m in sent) >= 10 and len(qos1_ids(sent)) >= 10
 
-        with contextlib.suppress(ProcessTimeout):
-            wait_until(outage_seen, timeout=10)
+        self.until(outage_seen, 10)
         self.start_datacenter(client_id)  # same client id, same database: the session resumes
         self.line_status = self.line.wait_exit(60)
         self.observer.sync()
         self.messages = self.observer.received()
         expected = qos1_ids(self.messages)
-        with contextlib.suppress(ProcessTimeout):  # judged on what it stored by then
-            wait_until(lambda: expected <= set(self.database.msg_ids()), timeout=15)
+        # judged on what it stored by then
+        self.until(lambda: expected <= set(self.database.msg_ids()), 15)
         self.stored = self.database.msg_ids()
         return self
 
@@ -441,8 +453,7 @@ class HeldDatabase(Scenario):
             )
             sent = self.sent_to_it()
             # Whatever it acknowledges, it does so at once: give it the time a PUBACK takes.
-            with contextlib.suppress(ProcessTimeout):
-                wait_until(lambda: sent <= self.acknowledged_by_it(), timeout=PUBACK_GRACE)
+            self.until(lambda: sent <= self.acknowledged_by_it(), PUBACK_GRACE)
             self.acknowledged = sent & self.acknowledged_by_it()
             datacenter.kill()  # SIGKILL while the database is held: nothing of it committed
         finally:
@@ -454,14 +465,163 @@ class HeldDatabase(Scenario):
         marker = record("quality", step, result="pass")
         publisher.publish(self.topic, marker, qos=1)
         ids = {payload["msg_id"] for payload in self.held}
-        with contextlib.suppress(ProcessTimeout):
-            wait_until(
-                lambda: ids <= set(got := self.database.msg_ids()) or got[marker["msg_id"]] > 0,
-                timeout=15,
-            )
-        with contextlib.suppress(ProcessTimeout):  # the marker's own batch
-            wait_until(lambda: ids <= set(self.database.msg_ids()), timeout=1)
+        self.until(
+            lambda: ids <= set(got := self.database.msg_ids()) or got[marker["msg_id"]] > 0,
+            15,
+        )
+        self.until(lambda: ids <= set(self.database.msg_ids()), 1)  # the marker's own batch
         self.lost = sorted(ids - set(self.database.msg_ids()))
+        return self
+
+
+class RedeliveredRecord(Scenario):
+    """A batch event published twice, as a QoS 1 redelivery arrives, then a marker record.
+
+    :meth:`run` waits until the data center has stored the marker (10 s, or
+    :class:`RoleError`); :attr:`copies` is how many rows the event has by then.
+    """
+
+    def run(self) -> RedeliveredRecord:
+        step = "s5_tempering"
+        self.topic = topic_of(self.launcher.topic_root, step, MACHINE[step], "batch")
+        datacenter = self.start_datacenter(f"datacenter-{self.run_id}")
+        self.event, marker = record("batch", step), record("batch", step)
+        publisher = self.client("choc-publisher")
+        publisher.publish(self.topic, self.event, qos=1)
+        publisher.publish(self.topic, self.event, qos=1)  # the same record again
+        publisher.publish(self.topic, marker, qos=1)
+        self.wait(
+            lambda: self.database.msg_ids()[marker["msg_id"]] > 0,
+            10,
+            lambda: datacenter.describe_failure(
+                f"never stored the batch events published on {self.topic} "
+                f"({self.database.describe()})"
+            ),
+        )
+        self.copies = self.database.msg_ids()[self.event["msg_id"]]
+        return self
+
+
+class DeadLetter(Scenario):
+    """A malformed ``payload`` on a ``message_type`` topic, then a valid record.
+
+    :meth:`run` waits (10 s) until the data center has stored the valid record or died;
+    the experiment judges what :attr:`datacenter` and :attr:`database` show then.
+    """
+
+    def __init__(
+        self, launcher: FactoryLauncher, tmp: Path, *, message_type: str, payload: bytes
+    ) -> None:
+        super().__init__(launcher, tmp)
+        self.message_type, self.payload = message_type, payload
+
+    def run(self) -> DeadLetter:
+        step = "s8_packaging"
+        self.topic = topic_of(self.launcher.topic_root, step, MACHINE[step], self.message_type)
+        self.datacenter = self.start_datacenter(f"datacenter-{self.run_id}")
+        self.good = record(self.message_type, step)
+        publisher = self.client("choc-publisher")
+        publisher.publish(self.topic, self.payload, qos=1)
+        publisher.publish(self.topic, self.good, qos=1)
+        self.until(lambda: self.stored_good() or not self.datacenter.is_running(), 10)
+        return self
+
+    def stored_good(self) -> bool:
+        return self.database.msg_ids()[self.good["msg_id"]] > 0
+
+    def letters(self) -> list[tuple[str, bytes, str]]:
+        """The dead letters of the malformed payload's topic."""
+        return [row for row in self.database.dead_letters() if row[0] == self.topic]
+
+    def kept_as_record(self) -> bool:
+        """Whether ``mqtt_messages`` holds the malformed payload as if it were a record."""
+        return any(
+            (p.encode() if isinstance(p, str) else p) == self.payload
+            for t, p, _ in self.database.messages()
+            if t == self.topic
+        )
+
+
+class KilledLine(Scenario):
+    """The solution's line killed (SIGKILL) while it runs, a dashboard watching its states.
+
+    :meth:`run` waits (10 s) until every machine the dashboard saw is stored ``offline``;
+    :meth:`still_running` names those that are not.
+    """
+
+    def run(self) -> KilledLine:
+        root = self.launcher.topic_root
+        self.dashboard = self.client("choc-dashboard")
+        self.dashboard.subscribe(f"{root}/+/+/+/+/state", qos=1)
+        line = self.launcher.start_role(
+            "chocolate_line",
+            f"line-{self.run_id}",
+            batches=1000,
+            time_scale=600,
+            run_id=self.run_id,
+        )
+        self.dashboard.sync()
+        self.machines = {m.topic for m in self.dashboard.received()}
+        if not self.machines:
+            raise RoleError(
+                line.describe_failure("published no machine state before it was killed")
+            )
+        line.kill()  # power cut: no machine says goodbye
+        self.until(lambda: not self.still_running(), 10)
+        return self
+
+    def still_running(self) -> list[str]:
+        """The machines whose last state is not ``offline``."""
+        last = {m.topic: m.json() for m in self.dashboard.received()}
+        return sorted(
+            t.rsplit("/", 2)[-2] for t in self.machines if last[t].get("state") != "offline"
+        )
+
+
+class Recall(Scenario):
+    """The solution's recall query (its ``trace`` role) over the module's production run.
+
+    :meth:`run` waits for the run (``production``), picks the first lot of ``raw_material``
+    its batches consumed (:attr:`lot`, None if there is none), runs the query and keeps its
+    exit status and :attr:`answer_file`; :attr:`truth` is what the batch events say.
+    """
+
+    def __init__(
+        self,
+        launcher: FactoryLauncher,
+        tmp: Path,
+        *,
+        raw_material: str,
+        production: Callable[[], Production],
+    ) -> None:
+        super().__init__(launcher, tmp)
+        self.raw_material, self.production = raw_material, production
+
+    def run(self) -> Recall:
+        run = self.production().production
+        lots = sorted(
+            {
+                item["lot"]
+                for events in run.batch_events().values()
+                for e in events
+                for item in e.get("inputs", [])
+                if item["material"] == self.raw_material
+            }
+        )
+        self.lot = lots[0] if lots else None
+        if self.lot is None:
+            return self
+        self.truth = forward_truth(run, self.lot)
+        self.answer_file = self.tmp / f"recall-{self.lot}.json"
+        self.trace = run.launcher.start_role(
+            "trace",
+            f"trace-{self.raw_material}",
+            wait_ready=False,
+            db=run.database.path,
+            lot=self.lot,
+            output=self.answer_file,
+        )
+        self.status = self.trace.wait_exit(30)
         return self
 
 
@@ -475,8 +635,10 @@ class SideBySide:
     """
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="side-by-side")
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="side-by-side")
         self._cases: dict[Hashable, tuple[Scenario, Future[Scenario]]] = {}
+        self._closer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="side-by-side-close")
+        self._closing: dict[Hashable, Future[None]] = {}
         self._lock = threading.Lock()
 
     def start(self, key: Hashable, make: Callable[[], Scenario]) -> None:
@@ -497,13 +659,26 @@ class SideBySide:
         return self._cases[key][1].result(timeout)
 
     def finish(self, key: Hashable) -> None:
-        """Wait for one case to end, then close it (its programs stop now, not at the end)."""
+        """Close one case once it has ended, in the background: its programs stop while the
+        next experiment runs (:meth:`close` waits for that)."""
         case, future = self._cases[key]
-        with contextlib.suppress(Exception):
-            future.result(120)
-        case.close()
+
+        def close_when_done() -> None:
+            with contextlib.suppress(Exception):
+                future.result()
+            case.close()
+
+        with self._lock:
+            if key not in self._closing:
+                self._closing[key] = self._closer.submit(close_when_done)
 
     def close(self) -> None:
-        for key in list(self._cases):
+        """Wait for every case to end, close each, and stop the threads."""
+        for key, (case, future) in list(self._cases.items()):
+            if not future.done():
+                case.abandon()
             self.finish(key)
+        for closing in list(self._closing.values()):
+            closing.result()
         self._pool.shutdown(wait=True)
+        self._closer.shutdown(wait=True)

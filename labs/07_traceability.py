@@ -83,7 +83,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 
 import pytest
 
@@ -91,14 +90,18 @@ from mqtt_factory_lab.brokers import CONFIG, LOG
 from mqtt_factory_lab.contract import chocolate_steps, validate_message
 from mqtt_factory_lab.core.traceability import (
     MACHINE,
-    last_packaging_outputs,
     msg_id_of,
     qos1_ids,
     record,
     topic_of,
-    valid_or_reason,
 )
 from mqtt_factory_lab.experiment import remember_mids, unique
+from mqtt_factory_lab.experiment.traceability import (
+    dead_letter_problem,
+    duplicate_problem,
+    policy_break,
+    trace_break,
+)
 from mqtt_factory_lab.fixtures.factory import or_fail
 
 #: the slow cases of both protocols run side by side (mqtt_factory_lab/fixtures/chocolate.py)
@@ -117,10 +120,8 @@ RECORD_TYPES = ("alarm", "quality", "batch")
 STEPS = chocolate_steps()
 #: white chocolate has no cocoa mass: no roasting, no grinding
 ROUTES = {"dark": STEPS, "milk": STEPS, "white": STEPS[2:]}
-QC_STEPS = ("s3_refining", "s5_tempering", "s8_packaging")
-# The line's topics and records (topic_of, record, MACHINE), the data center's database as the
-# lab reads it (Database) and the shared production run (the ``production`` fixture,
-# mqtt_factory_lab/fixtures/chocolate.py) live in the harness: mqtt_factory_lab.core.traceability.
+# The line's records and the cases the experiments judge: mqtt_factory_lab.core.traceability
+# (run side by side by fixtures/chocolate.py); the longer verdicts: experiment.traceability.
 
 
 # -- The broker's part: what "at least once" is made of ---------------------------------
@@ -277,27 +278,8 @@ def test_line_publishes_each_message_type_at_its_qos_and_retains_only_state(
         f"under {production.root}/<site>/<line>/<step>/<machine>/{message_type}."
         + "".join("\n" + p for p in production.problems)
     )
-    wrong_qos = Counter(m.qos for m in messages if m.qos != qos)
-    assert not wrong_qos, (
-        f"{message_type} must be published at QoS {qos} (telemetry 0; state, alarm, quality "
-        f"and batch 1: every record must arrive at least once, a reading need not). "
-        f"{sum(wrong_qos.values())} of {len(messages)} came at QoS {sorted(wrong_qos)}, e.g. "
-        f"{next(m for m in messages if m.qos != qos).topic}."
-    )
-    wrong_retain = [m for m in messages if m.retain != retained]
-    assert not wrong_retain, (
-        f"Only state is retained (the broker keeps the last one for late dashboards); "
-        f"{message_type} must be published with retain={int(retained)}, but "
-        f"{len(wrong_retain)} of {len(messages)} had retain={int(not retained)}, e.g. "
-        f"{wrong_retain[0].topic}."
-    )
-    invalid = [
-        (m.topic, r) for m in messages if isinstance(r := valid_or_reason(m, production.root), str)
-    ]
-    assert not invalid, (
-        f"{len(invalid)} {message_type} payload(s) break their JSON Schema "
-        f"(schemas/chocolate_*.schema.json), e.g. {invalid[0][0]}: {invalid[0][1]}"
-    )
+    problem = policy_break(messages, message_type, qos, retained, production.root)
+    assert problem is None, problem
 
 
 @pytest.mark.solution
@@ -333,56 +315,9 @@ def test_every_batch_has_a_complete_schema_valid_trace(production, recipe):
         f"white, milk and dark chocolate (each three batches in a row cover all three)."
     )
     for batch_id, events in batches.items():
-        # Events of different machines come over different connections: MQTT orders the
-        # messages of one publisher, not of several, so nothing below relies on arrival order.
-        kinds = [e["event"] for e in events]
-        assert "batch_started" in kinds, f"{batch_id}: a batch begins with a batch_started event"
-        scrap = [e["step"] for e in events if e["event"] == "scrapped"]
-        route = ROUTES[recipe]
-        expected = route[: route.index(scrap[0]) + 1] if scrap else route
-        done_steps = [e["step"] for e in events if e["event"] == "step_completed"]
-        assert set(done_steps) == set(expected), (
-            f"{batch_id} ({recipe}) must complete the steps {list(expected)}"
-            f"{' (white chocolate has no cocoa mass: no roasting, no grinding)' if recipe == 'white' else ''}"
-            f"{' up to where it was scrapped' if scrap else ''}; its step_completed events were "
-            f"for {done_steps}."
-        )
-        produced = {
-            lot["lot"] for e in events if e["event"] == "step_completed" for lot in e["outputs"]
-        }
-        for event in events:
-            if event["event"] == "step_started" and event["step"] != expected[0]:
-                assert {lot["lot"] for lot in event["inputs"]} & produced, (
-                    f"{batch_id}: step_started at {event['step']} (attempt {event['attempt']}) "
-                    f"must consume a lot an earlier step of the batch produced, or the trace "
-                    f"breaks there; its inputs were {[lot['lot'] for lot in event['inputs']]}."
-                )
-        scrapped = bool(scrap)
         checked = {e["step"] for e in production.quality(batch_id)}
-        reached_qc = [s for s in QC_STEPS if s in done_steps]
-        assert set(reached_qc) <= checked, (
-            f"{batch_id}: every QC point the batch reached ({reached_qc}) must publish a quality "
-            f"result; results came from {sorted(checked)}."
-        )
-        if not scrapped:
-            shipped = {
-                lot["lot"]
-                for e in events
-                if e["event"] == "shipped"
-                for lot in e["shipment"]["lots"]
-            }
-            finished = {
-                lot["lot"]
-                for e in events
-                if e["event"] == "step_completed" and e["step"] == "s8_packaging"
-                for lot in e["outputs"]
-            }
-            last_attempt = last_packaging_outputs(events)
-            assert last_attempt <= shipped, (
-                f"{batch_id}: every finished lot must leave in a shipment (a 'shipped' event) so "
-                f"a recall can find it; not shipped: {sorted(last_attempt - shipped)} "
-                f"(packed: {sorted(finished)})."
-            )
+        problem = trace_break(batch_id, recipe, ROUTES[recipe], events, checked)
+        assert problem is None, problem
     stored = production.database.msg_ids()
     missing = [
         (e["batch_id"], e["event"], e["step"])
@@ -429,7 +364,7 @@ def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(recall, ra
         f"did not answer the recall query for lot {lot} (exit {status}, {answer_file.name} "
         f"{'written' if answer_file.exists() else 'not written'})"
     )
-    answer = set(json.loads(answer_file.read_text())["finished_lots"])
+    answer = run.answer()
     assert answer == truth, (
         f"A recall of {raw_material} lot {lot} must name exactly the finished lots made from it "
         f"(through every intermediate lot and rework): the batch events say {sorted(truth)}; "
@@ -447,7 +382,6 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(killed_datac
     # The case (core/traceability.py, KilledDatacenter) kills the data center (SIGKILL)
     # mid-production, lets the line publish into the outage and starts it again.
     run = or_fail(killed_datacenter)
-    database = run.database
     assert run.line_status == 0, run.line.describe_failure(f"exited with status {run.line_status}")
     expected, stored = qos1_ids(run.messages), run.stored
     lost = sorted(expected - set(stored))
@@ -457,24 +391,10 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(killed_datac
         "it was committed is gone for good when the process dies in between: acknowledge QoS 1 "
         "messages only after the commit (paho: manual_ack=True, then client.ack(mid, qos)), and "
         "resume the session (same client id, clean start off) so the broker sends the rest. "
-        f"{database.describe()}."
+        f"{run.database.describe()}."
     )
-    doubled = sorted(i for i, n in stored.items() if n > 1)
-    resent_states = [i for i in doubled if i in run.states()]
-    records = [i for i in doubled if i not in run.states()]
-    assert not records, (
-        f"After the restart the broker sent again what was never acknowledged, some of it "
-        f"already committed: {len(records)} record(s) are now stored twice, e.g. {records[:3]}. "
-        "At least once means sometimes twice: store each msg_id once (an idempotency key: a "
-        "UNIQUE column, INSERT OR IGNORE)."
-    )
-    assert not resent_states, (
-        f"{len(resent_states)} machine state(s) are stored twice, e.g. {resent_states[:3]}: "
-        "these are retained states, which the broker hands again to every new subscription "
-        "(your data center subscribed again when it restarted), not unacknowledged records. "
-        "The same message is the same msg_id: store each msg_id once (an idempotency key: a "
-        "UNIQUE column, INSERT OR IGNORE), whatever brought it twice."
-    )
+    problem = duplicate_problem(run)
+    assert problem is None, problem
     assert run.telemetry_gap(), (
         "Telemetry is QoS 0: what the line sent while the data center was dead cannot be queued "
         "by the broker, so the database must show a gap; every reading is there, which means "
@@ -519,35 +439,8 @@ BAD_PAYLOADS = [
 def test_malformed_payload_ends_in_the_dead_letter_table(dead_letter, message_type, payload, what):
     # The case (DeadLetter) publishes the payload, then a valid record, on one topic.
     run = or_fail(dead_letter)
-    datacenter, database, topic, good = run.datacenter, run.database, run.topic, run.good
-    assert datacenter.is_running(), datacenter.describe_failure(
-        f"died after a payload that {what} arrived on {topic}: a data center must never crash "
-        "on a payload (the broker would hand it back at every restart); store it in "
-        "dead_letters with the reason and go on"
-    )
-    assert database.msg_ids()[good["msg_id"]] > 0, datacenter.describe_failure(
-        f"did not store the valid record that followed a payload that {what} on {topic} "
-        f"({database.describe()})"
-    )
-    letters = run.letters()
-    if letters and not any(p == payload for _, p, _r in letters):
-        pytest.fail(
-            f"dead_letters has a row for {topic} (reason {letters[0][2]!r}), but its payload "
-            f"column is not the payload that arrived: it holds {letters[0][1][:40]!r}, the "
-            f"broker delivered {payload[:40]!r}. Store the original bytes as received (a BLOB: "
-            "sqlite3.Binary(msg.payload)), never a decoded or re-encoded copy (errors='replace' "
-            "changes a non-UTF-8 payload), so someone can replay it once the sender is fixed.",
-            pytrace=False,
-        )
-    assert any(p == payload and r for _, p, r in letters), (
-        f"A payload that {what} must not be dropped silently: it belongs in dead_letters with "
-        f"the reason, so someone can fix the sender and replay it. dead_letters holds "
-        f"{len(letters)} row(s) for {topic}: {[(p[:40], r) for _, p, r in letters]}."
-    )
-    assert not run.kept_as_record(), (
-        f"A payload that {what} must not be stored in mqtt_messages as if it were a record: "
-        "the traceability tables would trust it."
-    )
+    problem = dead_letter_problem(run, what)
+    assert problem is None, problem
 
 
 @pytest.mark.solution

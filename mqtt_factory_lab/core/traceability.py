@@ -624,6 +624,10 @@ class Recall(Scenario):
         self.status = self.trace.wait_exit(30)
         return self
 
+    def answer(self) -> set[str]:
+        """The ``finished_lots`` the query wrote."""
+        return set(json.loads(self.answer_file.read_text())["finished_lots"])
+
 
 class SideBySide:
     """Runs scenarios at once, each in its own thread, and hands each its finished case.

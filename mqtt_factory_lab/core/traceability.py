@@ -633,13 +633,15 @@ class SideBySide:
     """Runs scenarios at once, each in its own thread, and hands each its finished case.
 
     A slow experiment mostly waits (a line, an outage, a grace window that must run out), so
-    its cases need not wait one after the other: :meth:`start` starts a case if it is not
-    running yet, :meth:`result` waits for it and re-raises what went wrong in it, :meth:`close`
+    its cases need not wait one after the other. At most ``at_once`` run at a time (the
+    others queue, in the order they were started), so that a long list of cases (the slow
+    lane repeats each twenty times) does not starve the machine. :meth:`start` starts a case
+    if it is not running yet, :meth:`result` waits for it and re-raises what went wrong in it, :meth:`close`
     waits for every case and closes its programs and clients.
     """
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="side-by-side")
+    def __init__(self, at_once: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="side-by-side")
         self._cases: dict[Hashable, tuple[Scenario, Future[Scenario]]] = {}
         self._closer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="side-by-side-close")
         self._closing: dict[Hashable, Future[None]] = {}

@@ -88,13 +88,7 @@ import pytest
 
 from mqtt_factory_lab.brokers import CONFIG, LOG
 from mqtt_factory_lab.contract import chocolate_steps, validate_message
-from mqtt_factory_lab.core.traceability import (
-    MACHINE,
-    msg_id_of,
-    qos1_ids,
-    record,
-    topic_of,
-)
+from mqtt_factory_lab.core.traceability import MACHINE, msg_id_of, qos1_ids, record, topic_of
 from mqtt_factory_lab.experiment import remember_mids, unique
 from mqtt_factory_lab.experiment.traceability import (
     dead_letter_problem,
@@ -104,7 +98,7 @@ from mqtt_factory_lab.experiment.traceability import (
 )
 from mqtt_factory_lab.fixtures.factory import or_fail
 
-#: the slow cases of both protocols run side by side (mqtt_factory_lab/fixtures/chocolate.py)
+#: the solution experiments' cases run side by side (mqtt_factory_lab/fixtures/chocolate.py)
 pytestmark = [pytest.mark.lesson(7), pytest.mark.usefixtures("chocolate_cases")]
 
 PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]

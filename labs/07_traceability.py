@@ -81,37 +81,25 @@ part, ``-m solution --solution PATH`` to grade a solution).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import sqlite3
-import uuid
-from collections import Counter
 
 import pytest
 
 from mqtt_factory_lab.brokers import CONFIG, LOG
-from mqtt_factory_lab.brokers.mosquitto_log import pubacks_from, qos1_sent_to
 from mqtt_factory_lab.contract import chocolate_steps, validate_message
-from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.core.roles import RoleProcess
-from mqtt_factory_lab.core.traceability import (
-    FAST,
-    MACHINE,
-    Database,
-    forward_truth,
-    last_packaging_outputs,
-    msg_id_of,
-    qos1_ids,
-    record,
-    topic_of,
-    valid_or_reason,
-    watch,
+from mqtt_factory_lab.core.traceability import MACHINE, msg_id_of, qos1_ids, record, topic_of
+from mqtt_factory_lab.experiment import remember_mids, unique
+from mqtt_factory_lab.experiment.traceability import (
+    dead_letter_problem,
+    duplicate_problem,
+    policy_break,
+    trace_break,
 )
-from mqtt_factory_lab.experiment import remember_mids, unique, wait_or_fail
 from mqtt_factory_lab.fixtures.factory import or_fail
 
-pytestmark = [pytest.mark.lesson(7)]
+#: the solution experiments' cases run side by side (mqtt_factory_lab/fixtures/chocolate.py)
+pytestmark = [pytest.mark.lesson(7), pytest.mark.usefixtures("chocolate_cases")]
 
 PROTOCOLS = [pytest.param("3.1.1", id="mqtt3.1.1"), pytest.param("5", id="mqtt5")]
 #: message type -> (QoS, retained), the seed's policy
@@ -126,10 +114,8 @@ RECORD_TYPES = ("alarm", "quality", "batch")
 STEPS = chocolate_steps()
 #: white chocolate has no cocoa mass: no roasting, no grinding
 ROUTES = {"dark": STEPS, "milk": STEPS, "white": STEPS[2:]}
-QC_STEPS = ("s3_refining", "s5_tempering", "s8_packaging")
-# The line's topics and records (topic_of, record, MACHINE), the data center's database as the
-# lab reads it (Database) and the shared production run (the ``production`` fixture,
-# mqtt_factory_lab/fixtures/chocolate.py) live in the harness: mqtt_factory_lab.core.traceability.
+# The line's records and the cases the experiments judge: mqtt_factory_lab.core.traceability
+# (run side by side by fixtures/chocolate.py); the longer verdicts: experiment.traceability.
 
 
 # -- The broker's part: what "at least once" is made of ---------------------------------
@@ -286,27 +272,8 @@ def test_line_publishes_each_message_type_at_its_qos_and_retains_only_state(
         f"under {production.root}/<site>/<line>/<step>/<machine>/{message_type}."
         + "".join("\n" + p for p in production.problems)
     )
-    wrong_qos = Counter(m.qos for m in messages if m.qos != qos)
-    assert not wrong_qos, (
-        f"{message_type} must be published at QoS {qos} (telemetry 0; state, alarm, quality "
-        f"and batch 1: every record must arrive at least once, a reading need not). "
-        f"{sum(wrong_qos.values())} of {len(messages)} came at QoS {sorted(wrong_qos)}, e.g. "
-        f"{next(m for m in messages if m.qos != qos).topic}."
-    )
-    wrong_retain = [m for m in messages if m.retain != retained]
-    assert not wrong_retain, (
-        f"Only state is retained (the broker keeps the last one for late dashboards); "
-        f"{message_type} must be published with retain={int(retained)}, but "
-        f"{len(wrong_retain)} of {len(messages)} had retain={int(not retained)}, e.g. "
-        f"{wrong_retain[0].topic}."
-    )
-    invalid = [
-        (m.topic, r) for m in messages if isinstance(r := valid_or_reason(m, production.root), str)
-    ]
-    assert not invalid, (
-        f"{len(invalid)} {message_type} payload(s) break their JSON Schema "
-        f"(schemas/chocolate_*.schema.json), e.g. {invalid[0][0]}: {invalid[0][1]}"
-    )
+    problem = policy_break(messages, message_type, qos, retained, production.root)
+    assert problem is None, problem
 
 
 @pytest.mark.solution
@@ -342,56 +309,9 @@ def test_every_batch_has_a_complete_schema_valid_trace(production, recipe):
         f"white, milk and dark chocolate (each three batches in a row cover all three)."
     )
     for batch_id, events in batches.items():
-        # Events of different machines come over different connections: MQTT orders the
-        # messages of one publisher, not of several, so nothing below relies on arrival order.
-        kinds = [e["event"] for e in events]
-        assert "batch_started" in kinds, f"{batch_id}: a batch begins with a batch_started event"
-        scrap = [e["step"] for e in events if e["event"] == "scrapped"]
-        route = ROUTES[recipe]
-        expected = route[: route.index(scrap[0]) + 1] if scrap else route
-        done_steps = [e["step"] for e in events if e["event"] == "step_completed"]
-        assert set(done_steps) == set(expected), (
-            f"{batch_id} ({recipe}) must complete the steps {list(expected)}"
-            f"{' (white chocolate has no cocoa mass: no roasting, no grinding)' if recipe == 'white' else ''}"
-            f"{' up to where it was scrapped' if scrap else ''}; its step_completed events were "
-            f"for {done_steps}."
-        )
-        produced = {
-            lot["lot"] for e in events if e["event"] == "step_completed" for lot in e["outputs"]
-        }
-        for event in events:
-            if event["event"] == "step_started" and event["step"] != expected[0]:
-                assert {lot["lot"] for lot in event["inputs"]} & produced, (
-                    f"{batch_id}: step_started at {event['step']} (attempt {event['attempt']}) "
-                    f"must consume a lot an earlier step of the batch produced, or the trace "
-                    f"breaks there; its inputs were {[lot['lot'] for lot in event['inputs']]}."
-                )
-        scrapped = bool(scrap)
         checked = {e["step"] for e in production.quality(batch_id)}
-        reached_qc = [s for s in QC_STEPS if s in done_steps]
-        assert set(reached_qc) <= checked, (
-            f"{batch_id}: every QC point the batch reached ({reached_qc}) must publish a quality "
-            f"result; results came from {sorted(checked)}."
-        )
-        if not scrapped:
-            shipped = {
-                lot["lot"]
-                for e in events
-                if e["event"] == "shipped"
-                for lot in e["shipment"]["lots"]
-            }
-            finished = {
-                lot["lot"]
-                for e in events
-                if e["event"] == "step_completed" and e["step"] == "s8_packaging"
-                for lot in e["outputs"]
-            }
-            last_attempt = last_packaging_outputs(events)
-            assert last_attempt <= shipped, (
-                f"{batch_id}: every finished lot must leave in a shipment (a 'shipped' event) so "
-                f"a recall can find it; not shipped: {sorted(last_attempt - shipped)} "
-                f"(packed: {sorted(finished)})."
-            )
+        problem = trace_break(batch_id, recipe, ROUTES[recipe], events, checked)
+        assert problem is None, problem
     stored = production.database.msg_ids()
     missing = [
         (e["batch_id"], e["event"], e["step"])
@@ -429,36 +349,16 @@ def test_datacenter_stores_every_qos1_record_of_the_run_exactly_once(production)
 
 @pytest.mark.solution
 @pytest.mark.parametrize("raw_material", ["hazelnut_paste", "milk_powder", "sugar", "cocoa_beans"])
-def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(production, raw_material):
-    lots = sorted(
-        {
-            item["lot"]
-            for events in production.batch_events().values()
-            for e in events
-            for item in e.get("inputs", [])
-            if item["material"] == raw_material
-        }
-    )
-    assert lots, f"No batch of the run consumed {raw_material}: the recipes need it."
-    lot = lots[0]
-    truth = forward_truth(production, lot)
-    answer_file = production.tmp / f"recall-{lot}.json"
-    trace = or_fail(
-        lambda: production.launcher.start_role(
-            "trace",
-            f"trace-{raw_material}",
-            wait_ready=False,
-            db=production.database.path,
-            lot=lot,
-            output=answer_file,
-        )
-    )
-    status = or_fail(lambda: trace.wait_exit(30))
-    assert status == 0 and answer_file.exists(), trace.describe_failure(
+def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(recall, raw_material):
+    # The case (Recall) runs the trace role for the first lot of raw_material the run used.
+    run = or_fail(recall)
+    assert run.lot, f"No batch of the run consumed {raw_material}: the recipes need it."
+    lot, truth, answer_file, status = run.lot, run.truth, run.answer_file, run.status
+    assert status == 0 and answer_file.exists(), run.trace.describe_failure(
         f"did not answer the recall query for lot {lot} (exit {status}, {answer_file.name} "
         f"{'written' if answer_file.exists() else 'not written'})"
     )
-    answer = set(json.loads(answer_file.read_text())["finished_lots"])
+    answer = run.answer()
     assert answer == truth, (
         f"A recall of {raw_material} lot {lot} must name exactly the finished lots made from it "
         f"(through every intermediate lot and rework): the batch events say {sorted(truth)}; "
@@ -472,55 +372,12 @@ def test_recall_returns_exactly_the_finished_lots_made_from_a_raw_lot(production
 
 @pytest.mark.solution
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
-    factory_launcher, mqtt_client, topic_root, tmp_path, protocol
-):
-    launcher = factory_launcher(protocol=protocol)
-    run_id = uuid.uuid4().hex[:6]
-    database = Database(tmp_path / "datacenter.db")
-    observer = watch(mqtt_client(), topic_root)
-
-    def start_datacenter() -> RoleProcess:
-        return or_fail(
-            lambda: launcher.start_role("datacenter", f"datacenter-{run_id}", db=database.path)
-        )
-
-    first = start_datacenter()
-    line = or_fail(
-        lambda: launcher.start_role(
-            "chocolate_line", f"line-{run_id}", batches=4, time_scale=FAST / 2, run_id=run_id
-        )
-    )
-    wait_or_fail(
-        lambda: len(database.messages()) >= 40,
-        timeout=20,
-        why=lambda: first.describe_failure(
-            f"stored fewer than 40 messages while the line ran ({database.describe()})"
-        ),
-    )
-    # Kill it mid-stream: the line has sent more records since the last commit we saw.
-    seen = len(qos1_ids(observer.received()))
-    with contextlib.suppress(ProcessTimeout):
-        wait_until(lambda: len(qos1_ids(observer.received())) >= seen + 15, timeout=10)
-    first.kill()  # SIGKILL: no goodbye, no last commit, no last acknowledgement
-    during = len(observer.received())
-    with contextlib.suppress(ProcessTimeout):  # the line goes on publishing while it is dead
-        wait_until(
-            lambda: (
-                sum(m.qos == 0 for m in observer.received()[during:]) >= 10
-                and len(qos1_ids(observer.received()[during:])) >= 10
-            ),
-            timeout=10,
-        )
-    start_datacenter()  # same client id, same database: the session resumes
-    status = or_fail(lambda: line.wait_exit(60))
-    assert status == 0, line.describe_failure(f"exited with status {status}")
-    observer.sync()
-
-    expected = qos1_ids(observer.received())
-    with contextlib.suppress(ProcessTimeout):  # judged below on what it stored by then
-        wait_until(lambda: expected <= set(database.msg_ids()), timeout=15)
-    stored = database.msg_ids()
+def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(killed_datacenter, protocol):
+    # The case (core/traceability.py, KilledDatacenter) kills the data center (SIGKILL)
+    # mid-production, lets the line publish into the outage and starts it again.
+    run = or_fail(killed_datacenter)
+    assert run.line_status == 0, run.line.describe_failure(f"exited with status {run.line_status}")
+    expected, stored = qos1_ids(run.messages), run.stored
     lost = sorted(expected - set(stored))
     assert not lost, (
         f"The data center was killed (SIGKILL) during production and restarted: {len(lost)} of "
@@ -528,32 +385,11 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
         "it was committed is gone for good when the process dies in between: acknowledge QoS 1 "
         "messages only after the commit (paho: manual_ack=True, then client.ack(mid, qos)), and "
         "resume the session (same client id, clean start off) so the broker sends the rest. "
-        f"{database.describe()}."
+        f"{run.database.describe()}."
     )
-    doubled = sorted(i for i, n in stored.items() if n > 1)
-    states = {
-        i for m in observer.received() if m.topic.endswith("/state") and (i := msg_id_of(m.payload))
-    }
-    resent_states = [i for i in doubled if i in states]
-    records = [i for i in doubled if i not in states]
-    assert not records, (
-        f"After the restart the broker sent again what was never acknowledged, some of it "
-        f"already committed: {len(records)} record(s) are now stored twice, e.g. {records[:3]}. "
-        "At least once means sometimes twice: store each msg_id once (an idempotency key: a "
-        "UNIQUE column, INSERT OR IGNORE)."
-    )
-    assert not resent_states, (
-        f"{len(resent_states)} machine state(s) are stored twice, e.g. {resent_states[:3]}: "
-        "these are retained states, which the broker hands again to every new subscription "
-        "(your data center subscribed again when it restarted), not unacknowledged records. "
-        "The same message is the same msg_id: store each msg_id once (an idempotency key: a "
-        "UNIQUE column, INSERT OR IGNORE), whatever brought it twice."
-    )
-    telemetry = {
-        i for m in observer.received() if m.qos == 0 and (i := msg_id_of(m.payload)) is not None
-    }
-    gap = telemetry - set(stored)
-    assert gap, (
+    problem = duplicate_problem(run)
+    assert problem is None, problem
+    assert run.telemetry_gap(), (
         "Telemetry is QoS 0: what the line sent while the data center was dead cannot be queued "
         "by the broker, so the database must show a gap; every reading is there, which means "
         "telemetry was not published at QoS 0 or the data center is not the one that was killed."
@@ -561,30 +397,10 @@ def test_killed_datacenter_loses_no_qos1_record_and_duplicates_none(
 
 
 @pytest.mark.solution
-def test_datacenter_stores_a_record_sent_twice_only_once(
-    factory_launcher, mqtt_client, topic_root, tmp_path
-):
-    launcher = factory_launcher()
-    database = Database(tmp_path / "datacenter.db")
-    datacenter = or_fail(
-        lambda: launcher.start_role("datacenter", unique("datacenter"), db=database.path)
-    )
-    step = "s5_tempering"
-    topic = topic_of(topic_root, step, MACHINE[step], "batch")
-    event = record("batch", step)
-    marker = record("batch", step)
-    publisher = mqtt_client()
-    publisher.publish(topic, event, qos=1)
-    publisher.publish(topic, event, qos=1)  # the same record again: a redelivery
-    publisher.publish(topic, marker, qos=1)
-    wait_or_fail(
-        lambda: database.msg_ids()[marker["msg_id"]] > 0,
-        timeout=10,
-        why=lambda: datacenter.describe_failure(
-            f"never stored the batch events published on {topic} ({database.describe()})"
-        ),
-    )
-    copies = database.msg_ids()[event["msg_id"]]
+def test_datacenter_stores_a_record_sent_twice_only_once(redelivered_record):
+    # The case (RedeliveredRecord) publishes one batch event twice, as a redelivery does.
+    run = or_fail(redelivered_record)
+    copies, event = run.copies, run.event
     assert copies == 1, (
         f"The batch event {event['msg_id']} arrived twice, as a QoS 1 redelivery does, and is "
         f"stored {copies} times in mqtt_messages. Use the payload's msg_id as an idempotency "
@@ -614,90 +430,21 @@ BAD_PAYLOADS = [
 
 @pytest.mark.solution
 @pytest.mark.parametrize(("message_type", "payload", "what"), BAD_PAYLOADS)
-def test_malformed_payload_ends_in_the_dead_letter_table(
-    factory_launcher, mqtt_client, topic_root, tmp_path, message_type, payload, what
-):
-    launcher = factory_launcher()
-    database = Database(tmp_path / "datacenter.db")
-    datacenter = or_fail(
-        lambda: launcher.start_role("datacenter", unique("datacenter"), db=database.path)
-    )
-    step = "s8_packaging"
-    topic = topic_of(topic_root, step, MACHINE[step], message_type)
-    good = record(message_type, step)
-    publisher = mqtt_client()
-    publisher.publish(topic, payload, qos=1)
-    publisher.publish(topic, good, qos=1)
-    with contextlib.suppress(ProcessTimeout):
-        wait_until(
-            lambda: database.msg_ids()[good["msg_id"]] > 0 or not datacenter.is_running(),
-            timeout=10,
-        )
-    assert datacenter.is_running(), datacenter.describe_failure(
-        f"died after a payload that {what} arrived on {topic}: a data center must never crash "
-        "on a payload (the broker would hand it back at every restart); store it in "
-        "dead_letters with the reason and go on"
-    )
-    assert database.msg_ids()[good["msg_id"]] > 0, datacenter.describe_failure(
-        f"did not store the valid record that followed a payload that {what} on {topic} "
-        f"({database.describe()})"
-    )
-    letters = [(t, p, r) for t, p, r in database.dead_letters() if t == topic]
-    if letters and not any(p == payload for _, p, _r in letters):
-        pytest.fail(
-            f"dead_letters has a row for {topic} (reason {letters[0][2]!r}), but its payload "
-            f"column is not the payload that arrived: it holds {letters[0][1][:40]!r}, the "
-            f"broker delivered {payload[:40]!r}. Store the original bytes as received (a BLOB: "
-            "sqlite3.Binary(msg.payload)), never a decoded or re-encoded copy (errors='replace' "
-            "changes a non-UTF-8 payload), so someone can replay it once the sender is fixed.",
-            pytrace=False,
-        )
-    assert any(p == payload and r for _, p, r in letters), (
-        f"A payload that {what} must not be dropped silently: it belongs in dead_letters with "
-        f"the reason, so someone can fix the sender and replay it. dead_letters holds "
-        f"{len(letters)} row(s) for {topic}: {[(p[:40], r) for _, p, r in letters]}."
-    )
-    kept = [p for t, p, _ in database.messages() if t == topic]
-    assert all((p.encode() if isinstance(p, str) else p) != payload for p in kept), (
-        f"A payload that {what} must not be stored in mqtt_messages as if it were a record: "
-        "the traceability tables would trust it."
-    )
+def test_malformed_payload_ends_in_the_dead_letter_table(dead_letter, message_type, payload, what):
+    # The case (DeadLetter) publishes the payload, then a valid record, on one topic.
+    run = or_fail(dead_letter)
+    problem = dead_letter_problem(run, what)
+    assert problem is None, problem
 
 
 @pytest.mark.solution
-def test_line_machines_go_offline_by_last_will_when_the_line_dies(
-    factory_launcher, mqtt_client, topic_root
-):
-    launcher = factory_launcher()
-    run_id = uuid.uuid4().hex[:6]
-    dashboard = mqtt_client()
-    dashboard.subscribe(f"{topic_root}/+/+/+/+/state", qos=1)
-    line = or_fail(
-        lambda: launcher.start_role(
-            "chocolate_line", f"line-{run_id}", batches=1000, time_scale=600, run_id=run_id
-        )
-    )
-    dashboard.sync()
-    machines = {m.topic for m in dashboard.received()}
-    assert machines, line.describe_failure("published no machine state before it was killed")
-    line.kill()  # power cut: no machine says goodbye
-
-    def all_offline() -> bool:
-        last = {m.topic: m for m in dashboard.received()}
-        return all(last[t].json().get("state") == "offline" for t in machines)
-
-    def still_running() -> list[str]:
-        last = {m.topic: m.json() for m in dashboard.received()}
-        return sorted(t.rsplit("/", 2)[-2] for t in machines if last[t].get("state") != "offline")
-
-    wait_or_fail(
-        all_offline,
-        timeout=10,
-        why=lambda: (
-            "Each machine connects with a Last Will (its state 'offline', retained, QoS "
-            "1), so when the line dies without DISCONNECT the broker publishes it for every machine; "
-            f"still not offline after 10 s: {still_running()}."
-        ),
+def test_line_machines_go_offline_by_last_will_when_the_line_dies(killed_line):
+    # The case (KilledLine) kills the running line (SIGKILL: a power cut) under a dashboard.
+    run = or_fail(killed_line)
+    assert not run.still_running(), (
+        "Each machine connects with a Last Will (its state 'offline', retained, QoS 1), so "
+        "when the line dies without DISCONNECT the broker publishes it for every machine; "
+        f"still not offline after 10 s: {run.still_running()}."
     )
 
 
@@ -707,77 +454,12 @@ def test_line_machines_go_offline_by_last_will_when_the_line_dies(
 @pytest.mark.solution
 @pytest.mark.broker_needs(LOG)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_records_delivered_while_the_database_cannot_commit_all_come_back(
-    broker, factory_launcher, mqtt_client, topic_root, tmp_path, protocol
-):
-    launcher = factory_launcher(protocol=protocol)
-    database = Database(tmp_path / "datacenter.db")
-    client_id = unique("datacenter")
-
-    def start_datacenter() -> RoleProcess:
-        return or_fail(lambda: launcher.start_role("datacenter", client_id, db=database.path))
-
-    datacenter = start_datacenter()
-    step = "s8_packaging"
-    publisher = mqtt_client(protocol=protocol)
-    first = record("batch", step)
-    publisher.publish(topic_of(topic_root, step, MACHINE[step], "batch"), first, qos=1)
-    wait_or_fail(
-        lambda: database.msg_ids()[first["msg_id"]] > 0,
-        timeout=10,
-        why=lambda: datacenter.describe_failure(
-            f"never stored a batch event ({database.describe()})"
-        ),
-    )
-    # The lab holds the database (an exclusive lock: no one else may write), so nothing that
-    # arrives now can be committed. A data center that acknowledges only after its commit
-    # sends no PUBACK; one that acknowledges on arrival does, for records it does not have.
-    topic = topic_of(topic_root, step, MACHINE[step], "quality")
-    held = [record("quality", step, result="pass") for _ in range(10)]
-    lock = sqlite3.connect(database.path, timeout=10, isolation_level=None)
-    try:
-        lock.execute("BEGIN EXCLUSIVE")
-        mark = broker.log_mark()
-        for payload in held:
-            publisher.publish(topic, payload, qos=1)
-
-        def sent_to_it() -> set[int]:  # packet ids, as the broker logged them
-            return qos1_sent_to(broker.log_lines()[mark:], client_id, topic)
-
-        def acknowledged_by_it() -> set[int]:
-            return pubacks_from(broker.log_lines()[mark:], client_id)
-
-        wait_or_fail(
-            lambda: len(sent_to_it()) >= len(held),
-            timeout=10,
-            why=lambda: datacenter.describe_failure(
-                f"was not sent the {len(held)} records published on {topic} (the broker's log "
-                f"shows {len(sent_to_it())}): is it subscribed at QoS 1?"
-            ),
-        )
-        sent = sent_to_it()
-        # Whatever it acknowledges, it does so at once: give it the time a PUBACK takes.
-        with contextlib.suppress(ProcessTimeout):
-            wait_until(lambda: sent <= acknowledged_by_it(), timeout=PUBACK_GRACE)
-        acknowledged = sent & acknowledged_by_it()
-        datacenter.kill()  # SIGKILL while the database is held: nothing of it was committed
-    finally:
-        lock.rollback()
-        lock.close()
-    start_datacenter()  # the same client id: the session resumes, unacknowledged ones return
-    # A record published now comes after every redelivery of the session (one topic, one
-    # queue, in order): once it is stored, whatever was coming back has come.
-    marker = record("quality", step, result="pass")
-    publisher.publish(topic, marker, qos=1)
-    ids = {payload["msg_id"] for payload in held}
-    with contextlib.suppress(ProcessTimeout):
-        wait_until(
-            lambda: ids <= set(stored := database.msg_ids()) or stored[marker["msg_id"]] > 0,
-            timeout=15,
-        )
-    with contextlib.suppress(ProcessTimeout):
-        wait_until(lambda: ids <= set(database.msg_ids()), timeout=1)  # the marker's own batch
-    lost = sorted(ids - set(database.msg_ids()))
+def test_records_delivered_while_the_database_cannot_commit_all_come_back(held_database, protocol):
+    # The case (core/traceability.py, HeldDatabase) holds the database's exclusive lock, so
+    # nothing can be committed, publishes records, gives the data center PUBACK_GRACE
+    # seconds to acknowledge them (the broker's log says which it did), kills and restarts it.
+    run = or_fail(held_database)
+    held, acknowledged, lost, database = run.held, run.acknowledged, run.lost, run.database
     assert not lost, (
         f"While the lab held the database (nothing could be committed), the data center was "
         f"sent {len(held)} QoS 1 records and acknowledged {len(acknowledged)} of them (the "
@@ -788,8 +470,6 @@ def test_records_delivered_while_the_database_cannot_commit_all_come_back(
     )
 
 
-#: seconds a data center has to acknowledge what it received (a PUBACK takes milliseconds)
-PUBACK_GRACE = 3.0
 #: the broker's queue limit in the outage experiment (the lab's own config says 100000)
 SMALL_QUEUE = 20
 

@@ -6,9 +6,12 @@ experiments; this module what they share:
 * :class:`Parties` — one connection per client id of the matrix;
 * :func:`publish_for_ack`, :func:`round_trip`, :func:`probe` — publish and read the broker's
   answer, prove an absence, tell one experiment's messages apart;
-* :func:`denials`, :func:`how_to_allow`, :func:`expect`, :func:`shown` — the broker's own
-  account of a denial, the ACL line that would allow it, and a failure with the lesson's
-  message alone.
+* :func:`denials`, :func:`denied_lines`, :func:`how_to_allow`, :func:`expect`, :func:`shown`
+  — the broker's own account of a denial, the ACL line that would allow it, and a failure
+  with the lesson's message alone;
+* :func:`refused_login` — the CONNACK of a client the broker must turn away (lessons 06, 09).
+
+Lesson 08 (per-machine ACLs under mutual TLS) and lesson 09 (PUBACK 0x87) use them too.
 
 The brokers the lesson loads its ACLs into are fixtures: ``acl_broker``, ``lab_acl`` and
 ``hardened`` (:mod:`mqtt_factory_lab.fixtures.acl`).
@@ -17,8 +20,9 @@ The brokers the lesson loads its ACLs into are fixtures: ``acl_broker``, ``lab_a
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
@@ -48,12 +52,15 @@ class Parties:
         return self._by_id[who.client_id]
 
 
-def publish_for_ack(client: RecordingClient, topic: str, payload: bytes, qos: int) -> ReasonCode:
+def publish_for_ack(
+    client: RecordingClient, topic: str, payload: Any, qos: int = 1, **publish: Any
+) -> ReasonCode:
     """Publish and return the broker's answer: the PUBACK reason code (QoS 1), or success (QoS 0).
 
-    MQTT 3.1.1 PUBACKs carry no code, so paho reports success for them.
+    MQTT 3.1.1 PUBACKs carry no code, so paho reports success for them (as it does for an
+    MQTT 5 PUBACK without one). ``publish`` goes to ``client.publish`` (``properties=...``).
     """
-    info = client.publish(topic, payload, qos=qos)
+    info = client.publish(topic, payload, qos=qos, **publish)
     return client.puback_reason(info) or ReasonCode(PacketTypes.PUBACK, "Success")
 
 
@@ -92,6 +99,31 @@ def shown(path: Path) -> str:
 
 def probe(client: MatrixClient, what: str) -> bytes:
     return f"acl probe {uuid.uuid4().hex[:12]}: {what} by {client.client_id}".encode()
+
+
+def refused_login(client: RecordingClient) -> ReasonCode:
+    """Connect ``client`` (made with ``connect=False``) to a broker that must refuse it; the
+    CONNACK's reason code. paho is stopped from retrying, so the teardown is quick.
+
+    paho reports MQTT 3.1.1 return codes 4 and 5 as the MQTT 5 codes 0x86 and 0x87.
+    """
+    __tracebackhide__ = True
+    client.paho.reconnect_delay_set(min_delay=0.05, max_delay=0.05)
+    with pytest.raises(ConnectionError):
+        client.connect()
+    client.paho.disconnect()
+    return client.connack["reason_code"]
+
+
+def denied_lines(broker: Broker, mark: int, client_ids: Iterable[str]) -> list[str]:
+    """The broker's ``Denied ...`` log lines about any of ``client_ids`` since ``mark``: what
+    a solution's programs tried that the ACL refused."""
+    ids = set(client_ids)
+    return [
+        line.strip()
+        for line in broker.log_lines()[mark:]
+        if "Denied" in line and any(f" {cid} " in line for cid in ids)
+    ]
 
 
 def denials(broker: Broker, mark: int, client_id: str, topic: str) -> list[str]:

@@ -308,26 +308,16 @@ def test_disconnect_reason_code_decides_whether_the_will_is_sent(
 @pytest.mark.needs("qos1", "retain")
 @pytest.mark.spec(mqtt5=["MQTT-3.3.2-5", "MQTT-3.3.2-6"])
 def test_alarm_that_expired_while_the_controller_was_away_is_not_delivered(
-    broker, mqtt_client, topic_root
+    expiry_clocks, mqtt_client
 ):
-    topic = f"{topic_root}/alarms/press-01/temperature"
-    clock = f"{topic_root}/lab/expiry-clock"
-    client_id = unique("controller")
-    controller = mqtt_client(client_id, clean_start=False, session_expiry=60)
-    controller.subscribe(topic, qos=1)
-    controller.disconnect()
+    # expiry_clocks queued two alarms for the absent controller, with a message expiry
+    # interval of 1 s and of 60 s, then published a retained clock with 2 s: once a new
+    # subscriber no longer gets it, the alarm's second has surely passed (brokers count in
+    # whole seconds, and may check a retained and a queued message differently).
+    topic = expiry_clocks.alarms
+    wait_until_expired(mqtt_client, expiry_clocks.clock)
 
-    press = mqtt_client()
-    stale, lasting = alarm("raised", 231.0), alarm("raised", 240.0)
-    press.publish(topic, stale, qos=1, properties=props(MessageExpiryInterval=1))
-    press.publish(topic, lasting, qos=1, properties=props(MessageExpiryInterval=60))
-    # A retained message published after the alarm, with a longer interval, is our clock:
-    # once a new subscriber no longer gets it, the alarm's second has surely passed (brokers
-    # count in whole seconds, and may check a retained and a queued message differently).
-    press.publish(clock, b"tick", qos=1, retain=True, properties=props(MessageExpiryInterval=2))
-    wait_until_expired(mqtt_client, clock)
-
-    back = mqtt_client(client_id, clean_start=False, session_expiry=60)
+    back = mqtt_client(expiry_clocks.controller_id, clean_start=False, session_expiry=60)
     message = back.wait_for_message(
         topic,
         why="The alarm with a 60 s expiry was queued in the controller's persistent session.",
@@ -351,20 +341,14 @@ def test_alarm_that_expired_while_the_controller_was_away_is_not_delivered(
 @pytest.mark.broker
 @pytest.mark.needs("qos1", "retain")
 @pytest.mark.spec(mqtt5=["MQTT-3.3.2-5"])
-def test_retained_state_with_an_expiry_disappears_when_it_expires(mqtt_client, topic_root):
-    topic = f"{topic_root}/state/press-01"
-    press = mqtt_client()
-    press.publish(topic, {"state": "running"}, qos=1, retain=True,
-                  properties=props(MessageExpiryInterval=1))  # fmt: skip
-    early = mqtt_client()
-    early.subscribe(topic, qos=1)
-    message = early.wait_for_message(
-        topic, why="A new subscriber gets the retained state while it has not expired."
-    )
-    assert message.properties.get("MessageExpiryInterval", 99) <= 1, (
+def test_retained_state_with_an_expiry_disappears_when_it_expires(expiry_clocks, mqtt_client):
+    # expiry_clocks published the retained state with an expiry of 1 s, and a new subscriber
+    # got it at once.
+    remaining = expiry_clocks.early_state.properties.get("MessageExpiryInterval", 99)
+    assert remaining <= 1, (
         "A retained message is sent with what is left of its expiry interval (MQTT-3.3.2-6)."
     )
-    wait_until_expired(mqtt_client, topic)
+    wait_until_expired(mqtt_client, expiry_clocks.state)
 
 
 # -- Properties that say what a payload is --------------------------------------------

@@ -8,8 +8,9 @@ they build and read:
   from :func:`mqtt_factory_lab.experiment.acl.publish_for_ack`);
 * :func:`alarm` — a schema-valid press alarm to publish by hand;
 * :func:`connect_with_protocol_level` — a CONNECT no client library sends (MQTT "6");
-* :func:`wait_until_expired` — the broker's clock, read by fresh subscribers to a retained
-  message;
+* :func:`start_expiry_clocks` and :func:`wait_until_expired` — the expiry experiments'
+  messages, published together so that the module waits once, and the broker's clock, read
+  by fresh subscribers to a retained message;
 * :func:`publish_records` and :class:`SharedWorkers` — chocolate records for data-center
   workers of one share group, and what each worker's database holds.
 
@@ -23,6 +24,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +200,61 @@ class SharedWorkers:
             raise AssertionError(
                 target.describe_failure(f"the data-center workers did not {what} within {timeout}s")
             ) from None
+
+
+@dataclass
+class ExpiryClocks:
+    """The messages of lesson 09's two expiry experiments, published together.
+
+    A broker counts expiry in whole seconds, so each experiment waits a second or two for
+    its clock; started together (:func:`start_expiry_clocks`, once per module), the second
+    experiment finds its interval already passed and the module pays one wait.
+    """
+
+    #: the topic of the two alarms queued for the absent controller
+    alarms: str
+    #: the client id of the controller's persistent session (expiry 60 s)
+    controller_id: str
+    #: a retained message with a 2 s expiry, published after the alarms: once a new
+    #: subscriber no longer gets it, the first alarm's 1 s has surely passed
+    clock: str
+    #: the retained state with a 1 s expiry
+    state: str
+    #: that state as a subscriber got it at once, before it expired
+    early_state: ReceivedMessage
+
+
+def start_expiry_clocks(connect: Callable[..., RecordingClient], root: str) -> ExpiryClocks:
+    """Queue two alarms for an absent controller under ``root`` — one with a message expiry
+    interval of 1 s, one with 60 s — then publish a retained clock (2 s) and a retained state
+    (1 s) that a subscriber reads at once.
+
+    ``connect(client_id=None, **options)`` returns a connected MQTT 5 client (options as
+    :class:`RecordingClient` takes them); every client it made is disconnected here.
+    """
+    alarms, clock, state = (
+        f"{root}/alarms/press-01/temperature",
+        f"{root}/lab/clock",
+        f"{root}/state/press-01",
+    )
+    controller_id = f"controller-{uuid.uuid4().hex[:8]}"
+    controller = connect(controller_id, clean_start=False, session_expiry=60)
+    controller.subscribe(alarms, qos=1)
+    controller.disconnect()
+    press = connect()
+    press.publish(alarms, alarm("raised", 231.0), qos=1, properties=props(MessageExpiryInterval=1))
+    press.publish(alarms, alarm("raised", 240.0), qos=1, properties=props(MessageExpiryInterval=60))
+    press.publish(clock, b"tick", qos=1, retain=True, properties=props(MessageExpiryInterval=2))
+    press.publish(
+        state, {"state": "running"}, qos=1, retain=True, properties=props(MessageExpiryInterval=1)
+    )
+    press.disconnect()
+    early = connect()
+    try:
+        early.subscribe(state, qos=1)
+        message = early.wait_for_message(
+            state, why="A new subscriber gets the retained state while it has not expired."
+        )
+    finally:
+        early.disconnect()
+    return ExpiryClocks(alarms, controller_id, clock, state, message)

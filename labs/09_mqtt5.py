@@ -109,8 +109,11 @@ from mqtt_factory_lab.experiment.mqtt5 import (
     PROMPT,
     SharedWorkers,
     alarm,
+    answer_problem,
+    ask_setpoints,
     by_kind,
     connect_with_protocol_level,
+    label_problem,
     props,
     publish_records,
     reason,
@@ -610,29 +613,23 @@ def test_device_labels_every_publish_with_its_schema_and_content_type(
     seen = by_kind(topic_root, watcher.received(f"{topic_root}/#"))
     for kind in ("telemetry", "state", "status"):
         assert seen.get(kind), f"The press published nothing on {topic_root}/{kind}/..."
-    for kind, messages in seen.items():
-        label = SCHEMA_LABELS.get(kind)
-        if label is None:
-            continue
-        for message in messages:
-            assert ("schema", label) in user_properties(message), (
-                f"On MQTT 5 every factory payload says which schema it follows, as the user "
-                f"property schema={label} on {kind} messages; {message.topic} came with user "
-                f"properties {user_properties(message)}. Publish with "
-                f"properties.UserProperty = [('schema', '{label}')]."
-            )
-            assert message.properties.get("ContentType") == "application/json", (
-                f"Factory payloads are JSON: publish them with the content type "
-                f"application/json. {message.topic} came with "
-                f"{message.properties.get('ContentType')!r}."
-            )
+    for kind, label in SCHEMA_LABELS.items():
+        for message in seen.get(kind, []):
+            problem = label_problem(kind, message, label)
+            assert problem is None, problem
 
 
 @pytest.mark.solution
 def test_device_answers_setpoint_requests_on_the_response_topic_with_their_correlation_data(
-    device, mqtt_client, topic_root
+    factory_launcher, mqtt_client, topic_root
 ):
-    devices = {"press-01": device("press", "press-01"), "oven-01": device("oven", "oven-01")}
+    launcher = factory_launcher(protocol="5")
+    handles = or_fail(  # started together, then each waited for
+        lambda: [launcher.start_device(k, f"{k}-01", wait_online=False) for k in ("press", "oven")]
+    )
+    for handle in handles:
+        or_fail(lambda handle=handle: launcher.wait_online(handle))
+    devices = [handle.device_id for handle in handles]
     asker = mqtt_client()
     response_topic = f"{topic_root}/replies/lab/{asker.client_id}"  # one topic for both answers
     asker.subscribe(response_topic, qos=1)
@@ -643,16 +640,7 @@ def test_device_answers_setpoint_requests_on_the_response_topic_with_their_corre
         )
         for device_id in devices
     }
-    labels = {device_id: f"{device_id}:{uuid.uuid4().hex}".encode() for device_id in devices}
-    for device_id, label in labels.items():  # both requests in flight before any answer
-        asker.publish(
-            f"{topic_root}/commands/controller/{device_id}",
-            validate("setpoints_request", {"request": "setpoints"}),
-            qos=1,
-            properties=props(
-                ResponseTopic=response_topic, CorrelationData=label, MessageExpiryInterval=30
-            ),
-        )
+    labels = ask_setpoints(asker, topic_root, devices, response_topic)
     answers = asker.wait_for_messages(
         2,
         response_topic,
@@ -663,23 +651,8 @@ def test_device_answers_setpoint_requests_on_the_response_topic_with_their_corre
         f"oven-01.",
     )
     for answer in answers:
-        reply = validate("setpoints_reply", answer.payload)
-        label = bytes.fromhex(answer.properties.get("CorrelationData", ""))
-        assert label, (
-            f"{reply['device_id']} answered on the response topic without Correlation Data: "
-            "with two requests in flight on one response topic the controller cannot tell "
-            "which request this answers. Copy the request's properties.CorrelationData into "
-            "the reply's properties."
-        )
-        asked = next((d for d, sent in labels.items() if sent == label), None)
-        assert asked == reply["device_id"], (
-            f"The answer labelled {label!r} came from {reply['device_id']}, but that label was "
-            f"sent to {asked}: answer each request with *its own* Correlation Data."
-        )
-        assert reply["setpoints"] == states[asked]["setpoints"], (
-            f"{asked} answered setpoints {reply['setpoints']} but its retained state says "
-            f"{states[asked]['setpoints']}."
-        )
+        problem = answer_problem(answer, labels, states)
+        assert problem is None, problem
 
 
 RULE = "press-01/temperature=conveyor-01"

@@ -258,3 +258,71 @@ def start_expiry_clocks(connect: Callable[..., RecordingClient], root: str) -> E
     finally:
         early.disconnect()
     return ExpiryClocks(alarms, controller_id, clock, state, message)
+
+
+# -- the solution's programs ------------------------------------------------------------
+
+
+def label_problem(kind: str, message: ReceivedMessage, label: str) -> str | None:
+    """Why a device's ``kind`` message lacks its MQTT 5 labels — the user property
+    ``schema=<label>`` and the content type ``application/json`` — or None."""
+    if ("schema", label) not in user_properties(message):
+        return (
+            f"On MQTT 5 every factory payload says which schema it follows, as the user "
+            f"property schema={label} on {kind} messages; {message.topic} came with user "
+            f"properties {user_properties(message)}. Publish with "
+            f"properties.UserProperty = [('schema', '{label}')]."
+        )
+    if message.properties.get("ContentType") != "application/json":
+        return (
+            f"Factory payloads are JSON: publish them with the content type "
+            f"application/json. {message.topic} came with "
+            f"{message.properties.get('ContentType')!r}."
+        )
+    return None
+
+
+def ask_setpoints(
+    asker: RecordingClient, root: str, device_ids: Sequence[str], response_topic: str
+) -> dict[str, bytes]:
+    """Send each device ``{"request": "setpoints"}`` on its command topic, all before any
+    answer, with ``response_topic`` and a correlation label of its own; the labels by device."""
+    labels = {device_id: f"{device_id}:{uuid.uuid4().hex}".encode() for device_id in device_ids}
+    for device_id, label in labels.items():
+        asker.publish(
+            f"{root}/commands/controller/{device_id}",
+            validate("setpoints_request", {"request": "setpoints"}),
+            qos=1,
+            properties=props(
+                ResponseTopic=response_topic, CorrelationData=label, MessageExpiryInterval=30
+            ),
+        )
+    return labels
+
+
+def answer_problem(
+    answer: ReceivedMessage, labels: dict[str, bytes], states: dict[str, dict[str, Any]]
+) -> str | None:
+    """Why a setpoints reply does not answer its own request — no correlation data, another
+    device's label, setpoints other than the device's retained state — or None."""
+    reply = validate("setpoints_reply", answer.payload)
+    label = bytes.fromhex(answer.properties.get("CorrelationData", ""))
+    if not label:
+        return (
+            f"{reply['device_id']} answered on the response topic without Correlation Data: "
+            "with two requests in flight on one response topic the controller cannot tell "
+            "which request this answers. Copy the request's properties.CorrelationData into "
+            "the reply's properties."
+        )
+    asked = next((d for d, sent in labels.items() if sent == label), None)
+    if asked != reply["device_id"]:
+        return (
+            f"The answer labelled {label!r} came from {reply['device_id']}, but that label was "
+            f"sent to {asked}: answer each request with *its own* Correlation Data."
+        )
+    if reply["setpoints"] != states[asked]["setpoints"]:
+        return (
+            f"{asked} answered setpoints {reply['setpoints']} but its retained state says "
+            f"{states[asked]['setpoints']}."
+        )
+    return None

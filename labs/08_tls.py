@@ -89,6 +89,7 @@ from mqtt_factory_lab.core.tls_probe import TLS_FAILURES, probe_tls
 from mqtt_factory_lab.experiment.acl import denied_lines, expect, shown
 from mqtt_factory_lab.experiment.tls import (
     client_ids_logged,
+    connect_together,
     identities_logged,
     probe,
     round_trip,
@@ -291,10 +292,11 @@ def test_the_spoof_of_lesson_06_fails_the_certificate_decides(
 def test_acl_machines_lets_each_certificate_write_only_its_own_topics(
     identity, solution_machines, tls_client, acl_machines_file
 ):
-    witness = tls_client("observer", broker=solution_machines)
+    witness = tls_client("observer", broker=solution_machines, connect=False)
+    subject = tls_client(identity, broker=solution_machines, connect=False)
+    connect_together(witness, subject)
     witness.subscribe("factory/#", qos=1)
     round_trip(witness)
-    subject = tls_client(identity, broker=solution_machines)
     sent = {topic: probe(identity, f"write {topic}") for topic in OWNER}
     for topic, payload in sent.items():
         subject.publish(topic, payload, qos=1)
@@ -329,20 +331,19 @@ def test_acl_machines_lets_each_certificate_write_only_its_own_topics(
 def test_acl_machines_lets_each_certificate_read_only_what_it_needs(
     identity, solution_machines, tls_client, acl_machines_file
 ):
-    subject = tls_client(identity, broker=solution_machines)
-    subject.subscribe("factory/#", qos=1)
-    witness = (
-        subject if identity == "observer" else tls_client("observer", broker=solution_machines)
-    )
-    if witness is not subject:
-        witness.subscribe("factory/#", qos=1)
+    def client(who: str) -> RecordingClient:
+        return tls_client(who, broker=solution_machines, connect=False)
+
+    subject = client(identity)
+    witness = subject if identity == "observer" else client("observer")
+    writers = {owner: client(owner) for owner in dict.fromkeys(OWNER.values())}
+    connect_together(subject, witness, *writers.values())
+    for reader in {subject, witness}:
+        reader.subscribe("factory/#", qos=1)
     round_trip(subject)
     round_trip(witness)
-    writers: dict[str, RecordingClient] = {}
     sent = {}
     for topic, owner in OWNER.items():
-        if owner not in writers:
-            writers[owner] = tls_client(owner, broker=solution_machines)
         sent[topic] = probe(owner, f"for {identity}")
         writers[owner].publish(topic, sent[topic], qos=1)
     round_trip(witness)

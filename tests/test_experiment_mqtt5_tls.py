@@ -52,6 +52,7 @@ from mqtt_factory_lab.experiment.mqtt5 import (
 )
 from mqtt_factory_lab.experiment.tls import (
     client_ids_logged,
+    connect_together,
     identities_logged,
     probe,
     says_why,
@@ -222,6 +223,20 @@ def test_tls_log_readers_name_the_certificate_identity_of_each_connection() -> N
     assert client_ids_logged(broker, 2) == set()  # type: ignore[arg-type]
     assert probe("press-01", "x") != probe("press-01", "x")
     assert says_why("the broker's certificate could not be verified") and not says_why("bye")
+
+
+def test_connect_together_connects_every_client_and_raises_the_first_refusal(
+    broker, mqtt_client, hardened
+) -> None:
+    first, second = mqtt_client(connect=False), mqtt_client(connect=False)
+    connect_together(first, second, first)  # the same client twice is connected once
+    assert first.connected and second.connected
+    connect_together(first)  # nothing left to connect
+    refused = mqtt_client("press-01", broker=hardened[0], connect=False)
+    refused.paho.reconnect_delay_set(min_delay=0.05, max_delay=0.05)
+    with pytest.raises(ConnectionError):
+        connect_together(mqtt_client(connect=False), refused)
+    refused.paho.disconnect()
 
 
 def test_start_or_fail_quotes_the_handshake_refusal_the_broker_logged() -> None:

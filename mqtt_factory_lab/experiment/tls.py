@@ -7,6 +7,7 @@ experiments; this module what they read:
   connection, with the user name Mosquitto took from the certificate;
 * :func:`round_trip`, :func:`probe` — lesson 06's proof of an absence, worded for the
   per-machine ACL, and a payload only one experiment sends;
+* :func:`connect_together` — an experiment's TLS clients, connected at once;
 * :func:`start_or_fail`, :func:`says_why` — a program that could not come up under mutual
   TLS, read from the broker's log; whether a program's output names the failed check.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -45,6 +47,19 @@ def round_trip(client: RecordingClient) -> None:
     """``client.sync()``: proves that nothing more is on its way to ``client``."""
     __tracebackhide__ = True
     acl_round_trip(client, acl="per-machine ACL")
+
+
+def connect_together(*clients: RecordingClient) -> None:
+    """Connect ``clients`` (made with ``connect=False``) at once: each TLS handshake waits on
+    the network, not on the others. Once all have tried, the first error is raised."""
+    __tracebackhide__ = True
+    waiting = list({id(c): c for c in clients if not c.connected}.values())
+    if not waiting:
+        return
+    with ThreadPoolExecutor(max_workers=len(waiting)) as pool:
+        attempts = [pool.submit(client.connect) for client in waiting]
+    for attempt in attempts:
+        attempt.result()
 
 
 def probe(who: str, what: str) -> bytes:

@@ -94,19 +94,23 @@ from pathlib import Path
 import pytest
 
 from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
-from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.acl import Cell, MatrixClient
 from mqtt_factory_lab.core.client import MQTTTimeout
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.experiment.acl import (
     Parties,
-    denials,
+    denied_lines,
     expect,
     how_to_allow,
     probe,
     publish_for_ack,
+    refused_login,
     round_trip,
     shown,
+    try_publish_cell,
+    try_read_cell,
+    wait_for_reports,
+    why_undelivered,
 )
 from mqtt_factory_lab.fixtures.acl import parametrize_cells
 
@@ -162,8 +166,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     parametrize_cells(metafunc, MATRIX)
 
 
-# The parties and the verdicts' wording live in mqtt_factory_lab.experiment.acl; the brokers
-# (acl_broker, lab_acl, hardened) are fixtures of mqtt_factory_lab.fixtures.acl.
+# The parties, the cells' proofs and the verdicts' wording live in
+# mqtt_factory_lab.experiment.acl; the brokers (acl_broker, lab_acl, hardened) are
+# fixtures of mqtt_factory_lab.fixtures.acl.
 
 
 # -- the permission matrix, cell by cell, against the solution's ACL ------------------
@@ -180,47 +185,23 @@ def test_matrix_says_who_may_publish_where(
     publish_cell: Cell, acl_broker: Broker, mqtt_client, acl_file: Path
 ):
     cell = publish_cell
-    party = Parties(mqtt_client, acl_broker)
-    witness = party(cell.witness)
-    witness.subscribe(cell.topic, qos=1)
-    round_trip(witness)
-    subject = party(cell.client)
-    mark = acl_broker.log_mark()
-    payload = probe(cell.client, "publish")
-    answer = publish_for_ack(subject, cell.topic, payload, qos=1)
-    control_payload = None
-    if cell.control is not None:
-        control_payload = probe(cell.control, "control")
-        party(cell.control).publish(cell.topic, control_payload, qos=1)
-    round_trip(witness)
-    got = {m.payload for m in witness.received(cell.topic)}
+    tried = try_publish_cell(cell, Parties(mqtt_client, acl_broker), acl_broker)
+    payload, answer, got = tried.payload, tried.answer, tried.got
     who, seen_by = cell.client.describe(), cell.witness.client_id
 
     if cell.allowed:
-        denied = denials(acl_broker, mark, cell.client.client_id, cell.topic)
-        evidence = f"; PUBACK {answer.value:#04x} {answer}" if answer.is_failure else ""
-        evidence += f"; the broker logged: {denied[0]}" if denied else ""
-        if denied or answer.is_failure:
-            fix = f"The ACL denies the write: add {how_to_allow(cell.client, 'write', cell.topic)}."
-        else:
-            fix = f"The broker took the write but did not deliver it: the ACL denies {seen_by} "
-            fix += f"reading {cell.topic}."
         expect(
             payload in got,
             f"Permission matrix: {who} may publish to {cell.topic}, but its message never "
-            f"reached {seen_by}, who may read it{evidence}.\n{fix} (ACL: {shown(acl_file)})",
+            f"reached {seen_by}, who may read it{why_undelivered(cell, tried)} (ACL: "
+            f"{shown(acl_file)})",
         )
         return
     expect(
-        control_payload in got,
+        tried.control in got,
         f"This cell proves nothing yet: {cell.control.describe() if cell.control else '?'}, who "
         f"may publish to {cell.topic}, could not reach {seen_by} either. Fix the cells that "
         f"allow them first.",
-    )
-    how = (
-        f"MQTT 5 PUBACK {answer.value:#04x} ({answer})"
-        if answer.is_failure
-        else "a silent drop (PUBACK success)"
     )
     expect(
         payload not in got,
@@ -232,7 +213,8 @@ def test_matrix_says_who_may_publish_where(
     )
     expect(
         not answer.is_failure or answer.value == NOT_AUTHORIZED,
-        f"A denied publish answered with a reason code must say 0x87 Not authorized; got {how}.",
+        "A denied publish answered with a reason code must say 0x87 Not authorized; got MQTT 5 "
+        f"PUBACK {answer.value:#04x} ({answer}).",
     )
 
 
@@ -243,24 +225,13 @@ def test_matrix_says_who_may_read_what(
     subscribe_cell: Cell, acl_broker: Broker, mqtt_client, acl_file: Path
 ):
     cell = subscribe_cell
-    party = Parties(mqtt_client, acl_broker)
-    subject = party(cell.client)
-    suback = subject.subscribe(cell.topic, qos=1)[0]
-    control = party(cell.control) if cell.control is not None else None
-    if control is not None and control is not subject:
-        control.subscribe(cell.topic, qos=1)
-    round_trip(subject)
-    payload = probe(cell.witness, "publish")
-    mark = acl_broker.log_mark()
-    answer = publish_for_ack(party(cell.witness), cell.topic, payload, qos=1)
-    round_trip(subject)
-    got = {m.payload for m in subject.received(cell.topic)}
+    tried = try_read_cell(cell, Parties(mqtt_client, acl_broker), acl_broker)
+    payload, suback, got, refused = tried.payload, tried.suback, tried.got, tried.refused
     who, writer = cell.client.describe(), cell.witness.client_id
-    refused = denials(acl_broker, mark, writer, cell.topic)
     expect(
-        not refused and not answer.is_failure,
+        not refused and not tried.answer.is_failure,
         f"This cell proves nothing yet: {cell.witness.describe()}, who may publish to "
-        f"{cell.topic}, was denied ({refused[0] if refused else answer}); fix its publish cell "
+        f"{cell.topic}, was denied ({refused[0] if refused else tried.answer}); fix its publish cell "
         f"first. (ACL: {shown(acl_file)})",
     )
 
@@ -276,6 +247,7 @@ def test_matrix_says_who_may_read_what(
         return
     if suback.is_failure:
         return  # refused in the SUBACK: the broker said no at once
+    control = tried.control
     assert control is not None
     round_trip(control)
     expect(
@@ -315,16 +287,7 @@ def test_solution_devices_need_nothing_their_acl_denies(
         for kind in ("press", "oven")
     ]
     for handle in devices:
-        for kind in ("status", "state", "telemetry"):
-            topic = f"factory/{kind}/{handle.device_id}" + ("/#" if kind == "telemetry" else "")
-            message = dashboard.wait_for_message(
-                topic,
-                timeout=10,
-                why=f"A running device publishes its {kind} on {topic}; the dashboard, which "
-                "may read everything, saw none. Either the device does not publish it, or its "
-                f"ACL ({shown(acl_file)}) denies the write (the broker's log below says which).",
-            )
-            validate(kind, message.payload)
+        wait_for_reports(dashboard, handle.device_id, acl_file)
     press = devices[0]
     commands, state = f"factory/commands/dashboard/{press.device_id}", press.topic("state")
     # A command the device must read, and one it must reject (a misspelled field): it answers
@@ -346,11 +309,7 @@ def test_solution_devices_need_nothing_their_acl_denies(
         )
     round_trip(dashboard)
 
-    denied = [
-        line.strip()
-        for line in broker.log_lines()[mark:]
-        if "Denied" in line and any(f" {d.client_id} " in line for d in devices)
-    ]
+    denied = denied_lines(broker, mark, (d.client_id for d in devices))
     expect(
         not denied,
         f"The solution's devices tried what their own ACL ({shown(acl_file)}) denies, so part of "
@@ -505,12 +464,7 @@ def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
     broker, _ = hardened
     login = {"username": "press-01", "password": "guess"} if credentials == "wrong-password" else {}
     impostor = mqtt_client("press-01", broker=broker, protocol=protocol, connect=False, **login)
-    impostor.paho.reconnect_delay_set(min_delay=0.05, max_delay=0.05)  # quick teardown
-    with pytest.raises(ConnectionError):
-        impostor.connect()
-    impostor.paho.disconnect()  # stop paho from retrying the refused connection
-    code = impostor.connack["reason_code"]
-    # paho reports MQTT 3.1.1 return codes 4 and 5 as the MQTT 5 codes 0x86 and 0x87.
+    code = refused_login(impostor)  # paho reports 3.1.1's return codes 4, 5 as 0x86, 0x87
     wire = {"5": "0x86 or 0x87", "3.1.1": "return code 4 or 5"}[protocol]
     expect(
         code.value in (0x86, NOT_AUTHORIZED),
@@ -527,21 +481,15 @@ def test_hardened_broker_refuses_clients_that_cannot_prove_who_they_are(
 def test_hardened_rights_follow_the_user_not_the_client_id(hardened, mqtt_client, protocol):
     broker, passwords = hardened
     topic = "factory/telemetry/press-01/temperature"
-    dashboard = mqtt_client(
-        "dash",
-        broker=broker,
-        protocol=protocol,
-        username="dashboard",
-        password=passwords["dashboard"],
-    )
+
+    def log_in(client_id: str, user: str):
+        return mqtt_client(
+            client_id, broker=broker, protocol=protocol, username=user, password=passwords[user]
+        )
+
+    dashboard = log_in("dash", "dashboard")
     dashboard.subscribe(topic, qos=1)
-    genuine = mqtt_client(
-        "press-01",
-        broker=broker,
-        protocol=protocol,
-        username="press-01",
-        password=passwords["press-01"],
-    )
+    genuine = log_in("press-01", "press-01")
     reading = probe(MatrixClient("press-01"), "genuine reading")
     genuine.publish(topic, reading, qos=1)
     dashboard.wait_for_message(
@@ -552,13 +500,7 @@ def test_hardened_rights_follow_the_user_not_the_client_id(hardened, mqtt_client
 
     # The impostor has an account (the observer's) and claims the device's client id.
     mark = broker.log_mark()
-    impostor = mqtt_client(
-        "press-01",
-        broker=broker,
-        protocol=protocol,
-        username="observer",
-        password=passwords["observer"],
-    )
+    impostor = log_in("press-01", "observer")
     forged = probe(MatrixClient("press-01"), "forged reading")
     impostor.publish(topic, forged, qos=1)
     round_trip(dashboard)

@@ -76,26 +76,26 @@ by an ``mtls`` broker. Run ``pytest labs/08_tls.py -v``.
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from mqtt_factory_lab.brokers import CONFIG, LOG, Broker
-from mqtt_factory_lab.core.certificates import LabCertificates
+from mqtt_factory_lab.brokers import CONFIG, LOG
 from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.connection import ConnectionSettings, try_connect
 from mqtt_factory_lab.core.factory import FactoryLauncher
-from mqtt_factory_lab.core.paths import DOCKER_DIR
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
-from mqtt_factory_lab.core.roles import RoleError, RoleProcess
-from mqtt_factory_lab.core.solution import ManifestError, Solution
 from mqtt_factory_lab.core.tls_probe import TLS_FAILURES, probe_tls
-from mqtt_factory_lab.experiment.acl import expect
-from mqtt_factory_lab.experiment.acl import round_trip as acl_round_trip
-from mqtt_factory_lab.fixtures.brokers import BrokerPool, broker_or_fail, remember_broker
+from mqtt_factory_lab.experiment.acl import denied_lines, expect, shown
+from mqtt_factory_lab.experiment.tls import (
+    client_ids_logged,
+    connect_together,
+    identities_logged,
+    probe,
+    round_trip,
+    says_why,
+    start_or_fail,
+)
 from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(8), pytest.mark.broker_needs(CONFIG, LOG)]
@@ -121,86 +121,10 @@ MAY_READ = {
     "datacenter": set(OWNER),
 }
 IDENTITIES = list(MAY_READ)
-#: the broker log's connection line, with the user name Mosquitto took from the certificate
-CONNECTED_AS = re.compile(r"New client connected from \S+ as (\S+) \(.*u'([^']*)'")
-
-
-# -- helpers --------------------------------------------------------------------------
-
-
-def round_trip(client: RecordingClient) -> None:
-    """``client.sync()``: proves that nothing more is on its way to ``client``."""
-    __tracebackhide__ = True
-    acl_round_trip(client, acl="per-machine ACL")
-
-
-def probe(who: str, what: str) -> bytes:
-    return f"tls probe {uuid.uuid4().hex[:12]}: {what} by {who}".encode()
-
-
-def identities_logged(broker: Broker, mark: int) -> dict[str, str]:
-    """``{client id: user name}`` of the connections logged since ``mark``."""
-    return {
-        m.group(1): m.group(2)
-        for line in broker.log_lines()[mark:]
-        if (m := CONNECTED_AS.search(line))
-    }
-
-
-def shown(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-# -- brokers --------------------------------------------------------------------------
-
-
-def _module_broker(pool: BrokerPool, variant: str, **options) -> Iterator[Broker]:
-    broker = broker_or_fail(lambda: pool.start(variant, **options))
-    yield broker
-    pool.release(broker)
-
-
-@pytest.fixture(scope="module")
-def _tls_of_module(broker_pool: BrokerPool) -> Iterator[Broker]:
-    yield from _module_broker(broker_pool, "tls")
-
-
-@pytest.fixture(scope="module")
-def _machines_of_module(broker_pool: BrokerPool) -> Iterator[Broker]:
-    yield from _module_broker(broker_pool, "mtls+acl", acl_file=DOCKER_DIR / "acl-machines")
-
-
-@pytest.fixture
-def tls_broker(_tls_of_module: Broker, request: pytest.FixtureRequest) -> Broker:
-    """A broker of the ``tls`` variant (server authentication only), shared by this module."""
-    return remember_broker(request, _tls_of_module)
-
-
-@pytest.fixture
-def machines_broker(_machines_of_module: Broker, request: pytest.FixtureRequest) -> Broker:
-    """A broker of ``mtls+acl`` with the lab's ``docker/acl-machines``, shared by this module
-    (each experiment tells its messages apart by a unique payload)."""
-    return remember_broker(request, _machines_of_module)
-
-
-@pytest.fixture
-def dedicated_broker(
-    broker_pool: BrokerPool, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., Broker]]:
-    """``dedicated_broker("tls", server_certificate=...)``: a broker for this test only."""
-    mine: list[Broker] = []
-
-    def start(variant: str, **options) -> Broker:
-        broker = broker_or_fail(lambda: broker_pool.start(variant, **options))
-        mine.append(broker)
-        return remember_broker(request, broker)
-
-    yield start
-    for broker in mine:
-        broker_pool.release(broker)
+# The instruments (the broker log's identities, probes, refusals in words) live in
+# mqtt_factory_lab.experiment.tls; the brokers (tls_broker, machines_broker,
+# solution_machines, dedicated_broker, impostor_broker) and clients (tls_client,
+# machine_launcher) are fixtures of mqtt_factory_lab.fixtures.tls.
 
 
 # -- what TLS promises (the lab's broker files) ----------------------------------------
@@ -363,45 +287,16 @@ def test_the_spoof_of_lesson_06_fails_the_certificate_decides(
 # -- the solution's per-machine ACL, certificate by certificate ------------------------
 
 
-@pytest.fixture(scope="module")
-def acl_machines_file(solution: Solution) -> Path:
-    """The solution's ``[files] acl_machines``."""
-    try:
-        return solution.require_file(
-            "acl_machines",
-            why="lesson 08 loads the solution's per-machine ACL (rules on the certificate's "
-            "identity, %u and `user` lines) into a mutual-TLS broker",
-        )
-    except ManifestError as error:
-        message = str(error)
-    pytest.fail(message, pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def _solution_machines_of_module(
-    broker_pool: BrokerPool, acl_machines_file: Path
-) -> Iterator[Broker]:
-    yield from _module_broker(broker_pool, "mtls+acl", acl_file=acl_machines_file)
-
-
-@pytest.fixture
-def solution_machines(
-    _solution_machines_of_module: Broker, request: pytest.FixtureRequest
-) -> Broker:
-    """A broker of ``mtls+acl`` loading the solution's ``[files] acl_machines``, shared by
-    this module's ACL experiments."""
-    return remember_broker(request, _solution_machines_of_module)
-
-
 @pytest.mark.solution
 @pytest.mark.parametrize("identity", IDENTITIES)
 def test_acl_machines_lets_each_certificate_write_only_its_own_topics(
     identity, solution_machines, tls_client, acl_machines_file
 ):
-    witness = tls_client("observer", broker=solution_machines)
+    witness = tls_client("observer", broker=solution_machines, connect=False)
+    subject = tls_client(identity, broker=solution_machines, connect=False)
+    connect_together(witness, subject)
     witness.subscribe("factory/#", qos=1)
     round_trip(witness)
-    subject = tls_client(identity, broker=solution_machines)
     sent = {topic: probe(identity, f"write {topic}") for topic in OWNER}
     for topic, payload in sent.items():
         subject.publish(topic, payload, qos=1)
@@ -436,20 +331,19 @@ def test_acl_machines_lets_each_certificate_write_only_its_own_topics(
 def test_acl_machines_lets_each_certificate_read_only_what_it_needs(
     identity, solution_machines, tls_client, acl_machines_file
 ):
-    subject = tls_client(identity, broker=solution_machines)
-    subject.subscribe("factory/#", qos=1)
-    witness = (
-        subject if identity == "observer" else tls_client("observer", broker=solution_machines)
-    )
-    if witness is not subject:
-        witness.subscribe("factory/#", qos=1)
+    def client(who: str) -> RecordingClient:
+        return tls_client(who, broker=solution_machines, connect=False)
+
+    subject = client(identity)
+    witness = subject if identity == "observer" else client("observer")
+    writers = {owner: client(owner) for owner in dict.fromkeys(OWNER.values())}
+    connect_together(subject, witness, *writers.values())
+    for reader in {subject, witness}:
+        reader.subscribe("factory/#", qos=1)
     round_trip(subject)
     round_trip(witness)
-    writers: dict[str, RecordingClient] = {}
     sent = {}
     for topic, owner in OWNER.items():
-        if owner not in writers:
-            writers[owner] = tls_client(owner, broker=solution_machines)
         sent[topic] = probe(owner, f"for {identity}")
         writers[owner].publish(topic, sent[topic], qos=1)
     round_trip(witness)
@@ -478,37 +372,6 @@ def test_acl_machines_lets_each_certificate_read_only_what_it_needs(
 
 
 # -- the solution's programs under mutual TLS -------------------------------------------
-
-
-#: what Mosquitto logs when it refuses a client's certificate in the handshake → in words
-HANDSHAKE_REFUSALS = {
-    "peer did not return a certificate": "the broker's log shows a TLS connection that "
-    "presented no client certificate (require_certificate refused it)",
-    "certificate verify failed": "the broker's log shows a client certificate it could not "
-    "verify against its CA (not issued by the factory's CA)",
-}
-
-
-def start_or_fail(
-    start: Callable[[], RoleProcess | object], who: str, broker: Broker, mark: int
-) -> object:
-    """``or_fail`` with the lesson's reading of a program that could not come up under mtls."""
-    __tracebackhide__ = True
-    try:
-        return start()
-    except (RoleError, ManifestError) as error:
-        log = broker.log_lines()[mark:]
-        seen = [
-            words for needle, words in HANDSHAKE_REFUSALS.items() if any(needle in x for x in log)
-        ]
-        evidence = f" Evidence: {seen[0]}." if seen else ""
-        message = (
-            f"Mutual TLS: {who} did not come up on the mtls broker. It must connect with TLS, "
-            "verify the broker with VF_TLS_CA and present its own certificate and key "
-            "(VF_TLS_CERT, VF_TLS_KEY: client.tls_set(ca_certs=..., certfile=..., "
-            f"keyfile=...)).{evidence}\n{error}"
-        )
-    pytest.fail(message, pytrace=False)
 
 
 @pytest.mark.solution
@@ -557,12 +420,7 @@ def test_solution_machines_connect_with_their_certificates_and_keep_to_their_top
             for cid, (want, got) in wrong.items()
         ),
     )
-    ids = set(expected)
-    denied = [
-        line.strip()
-        for line in broker.log_lines()[mark:]
-        if "Denied" in line and any(f" {cid} " in line for cid in ids)
-    ]
+    denied = denied_lines(broker, mark, expected)
     expect(
         not denied,
         f"The solution's machines tried what the per-machine ACL ({shown(acl_machines_file)}) "
@@ -570,13 +428,6 @@ def test_solution_machines_connect_with_their_certificates_and_keep_to_their_top
         "rule on %u, or a program publishes outside its own topics:\n"
         + "\n".join(f"    {line}" for line in denied[:8]),
     )
-
-
-@pytest.fixture
-def impostor_broker(dedicated_broker, lab_certificates: LabCertificates) -> Broker:
-    """A man in the middle: a TLS broker whose certificate another CA signed (for 127.0.0.1)."""
-    stranger = lab_certificates.other_ca()
-    return dedicated_broker("tls", certificates=stranger, server_certificate=stranger.server())
 
 
 @pytest.mark.solution
@@ -600,10 +451,10 @@ def test_solution_refuses_a_broker_it_cannot_verify(
         client_id = "controller"
 
     def connected() -> bool:
-        return client_id in identities_logged_any(impostor_broker, mark)
+        return client_id in client_ids_logged(impostor_broker, mark)
 
     def settled() -> bool:
-        return connected() or not process.is_running() or _says_why(process.output())
+        return connected() or not process.is_running() or says_why(process.output())
 
     with contextlib.suppress(ProcessTimeout):
         wait_until(settled, timeout=8)
@@ -622,7 +473,7 @@ def test_solution_refuses_a_broker_it_cannot_verify(
         "never call tls_insecure_set(True) or use cert_reqs=ssl.CERT_NONE.",
     )
     expect(
-        _says_why(output),
+        says_why(output),
         f"{who} rightly refused the impostor broker, but did not say why: a machine that "
         "stays silent leaves the operator guessing. Print one line naming the check that "
         "failed (the broker's certificate could not be verified against VF_TLS_CA).\n"
@@ -634,16 +485,3 @@ def test_solution_refuses_a_broker_it_cannot_verify(
         "(which certificate, which check, what to do), and exit or retry cleanly.\n"
         + "\n".join("    " + line for line in output.splitlines()[-8:]),
     )
-
-
-def identities_logged_any(broker: Broker, mark: int) -> set[str]:
-    """Client ids of every connection logged since ``mark`` (with or without a user name)."""
-    pattern = re.compile(r"New client connected from \S+ as (\S+) ")
-    return {m.group(1) for line in broker.log_lines()[mark:] if (m := pattern.search(line))}
-
-
-_WHY = re.compile(r"certificate|verif|\bCA\b|TLS|SSL", re.IGNORECASE)
-
-
-def _says_why(output: str) -> bool:
-    return bool(_WHY.search(output))

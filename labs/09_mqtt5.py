@@ -93,41 +93,37 @@ skipped, for that one finding.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import shutil
-import socket
-import sqlite3
-import subprocess
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mqtt_factory_lab.brokers.base import Broker
-from mqtt_factory_lab.contract import schema, validate
+from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core import process
-from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
-from mqtt_factory_lab.core.paths import DOCKER_DIR
-from mqtt_factory_lab.fixtures.brokers import (
-    CONNECTION,
-    BrokerPool,
-    broker_or_fail,
-    capabilities_of,
-    remember_broker,
+from mqtt_factory_lab.experiment import unique
+from mqtt_factory_lab.experiment.acl import publish_for_ack, refused_login
+from mqtt_factory_lab.experiment.mqtt5 import (
+    PROMPT,
+    SharedWorkers,
+    alarm,
+    answer_problem,
+    ask_setpoints,
+    by_kind,
+    connect_with_protocol_level,
+    label_problem,
+    props,
+    publish_records,
+    reason,
+    user_properties,
+    wait_until_expired,
 )
 from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = [pytest.mark.lesson(9), pytest.mark.needs("mqtt5")]
 
-PROMPT = 3.0
 NOT_AUTHORIZED = 0x87
 #: what the reference programs label each payload with (sim/mqtt5.py)
 SCHEMA_LABELS = {
@@ -138,113 +134,12 @@ SCHEMA_LABELS = {
     "events": "vf.event/1",
 }
 
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:6]}"
-
-
-def props(**values: Any) -> Properties:
-    """PUBLISH properties by paho name: ``props(MessageExpiryInterval=5)``."""
-    properties = Properties(PacketTypes.PUBLISH)
-    for name, value in values.items():
-        setattr(properties, name, value)
-    return properties
-
-
-def reason(info_code: ReasonCode | None) -> str:
-    if info_code is None:
-        return "no reason code (paho: success)"
-    return f"0x{info_code.value:02X} {info_code}"
-
-
-def publish_for_ack(client: RecordingClient, topic: str, payload: Any, **kw: Any) -> ReasonCode:
-    """Publish at QoS 1 and return the PUBACK's reason code (paho's 'Success' when absent)."""
-    info = client.publish(topic, payload, qos=1, **kw)
-    return client.puback_reason(info) or ReasonCode(PacketTypes.PUBACK, "Success")
-
-
-def user_properties(message: ReceivedMessage) -> list[tuple[str, str]]:
-    return [tuple(pair) for pair in message.properties.get("UserProperty", [])]
-
-
-def alarm(state: str = "raised", value: float = 231.0) -> dict[str, Any]:
-    return validate(
-        "alarm",
-        {
-            "ts": time.time(),
-            "device_id": "press-01",
-            "sensor": "temperature",
-            "state": state,
-            "value": value,
-            "low": None,
-            "high": 220.0,
-            "severity": "critical",
-            "message": f"temperature {value} C above 220.0 C",
-        },
-    )
-
-
-def broker_lacks_mqtt5(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> None:
-    """Skip, with the probe's finding, before a module fixture starts a broker of its own:
-    module fixtures are set up before the per-test check of ``needs("mqtt5")``."""
-    found = capabilities_of(request.config, broker_pool).reason(["mqtt5"])
-    if found is not None:
-        pytest.skip(found)
-    if request.config.stash.get(CONNECTION, None) is not None:
-        pytest.skip(
-            "an external broker is not the lab's to configure: this test needs its ACL file "
-            "(and password file)"
-        )
+# The instruments (properties, reason codes, expiry clocks, shared workers) live in
+# mqtt_factory_lab.experiment.mqtt5; the brokers with the lab's ACLs (lab_acl, hardened)
+# are fixtures of mqtt_factory_lab.fixtures.acl, shared with lesson 06.
 
 
 # -- Reason codes: the broker says why ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def _hardened_of_module(
-    request: pytest.FixtureRequest,
-    broker_pool: BrokerPool,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Broker, str]]:
-    broker_lacks_mqtt5(request, broker_pool)
-    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not Path(tool).exists():
-        pytest.fail(
-            "the login experiments make a password file with `mosquitto_passwd`, which is not "
-            "installed: Debian/Ubuntu `apt-get install mosquitto`, macOS `brew install mosquitto`",
-            pytrace=False,
-        )
-    password = uuid.uuid4().hex
-    password_file = tmp_path_factory.mktemp("hardened09") / "passwd"
-    password_file.touch()
-    subprocess.run([tool, "-b", str(password_file), "press-01", password], check=True)
-    broker = broker_or_fail(
-        lambda: broker_pool.start(
-            "acl+hardened", acl_file=DOCKER_DIR / "acl-hardened", password_file=password_file
-        )
-    )
-    yield broker, password
-    broker_pool.release(broker)
-
-
-@pytest.fixture
-def hardened(_hardened_of_module: tuple[Broker, str], request: pytest.FixtureRequest) -> Broker:
-    """A broker that wants a login (``acl+hardened``); the user press-01 has a password."""
-    return remember_broker(request, _hardened_of_module[0])
-
-
-@pytest.fixture(scope="module")
-def _acl_of_module(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> Iterator[Broker]:
-    broker_lacks_mqtt5(request, broker_pool)
-    broker = broker_or_fail(lambda: broker_pool.start("acl"))
-    yield broker
-    broker_pool.release(broker)
-
-
-@pytest.fixture
-def acl_broker(_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broker:
-    """A broker with the lab's ``docker/acl``, shared by this module's experiments."""
-    return remember_broker(request, _acl_of_module)
 
 
 @pytest.mark.broker
@@ -259,11 +154,9 @@ def acl_broker(_acl_of_module: Broker, request: pytest.FixtureRequest) -> Broker
 )
 @pytest.mark.spec(mqtt5=["MQTT-3.2.2-6", "MQTT-3.2.2-7", "MQTT-3.2.2-8"])
 def test_connack_reason_code_says_why_a_login_was_refused(hardened, mqtt_client, login, expected):
-    impostor = mqtt_client("press-01", broker=hardened, connect=False, **login)
-    with pytest.raises(ConnectionError):
-        impostor.connect()
-    impostor.paho.disconnect()
-    code = impostor.connack["reason_code"]
+    broker, _ = hardened
+    impostor = mqtt_client("press-01", broker=broker, connect=False, **login)
+    code = refused_login(impostor)
     names = " or ".join(f"0x{c:02X}" for c in sorted(expected))
     assert code.value in expected, (
         f"A broker with `allow_anonymous false` and a password file refuses "
@@ -278,35 +171,10 @@ def test_connack_reason_code_says_why_a_login_was_refused(hardened, mqtt_client,
     assert not impostor.connected, "After a CONNACK >= 0x80 the broker closes the connection."
 
 
-def connect_raw(broker: Broker, level: int) -> bytes:
-    """Send a CONNECT with protocol level ``level`` on a bare socket; what came back, up to
-    the close."""
-    host, port = broker.connection.host, broker.connection.port
-    client_id = unique("v").encode()
-    body = b"\x00\x04MQTT" + bytes([level, 0x02, 0, 30])
-    if level == 5:
-        body += b"\x00"  # no properties
-    body += len(client_id).to_bytes(2, "big") + client_id
-    with socket.create_connection((host, port), timeout=PROMPT) as sock:
-        sock.sendall(bytes([0x10, len(body)]) + body)
-        received = b""
-        while True:
-            try:
-                chunk = sock.recv(64)
-            except TimeoutError:
-                raise AssertionError(
-                    f"the broker neither answered nor closed a CONNECT with protocol level "
-                    f"{level} within {PROMPT}s (it received: {received!r})"
-                ) from None
-            if not chunk:
-                return received
-            received += chunk
-
-
 @pytest.mark.broker
 @pytest.mark.spec(mqtt5=["MQTT-3.1.2-2"])
 def test_unsupported_protocol_version_is_refused_then_the_connection_closed(broker):
-    answer = connect_raw(broker, level=6)
+    answer = connect_with_protocol_level(broker, level=6)
     refused = answer == b"" or (
         answer[0] == 0x20
         and (answer[2:4] == b"\x00\x01" or (len(answer) > 3 and answer[3] == 0x84))
@@ -344,10 +212,10 @@ def test_puback_says_no_matching_subscribers_only_when_nobody_listens(mqtt_clien
 @pytest.mark.broker
 @pytest.mark.needs("qos1")
 @pytest.mark.spec(mqtt5=["MQTT-3.4.2-1"])
-def test_puback_0x87_makes_a_denied_publish_visible(acl_broker, mqtt_client):
-    dashboard = mqtt_client("dashboard", broker=acl_broker, username="dashboard")
+def test_puback_0x87_makes_a_denied_publish_visible(lab_acl, mqtt_client):
+    dashboard = mqtt_client("dashboard", broker=lab_acl, username="dashboard")
     dashboard.subscribe("factory/state/oven-01", qos=1)
-    press = mqtt_client("press-01", broker=acl_broker)
+    press = mqtt_client("press-01", broker=lab_acl)
     forged = {"forged": uuid.uuid4().hex}
     code = publish_for_ack(press, "factory/state/oven-01", forged)
     assert code.value == NOT_AUTHORIZED, (
@@ -439,52 +307,20 @@ def test_disconnect_reason_code_decides_whether_the_will_is_sent(
 # -- Message expiry ---------------------------------------------------------------------
 
 
-def wait_until_expired(mqtt_client, topic: str, timeout: float = 6.0) -> None:
-    """Wait until the retained message on ``topic`` has expired: a fresh subscriber no longer
-    gets it. The broker's own clock, not a sleep of ours, says when the interval passed."""
-
-    def gone() -> bool:
-        probe = mqtt_client()
-        probe.subscribe(topic, qos=1)
-        probe.sync()
-        found = probe.received(topic)
-        probe.disconnect()
-        return not found
-
-    try:
-        process.wait_until(gone, timeout=timeout, interval=0.2)
-    except process.ProcessTimeout:
-        raise AssertionError(
-            f"The retained message on {topic} had a message expiry interval of 1-2 s and was "
-            f"still delivered to a new subscriber {timeout}s later: the broker must delete a "
-            f"retained message when it expires (MQTT-3.3.2-5)."
-        ) from None
-
-
 @pytest.mark.broker
 @pytest.mark.needs("qos1", "retain")
 @pytest.mark.spec(mqtt5=["MQTT-3.3.2-5", "MQTT-3.3.2-6"])
 def test_alarm_that_expired_while_the_controller_was_away_is_not_delivered(
-    broker, mqtt_client, topic_root
+    expiry_clocks, mqtt_client
 ):
-    topic = f"{topic_root}/alarms/press-01/temperature"
-    clock = f"{topic_root}/lab/expiry-clock"
-    client_id = unique("controller")
-    controller = mqtt_client(client_id, clean_start=False, session_expiry=60)
-    controller.subscribe(topic, qos=1)
-    controller.disconnect()
+    # expiry_clocks queued two alarms for the absent controller, with a message expiry
+    # interval of 1 s and of 60 s, then published a retained clock with 2 s: once a new
+    # subscriber no longer gets it, the alarm's second has surely passed (brokers count in
+    # whole seconds, and may check a retained and a queued message differently).
+    topic = expiry_clocks.alarms
+    wait_until_expired(mqtt_client, expiry_clocks.clock)
 
-    press = mqtt_client()
-    stale, lasting = alarm("raised", 231.0), alarm("raised", 240.0)
-    press.publish(topic, stale, qos=1, properties=props(MessageExpiryInterval=1))
-    press.publish(topic, lasting, qos=1, properties=props(MessageExpiryInterval=60))
-    # A retained message published after the alarm, with a longer interval, is our clock:
-    # once a new subscriber no longer gets it, the alarm's second has surely passed (brokers
-    # count in whole seconds, and may check a retained and a queued message differently).
-    press.publish(clock, b"tick", qos=1, retain=True, properties=props(MessageExpiryInterval=2))
-    wait_until_expired(mqtt_client, clock)
-
-    back = mqtt_client(client_id, clean_start=False, session_expiry=60)
+    back = mqtt_client(expiry_clocks.controller_id, clean_start=False, session_expiry=60)
     message = back.wait_for_message(
         topic,
         why="The alarm with a 60 s expiry was queued in the controller's persistent session.",
@@ -508,20 +344,14 @@ def test_alarm_that_expired_while_the_controller_was_away_is_not_delivered(
 @pytest.mark.broker
 @pytest.mark.needs("qos1", "retain")
 @pytest.mark.spec(mqtt5=["MQTT-3.3.2-5"])
-def test_retained_state_with_an_expiry_disappears_when_it_expires(mqtt_client, topic_root):
-    topic = f"{topic_root}/state/press-01"
-    press = mqtt_client()
-    press.publish(topic, {"state": "running"}, qos=1, retain=True,
-                  properties=props(MessageExpiryInterval=1))  # fmt: skip
-    early = mqtt_client()
-    early.subscribe(topic, qos=1)
-    message = early.wait_for_message(
-        topic, why="A new subscriber gets the retained state while it has not expired."
-    )
-    assert message.properties.get("MessageExpiryInterval", 99) <= 1, (
+def test_retained_state_with_an_expiry_disappears_when_it_expires(expiry_clocks, mqtt_client):
+    # expiry_clocks published the retained state with an expiry of 1 s, and a new subscriber
+    # got it at once.
+    remaining = expiry_clocks.early_state.properties.get("MessageExpiryInterval", 99)
+    assert remaining <= 1, (
         "A retained message is sent with what is left of its expiry interval (MQTT-3.3.2-6)."
     )
-    wait_until_expired(mqtt_client, topic)
+    wait_until_expired(mqtt_client, expiry_clocks.state)
 
 
 # -- Properties that say what a payload is --------------------------------------------
@@ -770,13 +600,6 @@ def test_maximum_packet_size_keeps_a_small_device_from_getting_what_it_cannot_ho
 # default the lab's own ``sim``), told to speak MQTT 5.
 
 
-def _by_kind(root: str, messages: list[ReceivedMessage]) -> dict[str, list[ReceivedMessage]]:
-    found: dict[str, list[ReceivedMessage]] = {}
-    for message in messages:
-        found.setdefault(message.topic[len(root) + 1 :].split("/")[0], []).append(message)
-    return found
-
-
 @pytest.mark.solution
 def test_device_labels_every_publish_with_its_schema_and_content_type(
     device, mqtt_client, topic_root
@@ -787,32 +610,26 @@ def test_device_labels_every_publish_with_its_schema_and_content_type(
     watcher.wait_for_messages(
         4, f"{topic_root}/telemetry/press-01/#", why="The press publishes telemetry every round."
     )
-    seen = _by_kind(topic_root, watcher.received(f"{topic_root}/#"))
+    seen = by_kind(topic_root, watcher.received(f"{topic_root}/#"))
     for kind in ("telemetry", "state", "status"):
         assert seen.get(kind), f"The press published nothing on {topic_root}/{kind}/..."
-    for kind, messages in seen.items():
-        label = SCHEMA_LABELS.get(kind)
-        if label is None:
-            continue
-        for message in messages:
-            assert ("schema", label) in user_properties(message), (
-                f"On MQTT 5 every factory payload says which schema it follows, as the user "
-                f"property schema={label} on {kind} messages; {message.topic} came with user "
-                f"properties {user_properties(message)}. Publish with "
-                f"properties.UserProperty = [('schema', '{label}')]."
-            )
-            assert message.properties.get("ContentType") == "application/json", (
-                f"Factory payloads are JSON: publish them with the content type "
-                f"application/json. {message.topic} came with "
-                f"{message.properties.get('ContentType')!r}."
-            )
+    for kind, label in SCHEMA_LABELS.items():
+        for message in seen.get(kind, []):
+            problem = label_problem(kind, message, label)
+            assert problem is None, problem
 
 
 @pytest.mark.solution
 def test_device_answers_setpoint_requests_on_the_response_topic_with_their_correlation_data(
-    device, mqtt_client, topic_root
+    factory_launcher, mqtt_client, topic_root
 ):
-    devices = {"press-01": device("press", "press-01"), "oven-01": device("oven", "oven-01")}
+    launcher = factory_launcher(protocol="5")
+    handles = or_fail(  # started together, then each waited for
+        lambda: [launcher.start_device(k, f"{k}-01", wait_online=False) for k in ("press", "oven")]
+    )
+    for handle in handles:
+        or_fail(lambda handle=handle: launcher.wait_online(handle))
+    devices = [handle.device_id for handle in handles]
     asker = mqtt_client()
     response_topic = f"{topic_root}/replies/lab/{asker.client_id}"  # one topic for both answers
     asker.subscribe(response_topic, qos=1)
@@ -823,16 +640,7 @@ def test_device_answers_setpoint_requests_on_the_response_topic_with_their_corre
         )
         for device_id in devices
     }
-    labels = {device_id: f"{device_id}:{uuid.uuid4().hex}".encode() for device_id in devices}
-    for device_id, label in labels.items():  # both requests in flight before any answer
-        asker.publish(
-            f"{topic_root}/commands/controller/{device_id}",
-            validate("setpoints_request", {"request": "setpoints"}),
-            qos=1,
-            properties=props(
-                ResponseTopic=response_topic, CorrelationData=label, MessageExpiryInterval=30
-            ),
-        )
+    labels = ask_setpoints(asker, topic_root, devices, response_topic)
     answers = asker.wait_for_messages(
         2,
         response_topic,
@@ -843,23 +651,8 @@ def test_device_answers_setpoint_requests_on_the_response_topic_with_their_corre
         f"oven-01.",
     )
     for answer in answers:
-        reply = validate("setpoints_reply", answer.payload)
-        label = bytes.fromhex(answer.properties.get("CorrelationData", ""))
-        assert label, (
-            f"{reply['device_id']} answered on the response topic without Correlation Data: "
-            "with two requests in flight on one response topic the controller cannot tell "
-            "which request this answers. Copy the request's properties.CorrelationData into "
-            "the reply's properties."
-        )
-        asked = next((d for d, sent in labels.items() if sent == label), None)
-        assert asked == reply["device_id"], (
-            f"The answer labelled {label!r} came from {reply['device_id']}, but that label was "
-            f"sent to {asked}: answer each request with *its own* Correlation Data."
-        )
-        assert reply["setpoints"] == states[asked]["setpoints"], (
-            f"{asked} answered setpoints {reply['setpoints']} but its retained state says "
-            f"{states[asked]['setpoints']}."
-        )
+        problem = answer_problem(answer, labels, states)
+        assert problem is None, problem
 
 
 RULE = "press-01/temperature=conveyor-01"
@@ -897,52 +690,6 @@ def test_controller_commands_expire_so_a_late_conveyor_does_not_obey_them(
 
 # -- Shared subscriptions: two data-center workers -------------------------------------------
 
-SITE, LINE = "tunis-01", "line-a"
-MACHINES = {"s4_conching": "conche-01", "s5_tempering": "temper-01", "s8_packaging": "packer-03"}
-
-
-def record(message_type: str, step: str) -> dict[str, Any]:
-    """A chocolate record of ``step``'s machine (its schema's example, a fresh msg_id)."""
-    name = {"batch": "chocolate_batch"}.get(message_type, f"chocolate_{message_type}")
-    payload = copy.deepcopy(schema(name)["examples"][0])
-    payload.update(
-        ts=time.time(), msg_id=f"lab-{uuid.uuid4().hex[:12]}", step=step, machine=MACHINES[step]
-    )
-    return validate(name, payload)
-
-
-def stored_ids(path: Path) -> Counter[str]:
-    """How many rows of the data center's ``mqtt_messages`` hold each msg_id (read-only)."""
-    if not path.exists():
-        return Counter()
-    try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = connection.execute("SELECT payload FROM mqtt_messages").fetchall()
-        finally:
-            connection.close()
-    except sqlite3.OperationalError:
-        return Counter()
-    ids: Counter[str] = Counter()
-    for (payload,) in rows:
-        try:
-            ids[json.loads(payload)["msg_id"]] += 1
-        except (ValueError, TypeError, KeyError):
-            continue
-    return ids
-
-
-def publish_records(client: RecordingClient, root: str, n: int) -> list[str]:
-    steps = list(MACHINES)
-    sent = []
-    for i in range(n):
-        step = steps[i % len(steps)]
-        kind = ("batch", "quality", "alarm")[i % 3] if step == "s8_packaging" else "batch"
-        payload = record(kind, step)
-        client.publish(f"{root}/{SITE}/{LINE}/{step}/{MACHINES[step]}/{kind}", payload, qos=1)
-        sent.append(payload["msg_id"])
-    return sent
-
 
 @pytest.mark.solution
 @pytest.mark.needs("mqtt5", "qos1", "shared_subscriptions")  # mqtt5 first: the finding
@@ -951,39 +698,22 @@ def test_two_datacenter_workers_on_a_shared_subscription_store_each_record_once(
 ):
     launcher = factory_launcher(protocol="5")
     group = f"datacenter-{uuid.uuid4().hex[:6]}"
-    names = [unique("dc-a"), unique("dc-b")]
-    dbs = [tmp_path / "worker-a.db", tmp_path / "worker-b.db"]
-    workers = [
-        or_fail(
-            lambda name=name, db=db: launcher.start_role(
-                "datacenter", name, db=db, options={"share": group}
-            )
-        )
-        for name, db in zip(names, dbs, strict=True)
+    names, dbs = [unique("dc-a"), unique("dc-b")], [tmp_path / "a.db", tmp_path / "b.db"]
+    share = {"share": group}
+    started = [
+        or_fail(lambda n=n, d=d: launcher.start_role("datacenter", n, db=d, options=share))
+        for n, d in zip(names, dbs, strict=True)
     ]
+    workers = SharedWorkers(started, dbs)
     line = mqtt_client()
     first = publish_records(line, topic_root, 24)
-
-    def counts() -> tuple[Counter[str], Counter[str]]:
-        return stored_ids(dbs[0]), stored_ids(dbs[1])
-
-    def all_in(ids: list[str]) -> bool:
-        a, b = counts()
-        return all(a[i] + b[i] >= 1 for i in ids)
-
-    with_deadline(lambda: all_in(first), 10, workers, f"store the {len(first)} records")
-
-    def both_stored() -> bool:
-        a, b = counts()
-        return bool(sum(a[i] for i in first) and sum(b[i] for i in first))
-
+    workers.wait(lambda: not workers.lost(first), 10, f"store the {len(first)} records")
     # Every record is stored once somewhere; the other worker's commit may still be on its
     # way (without $share it stores them all again). Wait for both to have stored: the
     # verdict below then sees a record stored twice, or the one worker that stored nothing.
     with contextlib.suppress(process.ProcessTimeout):
-        process.wait_until(both_stored, 5)
-    a, b = counts()
-    twice = [i for i in first if a[i] + b[i] > 1]
+        process.wait_until(lambda: all(workers.stored(first)), 5)
+    twice, split = workers.twice(first), workers.stored(first)
     assert not twice, (
         f"Two data-center workers were started with the share group {group!r}; "
         f"{len(twice)} of {len(first)} QoS 1 records were stored by both. Subscribing to "
@@ -991,38 +721,24 @@ def test_two_datacenter_workers_on_a_shared_subscription_store_each_record_once(
         f"$share/{group}/<filter> (MQTT 5 shared subscription) so the broker gives each "
         f"record to one worker of the group."
     )
-    assert sum(a[i] for i in first) and sum(b[i] for i in first), (
+    assert all(split), (
         f"The two workers of group {group!r} should split the stream; one of them stored "
-        f"nothing ({sum(a[i] for i in first)} and {sum(b[i] for i in first)})."
+        f"nothing ({split[0]} and {split[1]})."
     )
 
-    workers[0].kill()  # SIGKILL: no DISCONNECT, no goodbye
+    workers.processes[0].kill()  # SIGKILL: no DISCONNECT, no goodbye
     # End the dead worker's session, as an operator (or its session expiry) would: a
     # message the broker chose for that session waits for it and goes to nobody else
     # (MQTT-4.8.2-4, -5). Connecting with its client id and a clean start does it.
     mqtt_client(names[0]).disconnect()
     second = publish_records(line, topic_root, 12)
-    with_deadline(
-        lambda: all(stored_ids(dbs[1])[i] >= 1 for i in second),
+    workers.wait(
+        lambda: all(workers.rows()[1][i] >= 1 for i in second),
         10,
-        workers[1:],
         f"store, alone, the {len(second)} records published after worker {names[0]} died",
     )
-    a, b = counts()
-    lost = [i for i in first + second if a[i] + b[i] == 0]
-    doubled = [i for i in first + second if a[i] + b[i] > 1]
+    lost, doubled = workers.lost(first + second), workers.twice(first + second)
     assert not lost and not doubled, (
         f"After worker {names[0]} died the other took over: every record must be stored "
         f"exactly once across the two; lost {lost}, doubled {doubled}."
     )
-
-
-def with_deadline(condition: Callable[[], bool], timeout: float, workers, what: str) -> None:
-    try:
-        process.wait_until(condition, timeout, interval=0.05)
-    except process.ProcessTimeout:
-        running = [w for w in workers if w.is_running()]
-        target = running[0] if running else workers[0]
-        raise AssertionError(
-            target.describe_failure(f"the data-center workers did not {what} within {timeout}s")
-        ) from None

@@ -12,6 +12,7 @@ for what is left.
   kept for the experiment that judges it, not raised at whichever experiment came first;
 * :func:`start_ahead`, :func:`users` — set up the module's ahead fixtures that an experiment
   selected to run in this process uses;
+* :func:`per_protocol` — one run per MQTT version that those experiments are selected with;
 * :class:`ModuleClients` — ``mqtt_client`` for a module-scoped run: connected
   :class:`~mqtt_factory_lab.core.client.RecordingClient` s, all disconnected at the end;
 * :func:`seconds_left` — what is left of a deadline counted from the run's own moment;
@@ -64,8 +65,8 @@ KEPT = (Exception, pytest.fail.Exception, pytest.skip.Exception)
 
 class Ahead(Generic[T]):
     """A run that ``start(stack)`` sets in motion, in a thread of its own so that the
-    experiments go on meanwhile; what it registers on ``stack`` is undone by :meth:`close`
-    (or at the end of a ``with`` block).
+    experiments go on meanwhile; what it registers on ``stack`` is undone, in that thread, by
+    :meth:`close` (or at the end of a ``with`` block).
 
     :param start: starts the programs and clients of the run and returns what the judging
         experiment needs; its own deadlines bound it (a program's ready line, a connect).
@@ -75,15 +76,22 @@ class Ahead(Generic[T]):
     """
 
     def __init__(self, start: Callable[[contextlib.ExitStack], T]) -> None:
-        self._stack = contextlib.ExitStack()
         self._value: T | None = None
         self._error: BaseException | None = None
+        self._started = threading.Event()
+        self._closing = threading.Event()
 
         def run() -> None:
-            try:
-                self._value = start(self._stack)
-            except KEPT as error:
-                self._error = error
+            # The thread lives until close(): a program's parent-death signal (``setpriv
+            # --pdeathsig``) follows the thread that started it, not the process.
+            with contextlib.ExitStack() as stack:
+                try:
+                    self._value = start(stack)
+                except KEPT as error:
+                    self._error = error
+                finally:
+                    self._started.set()
+                self._closing.wait()
 
         self._thread = threading.Thread(target=run, name="mqtt-lab-ahead", daemon=True)
         self._thread.start()
@@ -91,7 +99,7 @@ class Ahead(Generic[T]):
     def result(self) -> T:
         """What ``start`` returned, once it has. :raises: what it failed with."""
         __tracebackhide__ = True
-        self._thread.join()
+        self._started.wait()
         if isinstance(self._error, (RoleError, ManifestError)):
             pytest.fail(str(self._error), pytrace=False)
         if self._error is not None:
@@ -99,9 +107,9 @@ class Ahead(Generic[T]):
         return self._value  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Undo what the run started (programs, clients), in reverse order."""
+        """Undo what the run started (programs, clients), in reverse order, and wait for it."""
+        self._closing.set()
         self._thread.join()
-        self._stack.close()
 
     def __enter__(self) -> Ahead[T]:
         return self
@@ -139,6 +147,20 @@ def seconds_left(since: float, budget: float) -> float:
     (at least 0.1, rounded for messages): a judging experiment's timeout, counted from the
     moment its run paused or dropped something, not from the experiment's own start."""
     return round(max(0.1, since + budget - time.monotonic()), 1)
+
+
+def per_protocol(
+    request: pytest.FixtureRequest, start: Callable[[contextlib.ExitStack, str], T]
+) -> dict[str, Ahead[T]]:
+    """For the module-scoped fixture of ``request``: one :class:`Ahead` run per MQTT version
+    that its selected users run with (their ``protocol`` parameter), ``start(stack, protocol)``
+    each, all under way at once. The caller closes them."""
+    protocols = dict.fromkeys(
+        item.callspec.params["protocol"]
+        for item in users(request, request.fixturename or "")
+        if "protocol" in getattr(getattr(item, "callspec", None), "params", {})
+    )
+    return {p: Ahead(lambda stack, p=p: start(stack, p)) for p in protocols}
 
 
 class ModuleClients:

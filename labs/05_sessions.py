@@ -85,6 +85,7 @@ from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
 from mqtt_factory_lab.experiment.ahead import (
     Ahead,
     launchers,
+    own_broker,
     per_protocol,
     seconds_left,
     start_ahead,
@@ -102,7 +103,6 @@ from mqtt_factory_lab.experiment.sessions import (
     session,
     which_cause,
 )
-from mqtt_factory_lab.fixtures.brokers import broker_or_fail
 from mqtt_factory_lab.fixtures.factory import start_controller
 
 pytestmark = [pytest.mark.lesson(5)]
@@ -130,26 +130,29 @@ SESSIONS = [
 
 
 @pytest.fixture(scope="module")
-def shared_broker(broker_pool) -> Broker:
-    """The shared broker, for the module's runs."""
-    return broker_or_fail(lambda: broker_pool.shared("open"))
+def runs_broker(broker_pool) -> Iterator[Ahead[Broker]]:
+    """The runs' own broker: the controller experiments read the shared broker's log to tell
+    whose connection is whose, and the runs' connections must not mix into it."""
+    with Ahead(lambda stack: own_broker(stack, broker_pool)) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")
-def expired_session(shared_broker) -> Iterator[Ahead[ExpiredSession]]:
+def expired_session(runs_broker) -> Iterator[Ahead[ExpiredSession]]:
     """An MQTT 5 controller that subscribed with a session expiry of 1 s and left."""
-    with Ahead(lambda stack: leave_with_expiry(stack, shared_broker, expiry=1)) as run:
+    with Ahead(lambda stack: leave_with_expiry(stack, runs_broker.result(), expiry=1)) as run:
         yield run
 
 
 @pytest.fixture(scope="module")
 def dropped_presses(
-    request, shared_broker, solution, pytestconfig
+    request, runs_broker, solution, pytestconfig
 ) -> Iterator[dict[str, Ahead[DroppedDevice]]]:
     """The solution's press per MQTT version: it obeyed, then lost its connection and session."""
 
     def drop(stack, protocol: str) -> DroppedDevice:
-        launcher = launchers(pytestconfig, solution, shared_broker, [protocol])[protocol]
+        broker = runs_broker.result()
+        launcher = launchers(pytestconfig, solution, broker, [protocol])[protocol]
         return drop_session(stack, launcher, protocol)
 
     with contextlib.ExitStack() as stack:
@@ -475,7 +478,7 @@ def test_session_is_gone_once_its_expiry_interval_has_passed(mqtt_client, expire
 
 
 @pytest.mark.solution
-@pytest.mark.broker_needs(LOG)
+@pytest.mark.broker_needs(LOG)  # the runs' own broker is of the shared one's kind
 def test_a_device_hears_its_commands_again_after_its_connection_drops(dropped_presses, protocol):
     # The solution's press-01 obeyed a command; then its connection dropped and its session was
     # lost, as when the broker restarts without persistence: a client with the device's id and

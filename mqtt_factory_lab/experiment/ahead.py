@@ -15,6 +15,7 @@ for what is left.
 * :func:`per_protocol` — one run per MQTT version that those experiments are selected with;
 * :class:`ModuleClients` — ``mqtt_client`` for a module-scoped run: connected
   :class:`~mqtt_factory_lab.core.client.RecordingClient` s, all disconnected at the end;
+* :func:`own_broker` — a broker for the runs alone, whose log no experiment reads;
 * :func:`seconds_left` — what is left of a deadline counted from the run's own moment;
 * :func:`launchers` — ``factory_launcher`` for a module-scoped run: one launcher of the
   solution per MQTT version, under a topic root of the run's own.
@@ -50,7 +51,7 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from mqtt_factory_lab.brokers import Broker
+from mqtt_factory_lab.brokers import Broker, BrokerError, BrokerUnavailable
 from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.factory import FactoryLauncher
 from mqtt_factory_lab.core.roles import RoleError
@@ -71,8 +72,9 @@ class Ahead(Generic[T]):
     :param start: starts the programs and clients of the run and returns what the judging
         experiment needs; its own deadlines bound it (a program's ready line, a connect).
     :raises nothing: a failure is kept and raised by :meth:`result`, in the experiment that
-        judges the run; a solution's program that would not start (``RoleError``) fails it
-        with the program's message alone, as ``or_fail`` does.
+        judges the run; a solution's program that would not start (``RoleError``) or a broker
+        that would not (``BrokerError``) fails it with that message alone, as ``or_fail`` and
+        ``broker_or_fail`` do.
     """
 
     def __init__(self, start: Callable[[contextlib.ExitStack], T]) -> None:
@@ -100,6 +102,10 @@ class Ahead(Generic[T]):
         """What ``start`` returned, once it has. :raises: what it failed with."""
         __tracebackhide__ = True
         self._started.wait()
+        if isinstance(self._error, BrokerUnavailable):
+            pytest.fail(str(self._error), pytrace=False)
+        if isinstance(self._error, BrokerError):
+            pytest.fail(f"the broker could not start:\n{self._error}", pytrace=False)
         if isinstance(self._error, (RoleError, ManifestError)):
             pytest.fail(str(self._error), pytrace=False)
         if self._error is not None:
@@ -140,6 +146,15 @@ def start_ahead(request: pytest.FixtureRequest, *fixtures: str) -> None:
     for name in fixtures:
         if users(request, name):
             request.getfixturevalue(name)
+
+
+def own_broker(stack: contextlib.ExitStack, pool: Any, variant: str = "open") -> Broker:
+    """A broker of ``pool`` (the ``broker_pool`` fixture) for a module's runs alone, released
+    when ``stack`` closes. What the runs' programs do in the background then never shows in
+    the shared broker's log, which experiments read to tell whose connection is whose."""
+    broker = pool.start(variant)
+    stack.callback(pool.release, broker)
+    return broker
 
 
 def seconds_left(since: float, budget: float) -> float:

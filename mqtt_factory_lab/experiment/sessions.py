@@ -232,6 +232,35 @@ class DroppedDevice:
                     return position + 1
         return None
 
+    def wait_reconnected(self, timeout: float) -> int:
+        """:meth:`reconnected`, waiting up to ``timeout`` seconds.
+
+        :raises pytest.fail.Exception: the press never reconnected (with its output).
+        """
+        __tracebackhide__ = True
+        try:
+            return wait_until(self.reconnected, timeout=timeout)
+        except ProcessTimeout:
+            pytest.fail(
+                self.press.process.describe_failure(
+                    "never reconnected within 15 s after the broker dropped its connection",
+                    "keep paho's network loop running (loop_start/loop_forever): it reconnects",
+                ),
+                pytrace=False,
+            )
+
+    def no_subscribe_evidence(self, position: int, protocol: str) -> str:
+        """What the broker's log shows of a reconnection with no SUBSCRIBE after it ('' when it
+        shows something else)."""
+        logged = self.logged_connections()
+        if not logged or self.subscribed_since(position):
+            return ""
+        flag = "clean session" if protocol == "3.1.1" else "clean start"
+        return (
+            f"The broker logged its reconnection ({flag} = {int(logged[-1].clean)}) and no "
+            f"SUBSCRIBE from it afterwards."
+        )
+
     def subscribed_since(self, position: int) -> bool:
         """Whether the broker logged a SUBSCRIBE from the press after log ``position``."""
         return bool(subscriptions(self.broker.log_lines()[position:], self.press.client_id))

@@ -77,34 +77,33 @@ Run it: ``pytest labs/04_lwt.py -v``.
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import signal
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mqtt_factory_lab.brokers import LOG
+from mqtt_factory_lab.brokers import Broker
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.client import PROTOCOLS
-from mqtt_factory_lab.core.factory import DeviceHandle
-from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_until
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
+from mqtt_factory_lab.experiment.ahead import Ahead, launchers, start_ahead
 from mqtt_factory_lab.experiment.wills import (
-    SILENT_CLIENT,
+    Hiccup,
+    Silence,
     assert_late_dashboard_sees_offline,
-    says_offline,
+    assert_left_with_disconnect,
+    lose_connections,
     says_offline_on,
+    silence_clients,
+    silence_devices,
     status,
     watch_status,
-    will_delay,
     will_of,
 )
-from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.fixtures.brokers import broker_or_fail
 
 pytestmark = [pytest.mark.lesson(4)]
 
@@ -114,6 +113,8 @@ KEEPALIVE = 1
 #: brokers look for silent clients periodically: Mosquitto 2.0 every 6 s or so. The
 #: will is due after 1.5 × keepalive; the lab allows this much more for the sweep.
 KEEPALIVE_SWEEP = 7.0
+#: seconds within which a silent client's will must be out: 1.5 × keepalive, plus the sweep
+KEEPALIVE_BUDGET = 1.5 * KEEPALIVE + KEEPALIVE_SWEEP
 #: a closed socket is noticed at once; this only absorbs a busy machine
 PROMPT = 3.0
 #: MQTT 5 will delay of the experiments. 1 s is the shortest, but brokers keep these timers
@@ -123,13 +124,46 @@ WILL_DELAY = 2
 CLOCK = 1.0
 
 
-def keepalive_budget(keepalive: int = KEEPALIVE) -> float:
-    """Seconds within which a silent client's will must be out: 1.5 × keepalive, plus the sweep."""
-    return 1.5 * keepalive + KEEPALIVE_SWEEP
+# -- Runs that wait on the broker's clock -------------------------------------------------
+# A will by keepalive comes at the broker's next look for silent clients (Mosquitto 2.0: every
+# 6 s), a delayed will after its delay. These runs start at the module's first experiment
+# (mqtt_factory_lab.experiment.ahead); the last section judges them, each against its own run.
+# The payloads, wills, dashboards and runs live in mqtt_factory_lab.experiment.wills.
 
 
-# The status payloads, the wills and what dashboards see live in
-# mqtt_factory_lab.experiment.wills; the timings above and the experiments are the chapter.
+@pytest.fixture(scope="module")
+def shared_broker(broker_pool) -> Broker:
+    """The shared broker, for the module's runs."""
+    return broker_or_fail(lambda: broker_pool.shared("open"))
+
+
+@pytest.fixture(scope="module")
+def silent_clients(shared_broker) -> Iterator[Ahead[Silence]]:
+    """A bare client per MQTT version, keepalive 1 s and a will, then paused together (SIGSTOP)."""
+    with Ahead(lambda stack: silence_clients(stack, shared_broker, KEEPALIVE)) as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def paused_ovens(shared_broker, solution, pytestconfig) -> Iterator[Ahead[Silence]]:
+    """The solution's oven per MQTT version, started with keepalive 1 s, then paused together."""
+    ovens = launchers(pytestconfig, solution, shared_broker, list(PROTOCOLS))
+    with Ahead(lambda stack: silence_devices(stack, ovens, "oven", KEEPALIVE)) as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def wifi_hiccup(shared_broker) -> Iterator[Ahead[Hiccup]]:
+    """MQTT 5 conveyor and packer with a will delay lose their connection; the conveyor returns."""
+    with Ahead(
+        lambda stack: lose_connections(stack, shared_broker, "conveyor-01", "packer-01", WILL_DELAY)
+    ) as run:
+        yield run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _runs_started_ahead(request) -> None:
+    start_ahead(request, "silent_clients", "paused_ovens", "wifi_hiccup")
 
 
 # -- The broker's side -----------------------------------------------------------------
@@ -219,122 +253,6 @@ def test_retained_will_reaches_dashboards_opened_after_the_crash(mqtt_client, to
     )
 
 
-@pytest.fixture
-def paused_programs() -> Iterator[list[ChildProcess]]:
-    """Programs a test pauses with SIGSTOP: resumed (SIGCONT) and stopped when it ends."""
-    programs: list[ChildProcess] = []
-    yield programs
-    for program in programs:
-        program.signal(signal.SIGCONT)
-        program.close()
-
-
-@pytest.mark.broker
-@pytest.mark.spec(mqtt311=["MQTT-3.1.2-24"], mqtt5=["MQTT-3.1.2-22"])
-def test_broker_publishes_the_will_of_a_client_that_stops_answering(
-    broker, broker_env, mqtt_client, topic_root, paused_programs
-):
-    dashboard = mqtt_client()
-    dashboard.subscribe(f"{topic_root}/status/#", qos=1)
-    topics = {}
-    for protocol in PROTOCOLS:
-        device_id = f"frozen-mqtt{protocol}"
-        topics[protocol] = f"{topic_root}/status/{device_id}"
-        will = json.dumps(status(device_id, "offline", "last-will"))
-        program = ChildProcess(
-            [
-                *(sys.executable, "-c", SILENT_CLIENT),
-                *(unique(device_id), topics[protocol], will, str(KEEPALIVE)),
-            ],
-            name=device_id,
-            env=broker_env(broker, topic_root, protocol),
-        )
-        paused_programs.append(program.start())
-    for program in paused_programs:
-        program.wait_for_output("^connected$", timeout=10)
-    dashboard.assert_nothing_received(why="Clients that answer their broker have no will sent.")
-
-    for program in paused_programs:
-        program.signal(signal.SIGSTOP)  # frozen: the socket stays open, nothing is sent
-    paused_at = time.monotonic()
-    budget = keepalive_budget()
-    wills = dashboard.wait_for_messages(
-        2,
-        says_offline,
-        timeout=budget,
-        why=f"A client promises to send a packet at least every keepalive ({KEEPALIVE} s); a "
-        f"broker that hears nothing for 1.5 × keepalive must close the connection and publish "
-        f"the will (MQTT §3.1.2.10). Two clients were paused with SIGSTOP: their sockets stayed "
-        f"open, and only the keepalive could reveal that they were gone.",
-    )
-
-    for protocol, topic in topics.items():
-        arrived = [m for m in wills if m.topic == topic]
-        assert arrived, f"The will of the MQTT {protocol} client ({topic}) never came."
-        after = arrived[0].received_at - paused_at
-        assert after <= budget, (
-            f"The MQTT {protocol} client's will came {after:.1f} s after it fell silent: more "
-            f"than 1.5 × keepalive ({1.5 * KEEPALIVE:g} s) plus the broker's keepalive sweep."
-        )
-    assert all(program.is_running() for program in paused_programs), (
-        "The wills must come from the keepalive, while the paused programs still hold their "
-        "sockets open; a program had exited instead."
-    )
-
-
-@pytest.mark.broker
-@pytest.mark.needs("mqtt5")
-@pytest.mark.spec(mqtt5=["MQTT-3.1.3-9"])
-def test_will_delay_postpones_the_will_and_a_quick_return_cancels_it(mqtt_client, topic_root):
-    flaky_topic = f"{topic_root}/status/conveyor-01"
-    gone_topic = f"{topic_root}/status/packer-01"
-    dashboard = mqtt_client()
-    dashboard.subscribe(f"{topic_root}/status/#", qos=1)
-
-    # Two devices with a will delay and a session that outlives it.
-    flaky_id = unique("conveyor-01")
-    flaky = mqtt_client(flaky_id, session_expiry=60, clean_start=False, connect=False)
-    will_delay(
-        flaky, flaky_topic, json.dumps(status("conveyor-01", "offline", "last-will")), WILL_DELAY
-    )
-    gone = mqtt_client(session_expiry=60, clean_start=False, connect=False)
-    will_delay(
-        gone, gone_topic, json.dumps(status("packer-01", "offline", "last-will")), WILL_DELAY
-    )
-    flaky.connect()
-    gone.connect()
-
-    flaky.drop()
-    gone.drop()
-    dropped_at = time.monotonic()
-    back = mqtt_client(flaky_id, session_expiry=60, clean_start=False)  # the conveyor returns
-    assert back.connack["session_present"], (
-        "The conveyor reconnected with clean start off within its session expiry: the broker "
-        "must resume its session (session present = 1)."
-    )
-
-    will = dashboard.wait_for_message(
-        gone_topic,
-        timeout=WILL_DELAY + PROMPT,
-        why=f"With MQTT 5 will delay interval {WILL_DELAY} s, the broker publishes the will "
-        f"{WILL_DELAY} s after the connection was lost (MQTT 5 §3.1.3.2.2); the packer never "
-        f"came back.",
-    )
-    delay = will.received_at - dropped_at
-    assert delay >= WILL_DELAY - CLOCK, (
-        f"The packer's will came {delay:.2f} s after its connection was lost: a broker must hold "
-        f"a will for its will delay interval ({WILL_DELAY} s, give or take its one-second clock) "
-        f"before publishing it."
-    )
-    # The packer's will is out, so the conveyor's delay has passed too.
-    dashboard.assert_nothing_received(
-        flaky_topic,
-        why="The conveyor reconnected to its session within its will delay interval, so the "
-        "broker must not publish its will (MQTT 5 §3.1.3.2.2): a short network hiccup "
-        "should not show the machine offline.",
-    )
-
-
 @pytest.mark.broker
 @pytest.mark.needs("mqtt5")
 @pytest.mark.spec(mqtt5=["MQTT-3.1.2-8"])
@@ -398,14 +316,6 @@ def test_second_connection_with_the_same_client_id_takes_over_and_fires_the_will
 # The experiments below start devices of the solution under test (``--solution``; by
 # default the lab's own ``sim.device``), end them as a crash, a hang and a planned stop
 # would, and look at what a dashboard sees on their status topic.
-
-
-def start_device(launcher, kind: str, device_id: str, **options) -> DeviceHandle:
-    """Start a device with manifest options the ``device`` fixture does not pass (keepalive).
-
-    Waits, like ``device()``, for its retained ``online`` status (the launcher's own check).
-    """
-    return or_fail(lambda: launcher.start_device(kind, device_id, options=options))
 
 
 @pytest.mark.solution
@@ -475,43 +385,6 @@ def test_device_crashing_by_itself_shows_offline_to_a_late_dashboard(
 
 
 @pytest.mark.solution
-def test_paused_device_is_declared_offline_within_its_keepalive_budget(
-    factory_launcher, mqtt_client, topic_root
-):
-    devices = []
-    try:
-        for protocol in PROTOCOLS:
-            launcher = factory_launcher(protocol=protocol)
-            kind_id = f"oven-mqtt{protocol}"
-            devices.append(start_device(launcher, "oven", kind_id, keepalive=KEEPALIVE))
-        watcher = watch_status(mqtt_client, f"{topic_root}/status/#")
-
-        for oven in devices:
-            oven.process.signal(signal.SIGSTOP)  # hung: the socket stays open, nothing is sent
-        paused_at = time.monotonic()
-        budget = keepalive_budget()
-        for oven in devices:
-            topic = oven.topic("status")
-            will = watcher.wait_for_message(
-                says_offline_on(topic),
-                timeout=round(max(0.1, paused_at + budget - time.monotonic()), 1),
-                why=f"{oven.device_id} was paused (SIGSTOP) after being started with keepalive "
-                f"{KEEPALIVE} s: a broker declares a client dead after 1.5 × its keepalive of "
-                f"silence and publishes its will, so 'offline' was due on {topic} within "
-                f"{budget:g} s. Connect with the keepalive the lab passes (option keepalive, "
-                f"paho: connect(host, port, keepalive=...)) and register a will.",
-            )
-            assert will.retain, (
-                f"The will on {topic} is not retained: a dashboard opened later still sees "
-                f"'online'. Use will_set(..., retain=True)."
-            )
-    finally:
-        for oven in devices:
-            oven.process.signal(signal.SIGCONT)
-            oven.process.kill()
-
-
-@pytest.mark.solution
 def test_device_stopped_gracefully_publishes_offline_itself(device, broker, mqtt_client, protocol):
     packer = device("packer", protocol=protocol)
     topic = packer.topic("status")
@@ -534,19 +407,93 @@ def test_device_stopped_gracefully_publishes_offline_itself(device, broker, mqtt
         f"SIGTERM: publish offline with reason 'shutdown', then disconnect()."
     )
     assert goodbye.retain, f"The 'offline' status on {topic} must be retained."
-    if LOG in broker.capabilities:
-        try:
-            broker.wait_for_log(
-                f"Received DISCONNECT from {re.escape(packer.client_id)}", 5, since=mark
-            )
-        except AssertionError:
-            pytest.fail(
-                f"After SIGTERM {packer.device_id} published 'offline' but its connection (client "
-                f"id {packer.client_id}) did not end with DISCONNECT, so the broker may still send "
-                f"its will. Call disconnect() before exiting, and connect with the client id the "
-                f"lab gives.",
-                pytrace=False,
-            )
+    assert_left_with_disconnect(broker, packer, since=mark)
     assert_late_dashboard_sees_offline(
         mqtt_client, topic, f"{packer.device_id} was stopped gracefully (SIGTERM)."
     )
+
+
+# -- Waiting on the broker's clock ----------------------------------------------------------
+# Each experiment below judges a run started at the module's first experiment (the fixtures
+# above): its deadlines count from that run's own pause or drop, not from the experiment's start.
+
+
+@pytest.mark.broker
+@pytest.mark.needs("mqtt5")
+@pytest.mark.spec(mqtt5=["MQTT-3.1.3-9"])
+def test_will_delay_postpones_the_will_and_a_quick_return_cancels_it(wifi_hiccup):
+    # Two devices with a will delay and a session that outlives it lost their connection
+    # together; the conveyor came back at once, the packer never did.
+    run = wifi_hiccup.result()
+    assert run.back.connack["session_present"], (
+        "The conveyor reconnected with clean start off within its session expiry: the broker "
+        "must resume its session (session present = 1)."
+    )
+    will = run.will_of_gone(
+        WILL_DELAY + PROMPT,
+        why=f"With MQTT 5 will delay interval {WILL_DELAY} s, the broker publishes the will "
+        f"{WILL_DELAY} s after the connection was lost (MQTT 5 §3.1.3.2.2); the packer never "
+        f"came back.",
+    )
+    delay = will.received_at - run.dropped_at
+    assert delay >= WILL_DELAY - CLOCK, (
+        f"The packer's will came {delay:.2f} s after its connection was lost: a broker must hold "
+        f"a will for its will delay interval ({WILL_DELAY} s, give or take its one-second clock) "
+        f"before publishing it."
+    )
+    # The packer's will is out, so the conveyor's delay has passed too.
+    run.dashboard.assert_nothing_received(
+        run.returning,
+        why="The conveyor reconnected to its session within its will delay interval, so the "
+        "broker must not publish its will (MQTT 5 §3.1.3.2.2): a short network hiccup "
+        "should not show the machine offline.",
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.spec(mqtt311=["MQTT-3.1.2-24"], mqtt5=["MQTT-3.1.2-22"])
+def test_broker_publishes_the_will_of_a_client_that_stops_answering(silent_clients):
+    # A client per MQTT version connected with keepalive 1 s, then was paused with SIGSTOP.
+    silence = silent_clients.result()
+    for protocol, program in silence.programs.items():
+        will = silence.will(
+            protocol,
+            KEEPALIVE_BUDGET,
+            why=f"A client promises to send a packet at least every keepalive ({KEEPALIVE} s); a "
+            f"broker that hears nothing for 1.5 × keepalive must close the connection and "
+            f"publish the will (MQTT §3.1.2.10). The MQTT {protocol} client was paused with "
+            f"SIGSTOP: its socket stayed open, and only the keepalive could reveal it was gone.",
+        )
+        after = will.received_at - silence.paused_at
+        assert after > 0, (
+            f"The MQTT {protocol} client's will came while it still answered its broker: a "
+            f"client that keeps its keepalive promise has no will sent."
+        )
+        assert after <= KEEPALIVE_BUDGET, (
+            f"The MQTT {protocol} client's will came {after:.1f} s after it fell silent: more "
+            f"than 1.5 × keepalive ({1.5 * KEEPALIVE:g} s) plus the broker's keepalive sweep."
+        )
+        assert program.is_running(), (
+            "The will must come from the keepalive, while the paused program still holds its "
+            f"socket open; the MQTT {protocol} program had exited instead."
+        )
+
+
+@pytest.mark.solution
+def test_paused_device_is_declared_offline_within_its_keepalive_budget(paused_ovens):
+    # An oven per MQTT version, started with the option keepalive = 1, was paused (SIGSTOP).
+    silence = paused_ovens.result()
+    for protocol, topic in silence.topics.items():
+        will = silence.will(
+            protocol,
+            KEEPALIVE_BUDGET,
+            why=f"The MQTT {protocol} oven was paused (SIGSTOP) after being started with "
+            f"keepalive {KEEPALIVE} s: a broker declares a client dead after 1.5 × its keepalive "
+            f"of silence and publishes its will, so 'offline' was due on {topic} within "
+            f"{KEEPALIVE_BUDGET:g} s. Connect with the keepalive the lab passes (option "
+            f"keepalive, paho: connect(host, port, keepalive=...)) and register a will.",
+        )
+        assert will.retain, (
+            f"The will on {topic} is not retained: a dashboard opened later still sees "
+            f"'online'. Use will_set(..., retain=True)."
+        )

@@ -74,28 +74,36 @@ Run it: ``pytest labs/05_sessions.py -v``.
 from __future__ import annotations
 
 import contextlib
-import time
+from collections.abc import Iterator
 
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART
-from mqtt_factory_lab.brokers.mosquitto_log import connections, subscriptions
+from mqtt_factory_lab.brokers import CONFIG, LOG, RESTART, Broker
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
+from mqtt_factory_lab.experiment.ahead import (
+    Ahead,
+    launchers,
+    own_broker,
+    per_protocol,
+    seconds_left,
+    start_ahead,
+)
 from mqtt_factory_lab.experiment.sessions import (
     EXPIRY,
     PROMPT,
+    DroppedDevice,
+    ExpiredSession,
     alarm,
     command_names,
     controller_connection,
+    drop_session,
+    leave_with_expiry,
     session,
     which_cause,
 )
-from mqtt_factory_lab.fixtures.factory import or_fail, start_controller
+from mqtt_factory_lab.fixtures.factory import start_controller
 
 pytestmark = [pytest.mark.lesson(5)]
 
@@ -115,8 +123,44 @@ SESSIONS = [
 ]
 
 
-# The session settings, the press's alarm and the controller's logged session live in
-# mqtt_factory_lab.experiment.sessions.
+# -- Runs that wait on the broker's clock -------------------------------------------------
+# A session expiry and a device's reconnect delay cannot be hurried: these runs start at the
+# module's first experiment (experiment.ahead, .sessions); the last experiments judge them.
+
+
+@pytest.fixture(scope="module")
+def runs_broker(broker_pool) -> Iterator[Ahead[Broker]]:
+    """The runs' own broker: the controller experiments read the shared broker's log to tell
+    whose connection is whose, and the runs' connections must not mix into it."""
+    with Ahead(lambda stack: own_broker(stack, broker_pool)) as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def expired_session(runs_broker) -> Iterator[Ahead[ExpiredSession]]:
+    """An MQTT 5 controller that subscribed with a session expiry of 1 s and left."""
+    with Ahead(lambda stack: leave_with_expiry(stack, runs_broker.result(), expiry=1)) as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def dropped_presses(
+    request, runs_broker, solution, pytestconfig
+) -> Iterator[dict[str, Ahead[DroppedDevice]]]:
+    """The solution's press per MQTT version: it obeyed, then lost its connection and session."""
+
+    def drop(stack, protocol: str) -> DroppedDevice:
+        broker = runs_broker.result()
+        launcher = launchers(pytestconfig, solution, broker, [protocol])[protocol]
+        return drop_session(stack, launcher, protocol)
+
+    with contextlib.ExitStack() as stack:
+        yield {p: stack.enter_context(run) for p, run in per_protocol(request, drop).items()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _runs_started_ahead(request) -> None:
+    start_ahead(request, "expired_session", "dropped_presses")
 
 
 # -- The broker's side -----------------------------------------------------------------
@@ -241,54 +285,6 @@ def test_session_expiry_interval_decides_whether_the_session_outlives_the_connec
         )
 
 
-@pytest.mark.broker
-@pytest.mark.needs("mqtt5")
-@pytest.mark.spec(mqtt5=["MQTT-3.1.2-23"])
-def test_session_is_gone_once_its_expiry_interval_has_passed(broker, mqtt_client, topic_root):
-    topic = f"{topic_root}/alarms/packer-01/temperature"
-    ended_topic = f"{topic_root}/events/session-ended"
-    client_id = unique("controller")
-    watcher = mqtt_client()
-    watcher.subscribe(ended_topic, qos=1)
-
-    # The lab learns when the session ends from the broker itself, in MQTT: a will whose
-    # delay is longer than the session is published when the session ends (MQTT 5
-    # §3.1.3.2.2), and DISCONNECT 0x04 keeps the will while leaving cleanly.
-    controller = mqtt_client(client_id, clean_start=False, session_expiry=1, connect=False)
-    properties = Properties(PacketTypes.WILLMESSAGE)
-    properties.WillDelayInterval = 3600
-    controller.paho.will_set(ended_topic, b"session ended", qos=1, properties=properties)
-    controller.connect()
-    controller.subscribe(topic, qos=1)
-    controller.paho.disconnect(
-        reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
-    )
-    wait_until(lambda: not controller.connected, timeout=PROMPT)
-    mqtt_client().publish(topic, alarm("raised", 231.0, "packer-01"), qos=1)
-
-    ended = watcher.wait_for_message(
-        ended_topic,
-        timeout=1 + PROMPT,
-        why="The session had an expiry interval of 1 s: the broker should have ended it (and so "
-        "published the will) about a second after the client left.",
-    )
-    assert ended.payload == b"session ended"
-    # How early it may end is not asserted: brokers count expiry in whole seconds, so "1 s" may
-    # pass in a moment. That a session with an expiry outlives its connection is shown above.
-
-    back = mqtt_client(client_id, clean_start=False, session_expiry=EXPIRY)
-    assert not back.connack["session_present"], (
-        "Once the session expiry interval has passed, the session is gone: a reconnect with "
-        "clean start off finds nothing to resume (session present = 0)."
-    )
-    back.assert_nothing_received(
-        topic,
-        why="The session took its subscription, and any alarm queued in it, along when it "
-        "expired (MQTT 5 §4.1): nothing published while the client was away may be delivered.",
-    )
-
-
-@pytest.mark.broker
 @pytest.mark.broker_needs(RESTART, CONFIG)
 @pytest.mark.parametrize(
     ("variant", "survives"),
@@ -442,102 +438,63 @@ def test_clean_session_controller_does_not_get_alarms_raised_while_it_was_stoppe
     )
 
 
+# -- Waiting on the broker's clock ----------------------------------------------------------
+# The experiments below judge the runs started at the module's first experiment (the fixtures
+# above): their deadlines count from the run's own moment, not from the experiment's start.
+
+
+@pytest.mark.broker
+@pytest.mark.needs("mqtt5")
+@pytest.mark.spec(mqtt5=["MQTT-3.1.2-23"])
+def test_session_is_gone_once_its_expiry_interval_has_passed(mqtt_client, expired_session):
+    # A controller subscribed with session expiry 1 s and left; then an alarm was published.
+    # Its will's delay (an hour) outlives the session: it is sent when the session ends.
+    run = expired_session.result()
+    ended = run.watcher.wait_for_message(
+        run.ended_topic,
+        timeout=seconds_left(run.left_at, 1 + PROMPT),
+        why="The session had an expiry interval of 1 s: the broker should have ended it (and so "
+        "published the will) about a second after the client left.",
+    )
+    assert ended.payload == b"session ended"
+    # How early it may end is not asserted: brokers count expiry in whole seconds, so "1 s" may
+    # pass in a moment. That a session with an expiry outlives its connection is shown above.
+
+    back = mqtt_client(run.client_id, clean_start=False, session_expiry=EXPIRY)
+    assert not back.connack["session_present"], (
+        "Once the session expiry interval has passed, the session is gone: a reconnect with "
+        "clean start off finds nothing to resume (session present = 0)."
+    )
+    back.assert_nothing_received(
+        run.topic,
+        why="The session took its subscription, and any alarm queued in it, along when it "
+        "expired (MQTT 5 §4.1): nothing published while the client was away may be delivered.",
+    )
+
+
 # -- A device after its connection drops ------------------------------------------------
 
 
 @pytest.mark.solution
-@pytest.mark.broker_needs(LOG)
-def test_a_device_hears_its_commands_again_after_its_connection_drops(
-    broker, factory_launcher, mqtt_client, topic_root, protocol
-):
-    launcher = factory_launcher(protocol=protocol)
-    press = or_fail(lambda: launcher.start_device("press", "press-01"))
-    watcher = mqtt_client()
-    state = f"{topic_root}/state/press-01"
-    watcher.subscribe(state, qos=1)
-    commands = f"{topic_root}/commands/dashboard/press-01"
-    dashboard = mqtt_client(protocol=protocol)
-
-    def obeyed(value: float, timeout: float = 5) -> bool:
-        """Whether the press published a state with its temperature setpoint at ``value``."""
-        with contextlib.suppress(AssertionError):
-            watcher.wait_for_message(
-                lambda m: (
-                    m.topic == state and m.json().get("setpoints", {}).get("temperature") == value
-                ),
-                timeout=timeout,
-            )
-            return True
-        return False
-
-    # First, the press is at work: it obeys a command (so its start-up is over). Sent again
-    # until it does: a device may say online a moment before its subscription is in place.
-    before = validate("command", {"command": "set", "setpoint": "temperature", "value": 71.0})
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        dashboard.publish(commands, before, qos=1)
-        if obeyed(71.0, timeout=0.5):
-            break
-    else:
-        pytest.fail(
-            f"press-01 never obeyed a 'set' on {commands.replace(topic_root, '{root}')} (no "
-            "state with the new setpoint within 5 s), even before its connection dropped: a "
-            "device subscribes to <root>/commands/+/<device_id> and obeys (lesson 01).",
-            pytrace=False,
-        )
-    # The connection drops and the session is lost, as when the broker restarts without
-    # persistence: a client with the device's id and clean start takes it over and leaves.
-    mark = broker.log_mark()
-    mqtt_client(press.client_id, protocol=protocol, clean_start=True).disconnect()
-
-    def connected_again() -> int | None:
-        """The log position just after the device's own reconnection (the impostor's first)."""
-        lines = broker.log_lines()
-        seen = 0
-        for position, line in enumerate(lines[mark:], start=mark):
-            if any(c.client_id == press.client_id for c in connections([line])):
-                seen += 1
-                if seen == 2:
-                    return position + 1
-        return None
-
-    try:
-        reconnected = wait_until(connected_again, timeout=15)
-    except ProcessTimeout:
-        pytest.fail(
-            press.process.describe_failure(
-                "never reconnected within 15 s after the broker dropped its connection",
-                "keep paho's network loop running (loop_start/loop_forever): it reconnects",
-            ),
-            pytrace=False,
-        )
-
-    def subscribed_again() -> bool:
-        return bool(subscriptions(broker.log_lines()[reconnected:], press.client_id))
-
+@pytest.mark.broker_needs(LOG)  # the runs' own broker is of the shared one's kind
+def test_a_device_hears_its_commands_again_after_its_connection_drops(dropped_presses, protocol):
+    # The solution's press-01 obeyed a command; then a client with its id and clean start took
+    # its connection over and left: its session is lost, as in a restart without persistence.
+    run = dropped_presses[protocol].result()
+    commands = run.commands.replace(run.press.topic_root, "{root}")
+    reconnected = run.wait_reconnected(seconds_left(run.dropped_at, 15))
     with contextlib.suppress(ProcessTimeout):  # a session it kept would need no SUBSCRIBE
-        wait_until(subscribed_again, timeout=PROMPT)
-    set_press = validate(
-        "command",
-        {"command": "set", "setpoint": "temperature", "value": 72.0, "reason": "lesson 05"},
-    )
-    dashboard.publish(commands, set_press, qos=1)
-    if obeyed(72.0):
+        wait_until(lambda: run.subscribed_since(reconnected), timeout=PROMPT)
+    run.set_temperature(72.0, "lesson 05")
+    if run.obeyed(72.0):
         return
-    logged = [c for c in connections(broker.log_lines()[mark:]) if c.client_id == press.client_id]
-    flag = "clean session" if protocol == "3.1.1" else "clean start"
-    evidence = (
-        f"The broker logged its reconnection ({flag} = {int(logged[-1].clean)}) and no "
-        f"SUBSCRIBE from it afterwards."
-        if logged and not subscribed_again()
-        else ""
-    )
+    evidence = run.no_subscribe_evidence(reconnected, protocol)
     pytest.fail(
         f"press-01's connection dropped and its session was lost (as in a broker restart "
-        f"without persistence); it reconnected, but then ignored a 'set' on "
-        f"{commands.replace(topic_root, '{root}')}: it no longer hears its commands. {evidence} "
-        f"A new session starts with no subscriptions (CONNACK session present = 0), and paho "
-        f"reconnects by itself without subscribing again: subscribe to your commands in "
-        f"on_connect, which runs after every connection, not once after connect().",
+        f"without persistence); it reconnected, but then ignored a 'set' on {commands}: it no "
+        f"longer hears its commands. {evidence} A new session starts with no subscriptions "
+        f"(CONNACK session present = 0), and paho reconnects by itself without subscribing "
+        f"again: subscribe to your commands in on_connect, which runs after every connection, "
+        f"not once after connect().",
         pytrace=False,
     )

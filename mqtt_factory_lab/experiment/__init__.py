@@ -8,7 +8,9 @@ lesson's message) and ``remember_mids`` (acknowledge by hand, as a data center d
 A lesson's own instruments live beside it: :mod:`~mqtt_factory_lab.experiment.topics` (01),
 :mod:`~mqtt_factory_lab.experiment.qos` (02), :mod:`~mqtt_factory_lab.experiment.wills` (04),
 :mod:`~mqtt_factory_lab.experiment.sessions` (05), :mod:`~mqtt_factory_lab.experiment.acl` (06),
-:mod:`~mqtt_factory_lab.experiment.tls` (08), :mod:`~mqtt_factory_lab.experiment.mqtt5` (09);
+:mod:`~mqtt_factory_lab.experiment.tls` (08), :mod:`~mqtt_factory_lab.experiment.mqtt5` (09)
+and :mod:`~mqtt_factory_lab.experiment.ahead` (04, 05: runs started at a module's first
+experiment, so that the broker's clock ticks while the other experiments run);
 lesson 07's are pytest-free, in :mod:`mqtt_factory_lab.core.traceability`.
 """
 

@@ -61,6 +61,7 @@ pytest_plugins = [
     "mqtt_factory_lab.fixtures.acl",
     "mqtt_factory_lab.fixtures.chocolate",
     "mqtt_factory_lab.fixtures.tls",
+    "mqtt_factory_lab.fixtures.shared_programs",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"

@@ -80,7 +80,9 @@ rules only, ``-m solution --solution PATH`` to grade a solution).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
+from collections.abc import Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -88,6 +90,7 @@ import pytest
 from mqtt_factory_lab.brokers import LOG
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.factory import DeviceHandle
 from mqtt_factory_lab.core.packets import PUBACK, SUBACK, RawConnection, describe_answer, refused
 from mqtt_factory_lab.experiment import json_field
 from mqtt_factory_lab.experiment.topics import (
@@ -495,25 +498,55 @@ BAD_COMMANDS = [
     pytest.param(b'{"command": "self_destruct", "reason": "lesson 01"}', id="unknown-command"),
     pytest.param(b"stop the press!", id="not-json"),
 ]
+#: the temperature setpoints the bad-command experiments send, each one once
+SETPOINTS = itertools.count(60.0, 0.5)
+
+
+@pytest.fixture
+def command_press(module_programs, request) -> Iterator[tuple[str, Callable[[], DeviceHandle]]]:
+    """``(root, start)``: ``start()`` gives the press of this module and protocol for the bad
+    commands (under ``root``, apart from ``seed_factory``), started at first use; replaced
+    when it died, or when an experiment failed with it."""
+    failures = request.session.testsfailed
+    programs = module_programs.apart("bad-commands")
+
+    def start(programs) -> DeviceHandle:
+        watcher = programs.client("press-online")
+        watcher.subscribe(f"{programs.topic_root}/#", qos=1)
+        try:
+            return seed_devices_online(programs.launcher, watcher, ("press",))["press"]
+        finally:
+            watcher.disconnect()
+
+    yield (
+        programs.topic_root,
+        lambda: or_fail(
+            lambda: programs.kept(
+                "press", start, usable=lambda h: h.process.is_running(), stop=DeviceHandle.stop
+            )
+        ),
+    )
+    if request.session.testsfailed > failures:
+        programs.spoil("press")
 
 
 @pytest.mark.solution
 @pytest.mark.parametrize("bad_command", BAD_COMMANDS)
-def test_a_device_rejects_a_bad_command_and_keeps_running(
-    factory_launcher, mqtt_client, topic_root, protocol, bad_command
-):
+def test_a_device_rejects_a_bad_command_and_keeps_running(command_press, mqtt_client, bad_command):
+    root, start_press = command_press
     watcher = mqtt_client()
-    watcher.subscribe(f"{topic_root}/#", qos=1)
-    launcher = factory_launcher(protocol=protocol)
-    press = or_fail(lambda: seed_devices_online(launcher, watcher, ("press",)))["press"]
+    watcher.subscribe(f"{root}/#", qos=1)
+    press = start_press()
     dashboard = mqtt_client()
-    commands = f"{topic_root}/commands/dashboard/press"
+    commands = f"{root}/commands/dashboard/press"
+    # setpoints no other experiment on this press sent: its retained state shows the last one
+    before, after = next(SETPOINTS), next(SETPOINTS)
 
     # First the press hears its commands (sent again until it obeys one).
-    warm_up = setpoint_answer(topic_root, "press", "temperature", 69.0)
-    if not obeyed_set(dashboard, watcher, commands, warm_up, set_command("temperature", 69.0)):
+    warm_up = setpoint_answer(root, "press", "temperature", before)
+    if not obeyed_set(dashboard, watcher, commands, warm_up, set_command("temperature", before)):
         pytest.fail(
-            f"The press never obeyed a valid 'set' on {commands.replace(topic_root, '{root}')} "
+            f"The press never obeyed a valid 'set' on {commands.replace(root, '{root}')} "
             "(no state with the new setpoint within 5 s): a device subscribes to "
             "{root}/commands/+/<its id> and publishes its new state once it obeys.",
             pytrace=False,
@@ -521,8 +554,8 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
     dashboard.publish(commands, bad_command, qos=1)
     # A good command after the bad one: one connection delivers in order, so once the press
     # has answered it, it has handled the bad one too, and survived it.
-    dashboard.publish(commands, set_command("temperature", 71.0), qos=1)
-    answered = setpoint_answer(topic_root, "press", "temperature", 71.0)
+    dashboard.publish(commands, set_command("temperature", after), qos=1)
+    answered = setpoint_answer(root, "press", "temperature", after)
 
     deadline = time.monotonic() + 10
     while not watcher.received(answered) and press.process.is_running():
@@ -540,7 +573,7 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
         press.process.wait_exit(5)
         pytest.fail(
             press.process.describe_failure(
-                f"exited after the command {sent!r} on {commands.replace(topic_root, '{root}')}",
+                f"exited after the command {sent!r} on {commands.replace(root, '{root}')}",
                 "parse a command inside try/except, check its name against the ones you know, "
                 "and answer anything else with a command_rejected event instead of raising",
             )
@@ -550,7 +583,7 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
     if not watcher.received(answered):
         pytest.fail(
             f"After the command {sent!r}, the press no longer obeyed a valid 'set' on "
-            f"{commands.replace(topic_root, '{root}')} (no state with the new setpoint within "
+            f"{commands.replace(root, '{root}')} (no state with the new setpoint within "
             f"10 s), though its process still runs. {rule}",
             pytrace=False,
         )

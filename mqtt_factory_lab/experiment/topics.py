@@ -522,6 +522,8 @@ def run_seed_factory(
     run.observer.sync()
     for subscriber in run.subscribers.values():
         subscriber.sync()
+    for recorder in (run.observer, dashboard, *run.subscribers.values()):
+        recorder.disconnect()  # the recording is complete: later programs under root stay out
     return run
 
 

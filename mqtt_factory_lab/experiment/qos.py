@@ -120,10 +120,10 @@ def publish_alarm_until_command(
     watcher: RecordingClient,
     root: str,
     state: str,
-    command: str,
+    command: str | None,
 ) -> ReceivedMessage | None:
-    """Publish the press's temperature alarm (QoS 1) until the controller commands the conveyor;
-    None when no command came within 5 s.
+    """Publish the press's temperature alarm (QoS 1) until the controller sends the conveyor
+    ``command`` (None: any message on its command topics); None when none came within 5 s.
 
     Publishing again covers a controller that is connected but has not subscribed yet.
     """
@@ -133,7 +133,7 @@ def publish_alarm_until_command(
         return (
             m.topic.startswith(f"{root}/commands/")
             and m.topic.endswith("/conveyor")
-            and json_field(m, "command") == command
+            and (command is None or json_field(m, "command") == command)
         )
 
     deadline = time.monotonic() + 5

@@ -79,9 +79,7 @@ rules only, ``-m solution --solution PATH`` to grade a solution).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -95,12 +93,14 @@ from mqtt_factory_lab.experiment.topics import (
     MatchCase,
     SeedFactoryRun,
     check_case,
+    dollar_topics_seen,
     filter_problems,
     obeyed_set,
     off_tree_topics,
     run_seed_factory,
     set_command,
     setpoint_answer,
+    wait_answer_while_running,
 )
 from mqtt_factory_lab.lint_topics import lint_topic
 
@@ -112,139 +112,112 @@ pytestmark = [pytest.mark.lesson(1)]
 # the chapter.
 
 
-def _case(id_: str, case: MatchCase) -> object:
-    return pytest.param(case, id=id_)
-
-
 PLUS_CASES = [
-    _case(
+    MatchCase(
         "every-temperature",
-        MatchCase(
-            "{root}/telemetry/+/temperature",
-            ("telemetry/press/temperature", "telemetry/oven/temperature"),
-            (
-                "telemetry/press/pressure",
-                "telemetry/temperature",
-                "telemetry/line1/press/temperature",
-                "telemetry/press/temperature/raw",
-            ),
-            "`+` matches exactly one level: one device name between telemetry and temperature, "
-            "never none and never two.",
+        "{root}/telemetry/+/temperature",
+        ("telemetry/press/temperature", "telemetry/oven/temperature"),
+        (
+            "telemetry/press/pressure",
+            "telemetry/temperature",
+            "telemetry/line1/press/temperature",
+            "telemetry/press/temperature/raw",
         ),
+        "`+` matches exactly one level: one device name between telemetry and temperature, "
+        "never none and never two.",
     ),
-    _case(
+    MatchCase(
         "last-level",
-        MatchCase(
-            "{root}/state/+",
-            ("state/press", "state/oven"),
-            ("state", "state/press/extra", "status/press"),
-            "`+` as the last level matches one level, not the parent and not deeper levels.",
-        ),
+        "{root}/state/+",
+        ("state/press", "state/oven"),
+        ("state", "state/press/extra", "status/press"),
+        "`+` as the last level matches one level, not the parent and not deeper levels.",
     ),
-    _case(
+    MatchCase(
         "two-pluses",
-        MatchCase(
-            "{root}/+/press/+",
-            ("telemetry/press/temperature", "alarms/press/pressure"),
-            ("state/press", "telemetry/oven/temperature", "commands/dashboard/press"),
-            "Each `+` matches one level of its own; the levels between them must match exactly.",
-        ),
+        "{root}/+/press/+",
+        ("telemetry/press/temperature", "alarms/press/pressure"),
+        ("state/press", "telemetry/oven/temperature", "commands/dashboard/press"),
+        "Each `+` matches one level of its own; the levels between them must match exactly.",
     ),
-    _case(
+    MatchCase(
         "first-level",
-        MatchCase(
-            "+/{tail}/status/press",
-            ("status/press",),
-            ("status/oven", "state/press"),
-            "`+` may stand at any position, the first one included.",
-        ),
+        "+/{tail}/status/press",
+        ("status/press",),
+        ("status/oven", "state/press"),
+        "`+` may stand at any position, the first one included.",
     ),
 ]
 
 HASH_CASES = [
-    _case(
+    MatchCase(
         "every-level-below",
-        MatchCase(
-            "{root}/telemetry/#",
-            (
-                "telemetry/press/temperature",
-                "telemetry/press/pressure",
-                "telemetry/oven/temperature/raw",
-            ),
-            ("alarms/press/temperature", "telemetry-old/press/temperature"),
-            "`#` matches every level below it, however many: a whole subtree.",
+        "{root}/telemetry/#",
+        (
+            "telemetry/press/temperature",
+            "telemetry/press/pressure",
+            "telemetry/oven/temperature/raw",
         ),
+        ("alarms/press/temperature", "telemetry-old/press/temperature"),
+        "`#` matches every level below it, however many: a whole subtree.",
     ),
-    _case(
+    MatchCase(
         "whole-tree",
-        MatchCase(
-            "{root}/#",
-            ("", "state/press", "telemetry/press/temperature"),
-            (),
-            "`{root}/#` gets the whole tree, the root topic itself included (factory/# gets "
-            "factory).",
-        ),
+        "{root}/#",
+        ("", "state/press", "telemetry/press/temperature"),
+        (),
+        "`{root}/#` gets the whole tree, the root topic itself included (factory/# gets factory).",
     ),
-    _case(
+    MatchCase(
         "includes-the-parent",
-        MatchCase(
-            "{root}/alarms/#",
-            ("alarms", "alarms/press/temperature"),
-            ("alarmsx", "state/press"),
-            "`#` also matches the parent level itself: factory/alarms/# gets factory/alarms.",
-        ),
+        "{root}/alarms/#",
+        ("alarms", "alarms/press/temperature"),
+        ("alarmsx", "state/press"),
+        "`#` also matches the parent level itself: factory/alarms/# gets factory/alarms.",
     ),
-    _case(
+    MatchCase(
         "seed-robot-arm-filter",
-        MatchCase(
-            "{root}/+/robot_arm/#",
-            (
-                "telemetry/robot_arm/joint_temp",
-                "alarms/robot_arm/cycle_time",
-                "state/robot_arm",
-                "status/robot_arm",
-            ),
-            ("commands/dashboard/robot_arm", "state/press"),
-            "`+` then `#`: the robot arm as the second level, anything (or nothing) below. A "
-            "command to the robot arm has it as the third level, so this filter misses it.",
+        "{root}/+/robot_arm/#",
+        (
+            "telemetry/robot_arm/joint_temp",
+            "alarms/robot_arm/cycle_time",
+            "state/robot_arm",
+            "status/robot_arm",
         ),
+        ("commands/dashboard/robot_arm", "state/press"),
+        "`+` then `#`: the robot arm as the second level, anything (or nothing) below. A "
+        "command to the robot arm has it as the third level, so this filter misses it.",
     ),
 ]
 
 EXACT_CASES = [
-    _case(
+    MatchCase(
         "case-sensitive",
-        MatchCase(
-            "{root}/state/press",
-            ("state/press",),
-            ("state/Press", "State/press", "state/PRESS"),
-            "Topic levels are compared byte for byte: Press is not press.",
-        ),
+        "{root}/state/press",
+        ("state/press",),
+        ("state/Press", "State/press", "state/PRESS"),
+        "Topic levels are compared byte for byte: Press is not press.",
     ),
-    _case(
+    MatchCase(
         "empty-level-is-a-level",
-        MatchCase(
-            "{root}/telemetry/+/temperature",
-            ("telemetry//temperature",),
-            ("telemetry/temperature",),
-            "An empty level is still a level: telemetry//temperature has three, and `+` "
-            "matches the empty one.",
-        ),
+        "{root}/telemetry/+/temperature",
+        ("telemetry//temperature",),
+        ("telemetry/temperature",),
+        "An empty level is still a level: telemetry//temperature has three, and `+` "
+        "matches the empty one.",
     ),
-    _case(
+    MatchCase(
         "trailing-slash",
-        MatchCase(
-            "{root}/state/+",
-            ("state/press",),
-            ("state/press/",),
-            "A trailing slash adds an empty level: state/press/ is not state/press.",
-        ),
+        "{root}/state/+",
+        ("state/press",),
+        ("state/press/",),
+        "A trailing slash adds an empty level: state/press/ is not state/press.",
     ),
 ]
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("case", PLUS_CASES)
+@pytest.mark.parametrize("case", PLUS_CASES, ids=lambda c: c.name)
 @pytest.mark.needs("wildcards")
 @pytest.mark.spec("MQTT-3.3.2-3")
 def test_plus_matches_exactly_one_level_at_any_position(mqtt_client, topic_root, case, protocol):
@@ -252,7 +225,7 @@ def test_plus_matches_exactly_one_level_at_any_position(mqtt_client, topic_root,
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("case", HASH_CASES)
+@pytest.mark.parametrize("case", HASH_CASES, ids=lambda c: c.name)
 @pytest.mark.needs("wildcards")
 @pytest.mark.spec("MQTT-3.3.2-3")
 def test_hash_matches_every_level_below_including_the_parent(
@@ -262,7 +235,7 @@ def test_hash_matches_every_level_below_including_the_parent(
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("case", EXACT_CASES)
+@pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: c.name)
 @pytest.mark.spec("MQTT-3.3.2-3")
 def test_levels_match_exactly_case_and_empty_levels_included(
     mqtt_client, topic_root, case, protocol
@@ -276,27 +249,9 @@ def test_levels_match_exactly_case_and_empty_levels_included(
 def test_dollar_topics_are_not_matched_by_a_leading_wildcard(
     mqtt_client, topic_root, protocol, broker_capabilities
 ):
-    # Every broker is judged, $SYS or not: the experiment offers a $-topic of its own and
-    # watches for any $-topic at all (a broker's internal $MQTT/…, $JS/… count too).
-    own = f"$lab{topic_root.split('/')[1]}/probe"
-    everything = mqtt_client(protocol=protocol)
-    everything.subscribe("#", qos=0)
-    everything.subscribe("+/probe", qos=0)
-    if broker_capabilities.has("sys"):
-        everything.subscribe("+/broker/#", qos=0)
-    everything.sync()
-    insider = mqtt_client(protocol=protocol)
-    with contextlib.suppress(ConnectionError, AssertionError):
-        # a broker may refuse a client's $-topic; the wildcards are judged all the same
-        insider.subscribe(f"{own.split('/')[0]}/#", qos=0, timeout=2)
-        insider.publish(own, b"for named subscribers only", qos=0, timeout=2)
-        insider.wait_for_message(own, timeout=1)
-    everything.sync()
-    leaked = sorted({m.topic for m in everything.received() if m.topic.startswith("$")})
-
-    offered = [f"{own} (published by the experiment)"] if insider.received(own) else []
-    if broker_capabilities.has("sys"):
-        offered.append(f"$SYS ({broker_capabilities.items['sys'].detail})")
+    # Every broker is judged, $SYS or not: the experiment offers a $-topic of its own.
+    sys_detail = broker_capabilities.items["sys"].detail if broker_capabilities.has("sys") else None
+    leaked, offered = dollar_topics_seen(mqtt_client, topic_root, protocol, sys_detail)
     assert not leaked, (
         f"A filter that starts with a wildcard (#, +/probe, +/broker/#) must not match topics "
         f"that start with $ (MQTT-4.7.2-1): they are the broker's own, asked for by name. "
@@ -328,11 +283,8 @@ def test_invalid_filters_are_refused(broker, mqtt_client, topic_root, protocol, 
 
     # ... and a broker that receives it anyway must refuse it too (hand-made bytes:
     # mqtt_factory_lab.core.packets builds the packets paho refuses to send).
-    raw = RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol)
-    try:
+    with RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol) as raw:
         answer = raw.subscribe(topic_filter)
-    finally:
-        raw.close()
     assert refused(answer, SUBACK, protocol == "5"), (
         f"{topic_filter!r} is not a topic filter: a wildcard must fill a whole level and # must "
         f"be the last one (MQTT §4.7.1). A broker must refuse it — MQTT 3.1.1 closes the "
@@ -359,11 +311,8 @@ def test_a_publish_to_a_topic_with_a_wildcard_is_refused(
     with pytest.raises(ValueError):
         mqtt_client(protocol=protocol).publish(topic, b"{}", qos=1)
 
-    raw = RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol)
-    try:
+    with RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol) as raw:
         answer = raw.publish(topic, b"{}")
-    finally:
-        raw.close()
     assert refused(answer, PUBACK, protocol == "5"), (
         f"A topic name may not contain wildcards (MQTT §3.3.2.1): {topic!r} names no single "
         f"topic. The broker must refuse the PUBLISH — close the connection (3.1.1) or send "
@@ -526,12 +475,7 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(module_device, mqtt_cl
     dashboard.publish(commands, set_command("temperature", after), qos=1)
     answered = setpoint_answer(root, "press", "temperature", after)
 
-    deadline = time.monotonic() + 10
-    while not watcher.received(answered) and press.process.is_running():
-        if time.monotonic() > deadline:
-            break
-        with contextlib.suppress(AssertionError):
-            watcher.wait_for_message(answered, timeout=0.2)
+    survived = wait_answer_while_running(watcher, answered, press.process, timeout=10)
     sent = bad_command.decode(errors="replace")
     rule = (
         "A command is input from the network, and anyone who may publish there can send "
@@ -549,7 +493,7 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(module_device, mqtt_cl
             + f"\n{rule}",
             pytrace=False,
         )
-    if not watcher.received(answered):
+    if not survived:
         pytest.fail(
             f"After the command {sent!r}, the press no longer obeyed a valid 'set' on "
             f"{commands.replace(root, '{root}')} (no state with the new setpoint within "

@@ -55,10 +55,11 @@ def levels(topic: str, root: str) -> list[str]:
 
 @dataclass(frozen=True)
 class MatchCase:
-    """A filter (``{root}`` = the test's topic root, ``{tail}`` = the root without its first
-    level), the topics it must match and those it must miss (relative to the root; ``""`` is
-    the root topic itself)."""
+    """A named case (its test id): a filter (``{root}`` = the test's topic root, ``{tail}`` =
+    the root without its first level), the topics it must match and those it must miss
+    (relative to the root; ``""`` is the root topic itself), and the rule it shows."""
 
+    name: str
     topic_filter: str
     matches: tuple[str, ...]
     misses: tuple[str, ...]
@@ -98,6 +99,36 @@ def check_case(
     published = [root if t == "" else f"{root}/{t}" for t in (*case.matches, *case.misses)]
     got = topics_matched(mqtt_client, topic_filter, published, protocol)
     assert got == expected, explain_match(topic_filter, case.rule, expected, got, root)
+
+
+def dollar_topics_seen(
+    mqtt_client: Callable[..., RecordingClient], root: str, protocol: str, has_sys: str | None
+) -> tuple[list[str], list[str]]:
+    """Subscribe ``#``, ``+/probe`` (and ``+/broker/#`` when the broker has ``$SYS``, described by
+    ``has_sys``), offer a ``$``-topic of the experiment's own, and return the ``$``-topics the
+    wildcard subscriber got and the ``$``-topics there were (for the failure message).
+
+    Every broker is judged, ``$SYS`` or not: a broker's internal ``$MQTT/…``, ``$JS/…`` count
+    too. A broker may refuse a client's ``$``-topic; the wildcards are judged all the same.
+    """
+    own = f"$lab{root.split('/')[1]}/probe"
+    everything = mqtt_client(protocol=protocol)
+    everything.subscribe("#", qos=0)
+    everything.subscribe("+/probe", qos=0)
+    if has_sys is not None:
+        everything.subscribe("+/broker/#", qos=0)
+    everything.sync()
+    insider = mqtt_client(protocol=protocol)
+    with contextlib.suppress(ConnectionError, AssertionError):
+        insider.subscribe(f"{own.split('/')[0]}/#", qos=0, timeout=2)
+        insider.publish(own, b"for named subscribers only", qos=0, timeout=2)
+        insider.wait_for_message(own, timeout=1)
+    everything.sync()
+    leaked = sorted({m.topic for m in everything.received() if m.topic.startswith("$")})
+    offered = [f"{own} (published by the experiment)"] if insider.received(own) else []
+    if has_sys is not None:
+        offered.append(f"$SYS ({has_sys})")
+    return leaked, offered
 
 
 def explain_match(
@@ -584,6 +615,23 @@ def off_tree_topics(
         if problem and message.topic not in problems:
             problems[message.topic] = problem
     return problems
+
+
+def wait_answer_while_running(
+    watcher: RecordingClient,
+    answered: Callable[[ReceivedMessage], bool],
+    process: Any,
+    timeout: float,
+) -> bool:
+    """Wait until ``watcher`` has seen ``answered``, for at most ``timeout``, and no longer
+    than ``process`` (a :class:`~mqtt_factory_lab.core.roles.RoleProcess`) runs."""
+    deadline = time.monotonic() + timeout
+    while not watcher.received(answered) and process.is_running():
+        if time.monotonic() > deadline:
+            break
+        with contextlib.suppress(AssertionError):
+            watcher.wait_for_message(answered, timeout=0.2)
+    return bool(watcher.received(answered))
 
 
 def obeyed_set(

@@ -199,3 +199,14 @@ def test_raw_connection_closes_at_the_end_of_its_block(broker, topic_root):
 
 def test_device_state_is_a_schema_valid_state():
     assert validate("state", device_state("press-01", "stopped", produced=3))["state"] == "stopped"
+
+
+@pytest.mark.parametrize("lab_repetition", [1, 2], ids=lambda i: f"run{i}")
+def test_each_repetition_of_an_experiment_gets_programs_of_its_own(
+    module_programs, _module_programs_by_protocol, protocol, lab_repetition
+):
+    # the slow lane repeats an experiment as a parameter: a repeated verdict is a fresh run,
+    # and the programs of another repetition are stopped (at most one repetition runs)
+    made = _module_programs_by_protocol
+    assert made[(protocol, lab_repetition)] is module_programs
+    assert {repetition for _protocol, repetition in made} == {lab_repetition}

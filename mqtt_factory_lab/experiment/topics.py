@@ -7,8 +7,15 @@ this module the machinery they share, pytest-free:
   got, and say what was missing and extra;
 * :data:`TREE`, :func:`levels`, :func:`tree_problem` — the seed's topic tree and which level
   of a topic is out of place in it;
+* :func:`check_case`, :func:`dollar_topics_seen` — the broker experiments' publish-and-see;
+* :data:`FILTER_QUESTIONS`, :func:`filter_subscriber`, :func:`filter_problems` — the manifest's
+  ``[filters]`` table and how each entry is judged on recorded traffic;
 * :func:`seed_devices_online`, :func:`wait_for_factory_traffic`, :func:`stop_all` — run the
-  solution's six devices together and wait for the traffic the filters are judged on.
+  solution's six devices together and wait for the traffic the filters are judged on;
+* :func:`run_seed_factory` (:class:`SeedFactoryRun`), :func:`off_tree_topics` — one recorded
+  run of the six devices (per module and protocol) that the tree, filter and command
+  experiments judge; :func:`setpoint_answer`, :func:`obeyed_set`,
+  :func:`wait_answer_while_running` — a device's answer to a ``set``.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ Your programs in this lesson: ``[roles.device]`` of your manifest (started once
 per kind, with the seed's names as ``{device_id}``: press, conveyor, robot_arm,
 oven, packer, environment; with the ``anomaly`` option, so alarms happen) and
 a ``[filters]`` table with one topic filter per question of
-:data:`QUESTIONS` (write the topic root as ``{root}``)::
+:data:`~mqtt_factory_lab.experiment.topics.FILTER_QUESTIONS` (write the topic root as ``{root}``)::
 
     [filters]
     every_temperature = "{root}/telemetry/+/temperature"
@@ -79,213 +79,168 @@ rules only, ``-m solution --solution PATH`` to grade a solution).
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable
+import itertools
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from mqtt_factory_lab.brokers import LOG
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
-from mqtt_factory_lab.contract import PayloadError, validate, validate_message
-from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
-from mqtt_factory_lab.core.factory import DeviceHandle
+from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.packets import PUBACK, SUBACK, RawConnection, describe_answer, refused
-from mqtt_factory_lab.core.solution import ManifestError
 from mqtt_factory_lab.experiment import json_field
 from mqtt_factory_lab.experiment.topics import (
-    DEVICE_KINDS,
-    SEED_DEVICES,
     MatchCase,
-    Question,
-    explain_match,
-    levels,
-    seed_devices_online,
+    SeedFactoryRun,
+    check_case,
+    dollar_topics_seen,
+    filter_problems,
+    obeyed_set,
+    off_tree_topics,
+    run_seed_factory,
     set_command,
-    stop_all,
-    subscribe_filter,
-    topics_matched,
-    tree_problem,
-    wait_for_factory_traffic,
+    setpoint_answer,
+    wait_answer_while_running,
 )
-from mqtt_factory_lab.fixtures.factory import or_fail
 from mqtt_factory_lab.lint_topics import lint_topic
 
 pytestmark = [pytest.mark.lesson(1)]
 
 
-# The seed's tree, the filters' machinery and the devices' start live in
-# mqtt_factory_lab.experiment.topics; the cases and the experiments are the chapter.
-
-
-def _case(id_: str, case: MatchCase) -> object:
-    return pytest.param(case, id=id_)
+# The seed's tree, the [filters] questions (FILTER_QUESTIONS), the filters' machinery and the
+# devices' run live in mqtt_factory_lab.experiment.topics; the cases and the experiments are
+# the chapter.
 
 
 PLUS_CASES = [
-    _case(
+    MatchCase(
         "every-temperature",
-        MatchCase(
-            "{root}/telemetry/+/temperature",
-            ("telemetry/press/temperature", "telemetry/oven/temperature"),
-            (
-                "telemetry/press/pressure",
-                "telemetry/temperature",
-                "telemetry/line1/press/temperature",
-                "telemetry/press/temperature/raw",
-            ),
-            "`+` matches exactly one level: one device name between telemetry and temperature, "
-            "never none and never two.",
+        "{root}/telemetry/+/temperature",
+        ("telemetry/press/temperature", "telemetry/oven/temperature"),
+        (
+            "telemetry/press/pressure",
+            "telemetry/temperature",
+            "telemetry/line1/press/temperature",
+            "telemetry/press/temperature/raw",
         ),
+        "`+` matches exactly one level: one device name between telemetry and temperature, "
+        "never none and never two.",
     ),
-    _case(
+    MatchCase(
         "last-level",
-        MatchCase(
-            "{root}/state/+",
-            ("state/press", "state/oven"),
-            ("state", "state/press/extra", "status/press"),
-            "`+` as the last level matches one level, not the parent and not deeper levels.",
-        ),
+        "{root}/state/+",
+        ("state/press", "state/oven"),
+        ("state", "state/press/extra", "status/press"),
+        "`+` as the last level matches one level, not the parent and not deeper levels.",
     ),
-    _case(
+    MatchCase(
         "two-pluses",
-        MatchCase(
-            "{root}/+/press/+",
-            ("telemetry/press/temperature", "alarms/press/pressure"),
-            ("state/press", "telemetry/oven/temperature", "commands/dashboard/press"),
-            "Each `+` matches one level of its own; the levels between them must match exactly.",
-        ),
+        "{root}/+/press/+",
+        ("telemetry/press/temperature", "alarms/press/pressure"),
+        ("state/press", "telemetry/oven/temperature", "commands/dashboard/press"),
+        "Each `+` matches one level of its own; the levels between them must match exactly.",
     ),
-    _case(
+    MatchCase(
         "first-level",
-        MatchCase(
-            "+/{tail}/status/press",
-            ("status/press",),
-            ("status/oven", "state/press"),
-            "`+` may stand at any position, the first one included.",
-        ),
+        "+/{tail}/status/press",
+        ("status/press",),
+        ("status/oven", "state/press"),
+        "`+` may stand at any position, the first one included.",
     ),
 ]
 
 HASH_CASES = [
-    _case(
+    MatchCase(
         "every-level-below",
-        MatchCase(
-            "{root}/telemetry/#",
-            (
-                "telemetry/press/temperature",
-                "telemetry/press/pressure",
-                "telemetry/oven/temperature/raw",
-            ),
-            ("alarms/press/temperature", "telemetry-old/press/temperature"),
-            "`#` matches every level below it, however many: a whole subtree.",
+        "{root}/telemetry/#",
+        (
+            "telemetry/press/temperature",
+            "telemetry/press/pressure",
+            "telemetry/oven/temperature/raw",
         ),
+        ("alarms/press/temperature", "telemetry-old/press/temperature"),
+        "`#` matches every level below it, however many: a whole subtree.",
     ),
-    _case(
+    MatchCase(
         "whole-tree",
-        MatchCase(
-            "{root}/#",
-            ("", "state/press", "telemetry/press/temperature"),
-            (),
-            "`{root}/#` gets the whole tree, the root topic itself included (factory/# gets "
-            "factory).",
-        ),
+        "{root}/#",
+        ("", "state/press", "telemetry/press/temperature"),
+        (),
+        "`{root}/#` gets the whole tree, the root topic itself included (factory/# gets factory).",
     ),
-    _case(
+    MatchCase(
         "includes-the-parent",
-        MatchCase(
-            "{root}/alarms/#",
-            ("alarms", "alarms/press/temperature"),
-            ("alarmsx", "state/press"),
-            "`#` also matches the parent level itself: factory/alarms/# gets factory/alarms.",
-        ),
+        "{root}/alarms/#",
+        ("alarms", "alarms/press/temperature"),
+        ("alarmsx", "state/press"),
+        "`#` also matches the parent level itself: factory/alarms/# gets factory/alarms.",
     ),
-    _case(
+    MatchCase(
         "seed-robot-arm-filter",
-        MatchCase(
-            "{root}/+/robot_arm/#",
-            (
-                "telemetry/robot_arm/joint_temp",
-                "alarms/robot_arm/cycle_time",
-                "state/robot_arm",
-                "status/robot_arm",
-            ),
-            ("commands/dashboard/robot_arm", "state/press"),
-            "`+` then `#`: the robot arm as the second level, anything (or nothing) below. A "
-            "command to the robot arm has it as the third level, so this filter misses it.",
+        "{root}/+/robot_arm/#",
+        (
+            "telemetry/robot_arm/joint_temp",
+            "alarms/robot_arm/cycle_time",
+            "state/robot_arm",
+            "status/robot_arm",
         ),
+        ("commands/dashboard/robot_arm", "state/press"),
+        "`+` then `#`: the robot arm as the second level, anything (or nothing) below. A "
+        "command to the robot arm has it as the third level, so this filter misses it.",
     ),
 ]
 
 EXACT_CASES = [
-    _case(
+    MatchCase(
         "case-sensitive",
-        MatchCase(
-            "{root}/state/press",
-            ("state/press",),
-            ("state/Press", "State/press", "state/PRESS"),
-            "Topic levels are compared byte for byte: Press is not press.",
-        ),
+        "{root}/state/press",
+        ("state/press",),
+        ("state/Press", "State/press", "state/PRESS"),
+        "Topic levels are compared byte for byte: Press is not press.",
     ),
-    _case(
+    MatchCase(
         "empty-level-is-a-level",
-        MatchCase(
-            "{root}/telemetry/+/temperature",
-            ("telemetry//temperature",),
-            ("telemetry/temperature",),
-            "An empty level is still a level: telemetry//temperature has three, and `+` "
-            "matches the empty one.",
-        ),
+        "{root}/telemetry/+/temperature",
+        ("telemetry//temperature",),
+        ("telemetry/temperature",),
+        "An empty level is still a level: telemetry//temperature has three, and `+` "
+        "matches the empty one.",
     ),
-    _case(
+    MatchCase(
         "trailing-slash",
-        MatchCase(
-            "{root}/state/+",
-            ("state/press",),
-            ("state/press/",),
-            "A trailing slash adds an empty level: state/press/ is not state/press.",
-        ),
+        "{root}/state/+",
+        ("state/press",),
+        ("state/press/",),
+        "A trailing slash adds an empty level: state/press/ is not state/press.",
     ),
 ]
 
 
-def _check_case(mqtt_client, topic_root: str, case: MatchCase, protocol: str) -> None:
-    __tracebackhide__ = True
-    topic_filter = case.topic_filter.format(root=topic_root, tail=topic_root.split("/", 1)[1])
-    expected = {topic_root if t == "" else f"{topic_root}/{t}" for t in case.matches}
-    published = [
-        topic_root if t == "" else f"{topic_root}/{t}" for t in (*case.matches, *case.misses)
-    ]
-    got = topics_matched(mqtt_client, topic_filter, published, protocol)
-    assert got == expected, explain_match(topic_filter, case.rule, expected, got, topic_root)
-
-
 @pytest.mark.broker
-@pytest.mark.parametrize("case", PLUS_CASES)
+@pytest.mark.parametrize("case", PLUS_CASES, ids=lambda c: c.name)
 @pytest.mark.needs("wildcards")
 @pytest.mark.spec("MQTT-3.3.2-3")
 def test_plus_matches_exactly_one_level_at_any_position(mqtt_client, topic_root, case, protocol):
-    _check_case(mqtt_client, topic_root, case, protocol)
+    check_case(mqtt_client, topic_root, case, protocol)
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("case", HASH_CASES)
+@pytest.mark.parametrize("case", HASH_CASES, ids=lambda c: c.name)
 @pytest.mark.needs("wildcards")
 @pytest.mark.spec("MQTT-3.3.2-3")
 def test_hash_matches_every_level_below_including_the_parent(
     mqtt_client, topic_root, case, protocol
 ):
-    _check_case(mqtt_client, topic_root, case, protocol)
+    check_case(mqtt_client, topic_root, case, protocol)
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("case", EXACT_CASES)
+@pytest.mark.parametrize("case", EXACT_CASES, ids=lambda c: c.name)
 @pytest.mark.spec("MQTT-3.3.2-3")
 def test_levels_match_exactly_case_and_empty_levels_included(
     mqtt_client, topic_root, case, protocol
 ):
-    _check_case(mqtt_client, topic_root, case, protocol)
+    check_case(mqtt_client, topic_root, case, protocol)
 
 
 @pytest.mark.broker
@@ -294,27 +249,9 @@ def test_levels_match_exactly_case_and_empty_levels_included(
 def test_dollar_topics_are_not_matched_by_a_leading_wildcard(
     mqtt_client, topic_root, protocol, broker_capabilities
 ):
-    # Every broker is judged, $SYS or not: the experiment offers a $-topic of its own and
-    # watches for any $-topic at all (a broker's internal $MQTT/…, $JS/… count too).
-    own = f"$lab{topic_root.split('/')[1]}/probe"
-    everything = mqtt_client(protocol=protocol)
-    everything.subscribe("#", qos=0)
-    everything.subscribe("+/probe", qos=0)
-    if broker_capabilities.has("sys"):
-        everything.subscribe("+/broker/#", qos=0)
-    everything.sync()
-    insider = mqtt_client(protocol=protocol)
-    with contextlib.suppress(ConnectionError, AssertionError):
-        # a broker may refuse a client's $-topic; the wildcards are judged all the same
-        insider.subscribe(f"{own.split('/')[0]}/#", qos=0, timeout=2)
-        insider.publish(own, b"for named subscribers only", qos=0, timeout=2)
-        insider.wait_for_message(own, timeout=1)
-    everything.sync()
-    leaked = sorted({m.topic for m in everything.received() if m.topic.startswith("$")})
-
-    offered = [f"{own} (published by the experiment)"] if insider.received(own) else []
-    if broker_capabilities.has("sys"):
-        offered.append(f"$SYS ({broker_capabilities.items['sys'].detail})")
+    # Every broker is judged, $SYS or not: the experiment offers a $-topic of its own.
+    sys_detail = broker_capabilities.items["sys"].detail if broker_capabilities.has("sys") else None
+    leaked, offered = dollar_topics_seen(mqtt_client, topic_root, protocol, sys_detail)
     assert not leaked, (
         f"A filter that starts with a wildcard (#, +/probe, +/broker/#) must not match topics "
         f"that start with $ (MQTT-4.7.2-1): they are the broker's own, asked for by name. "
@@ -346,11 +283,8 @@ def test_invalid_filters_are_refused(broker, mqtt_client, topic_root, protocol, 
 
     # ... and a broker that receives it anyway must refuse it too (hand-made bytes:
     # mqtt_factory_lab.core.packets builds the packets paho refuses to send).
-    raw = RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol)
-    try:
+    with RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol) as raw:
         answer = raw.subscribe(topic_filter)
-    finally:
-        raw.close()
     assert refused(answer, SUBACK, protocol == "5"), (
         f"{topic_filter!r} is not a topic filter: a wildcard must fill a whole level and # must "
         f"be the last one (MQTT §4.7.1). A broker must refuse it — MQTT 3.1.1 closes the "
@@ -377,11 +311,8 @@ def test_a_publish_to_a_topic_with_a_wildcard_is_refused(
     with pytest.raises(ValueError):
         mqtt_client(protocol=protocol).publish(topic, b"{}", qos=1)
 
-    raw = RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol)
-    try:
+    with RawConnection(broker, f"raw-{topic_root.split('/')[1]}", protocol) as raw:
         answer = raw.publish(topic, b"{}")
-    finally:
-        raw.close()
     assert refused(answer, PUBACK, protocol == "5"), (
         f"A topic name may not contain wildcards (MQTT §3.3.2.1): {topic!r} names no single "
         f"topic. The broker must refuse the PUBLISH — close the connection (3.1.1) or send "
@@ -395,92 +326,40 @@ def test_a_publish_to_a_topic_with_a_wildcard_is_refused(
 
 # -- The solution's factory ----------------------------------------------------------------
 # The experiments below start the solution's devices (``--solution``; by default the lab's
-# own ``sim.device``), record everything under the test's topic root and hold it to the
-# seed's topic tree and the manifest's [filters].
+# own ``sim.device``), record everything under a topic root of their own and hold it to the
+# seed's topic tree and the manifest's [filters]. The first four judge one run of the six
+# devices per protocol (``seed_factory``: run_seed_factory says what it sends them); the bad
+# commands, which may crash a device, get a press of their own.
 
 
-#: the questions of the [filters] table; ``answers`` gets the levels below the topic root
-QUESTIONS = (
-    Question(
-        "every_temperature",
-        "every temperature reading of every device (telemetry whose sensor is 'temperature')",
-        lambda p: len(p) == 3 and p[0] == "telemetry" and p[2] == "temperature",
-    ),
-    Question(
-        "press_telemetry",
-        "every reading of the press, whatever the sensor",
-        lambda p: len(p) == 3 and p[0] == "telemetry" and p[1] == "press",
-    ),
-    Question(
-        "robot_arm",
-        "everything the robot arm publishes: its telemetry, alarms, state, status and events",
-        lambda p: len(p) >= 2 and p[0] in DEVICE_KINDS and p[1] == "robot_arm",
-    ),
-    Question(
-        "robot_arm_commands",
-        "every command sent to the robot arm, whoever sends it",
-        lambda p: len(p) == 3 and p[0] == "commands" and p[2] == "robot_arm",
-    ),
-    Question("all_alarms", "every alarm of every device", lambda p: p[0] == "alarms"),
-    Question(
-        "all_state",
-        "the retained state (running/stopped/fault) of every device",
-        lambda p: len(p) == 2 and p[0] == "state",
-    ),
-    Question(
-        "all_status",
-        "the online/offline status of every device",
-        lambda p: len(p) == 2 and p[0] == "status",
-    ),
-    Question("everything", "everything the factory publishes", lambda p: bool(p)),
-)
+@pytest.fixture
+def seed_factory(module_programs) -> SeedFactoryRun:
+    """The six devices' run of this module and protocol, recorded once (:func:`run_seed_factory`)."""
+
+    def run(programs) -> SeedFactoryRun:
+        mark = programs.broker.log_mark() if LOG in programs.broker.capabilities else None
+        return run_seed_factory(programs.launcher, programs.client, log_mark=mark)
+
+    return module_programs.once("seed-factory", run)
 
 
-def start_seed_devices(
-    factory_launcher, observer: RecordingClient, protocol: str, kinds=SEED_DEVICES
-) -> dict[str, DeviceHandle]:
-    """Start the solution's devices at once (device id = kind, anomalies on); return once each
-    has said ``online`` on its status topic (the launcher's own readiness check)."""
-    launcher = factory_launcher(protocol=protocol)
-    return or_fail(lambda: seed_devices_online(launcher, observer, kinds))
+def started(run: SeedFactoryRun) -> SeedFactoryRun:
+    """The run, once its devices started; a missing role or a device that never came online
+    fails the experiment with the launcher's message."""
+    if run.not_started:
+        pytest.fail(run.not_started, pytrace=False)
+    return run
 
 
 @pytest.mark.solution
-def test_devices_publish_on_the_seed_topic_tree(
-    factory_launcher, mqtt_client, topic_root, protocol
-):
-    observer = mqtt_client()
-    observer.subscribe(f"{topic_root}/#", qos=1)
-    handles = start_seed_devices(factory_launcher, observer, protocol)
-    try:
-        wait_for_factory_traffic(observer, topic_root, handles)
-        shortfall = ""
-    except AssertionError as missing:  # judged after the tree: a misplaced level explains it
-        shortfall = str(missing)
-    stop_all(handles)
-    observer.sync()
-
-    problems: dict[str, str] = {}
-    for message in observer.received():
-        problem = tree_problem(message.topic, topic_root, tuple(handles), message.payload)
-        if problem is None:
-            try:
-                validate_message(message.topic, message.payload, root=topic_root)
-            except PayloadError as error:
-                problem = str(error)
-        # the conventions `mqtt-lab lint-topics` checks (lowercase levels, ...), rule named
-        linted = lint_topic(message.topic, topic_root, tuple(handles))
-        if problem is None and linted:
-            problem = linted[0].detail
-        if problem and linted:
-            problem += f" [lint-topics: {', '.join(f.rule for f in linted)}]"
-        if problem and message.topic not in problems:
-            problems[message.topic] = problem
+def test_devices_publish_on_the_seed_topic_tree(seed_factory):
+    run = started(seed_factory)
+    root = run.root
+    problems = off_tree_topics(run.from_devices(), root, run.devices, lint_topic)
     shown = "\n".join(
-        f"  {topic.replace(topic_root, '{root}')}: {why}"
-        for topic, why in list(problems.items())[:6]
+        f"  {topic.replace(root, '{root}')}: {why}" for topic, why in list(problems.items())[:6]
     )
-    if problems:
+    if problems:  # judged before the shortfall: a misplaced level explains it
         pytest.fail(
             f"The factory's topic tree is {{root}}/telemetry|alarms/<device>/<sensor> and "
             f"{{root}}/state|status/<device> (the seed's 'Topic Structure'): dashboards and "
@@ -489,180 +368,73 @@ def test_devices_publish_on_the_seed_topic_tree(
             f"(`mqtt-lab lint-topics --broker-url URL` checks a running factory the same way)",
             pytrace=False,
         )
-    if shortfall:
-        pytest.fail(shortfall, pytrace=False)
+    if run.shortfall:
+        pytest.fail(run.shortfall, pytrace=False)
 
 
 @pytest.mark.solution
-def test_each_filter_gets_exactly_the_topics_its_question_asks_for(
-    solution, factory_launcher, mqtt_client, topic_root, protocol
-):
-    filters: dict[str, str] = {}
-    missing = []
-    for question in QUESTIONS:
-        try:
-            filters[question.name] = solution.require_filter(question.name, question.meaning)
-        except ManifestError as error:
-            missing.append(str(error))
-    if missing:
-        pytest.fail("\n".join(missing), pytrace=False)
-
-    observer = mqtt_client()
-    observer.subscribe(f"{topic_root}/#", qos=1)
-    subscribers = {
-        q.name: subscribe_filter(
-            mqtt_client, q, filters[q.name].replace("{root}", topic_root), topic_root
-        )
-        for q in QUESTIONS
-    }
-    handles = start_seed_devices(factory_launcher, observer, protocol)
-    dashboard = mqtt_client()
-    for device_id, setpoint, value in (
-        ("robot_arm", "cycle_time", 4.5),
-        ("press", "temperature", 70.0),
-    ):
-        command = set_command(setpoint, value)
-        dashboard.publish(f"{topic_root}/commands/dashboard/{device_id}", command, qos=1)
-    # The robot arm's question covers its events too, which its device writes only when it
-    # rejects a command: the lab adds one entry to that diary, so that every kind of message
-    # the question covers is in the traffic its filter is judged on.
-    diary = validate(
-        "event",
-        {
-            "ts": time.time(),
-            "device_id": "robot_arm",
-            "event": "command_rejected",
-            "reason": "lesson 01: an entry in the robot arm's diary",
-            "topic": f"{topic_root}/commands/dashboard/robot_arm",
-            "received": "(none)",
-        },
-    )
-    dashboard.publish(f"{topic_root}/events/robot_arm", diary, qos=1)
-    try:
-        wait_for_factory_traffic(observer, topic_root, handles, alarms_from=("robot_arm",))
-        shortfall = ""
-    except AssertionError as missing:
-        shortfall = str(missing)
-    if shortfall:  # outside the except block: one message, no chained traceback
+def test_each_filter_gets_exactly_the_topics_its_question_asks_for(seed_factory):
+    run = seed_factory
+    if run.missing_filters or run.refused_filters:
+        pytest.fail("\n".join(run.missing_filters or run.refused_filters[:1]), pytrace=False)
+    started(run)
+    if run.filters_shortfall:
         pytest.fail(
             f"The filters are judged on the factory's live traffic, and it is not on the seed's "
             f"tree (test_devices_publish_on_the_seed_topic_tree says which level is out of "
-            f"place):\n{shortfall}",
+            f"place):\n{run.filters_shortfall}",
             pytrace=False,
         )
-    stop_all(handles)
-    observer.sync()
-    seen = {m.topic for m in observer.received()}
-
-    problems = []
-    for question in QUESTIONS:
-        topic_filter = filters[question.name]
-        expected = {t for t in seen if question.answers(levels(t, topic_root))}
-        assert expected, (
-            f"Nothing the factory published answers {question.name!r} ({question.meaning}), so "
-            f"its filter cannot be judged: check that your devices publish on the seed's tree."
-        )
-        subscribers[question.name].sync()
-        got = {m.topic for m in subscribers[question.name].received()}
-        if got != expected:
-            hint = ""
-            if not topic_filter.startswith(("{root}", "+", "#")):
-                hint = " Write the topic root as {root}: the lab gives every test its own."
-            problems.append(
-                explain_match(
-                    topic_filter.replace("{root}", topic_root),
-                    f"[filters] {question.name} must get {question.meaning}.{hint}",
-                    expected,
-                    got,
-                    topic_root,
-                )
-            )
+    problems = filter_problems(run)
     if problems:
         pytest.fail(
             "A subscription gets every message whose topic its filter matches — no more, no "
             "less. `+` matches exactly one level, `#` the level it stands on and every level "
-            "below.\n" + "\n".join(problems),
+            "below.\n" + problems,
             pytrace=False,
         )
 
 
 @pytest.mark.solution
-def test_a_stop_for_the_conveyor_does_not_stop_the_press(
-    factory_launcher, mqtt_client, topic_root, protocol
-):
-    watcher = mqtt_client()
-    watcher.subscribe(f"{topic_root}/state/+", qos=1)
-    watcher.subscribe(f"{topic_root}/status/+", qos=1)
-    handles = start_seed_devices(factory_launcher, watcher, protocol, kinds=("press", "conveyor"))
-    dashboard = mqtt_client()
-
-    stop = validate("command", {"command": "stop", "reason": "lesson 01: the conveyor only"})
-    dashboard.publish(f"{topic_root}/commands/dashboard/conveyor", stop, qos=1)
-    watcher.wait_for_message(
-        lambda m: m.topic == f"{topic_root}/state/conveyor" and json_field(m, "state") == "stopped",
-        why=f"A device obeys the commands sent to {topic_root}/commands/<publisher>/<its id>: "
-        f"the conveyor got a stop there and never published a 'stopped' state.",
-    )
-    # A command to the press itself, sent after the stop: once the press has answered it, it
-    # has also handled anything it received before (one connection delivers in order).
-    set_press = set_command("temperature", 70.0)
-    dashboard.publish(f"{topic_root}/commands/dashboard/press", set_press, qos=1)
-    answered = watcher.wait_for_message(
-        lambda m: (
-            m.topic == f"{topic_root}/state/press"
-            and (json_field(m, "setpoints") or {}).get("temperature") == 70.0
-        ),
-        why=f"The press obeys a 'set' sent to {topic_root}/commands/dashboard/press and "
-        f"publishes its new state with the setpoint; it never did.",
-    )
+def test_a_stop_for_the_conveyor_does_not_stop_the_press(seed_factory):
+    run = started(seed_factory)
+    for problem in (run.conveyor_not_stopped, run.press_not_answered):
+        if problem:
+            pytest.fail(problem, pytrace=False)
+    press = f"{run.root}/state/press"
     press_states = [
-        validate("state", m.payload)["state"] for m in watcher.received(f"{topic_root}/state/press")
+        validate("state", m.payload)["state"] for m in run.from_devices() if m.topic == press
     ]
-    assert "stopped" not in press_states and json_field(answered, "state") == "running", (
+    assert "stopped" not in press_states and json_field(run.press_answer, "state") == "running", (
         f"The press stopped (its states: {' → '.join(press_states)}) when a stop was sent to "
-        f"the conveyor on {topic_root}/commands/dashboard/conveyor. A device must subscribe "
+        f"the conveyor on {run.root}/commands/dashboard/conveyor. A device must subscribe "
         f"only to its own commands — {{root}}/commands/+/<its id>, any publisher, one device — "
         f"not {{root}}/commands/#, which hands it every machine's commands."
     )
-    assert handles["press"].process.is_running()
 
 
 @pytest.mark.solution
 @pytest.mark.broker_needs(LOG)
-def test_a_device_subscribes_only_to_its_own_commands(
-    broker, factory_launcher, mqtt_client, topic_root, protocol
-):
-    mark = broker.log_mark()
-    watcher = mqtt_client()
-    watcher.subscribe(f"{topic_root}/#", qos=1)
-    press = start_seed_devices(factory_launcher, watcher, protocol, kinds=("press",))["press"]
-    # Once the press has obeyed a command, its command subscription is surely in place.
-    dashboard = mqtt_client()
-    command = set_command("temperature", 70.0)
-    dashboard.publish(f"{topic_root}/commands/dashboard/press", command, qos=1)
-    watcher.wait_for_message(
-        lambda m: (
-            m.topic == f"{topic_root}/state/press"
-            and (json_field(m, "setpoints") or {}).get("temperature") == 70.0
-        ),
-        why=f"The press obeys a 'set' sent to {topic_root}/commands/dashboard/press and "
-        f"publishes its new state; it never did.",
-    )
-    filters = [f for f, _qos in subscriptions(broker.log_lines()[mark:], press.client_id)]
-    own = [f"{topic_root}/commands/{who}/press" for who in ("dashboard", "controller-7")]
-    foreign = [f"{topic_root}/commands/{who}/conveyor" for who in ("dashboard", "controller-7")]
+def test_a_device_subscribes_only_to_its_own_commands(broker, seed_factory):
+    run = started(seed_factory)
+    if run.press_not_answered:  # once the press obeyed, its subscription is surely in place
+        pytest.fail(run.press_not_answered, pytrace=False)
+    logged = subscriptions(broker.log_lines()[run.log_mark or 0 :], run.client_ids["press"])
+    filters = [f for f, _qos in logged]
+    own = [f"{run.root}/commands/{who}/press" for who in ("dashboard", "controller-7")]
+    foreign = [f"{run.root}/commands/{who}/conveyor" for who in ("dashboard", "controller-7")]
 
     too_wide = [f for f in filters if any(mqtt.topic_matches_sub(f, t) for t in foreign)]
     assert not too_wide, (
         f"The press subscribed to {', '.join(too_wide)}, which also matches commands meant for "
         f"other machines ({foreign[0]}). A device subscribes only to its own commands: "
-        f"{topic_root}/commands/+/press (`+`: whoever sends them)."
+        f"{run.root}/commands/+/press (`+`: whoever sends them)."
     )
     for topic in own:
         assert any(mqtt.topic_matches_sub(f, topic) for f in filters), (
             f"None of the press's subscriptions ({', '.join(filters) or 'none'}) matches "
             f"{topic}: a device must hear its commands from every publisher — "
-            f"{topic_root}/commands/+/press."
+            f"{run.root}/commands/+/press."
         )
 
 
@@ -671,40 +443,28 @@ BAD_COMMANDS = [
     pytest.param(b'{"command": "self_destruct", "reason": "lesson 01"}', id="unknown-command"),
     pytest.param(b"stop the press!", id="not-json"),
 ]
+#: the temperature setpoints the bad-command experiments send, each one once
+SETPOINTS = itertools.count(60.0, 0.5)
 
 
 @pytest.mark.solution
 @pytest.mark.parametrize("bad_command", BAD_COMMANDS)
-def test_a_device_rejects_a_bad_command_and_keeps_running(
-    factory_launcher, mqtt_client, topic_root, protocol, bad_command
-):
+def test_a_device_rejects_a_bad_command_and_keeps_running(module_device, mqtt_client, bad_command):
+    # one press per protocol for these experiments; replaced once one fails (it may have crashed)
+    press = module_device("press", "press", apart="bad-commands", strict=False, anomaly=True)
+    root = press.topic_root
     watcher = mqtt_client()
-    watcher.subscribe(f"{topic_root}/#", qos=1)
-    press = start_seed_devices(factory_launcher, watcher, protocol, kinds=("press",))["press"]
+    watcher.subscribe(f"{root}/#", qos=1)
     dashboard = mqtt_client()
-    commands = f"{topic_root}/commands/dashboard/press"
+    commands = f"{root}/commands/dashboard/press"
+    # setpoints no other experiment on this press sent: its retained state shows the last one
+    before, after = next(SETPOINTS), next(SETPOINTS)
 
-    def setpoint_is(value: float) -> Callable[[ReceivedMessage], bool]:
-        def answered(m: ReceivedMessage) -> bool:
-            """the press's state with its new temperature setpoint"""
-            return (
-                m.topic == f"{topic_root}/state/press"
-                and (json_field(m, "setpoints") or {}).get("temperature") == value
-            )
-
-        return answered
-
-    # First the press hears its commands (sent again until it obeys one: a device may say
-    # online a moment before its subscription is in place).
-    warm_up = set_command("temperature", 69.0)
-    deadline = time.monotonic() + 5
-    while not watcher.received(setpoint_is(69.0)) and time.monotonic() < deadline:
-        dashboard.publish(commands, warm_up, qos=1)
-        with contextlib.suppress(AssertionError):
-            watcher.wait_for_message(setpoint_is(69.0), timeout=0.5)
-    if not watcher.received(setpoint_is(69.0)):
+    # First the press hears its commands (sent again until it obeys one).
+    warm_up = setpoint_answer(root, "press", "temperature", before)
+    if not obeyed_set(dashboard, watcher, commands, warm_up, set_command("temperature", before)):
         pytest.fail(
-            f"The press never obeyed a valid 'set' on {commands.replace(topic_root, '{root}')} "
+            f"The press never obeyed a valid 'set' on {commands.replace(root, '{root}')} "
             "(no state with the new setpoint within 5 s): a device subscribes to "
             "{root}/commands/+/<its id> and publishes its new state once it obeys.",
             pytrace=False,
@@ -712,16 +472,10 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
     dashboard.publish(commands, bad_command, qos=1)
     # A good command after the bad one: one connection delivers in order, so once the press
     # has answered it, it has handled the bad one too, and survived it.
-    set_press = set_command("temperature", 71.0)
-    dashboard.publish(commands, set_press, qos=1)
-    answered = setpoint_is(71.0)
+    dashboard.publish(commands, set_command("temperature", after), qos=1)
+    answered = setpoint_answer(root, "press", "temperature", after)
 
-    deadline = time.monotonic() + 10
-    while not watcher.received(answered) and press.process.is_running():
-        if time.monotonic() > deadline:
-            break
-        with contextlib.suppress(AssertionError):
-            watcher.wait_for_message(answered, timeout=0.2)
+    survived = wait_answer_while_running(watcher, answered, press.process, timeout=10)
     sent = bad_command.decode(errors="replace")
     rule = (
         "A command is input from the network, and anyone who may publish there can send "
@@ -732,17 +486,17 @@ def test_a_device_rejects_a_bad_command_and_keeps_running(
         press.process.wait_exit(5)
         pytest.fail(
             press.process.describe_failure(
-                f"exited after the command {sent!r} on {commands.replace(topic_root, '{root}')}",
+                f"exited after the command {sent!r} on {commands.replace(root, '{root}')}",
                 "parse a command inside try/except, check its name against the ones you know, "
                 "and answer anything else with a command_rejected event instead of raising",
             )
             + f"\n{rule}",
             pytrace=False,
         )
-    if not watcher.received(answered):
+    if not survived:
         pytest.fail(
             f"After the command {sent!r}, the press no longer obeyed a valid 'set' on "
-            f"{commands.replace(topic_root, '{root}')} (no state with the new setpoint within "
+            f"{commands.replace(root, '{root}')} (no state with the new setpoint within "
             f"10 s), though its process still runs. {rule}",
             pytrace=False,
         )

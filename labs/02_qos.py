@@ -78,19 +78,20 @@ import pytest
 from mqtt_factory_lab.brokers import LOG
 from mqtt_factory_lab.brokers.mosquitto_log import subscriptions
 from mqtt_factory_lab.contract import validate
-from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
-from mqtt_factory_lab.core.factory import DeviceHandle
-from mqtt_factory_lab.experiment import json_field, unique
+from mqtt_factory_lab.core.client import MQTTTimeout, RecordingClient
+from mqtt_factory_lab.experiment import unique
 from mqtt_factory_lab.experiment.qos import (
+    ControllerRun,
     PacketLog,
-    alarm,
+    PressRun,
+    away_while_the_press_publishes,
     by_qos,
     granted_qos,
-    publish_alarm_until_command,
-    qos2_watcher,
+    record_controller_away,
+    record_press,
     telemetry,
+    unacknowledged_alarm_sent_again,
 )
-from mqtt_factory_lab.fixtures.factory import or_fail, start_controller
 
 pytestmark = [pytest.mark.lesson(2)]
 
@@ -170,39 +171,13 @@ def test_delivered_qos_is_the_lower_of_publish_and_granted_qos(
     validate("telemetry", message.payload)
 
 
-def _unacknowledged_alarm_sent_again(mqtt_client, session_client, topic_root, protocol):
-    """One QoS 1 alarm received, never acknowledged, the session resumed: both deliveries."""
-    topic = f"{topic_root}/alarms/press/temperature"
-    client_id = unique("qos1-dup")
-    subscriber = session_client(client_id, protocol, manual_ack=True)
-    subscriber.subscribe(topic, qos=1)
-
-    sent = alarm("press", "temperature", "raised", 97.5)
-    mqtt_client(protocol=protocol).publish(topic, sent, qos=1)
-    first = subscriber.wait_for_message(topic, why="The alarm reaches its QoS 1 subscriber.")
-    # It never acknowledges (manual ack, no ack() call) and leaves; its session stays.
-    subscriber.disconnect()
-
-    again = session_client(client_id, protocol)
-    second = again.wait_for_message(
-        topic,
-        queued=True,
-        why=f"QoS 1 is at-least-once: the broker keeps a message until the subscriber's PUBACK "
-        f"and sends it again when the session resumes (MQTT-4.4.0-1). The subscriber received "
-        f"the alarm on {topic} but left before acknowledging it; after reconnecting to its "
-        f"persistent session it got nothing.",
-    )
-    assert validate("alarm", second.payload) == sent, "The redelivery is the same message."
-    return first, second
-
-
 @pytest.mark.broker
 @pytest.mark.needs("qos1")
 @pytest.mark.spec("MQTT-4.4.0-1")
 def test_qos1_is_sent_again_when_the_puback_never_came(
     mqtt_client, session_client, topic_root, protocol
 ):
-    _unacknowledged_alarm_sent_again(mqtt_client, session_client, topic_root, protocol)
+    unacknowledged_alarm_sent_again(mqtt_client, session_client, topic_root, protocol)
 
 
 @pytest.mark.broker
@@ -212,7 +187,7 @@ def test_a_redelivered_message_carries_dup_and_the_first_does_not(
     mqtt_client, session_client, topic_root, protocol
 ):
     try:
-        first, second = _unacknowledged_alarm_sent_again(
+        first, second = unacknowledged_alarm_sent_again(
             mqtt_client, session_client, topic_root, protocol
         )
     except MQTTTimeout:
@@ -312,44 +287,13 @@ def test_qos2_resumes_at_pubrel_and_delivers_exactly_once(
     )
 
 
-def _away_while_the_press_publishes(mqtt_client, session_client, topic_root, protocol):
-    """A persistent-session observer leaves; QoS 0 telemetry and QoS 1 alarms are published;
-    it returns. Returns the returned client (after a round trip) and the alarm values sent."""
-    client_id = unique("observer")
-    observer = session_client(client_id, protocol)
-    observer.subscribe(f"{topic_root}/telemetry/#", qos=1)
-    observer.subscribe(f"{topic_root}/alarms/#", qos=1)
-    observer.disconnect()  # a clean goodbye: the persistent session stays on the broker
-
-    press = mqtt_client(protocol=protocol)
-    values = [91.0, 92.5, 94.0, 95.5]
-    for seq, value in enumerate(values):
-        press.publish(
-            f"{topic_root}/telemetry/press/temperature", telemetry("press", seq, value), 0
-        )
-        state = "raised" if seq % 2 == 0 else "cleared"
-        press.publish(
-            f"{topic_root}/alarms/press/temperature", alarm("press", "temperature", state, value), 1
-        )
-    press.sync()  # the broker has handled every publish before the observer returns
-
-    back = session_client(client_id, protocol)
-    assert back.connack["session_present"], (
-        "A client that reconnects with clean start off finds its session (CONNACK "
-        "session-present = 1): its subscriptions and the messages queued for it."
-    )
-    return back, values
-
-
 @pytest.mark.broker
 @pytest.mark.needs("qos1")
 @pytest.mark.spec(mqtt311=["MQTT-3.1.2-5", "MQTT-4.6.0-6"], mqtt5=["MQTT-3.1.2-23", "MQTT-4.6.0-5"])
 def test_offline_persistent_subscriber_gets_qos1_queued_in_order(
     mqtt_client, session_client, topic_root, protocol
 ):
-    back, values = _away_while_the_press_publishes(
-        mqtt_client, session_client, topic_root, protocol
-    )
+    back, values = away_while_the_press_publishes(mqtt_client, session_client, topic_root, protocol)
     queued = back.wait_for_messages(
         len(values),
         f"{topic_root}/alarms/#",
@@ -370,7 +314,7 @@ def test_offline_persistent_subscriber_gets_qos1_queued_in_order(
 def test_whether_qos0_is_queued_for_an_offline_session_is_the_brokers_choice(
     mqtt_client, session_client, topic_root, protocol, behaviour
 ):
-    back, _values = _away_while_the_press_publishes(
+    back, _values = away_while_the_press_publishes(
         mqtt_client, session_client, topic_root, protocol
     )
     back.sync()
@@ -388,24 +332,22 @@ def test_whether_qos0_is_queued_for_an_offline_session_is_the_brokers_choice(
 # The watcher subscribes at QoS 2, so each message reaches it at the QoS its publisher chose.
 
 
-def start_press(factory_launcher, protocol: str, anomaly: bool = False) -> DeviceHandle:
-    """Start the solution's press and wait for its ``online`` status; a missing role or a
-    device that never comes online fails the test with one message."""
-    return or_fail(
-        lambda: factory_launcher(protocol=protocol).start_device("press", anomaly=anomaly)
-    )
+@pytest.fixture
+def press_run(module_programs) -> PressRun:
+    """The solution's press (anomalies on) as a QoS 2 watcher saw it from its start, recorded
+    once per module and protocol (:func:`record_press`) for the experiments that judge it."""
+    run = module_programs.once("press", lambda p: record_press(p.launcher, p.client))
+    for problem in (run.watcher_problem, run.not_started):
+        if problem:
+            pytest.fail(problem, pytrace=False)
+    return run
 
 
 @pytest.mark.solution
-def test_device_sends_telemetry_at_qos0(factory_launcher, mqtt_client, topic_root, protocol):
-    watcher = qos2_watcher(mqtt_client, f"{topic_root}/#")
-    press = start_press(factory_launcher, protocol)
-    readings = watcher.wait_for_messages(
-        4,
-        f"{topic_root}/telemetry/{press.device_id}/+",
-        why=f"A running device publishes telemetry on {topic_root}/telemetry/<device>/<sensor> "
-        f"several times a second.",
-    )
+def test_device_sends_telemetry_at_qos0(press_run):
+    if press_run.no_readings:
+        pytest.fail(press_run.no_readings, pytrace=False)
+    readings = press_run.readings
 
     wrong = [m for m in readings if m.qos != 0]
     for m in readings:
@@ -415,38 +357,24 @@ def test_device_sends_telemetry_at_qos0(factory_launcher, mqtt_client, topic_roo
             f"Telemetry goes at QoS 0 (at most once): a reading lost is replaced by the next one a "
             f"moment later, while QoS 1 makes every reading wait for a PUBACK and be queued for "
             f"every offline persistent subscriber. Your device published (seen by a QoS 2 "
-            f"subscriber, so at the publisher's own QoS):\n{by_qos(wrong, topic_root)}\n"
+            f"subscriber, so at the publisher's own QoS):\n{by_qos(wrong, press_run.root)}\n"
             f"Publish telemetry with qos=0.",
             pytrace=False,
         )
 
 
 @pytest.mark.solution
-def test_device_sends_alarms_state_and_status_at_qos1(
-    factory_launcher, mqtt_client, topic_root, protocol
-):
-    watcher = qos2_watcher(mqtt_client, f"{topic_root}/#")
-    press = start_press(factory_launcher, protocol, anomaly=True)
-    needed = {
-        "status": press.topic("status"),
-        "state": press.topic("state"),
-        "alarms": f"{press.topic('alarms')}/+",
-    }
-    for kind, topic_filter in needed.items():
-        watcher.wait_for_message(
-            topic_filter,
-            timeout=8,
-            why=f"A device publishes its {kind} on {topic_filter} (alarms: within seconds when "
-            f"started with the anomaly option).",
-        )
+def test_device_sends_alarms_state_and_status_at_qos1(press_run):
+    if press_run.missing:
+        pytest.fail(press_run.missing[0], pytrace=False)
 
-    wrong = [m for f in needed.values() for m in watcher.received(f) if m.qos != 1]
+    wrong = [m for m in press_run.alarms_state_status() if m.qos != 1]
     if wrong:
         pytest.fail(
             "Alarms, state and status go at QoS 1 (at least once): each must arrive — a missed "
             "alarm is a machine nobody stops, a missed state a dashboard that lies — and a "
             "duplicate does no harm. Your device published (seen by a QoS 2 subscriber, so at the "
-            f"publisher's own QoS):\n{by_qos(wrong, topic_root)}\nPublish them with qos=1.",
+            f"publisher's own QoS):\n{by_qos(wrong, press_run.root)}\nPublish them with qos=1.",
             pytrace=False,
         )
 
@@ -459,14 +387,28 @@ def no_command(root: str, command: str) -> str:
     )
 
 
-@pytest.mark.solution
-def test_controller_sends_commands_at_qos1(factory_launcher, mqtt_client, topic_root, protocol):
-    watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
-    start_controller(factory_launcher(protocol=protocol), unique("controller"), RULE, "clean")
-    command = publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop")
-    if command is None:
-        pytest.fail(no_command(topic_root, "stop"), pytrace=False)
+@pytest.fixture
+def controller_run(module_programs) -> ControllerRun:
+    """The solution's controller live, stopped and restarted (:func:`record_controller_away`),
+    recorded once per module and protocol for the experiments that judge it."""
 
+    def run(programs) -> ControllerRun:
+        broker = programs.broker
+        mark = broker.log_mark() if LOG in broker.capabilities else None
+        return record_controller_away(programs.launcher, programs.client, RULE, log_mark=mark)
+
+    recorded = module_programs.once("controller", run)
+    for problem in (recorded.watcher_problem, recorded.not_started):
+        if problem:
+            pytest.fail(problem, pytrace=False)
+    if recorded.first_command is None:
+        pytest.fail(no_command(recorded.root, "stop"), pytrace=False)
+    return recorded
+
+
+@pytest.mark.solution
+def test_controller_sends_commands_at_qos1(controller_run):
+    command = controller_run.first_command
     validate("command", command.payload)
     if command.qos != 1:
         pytest.fail(
@@ -478,50 +420,22 @@ def test_controller_sends_commands_at_qos1(factory_launcher, mqtt_client, topic_
 
 
 @pytest.mark.solution
-def test_controller_gets_the_alarms_raised_while_it_was_away(
-    broker, factory_launcher, mqtt_client, topic_root, protocol
-):
-    launcher = factory_launcher(protocol=protocol)
-    controller_id = unique("controller")
-    mark = broker.log_mark()
-
-    watcher = qos2_watcher(mqtt_client, f"{topic_root}/commands/#")
-    controller = start_controller(launcher, controller_id, RULE)
-    # First, live: the controller is subscribed and acts on the press's alarm.
-    if publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", "stop") is None:
-        pytest.fail(no_command(topic_root, "stop"), pytrace=False)
-    controller.stop()
-
-    # While it is away, the alarm clears; the broker must keep that for it.
-    alarm_topic = f"{topic_root}/alarms/press/temperature"
-    mqtt_client().publish(alarm_topic, alarm("press", "temperature", "cleared", 80.0), qos=1)
-    restarted_controller = start_controller(launcher, controller_id, RULE)
-
-    def restarted(m: ReceivedMessage) -> bool:
-        return m.topic.endswith("/conveyor") and json_field(m, "command") == "start"
-
-    acted = True
-    try:
-        watcher.wait_for_message(restarted, timeout=3)
-    except MQTTTimeout:
-        acted = False
-    finally:
-        # Its persistent session would outlive the test on the shared broker: end it.
-        restarted_controller.stop()
-        mqtt_client(controller_id, protocol=protocol).disconnect()
-    if acted:
+def test_controller_gets_the_alarms_raised_while_it_was_away(broker, controller_run):
+    if controller_run.acted_after_restart:
         return
+    root, controller_id = controller_run.root, controller_run.controller_id
     evidence = ""
-    if LOG in broker.capabilities:
-        logged = subscriptions(broker.log_lines()[mark:], controller_id)
+    if controller_run.log_mark is not None:
+        logged = subscriptions(broker.log_lines()[controller_run.log_mark :], controller_id)
         shown = ", ".join(dict.fromkeys(f"{f} at QoS {q}" for f, q in logged)) or "none"
         evidence = f"\nThe broker logged its subscriptions: {shown}."
     pytest.fail(
-        f"The alarm on {alarm_topic} cleared (QoS 1) while the controller was stopped, and it "
-        f"never acted on it after its restart (no start for the conveyor within 3 s). A broker "
-        f"queues a message for an offline client only when it delivers it at QoS 1 or 2 — the "
-        f"lower of publish and subscription QoS, so a QoS 0 subscription has nothing queued "
-        f"(Mosquitto's default) — and only in a persistent session. Subscribe to alarms at QoS 1, with clean start off "
-        f"and the client id the manifest gives ({{client_id}}) at every start.{evidence}",
+        f"The alarm on {root}/alarms/press/temperature cleared (QoS 1) while the controller was "
+        f"stopped, and it never acted on it after its restart (no start for the conveyor within "
+        f"3 s). A broker queues a message for an offline client only when it delivers it at "
+        f"QoS 1 or 2 — the lower of publish and subscription QoS, so a QoS 0 subscription has "
+        f"nothing queued (Mosquitto's default) — and only in a persistent session. Subscribe "
+        f"to alarms at QoS 1, with clean start off and the client id the manifest gives "
+        f"({{client_id}}) at every start.{evidence}",
         pytrace=False,
     )

@@ -69,7 +69,6 @@ subscriber sees.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import pytest
@@ -77,29 +76,12 @@ from paho.mqtt.client import topic_matches_sub as mqtt_topic_matches
 
 from mqtt_factory_lab.brokers import CONFIG, RESTART
 from mqtt_factory_lab.contract import validate
-from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage
 from mqtt_factory_lab.experiment import unique
+from mqtt_factory_lab.experiment.qos import publish_alarm_until_command
+from mqtt_factory_lab.experiment.retained import device_state
 from mqtt_factory_lab.fixtures.factory import start_controller
 
 pytestmark = pytest.mark.lesson(3)
-
-
-def device_state(device_id: str, state: str, produced: int = 0) -> dict:
-    """A device-state payload as the factory's devices publish it (checked against its schema)."""
-    payload = {
-        "ts": time.time(),
-        "device_id": device_id,
-        "kind": "press",
-        "state": state,
-        "setpoints": {"temperature": 180.0},
-        "counters": {
-            "produced": produced,
-            "alarms_raised": 0,
-            "commands_accepted": 0,
-            "commands_rejected": 0,
-        },
-    }
-    return validate("state", payload)
 
 
 @pytest.mark.broker
@@ -379,8 +361,8 @@ def test_retained_state_survives_restart_only_with_persistence(
 
 
 @pytest.mark.solution
-def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, protocol):
-    press = device("press", protocol=protocol)
+def test_device_state_and_status_wait_for_late_dashboards(module_device, mqtt_client):
+    press = module_device("press")  # kept for this module and protocol: it is only watched
     state_topic, status_topic = press.topic("state"), press.topic("status")
 
     # The device is online; a dashboard opens only now. It asks to see each retain flag as the
@@ -411,9 +393,9 @@ def test_device_state_and_status_wait_for_late_dashboards(device, mqtt_client, p
 
 
 @pytest.mark.solution
-def test_device_does_not_retain_telemetry(device, mqtt_client, topic_root, protocol):
-    press = device("press", protocol=protocol)
-    readings = f"{topic_root}/telemetry/{press.device_id}/#"
+def test_device_does_not_retain_telemetry(module_device, mqtt_client):
+    press = module_device("press")  # kept for this module and protocol: it is only watched
+    readings = f"{press.topic_root}/telemetry/{press.device_id}/#"
 
     # Retain-as-published shows the flag each reading was sent with, whenever it was sent.
     watcher = mqtt_client()
@@ -471,24 +453,6 @@ def test_device_retained_state_follows_the_device(device, mqtt_client, topic_roo
 RULE = "press/temperature=conveyor"
 
 
-def press_alarm(state: str) -> dict:
-    """The press's temperature alarm, as the press publishes it (checked against its schema)."""
-    return validate(
-        "alarm",
-        {
-            "ts": time.time(),
-            "device_id": "press",
-            "sensor": "temperature",
-            "state": state,
-            "value": 97.0,
-            "low": None,
-            "high": 90.0,
-            "severity": "warning",
-            "message": f"temperature 97.0 C, {state}",
-        },
-    )
-
-
 @pytest.mark.solution
 def test_controller_does_not_retain_its_commands(
     factory_launcher, mqtt_client, topic_root, protocol
@@ -496,17 +460,9 @@ def test_controller_does_not_retain_its_commands(
     commands = f"{topic_root}/commands/+/conveyor"
     watcher = mqtt_client()
     watcher.subscribe(commands, qos=1, retain_as_published=True)
-    launcher = factory_launcher(protocol=protocol)
-    start_controller(launcher, unique("controller"), RULE, "clean")
+    start_controller(factory_launcher(protocol=protocol), unique("controller"), RULE, "clean")
     # Publish the alarm until the controller answers: it may be connected before it subscribed.
-    press = mqtt_client()
-    alarm_topic = f"{topic_root}/alarms/press/temperature"
-    command: ReceivedMessage | None = None
-    deadline = time.monotonic() + 5
-    while command is None and time.monotonic() < deadline:
-        press.publish(alarm_topic, press_alarm("raised"), qos=1)
-        with contextlib.suppress(MQTTTimeout):
-            command = watcher.wait_for_message(commands, timeout=0.5)
+    command = publish_alarm_until_command(mqtt_client, watcher, topic_root, "raised", None)
     if command is None:
         pytest.fail(
             f"The controller (rule {RULE}) sent no command to the conveyor on "
@@ -520,8 +476,9 @@ def test_controller_does_not_retain_its_commands(
     restarted.subscribe(commands, qos=1)
     restarted.sync()
     stored = [m for m in restarted.received(commands) if m.retain]
+    cleaner = mqtt_client()
     for message in stored:  # leave nothing stored behind on the broker
-        press.publish(message.topic, b"", qos=1, retain=True)
+        cleaner.publish(message.topic, b"", qos=1, retain=True)
     if command.retain or stored:
         shown = (stored or [command])[0]
         pytest.fail(

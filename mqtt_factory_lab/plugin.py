@@ -9,6 +9,8 @@ fixtures live next door, one module per subject, like pytest's own plugins:
     ``broker_env``, ``lab_seed``, ``broker_pool``
 :mod:`mqtt_factory_lab.fixtures.factory`
     ``solution``, ``device``, ``factory``, ``factory_launcher``, ``observer_capture``
+:mod:`mqtt_factory_lab.fixtures.shared_programs`
+    ``module_programs``, ``module_device``
 
 ``pytest --help`` lists the options under "mqtt-factory-lab", ``pytest --markers``
 the markers.
@@ -62,6 +64,7 @@ pytest_plugins = [
     "mqtt_factory_lab.fixtures.chocolate",
     "mqtt_factory_lab.fixtures.tls",
     "mqtt_factory_lab.fixtures.mqtt5",
+    "mqtt_factory_lab.fixtures.shared_programs",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"

@@ -52,7 +52,7 @@ class RawConnection:
 
     It connects (clean session, keepalive 30 s) as ``client_id`` with the broker's login, TLS
     or WebSocket settings for ``protocol`` (``"3.1.1"`` or ``"5"``), as the lab's other
-    clients do (``--broker-url``).
+    clients do (``--broker-url``). ``with RawConnection(...) as raw:`` closes it at the end.
 
     :raises AssertionError: when the broker does not answer the CONNECT with a CONNACK.
     """
@@ -120,6 +120,12 @@ class RawConnection:
 
     def close(self) -> None:
         self.sock.close()
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def describe_answer(answer: Packet | None, v5: bool) -> str:

@@ -6,7 +6,8 @@
 one polling loop, :func:`mqtt_factory_lab.core.process.wait_until`, failing with the
 lesson's message) and ``remember_mids`` (acknowledge by hand, as a data center does).
 A lesson's own instruments live beside it: :mod:`~mqtt_factory_lab.experiment.topics` (01),
-:mod:`~mqtt_factory_lab.experiment.qos` (02), :mod:`~mqtt_factory_lab.experiment.wills` (04),
+:mod:`~mqtt_factory_lab.experiment.qos` (02),
+:mod:`~mqtt_factory_lab.experiment.retained` (03), :mod:`~mqtt_factory_lab.experiment.wills` (04),
 :mod:`~mqtt_factory_lab.experiment.sessions` (05), :mod:`~mqtt_factory_lab.experiment.acl` (06),
 :mod:`~mqtt_factory_lab.experiment.tls` (08), :mod:`~mqtt_factory_lab.experiment.mqtt5` (09)
 and :mod:`~mqtt_factory_lab.experiment.ahead` (04, 05: runs started at a module's first

@@ -453,7 +453,7 @@ def _cmdline(process: psutil.Process) -> list[str]:
 
 #: hidden experiment files for the one-child-per-submission test: one that takes its child
 #: pytest down half way, one that hangs past the lesson limit, and two that must not suffer
-CRASHES = '''
+CRASHES = """
 import os
 import pytest
 pytestmark = pytest.mark.points(1)
@@ -463,8 +463,8 @@ def test_the_crash():
     os._exit(3)
 def test_after_the_crash():
     assert True
-'''
-HANGS = '''
+"""
+HANGS = """
 import time
 import pytest
 pytestmark = pytest.mark.points(1)
@@ -472,13 +472,13 @@ def test_before_the_hang():
     assert True
 def test_the_hang():
     time.sleep(600)
-'''
-FINE = '''
+"""
+FINE = """
 import pytest
 pytestmark = pytest.mark.points(1)
 def test_fine():
     assert True
-'''
+"""
 
 
 def test_a_crashing_or_hanging_unit_costs_only_its_own_verdict(tmp_path: Path) -> None:

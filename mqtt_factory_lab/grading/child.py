@@ -77,6 +77,43 @@ def pytest_configure(config: pytest.Config) -> None:
     if path:
         config.stash[_EVENTS] = _Events(Path(path), Path(log) if log else None)
         _CONFIG["config"] = config
+    limits = Limits.from_env()
+    if limits is not None and limits.uid is not None and os.geteuid() == 0:
+        _open_temporary_folders_to(limits.gid if limits.gid is not None else limits.uid)
+
+
+def _open_temporary_folders_to(gid: int) -> None:
+    """Let the slot's user create files in the run's temporary folders, and nothing more.
+
+    A lesson hands its student programs paths in ``tmp_path`` (a data center's database, a
+    trace's output), but pytest makes every such folder 0700, the grader's (root's) alone:
+    run as the slot's user, the programs could not write there. Here each folder
+    ``tmp_path``/``tmp_path_factory`` makes is the slot's group's to write in, sticky (mode
+    1770, owner root): its programs may create files, never rename nor remove the lesson's
+    own (a broker's password file stays the lesson's); the base folder is only passable
+    (0710). No other slot's user gets in.
+    """
+    original_mktemp = pytest.TempPathFactory.mktemp
+    original_basetemp = pytest.TempPathFactory.getbasetemp
+
+    def getbasetemp(self: pytest.TempPathFactory) -> Path:
+        path = original_basetemp(self)
+        _hand_over(path, gid, 0o710)
+        return path
+
+    def mktemp(self: pytest.TempPathFactory, basename: str, numbered: bool = True) -> Path:
+        path = original_mktemp(self, basename, numbered)
+        _hand_over(path, gid, 0o1770)
+        return path
+
+    pytest.TempPathFactory.getbasetemp = getbasetemp  # type: ignore[method-assign]
+    pytest.TempPathFactory.mktemp = mktemp  # type: ignore[method-assign]
+
+
+def _hand_over(path: Path, gid: int, mode: int) -> None:
+    with contextlib.suppress(OSError):
+        os.chown(path, -1, gid)
+        os.chmod(path, mode)
 
 
 #: this process's configuration (collect and log-start hooks are not handed it)

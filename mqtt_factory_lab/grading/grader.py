@@ -3,8 +3,9 @@
 :class:`ClassGrader` prepares once what every submission is graded with — the grader's
 private copy of the lessons and hidden experiments, the plan of experiments and their
 points, a Python the student's user can read, and whether lesson runs get a network
-namespace of their own — then grades each submission (:mod:`.submission`) lesson by lesson
-(:mod:`.unit`), ``jobs`` at a time, reusing the runs of submissions that did not change.
+namespace of their own — then grades each submission (:mod:`.submission`): all its lessons in
+one child pytest, each lesson held to its own limit (:mod:`.unit`), ``jobs`` at a time,
+reusing the runs of submissions that did not change.
 """
 
 from __future__ import annotations

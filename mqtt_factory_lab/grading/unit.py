@@ -1,7 +1,15 @@
-"""One unit of grading: one lesson file (or file of hidden experiments) run against one
-submission, in a child pytest of its own.
+"""Units of grading: the lesson files (or files of hidden experiments) of one submission,
+run in one child pytest, each lesson held to its own time limit.
 
-The child gets its own brokers (its broker pool), session and process group, network
+A child pytest costs an interpreter, the lab's plugin and a collection (~1.5 s of a core):
+one serves every lesson of a submission. Each lesson still has what a child of its own gave
+it: its own brokers and a sweep of what it left running between two lessons
+(:mod:`.child`), its own time limit (``lesson_timeout`` from its first experiment's start:
+the grader follows the child's events and stops it when a lesson overruns), and its own
+verdict when the child dies under it (the exit status and the child's last output); the
+lessons after one that was stopped or took the child down run in a new child.
+
+The child gets its own broker pool, session and process group, network
 namespace (when the machine allows it, :mod:`~mqtt_factory_lab.grading.sandbox`), the
 grader's own pytest configuration (``-c`` the grader's ini, ``--rootdir``/``--confcutdir``
 the grader's private lab copy, ``-p no:cacheprovider``, ``python -I``, a working directory
@@ -129,6 +137,7 @@ class UnitRunner:
             f"--broker-backend={self.settings.backend}",
             f"--solution={manifest}",
             f"--points-jsonl={jsonl}",
+            f"--basetemp={jsonl.parent / 'tmp'}",
         ]
         if not extra and self.settings.marker:
             command += ["-m", self.settings.marker]

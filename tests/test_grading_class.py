@@ -449,3 +449,73 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except psutil.Error:
         return []
+
+
+#: hidden experiment files for the one-child-per-submission test: one that takes its child
+#: pytest down half way, one that hangs past the lesson limit, and two that must not suffer
+CRASHES = """
+import os
+import pytest
+pytestmark = pytest.mark.points(1)
+def test_before_the_crash():
+    assert True
+def test_the_crash():
+    os._exit(3)
+def test_after_the_crash():
+    assert True
+"""
+HANGS = """
+import time
+import pytest
+pytestmark = pytest.mark.points(1)
+def test_before_the_hang():
+    assert True
+def test_the_hang():
+    time.sleep(600)
+"""
+FINE = """
+import pytest
+pytestmark = pytest.mark.points(1)
+def test_fine():
+    assert True
+"""
+
+
+def test_a_crashing_or_hanging_unit_costs_only_its_own_verdict(tmp_path: Path) -> None:
+    """One child pytest runs every unit of a submission; a unit that kills it (exit 3) or
+    overruns its limit keeps what it did and is charged alone, and the units after it run in
+    a new child with their own verdicts: the lesson before, the file between, the one after."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    for name, text in (("a_crashes", CRASHES), ("b_fine", FINE), ("c_hangs", HANGS),
+                       ("d_fine", FINE)):  # fmt: skip
+        (hidden / f"{name}.py").write_text(text)
+    submissions = copy_class(tmp_path / "submissions", ("reference",))
+    out = tmp_path / "out"
+    grade(submissions, out, "--lessons", "03", "-j", "1", "--extra-tests", str(hidden),
+          "--lesson-timeout", "15")  # fmt: skip
+    run = json.loads((out / "runs" / "reference.json").read_text())
+    units = {u["file"]: u for u in run["units"]}
+    assert list(units) == ["03_retained.py", "a_crashes.py", "b_fine.py", "c_hangs.py",
+                           "d_fine.py"]  # fmt: skip
+    outcomes = {e["name"]: (e["outcome"], e["message"]) for e in run["experiments"]}
+    assert all(outcomes[n][0] == "passed" for n in outcomes if "[" in n), outcomes  # lesson 03
+    assert units["03_retained.py"]["returncode"] == 0, units
+    assert outcomes["test_before_the_crash"][0] == "passed"
+    assert units["a_crashes.py"]["returncode"] == 3 and not units["a_crashes.py"]["timed_out"]
+    for name in ("test_the_crash", "test_after_the_crash"):
+        outcome, message = outcomes[name]
+        assert outcome == "not run" and "(a_crashes.py) ended (exit status 3)" in message
+    assert outcomes["test_before_the_hang"][0] == "passed"
+    assert units["c_hangs.py"]["timed_out"] and not units["b_fine.py"]["timed_out"]
+    outcome, message = outcomes["test_the_hang"]
+    assert outcome == "not run" and "did not finish within 15 s" in message, message
+    assert units["c_hangs.py"]["seconds"] < 15 + 15, units  # its limit, the grace, no more
+    fine = [e for e in run["experiments"] if e["name"] == "test_fine"]
+    assert [e["outcome"] for e in fine] == ["passed", "passed"], fine
+    # one child for lesson 03, one for the hidden files up to the crash, one after it up
+    # to the hang, one for the last: each lesson's record names the child that ran it
+    tokens = [u["token"] for u in run["units"]]
+    assert len(set(tokens)) == 4 and tokens[2] == tokens[3], tokens
+    assert run["problem"] == "c_hangs.py: stopped after 15 s", run["problem"]
+    assert not grading_processes(set(tokens))

@@ -12,8 +12,8 @@ Parts (``--only``, repeatable): ``broker`` (ready time), ``factory`` (device sta
 ``run_all`` throughput), ``lessons`` (each lesson module, then all of ``labs/`` serially),
 ``ingest`` (the data center ``python -m sim.datacenter`` and a bare paho subscriber on the
 same full-speed QoS 1 stream, side by side in one run: rates and their ratio, records lost
-and duplicated), ``grading`` (``mqtt-lab grade`` of a small class, every lesson: seconds
-per submission).
+and duplicated), ``grading`` (``mqtt-lab grade`` of a small class, every lesson: the
+grader's set-up, seconds per submission, a class of 30 projected, the load average).
 
 Ready time is measured from starting the broker to its first accepted MQTT
 CONNECT. Lesson wall times are whole ``pytest`` runs in a subprocess, so they
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -136,10 +137,12 @@ def ingest_line(backend: str, batches: int) -> str:
 
 def grading_time(
     students: list[str], jobs: int, lesson_timeout: int
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, float, dict[str, float]]:
     """Grade copies of the example class's ``students`` with every lesson, ``jobs`` at once.
 
-    :returns: the wall time, and each submission's own seconds (from its run record).
+    :returns: the wall time, the grader's set-up (from its start to the first submission's:
+        the readable Python, the plan of experiments, the probes), and each submission's own
+        seconds (from its run record).
     """
     with tempfile.TemporaryDirectory(prefix="bench-grade-") as tmp:
         submissions = Path(tmp) / "class"
@@ -149,16 +152,33 @@ def grading_time(
         command = [sys.executable, "-m", "mqtt_factory_lab.grading", str(submissions)]
         command += ["--out", str(out), "-j", str(jobs), "--quiet"]
         command += ["--lesson-timeout", str(lesson_timeout)]
+        started_at = time.time()
         started = time.monotonic()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
         elapsed = time.monotonic() - started
         if done.returncode not in (0, 1):
             raise RuntimeError(f"mqtt-lab grade failed ({done.returncode}): {done.stderr[-2000:]}")
-        seconds = {
-            run.stem: json.loads(run.read_text())["seconds"]
-            for run in (out / "runs").glob("*.json")
-        }
-    return elapsed, seconds
+        runs = [json.loads(run.read_text()) for run in (out / "runs").glob("*.json")]
+    seconds = {run["student"]: run["seconds"] for run in runs}
+    first = min((run["graded_at"] - run["seconds"] for run in runs), default=started_at)
+    return elapsed, max(0.0, first - started_at), seconds
+
+
+def grading_line(students: list[str], jobs: int, lesson_timeout: int = 60) -> str:
+    """The grading figure: wall time, set-up, per submission, and a class of 30 projected
+    (set-up + 30 × the mean submission / ``jobs``), with the load average it ran under."""
+    load_before = os.getloadavg()[0]
+    elapsed, setup, seconds = grading_time(students, jobs, lesson_timeout)
+    load_after = os.getloadavg()[0]
+    each = ", ".join(f"{name} {s:.0f} s" for name, s in sorted(seconds.items()))
+    mean = statistics.mean(seconds.values()) if seconds else 0.0
+    projected = setup + 30 * mean / jobs
+    return (
+        f"grading ({len(students)} submissions, every lesson, -j {jobs}, --lesson-timeout "
+        f"{lesson_timeout}): {elapsed:.0f} s wall, {setup:.0f} s set-up; per submission: {each}; "
+        f"a class of 30 projected at -j {jobs}: {projected / 60:.1f} min; load average "
+        f"{load_before:.1f} before, {load_after:.1f} after"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--grading-jobs", type=int, default=2, help="submissions graded at once (default 2)"
+    )
+    parser.add_argument(
+        "--grading-students",
+        default="reference,retains_telemetry",
+        metavar="NAME,NAME",
+        help="submissions of tests/class_example the grading figure grades (default "
+        "reference,retains_telemetry: full marks and one mistake)",
     )
     parser.add_argument(
         "--dashboard",
@@ -258,13 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'labs/ (all lessons, serial)':<28} {elapsed:6.2f} s   {summary}")
             print(f"  {'sum of the modules':<28} {total:6.2f} s")
     if "grading" in parts:
-        students = ["reference", "retains_telemetry"]
-        elapsed, seconds = grading_time(students, args.grading_jobs, lesson_timeout=60)
-        each = ", ".join(f"{name} {s:.0f} s" for name, s in sorted(seconds.items()))
-        print(
-            f"grading ({len(students)} submissions, every lesson, -j {args.grading_jobs}, "
-            f"--lesson-timeout 60): {elapsed:.0f} s wall; per submission: {each}"
-        )
+        students = args.grading_students.split(",")
+        print(grading_line(students, args.grading_jobs), flush=True)
     if args.dashboard:
         from mqtt_factory_lab.bench import dashboard as bench_dashboard
 

@@ -3,8 +3,9 @@
 :class:`ClassGrader` prepares once what every submission is graded with — the grader's
 private copy of the lessons and hidden experiments, the plan of experiments and their
 points, a Python the student's user can read, and whether lesson runs get a network
-namespace of their own — then grades each submission (:mod:`.submission`) lesson by lesson
-(:mod:`.unit`), ``jobs`` at a time, reusing the runs of submissions that did not change.
+namespace of their own — then grades each submission (:mod:`.submission`): all its lessons in
+one child pytest, each lesson held to its own limit (:mod:`.unit`), ``jobs`` at a time,
+reusing the runs of submissions that did not change.
 """
 
 from __future__ import annotations
@@ -151,19 +152,23 @@ class ClassGrader:
     def collect_plan(self) -> dict[str, list[Experiment]]:
         """Collect every unit's experiments (with the reference solution) without running them.
 
-        One ``--collect-only`` child per lesson file, ``jobs`` at a time: each is mostly
-        interpreter and plugin start-up, which need not wait for the previous one.
+        One ``--collect-only`` child for the lessons and one for the hidden experiments (which
+        run without the marker filter), at once: each is mostly interpreter and plugin
+        start-up.
         """
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="plan") as pool:
-            plans = list(pool.map(lambda unit: self._collect(*unit), self._files()))
-        for (file, _), plan in zip(self._files(), plans, strict=True):
-            self.plan[file.name] = plan
+        groups = [(files, extra) for files, extra in self._groups() if files]
+        with ThreadPoolExecutor(max_workers=max(1, len(groups)), thread_name_prefix="plan") as pool:
+            plans = list(pool.map(lambda group: self._collect(*group), groups))
+        for (files, _), plan in zip(groups, plans, strict=True):
+            for file in files:
+                self.plan[file.name] = [e for e in plan if _file_of(e.nodeid) == file.name]
         return self.plan
 
-    def _collect(self, file: Path, extra: bool) -> list[Experiment]:
-        plan = self._tmp / f"plan-{file.stem}.json"
+    def _collect(self, files: list[Path], extra: bool) -> list[Experiment]:
+        name = "extra" if extra else "lessons"
+        plan = self._tmp / f"plan-{name}.json"
         command = self.units.command(
-            file, _reference_manifest(), self._tmp / f"plan-{file.stem}.jsonl", extra
+            files, _reference_manifest(), self._tmp / f"plan-{name}.jsonl", extra
         )
         command = [c for c in command if not c.startswith("--solution=")]
         done = subprocess.run(
@@ -176,19 +181,23 @@ class ClassGrader:
             check=False,
         )
         if not plan.exists() or done.returncode not in (0, 5):
+            where = ", ".join(str(f) for f in files)
             raise GradingError(
-                f"cannot collect the experiments of {file}:\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
+                f"cannot collect the experiments of {where}:\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
             )
         plan.chmod(0o600)
         return read_plan(plan)
 
+    def _groups(self) -> list[tuple[list[Path], bool]]:
+        """The lesson files (one child pytest runs them all) and the hidden experiments' files
+        (another: they run without the lessons' marker filter)."""
+        return [(list(self.settings.lessons), False), (list(self.settings.extra_tests), True)]
+
     def _files(self) -> list[tuple[Path, bool]]:
-        return [(p, False) for p in self.settings.lessons] + [
-            (p, True) for p in self.settings.extra_tests
-        ]
+        return [(p, extra) for files, extra in self._groups() for p in files]
 
     # -- one submission -----------------------------------------------------------------
-    def grade_one(self, folder: Path, slot: int) -> SubmissionResult:
+    def grade_one(self, folder: Path, slot: int, progress: Any | None = None) -> SubmissionResult:
         student = folder.name
         started = time.monotonic()
         digest = hashlib.sha256((content_hash(folder) + self.fingerprint).encode()).hexdigest()
@@ -209,15 +218,27 @@ class ClassGrader:
             return self._all_zero(student, digest, str(error), isolation)
         experiments: list[Experiment] = []
         units: list[dict[str, Any]] = []
+        finished = 0
+
+        def advanced(count: int) -> None:
+            if progress is not None:
+                progress.advanced(student, finished + count)
+
         try:
-            for file, extra in self._files():
-                unit = self.units.run(file, copy / "solution.toml", work, slot, extra)
-                experiments += merge_with_plan(
-                    self.plan[file.name], unit.experiments, unit_reason(unit, self.settings)
+            for files, extra in self._groups():
+                if not files:
+                    continue
+                ran = self.units.run_lessons(
+                    files, copy / "solution.toml", work, slot, extra, on_experiment=advanced
                 )
-                record = asdict(unit)
-                record.pop("experiments")
-                units.append(record)
+                for unit in ran:
+                    experiments += merge_with_plan(
+                        self.plan[unit.file], unit.experiments, unit_reason(unit, self.settings)
+                    )
+                    finished += len(unit.experiments)
+                    record = asdict(unit)
+                    record.pop("experiments")
+                    units.append(record)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         for exp in experiments:  # the copy's path means nothing to the student: their folder
@@ -288,7 +309,12 @@ class ClassGrader:
             else:
                 todo.append(folder)
         if progress is not None:
-            progress.begin(len(todo), reused=len(results), jobs=self.jobs)
+            progress.begin(
+                len(todo),
+                reused=len(results),
+                jobs=self.jobs,
+                experiments=sum(len(p) for p in self.plan.values()),
+            )
         free_slots = list(range(self.jobs))
         slots_lock = threading.Lock()
 
@@ -298,7 +324,7 @@ class ClassGrader:
             try:
                 if progress is not None:
                     progress.started(folder.name)
-                return self.grade_one(folder, slot)
+                return self.grade_one(folder, slot, progress)
             finally:
                 if progress is not None:
                     progress.stopped(folder.name)
@@ -341,6 +367,10 @@ def _copy_files(files: tuple[Path, ...], folder: Path) -> tuple[Path, ...]:
         (folder / path.name).chmod(0o600)
         copies.append(folder / path.name)
     return tuple(copies)
+
+
+def _file_of(nodeid: str) -> str:
+    return Path(nodeid.split("::")[0]).name
 
 
 def _reference_manifest() -> Path:

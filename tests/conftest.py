@@ -129,6 +129,7 @@ def schedule_for_xdist(config: pytest.Config, items: list[pytest.Item]) -> None:
     items[:] = longest_first(items, lambda item: estimate[id(item)])
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: runs without it (-p no:xdist) too
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist load`` (what ``-n`` means alone) with the modules of :data:`ONE_WORKER` sent
     whole to one worker; every other test goes alone to whichever worker is free, in the

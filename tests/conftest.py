@@ -55,18 +55,117 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks it adds
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The lanes of :data:`ASKED_BY_NAME` run only when asked for by name (``-m slow_lane``)."""
+    """The lanes of :data:`ASKED_BY_NAME` run only when asked for by name (``-m slow_lane``);
+    then the long tests move to the front (:func:`longest_first`)."""
     expression = config.getoption("markexpr", "") or ""
     apart = [name for name in ASKED_BY_NAME if name not in expression]
-    if not apart:
+    if apart:
+        kept, left_out = [], []
+        for item in items:
+            (left_out if any(item.get_closest_marker(m) for m in apart) else kept).append(item)
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = kept
+    schedule_for_xdist(config, items)
+
+
+# -- scheduling under pytest-xdist (scripts/test: -n auto) ------------------------------------
+#
+# Most of the suite's time is spent waiting (brokers' timers, child pytests, a browser), so
+# what decides the wall time is when the long tests start: one that starts last is the run's
+# tail. The long ones go first, longest first (a worker takes the next test when it has
+# fewer than three left), by the seconds they took last time (pytest's cache), or, on a
+# fresh clone, by what they declare. A lesson module stays together, in its order: its tests
+# are short and share module brokers.
+
+#: test modules whose module fixture is too costly to set up on two workers: one worker each
+ONE_WORKER = {
+    "tests/test_grading_class.py": "the example class graded once (fixture graded), ~70 s",
+}
+#: seconds a test took, per node id, kept between runs in pytest's cache
+DURATIONS_KEY = "mqtt_factory_lab/durations"
+#: a test that took longer than this (or declares itself long) starts before the others
+LONG = 2.0
+
+
+def _declared_seconds(item: pytest.Item, default_timeout: float) -> float:
+    """What a test not yet timed says of its length: a child lesson run, a longer time limit."""
+    seconds = 10.0 if "run_lesson" in getattr(item, "fixturenames", ()) else 0.0
+    mark = item.get_closest_marker("timeout")
+    if mark and mark.args and float(mark.args[0]) > default_timeout:
+        seconds = max(seconds, 20.0)
+    return seconds
+
+
+def longest_first(
+    items: list[pytest.Item], seconds: Callable[[pytest.Item], float]
+) -> list[pytest.Item]:
+    """The items of ``tests/`` that take :data:`LONG` seconds or more, longest first, then the
+    rest in their order (stable: equal estimates keep the collection's order)."""
+    long = [
+        (i, item)
+        for i, item in enumerate(items)
+        if not item.nodeid.startswith("labs/") and seconds(item) >= LONG
+    ]
+    long.sort(key=lambda pair: (-seconds(pair[1]), pair[0]))
+    first = {id(item) for _, item in long}
+    return [item for _, item in long] + [item for item in items if id(item) not in first]
+
+
+def schedule_for_xdist(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order ``items`` longest first.
+
+    Every xdist worker computes the same order (xdist requires it): the cache is read here
+    and written only by the controller, at the end of the run.
+    """
+    cache = getattr(config, "cache", None)
+    timed: dict[str, float] = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
+    default_timeout = float(config.getini("timeout") or 0)
+    estimate = {
+        id(item): timed.get(item.nodeid, _declared_seconds(item, default_timeout)) for item in items
+    }
+    items[:] = longest_first(items, lambda item: estimate[id(item)])
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: runs without it (-p no:xdist) too
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist load`` (what ``-n`` means alone) with the modules of :data:`ONE_WORKER` sent
+    whole to one worker; every other test goes alone to whichever worker is free, in the
+    order above (the :data:`ONE_WORKER` modules, the most tests, first).
+
+    Not ``--dist loadgroup`` with ``xdist_group`` marks: pytest-xdist 3.8 groups by renaming
+    node ids, which pytest 9.2 ignores (pytest-dev/pytest-xdist#1386), so the class would be
+    graded once per worker. Another ``--dist`` on the command line is left alone.
+    """
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in ONE_WORKER else nodeid
+
+    return OneWorkerModules(config, log)
+
+
+_took: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _took[report.nodeid] = _took.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller (or a run without xdist) keeps what each test took for the next run."""
+    cache = getattr(session.config, "cache", None)
+    if cache is None or hasattr(session.config, "workerinput") or not _took:
         return
-    kept, left_out = [], []
-    for item in items:
-        (left_out if any(item.get_closest_marker(m) for m in apart) else kept).append(item)
-    if left_out:
-        config.hook.pytest_deselected(items=left_out)
-        items[:] = kept
+    timed = cache.get(DURATIONS_KEY, {})
+    timed.update({nodeid: round(seconds, 2) for nodeid, seconds in _took.items()})
+    cache.set(DURATIONS_KEY, timed)
 
 
 #: ``ready <id>`` alone on a line (see ``sim.runtime.print_ready``)

@@ -451,6 +451,7 @@ def test_will_delay_postpones_the_will_and_a_quick_return_cancels_it(wifi_hiccup
 
 
 @pytest.mark.broker
+@pytest.mark.needs("mqtt5")  # one MQTT 3.1.1 and one MQTT 5 client, judged together
 @pytest.mark.spec(mqtt311=["MQTT-3.1.2-24"], mqtt5=["MQTT-3.1.2-22"])
 def test_broker_publishes_the_will_of_a_client_that_stops_answering(silent_clients):
     # A client per MQTT version connected with keepalive 1 s, then was paused with SIGSTOP.

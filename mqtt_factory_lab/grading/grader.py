@@ -250,7 +250,7 @@ class ClassGrader:
                 problems.append(
                     f"{unit_record['file']}: stopped after {self.settings.lesson_timeout:g} s"
                 )
-            if unit_record["killed_leftovers"]:
+            elif unit_record["killed_leftovers"]:  # a lesson stopped mid-way leaves its own
                 problems.append(
                     f"{unit_record['file']}: {unit_record['killed_leftovers']} programs were "
                     "still running after the lesson and were killed"

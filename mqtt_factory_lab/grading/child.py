@@ -36,7 +36,7 @@ import pytest
 
 from mqtt_factory_lab.core.limits import Limits
 from mqtt_factory_lab.core.process import tracked_pids
-from mqtt_factory_lab.grading.sandbox import ENV_TOKEN, psutil
+from mqtt_factory_lab.grading.sandbox import ENV_TOKEN, psutil, sweep
 
 #: the environment variable naming the events file (removed before any program starts)
 ENV_EVENTS = "MQTT_LAB_GRADE_EVENTS"
@@ -177,21 +177,5 @@ def sweep_leftovers() -> int:
     token = os.environ.get(ENV_TOKEN, "")
     limits = Limits.from_env()
     uid = limits.uid if limits is not None else None
-    me = os.getpid()
-    keep = {me, *tracked_pids()}  # (the brokers are stopped by now: what else it still tracks)
-    found = []
-    for process in psutil.process_iter():
-        if process.pid == me:
-            continue
-        with contextlib.suppress(psutil.Error):
-            if process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if (uid is not None and process.uids().real == uid) or (
-                token and process.pid not in keep and process.environ().get(ENV_TOKEN) == token
-            ):
-                found.append(process)
-    for process in found:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(found, timeout=5)
-    return len(found)
+    # (the brokers are stopped by now: what else it still tracks, and itself, stay)
+    return sweep(token, uid, keep={os.getpid(), *tracked_pids()})

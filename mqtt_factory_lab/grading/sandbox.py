@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -247,8 +248,9 @@ def end(process: subprocess.Popen[bytes]) -> None:
         process.wait(5)
 
 
-def sweep(token: str, uid: int | None = None) -> int:
-    """Kill every process whose environment carries ``token`` or that runs as ``uid``.
+def sweep(token: str, uid: int | None = None, keep: Collection[int] = ()) -> int:
+    """Kill every process whose environment carries ``token`` (but those in ``keep``) or that
+    runs as ``uid``.
 
     A program that forked children into new sessions escapes its process group and its
     parent-death signal; its environment still names the unit that started it. One that
@@ -263,9 +265,9 @@ def sweep(token: str, uid: int | None = None) -> int:
         with contextlib.suppress(psutil.Error):
             if process.status() == psutil.STATUS_ZOMBIE:
                 continue  # it has ended; its parent (or init) has yet to reap it
-            if (uid is not None and process.uids().real == uid) or process.environ().get(
-                ENV_TOKEN
-            ) == token:
+            if (uid is not None and process.uids().real == uid) or (
+                token and process.pid not in keep and process.environ().get(ENV_TOKEN) == token
+            ):
                 found.append(process)
     for process in found:
         with contextlib.suppress(psutil.Error):

@@ -12,7 +12,10 @@ they build and read:
 * :func:`connect_with_protocol_level` and :func:`is_protocol_refusal` — a CONNECT no client
   library sends (MQTT "6"), and whether what came back refused it;
 * :func:`disconnect_with_reason` — leave with a DISCONNECT reason code, and wait for the close;
-* :func:`received_by_now` — what a client got once everything queued for it has arrived;
+* :func:`subscribed`, :func:`acknowledging_by_hand` — clients the experiments start with;
+* :func:`received_by_now`, :func:`received_by_qos0_marker`, :func:`publish_until_delivered`
+  — what a client got once everything queued for it has arrived, or once a QoS 0 marker sent
+  after the messages did; messages published until a plain subscriber has them all;
 * :func:`suback_problem` and :func:`marked_utf8_problem` — why a SUBACK does not answer each
   filter in order, and why a payload falsely marked UTF-8 was neither refused nor forwarded
   with its mark;
@@ -166,6 +169,60 @@ def disconnect_with_reason(client: RecordingClient, code: str) -> None:
     wait_until(lambda: not client.connected, timeout=PROMPT)
 
 
+def subscribed(
+    connect: Callable[..., RecordingClient], topic: str, qos: int = 0, **options: Any
+) -> RecordingClient:
+    """A new client (``connect``: the ``mqtt_client`` fixture) subscribed to ``topic`` at
+    ``qos``, with the SUBSCRIBE ``options`` of :meth:`RecordingClient.subscribe`
+    (``no_local=True``, ``subscription_id=1``...)."""
+    client = connect()
+    client.subscribe(topic, qos=qos, **options)
+    return client
+
+
+def acknowledging_by_hand(
+    connect: Callable[..., RecordingClient], **options: Any
+) -> RecordingClient:
+    """A client that acknowledges QoS 1 messages only when told (``client.paho.ack(mid, 1)``),
+    as a data center does after its commit; ``options`` as ``mqtt_client`` takes them."""
+    client = connect(connect=False, **options)
+    client.paho.manual_ack_set(True)
+    client.connect()
+    return client
+
+
+def publish_until_delivered(
+    connect: Callable[..., RecordingClient], topic: str, payloads: Sequence[bytes]
+) -> None:
+    """Publish ``payloads`` on ``topic`` at QoS 1 from a new client; return once a plain
+    subscriber of ``topic`` (subscribed first) got them all, so the broker has handed out
+    every message.
+
+    :raises MQTTTimeout: when the plain subscriber misses some.
+    """
+    plain = subscribed(connect, topic, qos=1)
+    publisher = connect()
+    for payload in payloads:
+        publisher.publish(topic, payload, qos=1)
+    plain.wait_for_messages(len(payloads), topic, why="A plain subscription gets every message.")
+
+
+def received_by_qos0_marker(
+    client: RecordingClient, publisher: RecordingClient, what: Any = None
+) -> list[ReceivedMessage]:
+    """What ``client`` received of ``what`` by the time a QoS 0 marker that ``publisher``
+    sends after its messages arrives: no receive maximum holds QoS 0 back (MQTT-3.3.4-10),
+    and the broker sends it after whatever it was free to send of the messages before it.
+
+    The marker topic (``lab/marker/<client id>``) is the client's own; it subscribes first.
+    """
+    marker = f"lab/marker/{client.client_id}"
+    client.subscribe(marker, qos=0)
+    publisher.publish(marker, b"after the records")
+    client.wait_for_message(marker, why="QoS 0 messages are not held back by receive maximum.")
+    return client.received(what)
+
+
 def received_by_now(client: RecordingClient, what: Any = None) -> list[ReceivedMessage]:
     """What ``client`` received (of ``what``, a topic filter or a predicate, as
     :meth:`RecordingClient.received` takes it) once a round trip through the broker
@@ -239,10 +296,11 @@ def subscription_ids(messages: Sequence[ReceivedMessage]) -> dict[str, set[int]]
 
 
 def split_problem(
-    group: str, sent: Sequence[bytes], shares: Sequence[Counter[bytes]]
+    group: str, sent: Sequence[bytes], received: Sequence[Sequence[ReceivedMessage]]
 ) -> str | None:
-    """Why the members of the shared subscription ``group`` did not get each of ``sent``
-    exactly once between them (``shares``: the payloads each member got, counted), or None."""
+    """Why the members of the shared subscription ``group`` did not get each payload of
+    ``sent`` exactly once between them (``received``: what each member got), or None."""
+    shares = [Counter(message.payload for message in got) for got in received]
     together = sum(shares, Counter())
     if together == Counter(sent):
         return None
@@ -352,6 +410,18 @@ class SharedWorkers:
             raise AssertionError(
                 target.describe_failure(f"the data-center workers did not {what} within {timeout}s")
             ) from None
+
+    def kill_first(self, connect: Callable[..., RecordingClient]) -> str:
+        """Kill the first worker (SIGKILL: no DISCONNECT, no goodbye) and end its session as
+        an operator (or its session expiry) would; its name.
+
+        A message the broker chose for the dead worker's session waits for it and goes to
+        nobody else (MQTT-4.8.2-4, -5); connecting with its client id and a clean start (then
+        leaving) ends that session, so the broker sends the stream to the other worker.
+        """
+        self.processes[0].kill()
+        connect(self.names[0]).disconnect()
+        return self.names[0]
 
     def settle(self, ids: list[str], timeout: float = 5.0) -> None:
         """Give each worker up to ``timeout`` seconds to have stored some of ``ids``; return

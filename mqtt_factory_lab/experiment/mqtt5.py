@@ -32,8 +32,9 @@ they build and read:
   workers of one share group, what each worker's database holds and the verdict on it.
 
 The brokers (``lab_acl``, ``hardened``) are fixtures of :mod:`mqtt_factory_lab.fixtures.acl`;
-the solution's devices and workers (``mqtt5_devices``, ``shared_datacenter``) and the
-expiry clocks are fixtures of :mod:`mqtt_factory_lab.fixtures.mqtt5`.
+the solution's programs on MQTT 5 (``mqtt5_devices``, ``mqtt5_controller``,
+``shared_datacenter``) and the expiry clocks are fixtures of
+:mod:`mqtt_factory_lab.fixtures.mqtt5`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Lesson 09 — MQTT 5 in the factory: reason codes, expiry, properties, request/response, sharing.
 
-MQTT 3.1.1 moves a topic and some bytes, and says little when something goes wrong. MQTT 5
-keeps that core and adds what a factory kept reinventing on top of it. Each addition below
-is taught where the factory uses it.
+MQTT 3.1.1 moves a topic and some bytes, and says little when something goes wrong. MQTT 5 keeps
+that core and adds what factories kept reinventing, each taught below where the factory uses it.
 
 * **Reason codes: the broker says why.** Every acknowledgement carries a one-byte reason (§2.4).
   CONNACK says why a login was refused: 0x86 *Bad user name or password*, 0x87 *Not authorized*
@@ -43,13 +42,11 @@ is taught where the factory uses it.
   watching the command topic does not hear its own commands. *Receive maximum*: a slow data
   center caps the unacknowledged QoS 1 messages the broker may push at it. *Maximum packet
   size*: a small device is never sent what it cannot hold; the broker drops that copy instead.
-* **Session expiry and will delay** are MQTT 5 too: lesson 05 (sessions) and lesson 04 (Last
-  Will) teach them.
+* **Session expiry and will delay**, MQTT 5 too, are taught in lessons 05 (sessions) and 04 (wills).
 
 Pitfalls:
 
-* Reading only ``rc == 0``: the reason code *is* the diagnosis; paho hands it to every callback
-  as a ``ReasonCode`` with a name.
+* Reading only ``rc == 0``: the reason code *is* the diagnosis (paho passes a named ``ReasonCode``).
 * Properties on MQTT 3.1.1: there are none. A program that must speak both versions sends them
   only on MQTT 5 (the lab's reference programs do).
 
@@ -123,9 +120,10 @@ def test_connack_reason_code_says_why_a_login_was_refused(hardened, mqtt_client,
     broker, _ = hardened
     impostor = mqtt_client("press-01", broker=broker, connect=False, **login)
     code = refused_login(impostor)
+    who = "a wrong password" if login else "a client without a user name"
     assert code.value in expected, (
-        f"A broker with `allow_anonymous false` and a password file refuses {login or 'anonymous'} "
-        "in the CONNACK and MQTT 5 says why: 0x86 Bad user name or password or 0x87 Not "
+        f"A broker with `allow_anonymous false` and a password file refuses {who} in the "
+        "CONNACK and MQTT 5 says why: 0x86 Bad user name or password or 0x87 Not "
         f"authorized (Mosquitto: 0x87 for both, telling a guesser nothing). It said {reason(code)}."
     )
     assert not impostor.connack["session_present"] and not impostor.connected, (
@@ -158,7 +156,10 @@ def test_puback_says_no_matching_subscribers_only_when_nobody_listens(mqtt_clien
         f"With no subscriber on {topic} a broker answers the QoS 1 alarm with 0x00 Success or "
         f"0x10 No matching subscribers (MQTT 5 §3.4.2.1); it answered {reason(alone)}."
     )
-    assert heard.value == 0x00, f"With a subscriber the PUBACK must not say {reason(heard)}."
+    assert heard.value == 0x00, (
+        f"With the controller subscribed to {topic} the PUBACK says 0x00 Success, not 0x10 No "
+        f"matching subscribers: it said {reason(heard)}."
+    )
 
 
 @pytest.mark.broker
@@ -449,9 +450,8 @@ def test_device_answers_setpoint_requests_on_the_response_topic_with_their_corre
     states = mqtt5.retained_states(asker, topic_root, devices)
     labels = mqtt5.ask_setpoints(asker, topic_root, devices, response_topic)  # all at once
     why = (
-        f"A device that gets {{'request': 'setpoints'}} on its command topic with a Response "
-        f"Topic answers there ({response_topic}), at QoS 1, with its setpoints "
-        f"(schemas/setpoints_reply.schema.json). Requests went to {' and '.join(devices)}."
+        f"A device that gets {{'request': 'setpoints'}} on its command topic with a Response Topic "
+        f"answers there ({response_topic}) at QoS 1 (schemas/setpoints_reply.schema.json)."
     )
     answers = asker.wait_for_messages(2, response_topic, timeout=5, why=why)
     for answer in answers:

@@ -371,7 +371,7 @@ def test_no_local_keeps_a_dashboard_from_hearing_its_own_commands(mqtt_client, t
     dashboard = mqtt5.subscribed(mqtt_client, commands, qos=1, no_local=True)
     dashboard.publish(f"{topic_root}/commands/dashboard/conveyor-01", {"command": "stop"}, qos=1)
     controller = mqtt_client()
-    controller.publish(f"{topic_root}/commands/controller/conveyor-01", {"command": "go"}, qos=1)
+    controller.publish(f"{topic_root}/commands/controller/conveyor-01", {"command": "start"}, qos=1)
     dashboard.wait_for_message(commands, why="The controller's command must arrive.")
     senders = [m.topic.split("/")[-2] for m in mqtt5.received_by_now(dashboard, commands)]
     assert senders == ["controller"], (
@@ -411,7 +411,7 @@ def test_maximum_packet_size_keeps_a_small_device_from_getting_what_it_cannot_ho
     sensor = mqtt_client(connect_properties={"MaximumPacketSize": 256})
     sensor.subscribe(topic, qos=1)
     dashboard = mqtt_client()
-    dashboard.publish(topic, {"command": "set", "setpoint": "profile", "value": "x" * 999}, qos=1)
+    dashboard.publish(topic, {"command": "set", "setpoint": "profile", "value": "x" * 1000}, qos=1)
     dashboard.publish(topic, {"command": "start"}, qos=1)
     sensor.wait_for_message(topic, why="The small command fits in 256 bytes.")
     sizes = [len(m.payload) for m in mqtt5.received_by_now(sensor, topic)]

@@ -71,7 +71,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,9 +80,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from mqtt_factory_lab.brokers import CONFIG, Broker
 from mqtt_factory_lab.brokers.base import free_port
 from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.bridge import close_brokers
+from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.factory import FactoryLauncher
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.core.roles import RoleProcess
+from mqtt_factory_lab.experiment.ahead import Ahead, ModuleClients, per_protocol, start_ahead
+from mqtt_factory_lab.fixtures.brokers import (
+    BROKERS_USED,
+    BrokerPool,
+    broker_or_fail,
+    remember_broker,
+    skip_what_the_module_cannot_run,
+)
 from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = pytest.mark.lesson(11)
@@ -159,10 +170,123 @@ def scrape_until(
     pytest.fail(f"{why}\n  the exporter's metrics:\n{shown}", pytrace=False)
 
 
+def start_sys_broker(
+    request: pytest.FixtureRequest, pool: BrokerPool, stack: contextlib.ExitStack
+) -> Broker:
+    """A broker that publishes its $SYS figures every second, closed with ``stack``.
+
+    Closed promptly (``close_brokers``): an idle Mosquitto acts on SIGTERM only when its
+    100 ms wait for sockets ends.
+    """
+    skip_what_the_module_cannot_run(request, pool, "sys")
+    broker = broker_or_fail(lambda: pool.start("sys"))
+    stack.callback(pool.release, broker)
+    stack.callback(close_brokers, [broker])
+    return broker
+
+
 @pytest.fixture
-def sys_broker(make_broker: Callable[..., Broker]) -> Broker:
-    """A broker that publishes its $SYS figures every second."""
-    return make_broker("sys")
+def sys_broker(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> Iterator[Broker]:
+    """A broker of this experiment's own that publishes its $SYS figures every second."""
+    with contextlib.ExitStack() as stack:
+        yield remember_broker(request, start_sys_broker(request, broker_pool, stack))
+
+
+# -- Runs that wait for the broker's $SYS rounds ------------------------------------------
+# Mosquitto publishes $SYS when ``now - sys_interval > last_update`` in whole seconds
+# (sys_tree.c): with ``sys_interval 1`` a round every 2 s. Each $SYS experiment needs a round
+# after its clients connected; its run starts at the module's first experiment, on a broker of
+# its own, and the runs wait for their rounds side by side (mqtt_factory_lab.experiment.ahead).
+
+
+@dataclass
+class SysRun:
+    """What a $SYS run's clients received, for the experiment that judges it."""
+
+    broker: Broker
+    clients: dict[str, RecordingClient]
+
+
+def judged(request: pytest.FixtureRequest, ahead: Ahead[SysRun]) -> SysRun:
+    """The run's result; a failure report shows its broker's whole log."""
+    __tracebackhide__ = True
+    run = ahead.result()
+    used = request.node.stash.get(BROKERS_USED, [])
+    request.node.stash[BROKERS_USED] = [*used, (run.broker, 0)]
+    return run
+
+
+@pytest.fixture(scope="module")
+def sys_figures(request, broker_pool) -> Iterator[Ahead[SysRun]]:
+    """A watcher of $SYS/broker/# beside a publisher of one retained message."""
+
+    def run(stack: contextlib.ExitStack) -> SysRun:
+        broker = start_sys_broker(request, broker_pool, stack)
+        clients = ModuleClients(broker, "lesson11-sys")
+        stack.callback(clients.close)
+        watcher = clients()
+        publisher = clients()
+        publisher.publish(f"lab/{uuid.uuid4().hex[:8]}/state/press", b"running", 1, retain=True)
+        watcher.subscribe("$SYS/broker/#", qos=0)
+        for topic, meaning in SYS_FIGURES.items():
+            watcher.wait_for_message(
+                topic,
+                timeout=5,
+                why=f"Mosquitto publishes {topic} ({meaning}) every sys_interval seconds (1 s "
+                "on this broker); a client must subscribe to $SYS/# to get it.",
+            )
+        # The first values came from the broker's store; the next round counts these clients.
+        for topic, at_least, what in (
+            ("$SYS/broker/clients/connected", 2, "the watcher and the publisher are connected"),
+            ("$SYS/broker/retained messages/count", 1, "a retained message was published"),
+        ):
+            watcher.wait_for_message(
+                lambda m, t=topic, n=at_least: m.topic == t and int(m.text) >= n,
+                timeout=5,
+                why=f"{what}, so within a sys_interval (1 s) {topic} should say at least "
+                f"{at_least}; it said: {[m.text for m in watcher.received(topic)]}.",
+            )
+        return SysRun(broker, {"watcher": watcher})
+
+    with Ahead(run) as ahead:
+        yield ahead
+
+
+@pytest.fixture(scope="module")
+def wildcard_watchers(request, broker_pool) -> Iterator[dict[str, Ahead[SysRun]]]:
+    """Per MQTT version: subscribers to ``#``, ``+/broker/#`` and ``$SYS/#``, through two rounds."""
+
+    def run(stack: contextlib.ExitStack, protocol: str) -> SysRun:
+        broker = start_sys_broker(request, broker_pool, stack)
+        clients = ModuleClients(broker, f"lesson11-hash-{protocol}")
+        stack.callback(clients.close)
+        everything = clients(protocol=protocol)
+        everything.subscribe("#", qos=0)
+        plus = clients(protocol=protocol)
+        plus.subscribe("+/broker/#", qos=0)
+        explicit = clients(protocol=protocol)
+        explicit.subscribe("$SYS/#", qos=0)
+        explicit.wait_for_messages(
+            len(SYS_FIGURES), "$SYS/#", timeout=5, why="$SYS/# gets the broker's figures."
+        )
+        # A $SYS round has gone by too once the explicit subscriber sees more of them.
+        first = len(explicit.received())
+        explicit.wait_for_messages(first + len(SYS_FIGURES), "$SYS/#", timeout=5)
+        for client in (everything, plus):
+            client.sync()
+        return SysRun(broker, {"#": everything, "+/broker/#": plus})
+
+    runs = per_protocol(request, run)
+    try:
+        yield runs
+    finally:
+        for ahead in runs.values():
+            ahead.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _runs_started_ahead(request) -> None:
+    start_ahead(request, "sys_figures", "wildcard_watchers")
 
 
 @pytest.fixture
@@ -210,51 +334,20 @@ def alarm(device: str, ts: float, value: float = 231.5) -> dict:
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.rule("may")  # $SYS is a convention of brokers, not of the specifications
-def test_sys_topics_report_clients_messages_retained_and_uptime(sys_broker, mqtt_client):
-    watcher = mqtt_client(broker=sys_broker)
-    publisher = mqtt_client(broker=sys_broker)
-    publisher.publish(f"lab/{uuid.uuid4().hex[:8]}/state/press", b"running", qos=1, retain=True)
-    watcher.subscribe("$SYS/broker/#", qos=0)
-    for topic, meaning in SYS_FIGURES.items():
-        message = watcher.wait_for_message(
-            topic,
-            timeout=5,
-            why=f"Mosquitto publishes {topic} ({meaning}) every sys_interval seconds (1 s on "
-            "this broker); a client must subscribe to $SYS/# to get it.",
-        )
+def test_sys_topics_report_clients_messages_retained_and_uptime(sys_figures, request):
+    watcher = judged(request, sys_figures).clients["watcher"]
+    for topic in SYS_FIGURES:
+        message = watcher.received(topic)[0]
         figure = message.text.split()[0]
         assert figure.isdigit(), f"{topic} should be a number, got {message.text!r}"
-    # The first values came from the broker's store; the next round counts these clients.
-    for topic, at_least, what in (
-        ("$SYS/broker/clients/connected", 2, "the watcher and the publisher are connected"),
-        ("$SYS/broker/retained messages/count", 1, "a retained message was published"),
-    ):
-        watcher.wait_for_message(
-            lambda m, t=topic, n=at_least: m.topic == t and int(m.text) >= n,
-            timeout=5,
-            why=f"{what}, so within a sys_interval (1 s) {topic} should say at least {at_least}; "
-            f"it said: {[m.text for m in watcher.received(topic)]}.",
-        )
 
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.spec("MQTT-4.7.2-1")
-def test_hash_subscription_does_not_receive_sys_topics(sys_broker, mqtt_client, protocol):
-    everything = mqtt_client(broker=sys_broker, protocol=protocol)
-    everything.subscribe("#", qos=0)
-    plus = mqtt_client(broker=sys_broker, protocol=protocol)
-    plus.subscribe("+/broker/#", qos=0)
-    explicit = mqtt_client(broker=sys_broker, protocol=protocol)
-    explicit.subscribe("$SYS/#", qos=0)
-    explicit.wait_for_messages(
-        len(SYS_FIGURES), "$SYS/#", timeout=5, why="$SYS/# gets the broker's figures."
-    )
-    # Two more $SYS rounds (sys_interval 1) have gone by once the explicit subscriber sees them.
-    first = len(explicit.received())
-    explicit.wait_for_messages(first + len(SYS_FIGURES), "$SYS/#", timeout=5)
-    for client, pattern in ((everything, "#"), (plus, "+/broker/#")):
-        client.sync()
+def test_hash_subscription_does_not_receive_sys_topics(wildcard_watchers, request, protocol):
+    run = judged(request, wildcard_watchers[protocol])
+    for pattern, client in run.clients.items():
         leaked = [m for m in client.received() if m.topic.startswith("$")]
         assert not leaked, (
             f"A subscription to {pattern} received {leaked[0].topic}. A topic filter starting "

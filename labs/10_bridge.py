@@ -94,7 +94,7 @@ from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.bridge import BrokerPair
 from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.core.solution import Solution
-from mqtt_factory_lab.experiment.ahead import Ahead, ModuleClients, start_ahead, users
+from mqtt_factory_lab.experiment.ahead import Ahead, AheadCases, ModuleClients, params_of, users
 from mqtt_factory_lab.fixtures.bridge import pair_for_run, remember_pair
 from mqtt_factory_lab.fixtures.factory import or_fail
 
@@ -215,55 +215,35 @@ def watch_a_command_go_out(stack, pair, marks, copies: int, name: str) -> Run:
     return Run(pair, marks, site, cloud, marker)
 
 
-@pytest.fixture(scope="module")
-def loop_windows(request, broker_pool, pytestconfig) -> Iterator[dict[str, Ahead[Run]]]:
-    """One run per ``settings`` of the loop experiments selected, all under way at once."""
-    cases = {
-        item.callspec.params["settings"]: item.callspec.params["copies"]
-        for item in users(request, "loop_windows")
-    }
-
-    def run(stack, settings: str, copies: int) -> Run:
-        text = LOOP_BRIDGE.format(settings=settings)
-        pair, marks = pair_for_run(stack, broker_pool, pytestconfig, text=text)
-        return watch_a_command_go_out(stack, pair, marks, copies, "lesson10-loop")
-
-    runs = {s: Ahead(lambda stack, s=s, c=c: run(stack, s, c)) for s, c in cases.items()}
-    try:
-        yield runs
-    finally:
-        for ahead in runs.values():
-            ahead.close()
+def loop_window_run(stack, params, pool, config) -> Run:
+    """The lab's loop bridge with the case's ``settings``: do ``copies`` come back, or more?"""
+    text = LOOP_BRIDGE.format(settings=params["settings"])
+    pair, marks = pair_for_run(stack, pool, config, text=text)
+    return watch_a_command_go_out(stack, pair, marks, params["copies"], "lesson10-loop")
 
 
-@pytest.fixture(scope="module")
-def solution_echo(broker_pool, pytestconfig, solution) -> Iterator[Ahead[Run]]:
+def solution_echo_run(stack, solution: Solution, pool, config) -> Run:
     """The solution's bridge carries a command out that its way in also matches."""
-
-    def run(stack) -> Run:
-        pair, marks = pair_for_run(stack, broker_pool, pytestconfig, bridge_file(solution))
-        site_clients, cloud_clients = clients_on(stack, pair, "lesson10-echo")
-        marker = uuid.uuid4().hex[:8]
-        site = site_clients()
-        site.subscribe("factory/#", qos=1)
-        cloud = cloud_clients()
-        cloud.subscribe("#", qos=1)
-        # A command published on the site matches the out pattern (factory/#) *and*, in the
-        # cloud, the bridge's own in subscription (factory/commands/cloud/#).
-        command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
-        site.publish("factory/commands/cloud/press-01", command, qos=1)
-        cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
-        witness = uuid.uuid4().hex[:8]
-        # Round trips on both brokers after a witness crossed: anything echoed would be here.
-        reading = marked_reading("press-01", witness)
-        site.publish("factory/telemetry/press-01/temperature", reading, 1)
-        cloud.wait_for_message(carrying(witness), timeout=5, why="The bridge carries readings out.")
-        with contextlib.suppress(MQTTTimeout):
-            site.wait_for_messages(2, carrying(marker), timeout=1.0)
-        return Run(pair, marks, site, cloud, marker)
-
-    with Ahead(run) as ahead:
-        yield ahead
+    pair, marks = pair_for_run(stack, pool, config, bridge_file(solution))
+    site_clients, cloud_clients = clients_on(stack, pair, "lesson10-echo")
+    marker = uuid.uuid4().hex[:8]
+    site = site_clients()
+    site.subscribe("factory/#", qos=1)
+    cloud = cloud_clients()
+    cloud.subscribe("#", qos=1)
+    # A command published on the site matches the out pattern (factory/#) *and*, in the
+    # cloud, the bridge's own in subscription (factory/commands/cloud/#).
+    command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
+    site.publish("factory/commands/cloud/press-01", command, qos=1)
+    cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
+    witness = uuid.uuid4().hex[:8]
+    # Round trips on both brokers after a witness crossed: anything echoed would be here.
+    reading = marked_reading("press-01", witness)
+    site.publish("factory/telemetry/press-01/temperature", reading, 1)
+    cloud.wait_for_message(carrying(witness), timeout=5, why="The bridge carries readings out.")
+    with contextlib.suppress(MQTTTimeout):
+        site.wait_for_messages(2, carrying(marker), timeout=1.0)
+    return Run(pair, marks, site, cloud, marker)
 
 
 @dataclass
@@ -273,66 +253,102 @@ class Outage(Run):
     back: RecordingClient | None = None
 
 
-@pytest.fixture(scope="module")
-def cloud_outage(broker_pool, pytestconfig, solution) -> Iterator[Ahead[Outage]]:
+def cloud_outage_run(stack, solution: Solution, pool, config) -> Outage:
     """The cloud goes away while the site publishes an alarm (QoS 1) and a reading (QoS 0)."""
+    pair, marks = pair_for_run(stack, pool, config, bridge_file(solution))
+    site_clients, cloud_clients = clients_on(stack, pair, "lesson10-outage")
+    marker = uuid.uuid4().hex[:8]
+    head_office = f"head-office-{marker}"
+    remote = "#"  # wherever the site's messages land (the prefix is another experiment's)
+    cloud = cloud_clients(client_id=head_office, clean_start=False, session_expiry=600)
+    cloud.subscribe(remote, qos=1)
+    cloud.sync()
+    cloud.disconnect()
+    site = site_clients()
+    # The site learns the cloud is gone when its bridge's connection closes: wait for the
+    # broker's own log line, not for a fixed time.
+    mark = pair.site.log_mark()
+    pair.cloud.stop()
+    pair.site.wait_for_log(
+        r"(closed its connection|Socket error|disconnect)", timeout=10, since=mark
+    )
+    alarm = marked_alarm("press-01", marker)
+    site.publish("factory/alarms/press-01/temperature", alarm, qos=1)
+    reading = marked_reading("press-01", marker)
+    site.publish("factory/telemetry/press-01/temperature", reading, 0)
+    pair.cloud.start()
 
-    def run(stack) -> Outage:
-        pair, marks = pair_for_run(stack, broker_pool, pytestconfig, bridge_file(solution))
-        site_clients, cloud_clients = clients_on(stack, pair, "lesson10-outage")
-        marker = uuid.uuid4().hex[:8]
-        head_office = f"head-office-{marker}"
-        remote = "#"  # wherever the site's messages land (the prefix is another experiment's)
-        cloud = cloud_clients(client_id=head_office, clean_start=False, session_expiry=600)
-        cloud.subscribe(remote, qos=1)
-        cloud.sync()
-        cloud.disconnect()
-        site = site_clients()
-        # The site learns the cloud is gone when its bridge's connection closes: wait for the
-        # broker's own log line, not for a fixed time.
-        mark = pair.site.log_mark()
-        pair.cloud.stop()
-        pair.site.wait_for_log(
-            r"(closed its connection|Socket error|disconnect)", timeout=10, since=mark
-        )
-        alarm = marked_alarm("press-01", marker)
-        site.publish("factory/alarms/press-01/temperature", alarm, qos=1)
-        reading = marked_reading("press-01", marker)
-        site.publish("factory/telemetry/press-01/temperature", reading, 0)
-        pair.cloud.start()
-
-        back = cloud_clients(client_id=head_office, clean_start=False, session_expiry=600)
-        try:
-            back.wait_for_message(
-                lambda m: carrying(marker)(m) and "/alarms/" in m.topic,
-                timeout=RECONNECT_BUDGET,
-                why="An alarm (QoS 1) was published on the site while the cloud was away. The "
-                "site broker keeps the bridge's session with `cleansession false` and queues "
-                "its QoS 1 messages; once the bridge reconnects they must arrive. Nothing came "
-                f"within {RECONNECT_BUDGET:g}s of the cloud's return: with `cleansession true` "
-                "the session, and every alarm of the outage, is discarded. Set `cleansession "
-                "false` (and give the out topic line QoS 1: a bridge subscribed at QoS 0 queues "
-                "nothing).",
-            )
-        except MQTTTimeout as error:
-            pytest.fail(str(error), pytrace=False)
-        # A reading published now is the witness: the outage's QoS 0 reading would be here
-        # before it.
-        witness = uuid.uuid4().hex[:8]
-        reading = marked_reading("press-01", witness)
-        site.publish("factory/telemetry/press-01/temperature", reading, 0)
+    back = cloud_clients(client_id=head_office, clean_start=False, session_expiry=600)
+    try:
         back.wait_for_message(
-            carrying(witness), timeout=5, why="The bridge is back: readings flow."
+            lambda m: carrying(marker)(m) and "/alarms/" in m.topic,
+            timeout=RECONNECT_BUDGET,
+            why="An alarm (QoS 1) was published on the site while the cloud was away. The "
+            "site broker keeps the bridge's session with `cleansession false` and queues "
+            "its QoS 1 messages; once the bridge reconnects they must arrive. Nothing came "
+            f"within {RECONNECT_BUDGET:g}s of the cloud's return: with `cleansession true` "
+            "the session, and every alarm of the outage, is discarded. Set `cleansession "
+            "false` (and give the out topic line QoS 1: a bridge subscribed at QoS 0 queues "
+            "nothing).",
         )
-        return Outage(pair, marks, site, cloud, marker, back)
-
-    with Ahead(run) as ahead:
-        yield ahead
+    except MQTTTimeout as error:
+        pytest.fail(str(error), pytrace=False)
+    # A reading published now is the witness: the outage's QoS 0 reading would be here
+    # before it.
+    witness = uuid.uuid4().hex[:8]
+    reading = marked_reading("press-01", witness)
+    site.publish("factory/telemetry/press-01/temperature", reading, 0)
+    back.wait_for_message(carrying(witness), timeout=5, why="The bridge is back: readings flow.")
+    return Outage(pair, marks, site, cloud, marker, back)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _runs_started_ahead(request) -> None:
-    start_ahead(request, "loop_windows", "solution_echo", "cloud_outage")
+def bridge_runs(request, broker_pool, pytestconfig) -> Iterator[AheadCases]:
+    """The module's runs, one per experiment case; on a serial run all start now, side by side."""
+    solution: list = []
+
+    def with_solution(run):
+        def start(stack, params):
+            if isinstance(solution[0], BaseException):
+                raise solution[0]  # no solution to run: each of its experiments says so
+            return run(stack, solution[0], broker_pool, pytestconfig)
+
+        return start
+
+    if users(request, "solution_echo") or users(request, "cloud_outage"):
+        try:
+            solution.append(request.getfixturevalue("solution"))
+        except pytest.fail.Exception as error:
+            solution.append(error)
+    cases = AheadCases(
+        request,
+        {
+            "loop_window": lambda stack, p: loop_window_run(stack, p, broker_pool, pytestconfig),
+            "solution_echo": with_solution(solution_echo_run),
+            "cloud_outage": with_solution(cloud_outage_run),
+        },
+    )
+    try:
+        cases.start_selected()
+        yield cases
+    finally:
+        cases.close()
+
+
+def _run_of(kind: str):
+    @pytest.fixture(name=kind)
+    def run_of_the_experiment(request, bridge_runs: AheadCases) -> Iterator[Ahead]:
+        key = bridge_runs.start(kind, params_of(request.node))
+        yield bridge_runs.run(key)
+        bridge_runs.finish(key)
+
+    run_of_the_experiment.__doc__ = f"The experiment's own {kind.replace('_', ' ')} run."
+    return run_of_the_experiment
+
+
+loop_window = _run_of("loop_window")
+solution_echo = _run_of("solution_echo")
+cloud_outage = _run_of("cloud_outage")
 
 
 def judged(request, ahead: Ahead) -> Run:
@@ -556,9 +572,9 @@ topic factory/commands/cloud/# in 1 "" sites/{{site}}/
     ],
 )
 def test_how_a_bridge_avoids_getting_its_own_messages_back(
-    loop_windows, request, settings, copies, why
+    loop_window, request, settings, copies, why
 ):
-    run = judged(request, loop_windows[settings])
+    run = judged(request, loop_window)
     site, marker = run.site, run.marker
     seen = len(site.received(carrying(marker)))
     assert seen == copies, (

@@ -85,7 +85,7 @@ from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.factory import FactoryLauncher
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.core.roles import RoleProcess
-from mqtt_factory_lab.experiment.ahead import Ahead, ModuleClients, per_protocol, start_ahead
+from mqtt_factory_lab.experiment.ahead import Ahead, AheadCases, ModuleClients, params_of
 from mqtt_factory_lab.fixtures.brokers import (
     BROKERS_USED,
     BrokerPool,
@@ -216,77 +216,90 @@ def judged(request: pytest.FixtureRequest, ahead: Ahead[SysRun]) -> SysRun:
     return run
 
 
-@pytest.fixture(scope="module")
-def sys_figures(request, broker_pool) -> Iterator[Ahead[SysRun]]:
+def sys_figures_run(stack: contextlib.ExitStack, request, pool) -> SysRun:
     """A watcher of $SYS/broker/# beside a publisher of one retained message."""
-
-    def run(stack: contextlib.ExitStack) -> SysRun:
-        broker = start_sys_broker(request, broker_pool, stack)
-        clients = ModuleClients(broker, "lesson11-sys")
-        stack.callback(clients.close)
-        watcher = clients()
-        publisher = clients()
-        publisher.publish(f"lab/{uuid.uuid4().hex[:8]}/state/press", b"running", 1, retain=True)
-        watcher.subscribe("$SYS/broker/#", qos=0)
-        for topic, meaning in SYS_FIGURES.items():
-            watcher.wait_for_message(
-                topic,
-                timeout=5,
-                why=f"Mosquitto publishes {topic} ({meaning}) every sys_interval seconds (1 s "
-                "on this broker); a client must subscribe to $SYS/# to get it.",
-            )
-        # The first values came from the broker's store; the next round counts these clients.
-        for topic, at_least, what in (
-            ("$SYS/broker/clients/connected", 2, "the watcher and the publisher are connected"),
-            ("$SYS/broker/retained messages/count", 1, "a retained message was published"),
-        ):
-            watcher.wait_for_message(
-                lambda m, t=topic, n=at_least: m.topic == t and int(m.text) >= n,
-                timeout=5,
-                why=f"{what}, so within a sys_interval (1 s) {topic} should say at least "
-                f"{at_least}; it said: {[m.text for m in watcher.received(topic)]}.",
-            )
-        return SysRun(broker, {"watcher": watcher})
-
-    with Ahead(run) as ahead:
-        yield ahead
-
-
-@pytest.fixture(scope="module")
-def wildcard_watchers(request, broker_pool) -> Iterator[dict[str, Ahead[SysRun]]]:
-    """Per MQTT version: subscribers to ``#``, ``+/broker/#`` and ``$SYS/#``, through two rounds."""
-
-    def run(stack: contextlib.ExitStack, protocol: str) -> SysRun:
-        broker = start_sys_broker(request, broker_pool, stack)
-        clients = ModuleClients(broker, f"lesson11-hash-{protocol}")
-        stack.callback(clients.close)
-        everything = clients(protocol=protocol)
-        everything.subscribe("#", qos=0)
-        plus = clients(protocol=protocol)
-        plus.subscribe("+/broker/#", qos=0)
-        explicit = clients(protocol=protocol)
-        explicit.subscribe("$SYS/#", qos=0)
-        explicit.wait_for_messages(
-            len(SYS_FIGURES), "$SYS/#", timeout=5, why="$SYS/# gets the broker's figures."
+    broker = start_sys_broker(request, pool, stack)
+    clients = ModuleClients(broker, "lesson11-sys")
+    stack.callback(clients.close)
+    watcher = clients()
+    publisher = clients()
+    publisher.publish(f"lab/{uuid.uuid4().hex[:8]}/state/press", b"running", 1, retain=True)
+    watcher.subscribe("$SYS/broker/#", qos=0)
+    for topic, meaning in SYS_FIGURES.items():
+        watcher.wait_for_message(
+            topic,
+            timeout=5,
+            why=f"Mosquitto publishes {topic} ({meaning}) every sys_interval seconds (1 s "
+            "on this broker); a client must subscribe to $SYS/# to get it.",
         )
-        # A $SYS round has gone by too once the explicit subscriber sees more of them.
-        first = len(explicit.received())
-        explicit.wait_for_messages(first + len(SYS_FIGURES), "$SYS/#", timeout=5)
-        for client in (everything, plus):
-            client.sync()
-        return SysRun(broker, {"#": everything, "+/broker/#": plus})
+    # The first values came from the broker's store; the next round counts these clients.
+    for topic, at_least, what in (
+        ("$SYS/broker/clients/connected", 2, "the watcher and the publisher are connected"),
+        ("$SYS/broker/retained messages/count", 1, "a retained message was published"),
+    ):
+        watcher.wait_for_message(
+            lambda m, t=topic, n=at_least: m.topic == t and int(m.text) >= n,
+            timeout=5,
+            why=f"{what}, so within a sys_interval (1 s) {topic} should say at least "
+            f"{at_least}; it said: {[m.text for m in watcher.received(topic)]}.",
+        )
+    return SysRun(broker, {"watcher": watcher})
 
-    runs = per_protocol(request, run)
-    try:
-        yield runs
-    finally:
-        for ahead in runs.values():
-            ahead.close()
+
+def wildcard_watchers_run(stack: contextlib.ExitStack, request, pool, protocol: str) -> SysRun:
+    """Subscribers to ``#``, ``+/broker/#`` and ``$SYS/#`` on one MQTT version, through a round."""
+    broker = start_sys_broker(request, pool, stack)
+    clients = ModuleClients(broker, f"lesson11-hash-{protocol}")
+    stack.callback(clients.close)
+    everything = clients(protocol=protocol)
+    everything.subscribe("#", qos=0)
+    plus = clients(protocol=protocol)
+    plus.subscribe("+/broker/#", qos=0)
+    explicit = clients(protocol=protocol)
+    explicit.subscribe("$SYS/#", qos=0)
+    explicit.wait_for_messages(
+        len(SYS_FIGURES), "$SYS/#", timeout=5, why="$SYS/# gets the broker's figures."
+    )
+    # A $SYS round has gone by too once the explicit subscriber sees more of them.
+    first = len(explicit.received())
+    explicit.wait_for_messages(first + len(SYS_FIGURES), "$SYS/#", timeout=5)
+    for client in (everything, plus):
+        client.sync()
+    return SysRun(broker, {"#": everything, "+/broker/#": plus})
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _runs_started_ahead(request) -> None:
-    start_ahead(request, "sys_figures", "wildcard_watchers")
+def sys_runs(request, broker_pool) -> Iterator[AheadCases]:
+    """The module's $SYS runs, one per experiment case; on a serial run all start now."""
+    cases = AheadCases(
+        request,
+        {
+            "sys_figures": lambda stack, p: sys_figures_run(stack, request, broker_pool),
+            "wildcard_watchers": lambda stack, p: wildcard_watchers_run(
+                stack, request, broker_pool, p["protocol"]
+            ),
+        },
+    )
+    try:
+        cases.start_selected()
+        yield cases
+    finally:
+        cases.close()
+
+
+def _run_of(kind: str):
+    @pytest.fixture(name=kind)
+    def run_of_the_experiment(request, sys_runs: AheadCases) -> Iterator[Ahead[SysRun]]:
+        key = sys_runs.start(kind, params_of(request.node))
+        yield sys_runs.run(key)
+        sys_runs.finish(key)
+
+    run_of_the_experiment.__doc__ = f"The experiment's own {kind.replace('_', ' ')} run."
+    return run_of_the_experiment
+
+
+sys_figures = _run_of("sys_figures")
+wildcard_watchers = _run_of("wildcard_watchers")
 
 
 @pytest.fixture
@@ -346,7 +359,7 @@ def test_sys_topics_report_clients_messages_retained_and_uptime(sys_figures, req
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.spec("MQTT-4.7.2-1")
 def test_hash_subscription_does_not_receive_sys_topics(wildcard_watchers, request, protocol):
-    run = judged(request, wildcard_watchers[protocol])
+    run = judged(request, wildcard_watchers)
     for pattern, client in run.clients.items():
         leaked = [m for m in client.received() if m.topic.startswith("$")]
         assert not leaked, (

@@ -177,8 +177,9 @@ def close_brokers(brokers: tuple[Broker, ...] | list[Broker]) -> None:
 
     Mosquitto 2.0 blocks signals while it waits for its sockets (``epoll_wait`` with a 100 ms
     timeout, ``mux_epoll.c``), so an idle broker acts on SIGTERM only up to 100 ms later. A
-    connection to its listener ends that wait: the lab knocks on the port of each broker
-    still running until it is gone (a closed or refused connection costs nothing).
+    connection to its listener ends that wait: the lab knocks on the port of each local broker
+    still running until it is gone (a closed or refused connection costs nothing); a docker
+    broker is closed as before.
     """
 
     def close(broker: Broker) -> None:
@@ -198,10 +199,12 @@ def close_brokers(brokers: tuple[Broker, ...] | list[Broker]) -> None:
 
 
 def knock(broker: Broker) -> None:
-    """Open and close a TCP connection to a broker that is still running (see
-    :func:`close_brokers`); nothing when it is not, or when its address is not known."""
+    """Open and close a TCP connection to a local broker's process that is still running (see
+    :func:`close_brokers`). A container is the engine's to stop (and asking it whether the
+    container runs is an API call), so only a broker with a child process is knocked on."""
+    process = getattr(broker, "process", None)
     with contextlib.suppress(Exception):
-        if broker.is_running():
+        if process is not None and process.is_running():
             socket.create_connection((broker.host, broker.port), timeout=0.05).close()
 
 

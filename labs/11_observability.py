@@ -85,15 +85,22 @@ from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.factory import FactoryLauncher
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.core.roles import RoleProcess
-from mqtt_factory_lab.experiment.ahead import Ahead, AheadCases, ModuleClients, params_of
+from mqtt_factory_lab.core.solution import Solution
+from mqtt_factory_lab.experiment.ahead import (
+    Ahead,
+    AheadCases,
+    ModuleClients,
+    launchers,
+    params_of,
+    users,
+)
 from mqtt_factory_lab.fixtures.brokers import (
     BROKERS_USED,
     BrokerPool,
     broker_or_fail,
-    remember_broker,
     skip_what_the_module_cannot_run,
 )
-from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.fixtures.factory import LAUNCHERS, or_fail
 
 pytestmark = pytest.mark.lesson(11)
 
@@ -185,13 +192,6 @@ def start_sys_broker(
     return broker
 
 
-@pytest.fixture
-def sys_broker(request: pytest.FixtureRequest, broker_pool: BrokerPool) -> Iterator[Broker]:
-    """A broker of this experiment's own that publishes its $SYS figures every second."""
-    with contextlib.ExitStack() as stack:
-        yield remember_broker(request, start_sys_broker(request, broker_pool, stack))
-
-
 # -- Runs that wait for the broker's $SYS rounds ------------------------------------------
 # Mosquitto publishes $SYS when ``now - sys_interval > last_update`` in whole seconds
 # (sys_tree.c): with ``sys_interval 1`` a round every 2 s. Each $SYS experiment needs a round
@@ -211,9 +211,14 @@ def judged(request: pytest.FixtureRequest, ahead: Ahead[SysRun]) -> SysRun:
     """The run's result; a failure report shows its broker's whole log."""
     __tracebackhide__ = True
     run = ahead.result()
-    used = request.node.stash.get(BROKERS_USED, [])
-    request.node.stash[BROKERS_USED] = [*used, (run.broker, 0)]
+    remember(request, run.broker)
     return run
+
+
+def remember(request: pytest.FixtureRequest, broker: Broker) -> None:
+    """A failure report of the experiment shows ``broker``'s whole log (a run's own broker)."""
+    used = request.node.stash.get(BROKERS_USED, [])
+    request.node.stash[BROKERS_USED] = [*used, (broker, 0)]
 
 
 def sys_figures_run(stack: contextlib.ExitStack, request, pool) -> SysRun:
@@ -271,6 +276,18 @@ def wildcard_watchers_run(stack: contextlib.ExitStack, request, pool, protocol: 
 @pytest.fixture(scope="module", autouse=True)
 def sys_runs(request, broker_pool) -> Iterator[AheadCases]:
     """The module's $SYS runs, one per experiment case; on a serial run all start now."""
+    solution: list = []
+    if users(request, "exporter"):
+        try:
+            solution.append(request.getfixturevalue("solution"))
+        except pytest.fail.Exception as error:
+            solution.append(error)
+
+    def exporter_of_the_solution(stack: contextlib.ExitStack, params: dict) -> ExporterRun:
+        if isinstance(solution[0], BaseException):
+            raise solution[0]  # no solution to run: each of its experiments says so
+        return exporter_run(stack, request, broker_pool, solution[0])
+
     cases = AheadCases(
         request,
         {
@@ -278,6 +295,7 @@ def sys_runs(request, broker_pool) -> Iterator[AheadCases]:
             "wildcard_watchers": lambda stack, p: wildcard_watchers_run(
                 stack, request, broker_pool, p["protocol"]
             ),
+            "exporter": exporter_of_the_solution,
         },
     )
     try:
@@ -302,26 +320,44 @@ sys_figures = _run_of("sys_figures")
 wildcard_watchers = _run_of("wildcard_watchers")
 
 
+@dataclass
+class ExporterRun:
+    """The solution's exporter, ready, on a $SYS broker of its own."""
+
+    launcher: FactoryLauncher
+    process: RoleProcess
+    port: int
+
+
+def exporter_run(stack: contextlib.ExitStack, request, pool, solution: Solution) -> ExporterRun:
+    """Start the solution's exporter on a $SYS broker. The broker comes first, so it stops
+    last: programs stop while it still answers."""
+    broker = start_sys_broker(request, pool, stack)
+    (launcher,) = launchers(request.config, solution, broker, ["5"]).values()
+    stack.enter_context(launcher)
+    port = free_port()
+    process = launcher.start_role("exporter", f"exporter-{uuid.uuid4().hex[:6]}", metrics_port=port)
+    return ExporterRun(launcher, process, port)
+
+
 @pytest.fixture
 def exporter(
-    sys_broker: Broker, factory_launcher: Callable[..., FactoryLauncher]
-) -> Callable[[], tuple[FactoryLauncher, RoleProcess, int]]:
-    """Start the solution's exporter on the $SYS broker: ``launcher, process, port = exporter()``.
-
-    The broker comes first, so it stops last: programs stop while it still answers.
-    """
+    request: pytest.FixtureRequest, sys_runs: AheadCases
+) -> Iterator[Callable[[], tuple[FactoryLauncher, RoleProcess, int]]]:
+    """The experiment's exporter, started ahead: ``launcher, process, port = exporter()``
+    (a program that would not start fails the experiment with its output)."""
+    key = sys_runs.start("exporter", params_of(request.node))
 
     def start() -> tuple[FactoryLauncher, RoleProcess, int]:
-        launcher = factory_launcher(sys_broker)
-        port = free_port()
-        process = or_fail(
-            lambda: launcher.start_role(
-                "exporter", f"exporter-{uuid.uuid4().hex[:6]}", metrics_port=port
-            )
-        )
-        return launcher, process, port
+        __tracebackhide__ = True
+        run = sys_runs.run(key).result()
+        # a failure report shows the exporter's output and its broker's whole log
+        request.node.stash[LAUNCHERS] = [run.launcher]
+        remember(request, run.launcher.broker)
+        return run.launcher, run.process, run.port
 
-    return start
+    yield start
+    sys_runs.finish(key)
 
 
 def alarm(device: str, ts: float, value: float = 231.5) -> dict:

@@ -274,10 +274,10 @@ def test_ahead_cases_give_each_repetition_a_run_of_its_own() -> None:
     assert cases.run(second).result() == {"lab_repetition": 2}
     assert sorted(p["lab_repetition"] for p in started) == [1, 2]
 
-    cases.finish(first)
-    assert closed == [{"lab_repetition": 1}], "finish closes that run alone, at once"
+    cases.finish(first).join()
+    assert closed == [{"lab_repetition": 1}], "finish closes that run alone"
     cases.close()
-    assert len(closed) == 2
+    assert len(closed) == 2, "close waits until every run is closed"
 
 
 def test_ahead_cases_start_nothing_ahead_on_an_xdist_worker() -> None:

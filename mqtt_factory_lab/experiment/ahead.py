@@ -260,7 +260,8 @@ class AheadCases:
     On a serial run :meth:`start_selected` starts every selected case at once; under xdist
     another worker may run a sibling case, so each experiment starts only its own there.
     Each experiment's fixture calls :meth:`start` (a no-op when its run is under way), judges
-    ``run(key).result()`` and :meth:`finish` es it, which closes it at once.
+    ``run(key).result()`` and :meth:`finish` es it, which closes it while the next experiment
+    runs; :meth:`close`, with the module, waits until every run is closed.
     """
 
     def __init__(
@@ -274,6 +275,7 @@ class AheadCases:
         self._runs: dict[tuple, Ahead[Any]] = {}
         self._slots = threading.BoundedSemaphore(at_once)
         self._lock = threading.Lock()
+        self._closing: list[threading.Thread] = []
 
     @staticmethod
     def key(kind: str, params: dict[str, Any]) -> tuple:
@@ -302,14 +304,21 @@ class AheadCases:
             for item in users(self._request, kind):
                 self.start(kind, params_of(item))
 
-    def finish(self, key: tuple) -> None:
-        """Close the run of ``key`` (its brokers, programs and clients)."""
+    def finish(self, key: tuple) -> threading.Thread | None:
+        """Close the run of ``key`` (its brokers, programs and clients) in the background, while
+        the next experiment runs; :meth:`close` waits for it. Returns the closing thread."""
         with self._lock:
             run = self._runs.pop(key, None)
-        if run is not None:
-            run.close()
+        if run is None:
+            return None
+        closing = threading.Thread(target=run.close, name="mqtt-lab-ahead-close", daemon=True)
+        closing.start()
+        self._closing.append(closing)
+        return closing
 
     def close(self) -> None:
-        """Close every run still open."""
+        """Close every run still open, and wait until every run is closed."""
         for key in list(self._runs):
             self.finish(key)
+        for closing in self._closing:
+            closing.join()

@@ -192,11 +192,13 @@ def start_sys_broker(
     return broker
 
 
-# -- Runs that wait for the broker's $SYS rounds ------------------------------------------
+# -- Runs started ahead --------------------------------------------------------------------
 # Mosquitto publishes $SYS when ``now - sys_interval > last_update`` in whole seconds
 # (sys_tree.c): with ``sys_interval 1`` a round every 2 s. Each $SYS experiment needs a round
-# after its clients connected; its run starts at the module's first experiment, on a broker of
-# its own, and the runs wait for their rounds side by side (mqtt_factory_lab.experiment.ahead).
+# after its clients connected, and each exporter experiment an exporter that is up. On a serial
+# run every experiment's run starts at the module's first experiment, on a broker of its own,
+# and they wait side by side (mqtt_factory_lab.experiment.ahead.AheadCases); the experiment
+# judges its own run.
 
 
 @dataclass

@@ -84,7 +84,8 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -93,6 +94,8 @@ from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.bridge import BrokerPair
 from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.core.solution import Solution
+from mqtt_factory_lab.experiment.ahead import Ahead, AheadCases, ModuleClients, params_of, users
+from mqtt_factory_lab.fixtures.bridge import pair_for_run, remember_pair
 from mqtt_factory_lab.fixtures.factory import or_fail
 
 pytestmark = pytest.mark.lesson(10)
@@ -148,17 +151,215 @@ def client_on(mqtt_client: Callable[..., RecordingClient], broker, **kw) -> Reco
     return mqtt_client(broker=broker, **kw)
 
 
-@pytest.fixture
-def student_bridge(bridged_brokers: Callable[..., BrokerPair], solution: Solution) -> BrokerPair:
-    """The site and cloud brokers, bridged by the solution's ``[files] bridge``."""
-    path = or_fail(
+def bridge_file(solution: Solution):
+    """The solution's ``[files] bridge`` (a clear failure when its manifest has none)."""
+    return or_fail(
         lambda: solution.require_file(
             "bridge",
             "lesson 10 appends your bridge configuration to the site broker "
             "(see docker/variants/bridge.conf)",
         )
     )
-    return bridged_brokers(path)
+
+
+@pytest.fixture
+def student_bridge(bridged_brokers: Callable[..., BrokerPair], solution: Solution) -> BrokerPair:
+    """The site and cloud brokers, bridged by the solution's ``[files] bridge``."""
+    return bridged_brokers(bridge_file(solution))
+
+
+# -- Runs that wait out a window ---------------------------------------------------------
+# An outage lasts until the bridge reconnects (``restart_timeout 1 1``: 1-2 s), and a loop is
+# disproved only by listening a while (QUIET) for a copy too many. These runs start at the
+# module's first experiment, each on a pair of its own (mqtt_factory_lab.experiment.ahead), and
+# wait out their windows side by side while the other experiments run; the experiment that
+# judges a run finds it finished, or waits only for what is left.
+
+
+@dataclass
+class Run:
+    """What a run saw, for the experiment that judges it."""
+
+    pair: BrokerPair
+    #: each broker's log mark when the run began: a failure report shows the run's log lines
+    marks: dict
+    site: RecordingClient
+    cloud: RecordingClient
+    marker: str
+
+
+def clients_on(stack: contextlib.ExitStack, pair: BrokerPair, name: str):
+    """``(site, cloud)``: ``mqtt_client``-like factories for a run, disconnected with it."""
+    site, cloud = ModuleClients(pair.site, f"{name}-site"), ModuleClients(pair.cloud, name)
+    stack.callback(site.close)
+    stack.callback(cloud.close)
+    return site, cloud
+
+
+def watch_a_command_go_out(stack, pair, marks, copies: int, name: str) -> Run:
+    """Publish a command on the site that also matches the bridge's way in; listen for
+    ``copies`` of it there, then QUIET seconds more for one too many."""
+    site_clients, cloud_clients = clients_on(stack, pair, name)
+    marker = uuid.uuid4().hex[:8]
+    site = site_clients()
+    site.subscribe("factory/commands/#", qos=1)
+    cloud = cloud_clients()
+    cloud.subscribe("sites/#", qos=1)
+    command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
+    site.publish("factory/commands/cloud/press-01", command, qos=1)
+    cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
+    with contextlib.suppress(MQTTTimeout):  # the copies that should come, then one too many
+        site.wait_for_messages(copies, carrying(marker), timeout=5)
+        site.wait_for_messages(copies + 1, carrying(marker), timeout=QUIET)
+    site.sync()
+    return Run(pair, marks, site, cloud, marker)
+
+
+def loop_window_run(stack, params, pool, config) -> Run:
+    """The lab's loop bridge with the case's ``settings``: do ``copies`` come back, or more?"""
+    text = LOOP_BRIDGE.format(settings=params["settings"])
+    pair, marks = pair_for_run(stack, pool, config, text=text)
+    return watch_a_command_go_out(stack, pair, marks, params["copies"], "lesson10-loop")
+
+
+def solution_echo_run(stack, solution: Solution, pool, config) -> Run:
+    """The solution's bridge carries a command out that its way in also matches."""
+    pair, marks = pair_for_run(stack, pool, config, bridge_file(solution))
+    site_clients, cloud_clients = clients_on(stack, pair, "lesson10-echo")
+    marker = uuid.uuid4().hex[:8]
+    site = site_clients()
+    site.subscribe("factory/#", qos=1)
+    cloud = cloud_clients()
+    cloud.subscribe("#", qos=1)
+    # A command published on the site matches the out pattern (factory/#) *and*, in the
+    # cloud, the bridge's own in subscription (factory/commands/cloud/#).
+    command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
+    site.publish("factory/commands/cloud/press-01", command, qos=1)
+    cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
+    witness = uuid.uuid4().hex[:8]
+    # Round trips on both brokers after a witness crossed: anything echoed would be here.
+    reading = marked_reading("press-01", witness)
+    site.publish("factory/telemetry/press-01/temperature", reading, 1)
+    cloud.wait_for_message(carrying(witness), timeout=5, why="The bridge carries readings out.")
+    with contextlib.suppress(MQTTTimeout):
+        site.wait_for_messages(2, carrying(marker), timeout=1.0)
+    return Run(pair, marks, site, cloud, marker)
+
+
+@dataclass
+class Outage(Run):
+    """The outage run: ``back`` is head office's subscriber after the cloud came back."""
+
+    back: RecordingClient | None = None
+
+
+def cloud_outage_run(stack, solution: Solution, pool, config) -> Outage:
+    """The cloud goes away while the site publishes an alarm (QoS 1) and a reading (QoS 0)."""
+    pair, marks = pair_for_run(stack, pool, config, bridge_file(solution))
+    site_clients, cloud_clients = clients_on(stack, pair, "lesson10-outage")
+    marker = uuid.uuid4().hex[:8]
+    head_office = f"head-office-{marker}"
+    remote = "#"  # wherever the site's messages land (the prefix is another experiment's)
+    cloud = cloud_clients(client_id=head_office, clean_start=False, session_expiry=600)
+    cloud.subscribe(remote, qos=1)
+    cloud.sync()
+    cloud.disconnect()
+    site = site_clients()
+    # The site learns the cloud is gone when its bridge's connection closes: wait for the
+    # broker's own log line, not for a fixed time.
+    mark = pair.site.log_mark()
+    pair.cloud.stop()
+    pair.site.wait_for_log(
+        r"(closed its connection|Socket error|disconnect)", timeout=10, since=mark
+    )
+    alarm = marked_alarm("press-01", marker)
+    site.publish("factory/alarms/press-01/temperature", alarm, qos=1)
+    reading = marked_reading("press-01", marker)
+    site.publish("factory/telemetry/press-01/temperature", reading, 0)
+    pair.cloud.start()
+
+    back = cloud_clients(client_id=head_office, clean_start=False, session_expiry=600)
+    missing = ""
+    try:
+        back.wait_for_message(
+            lambda m: carrying(marker)(m) and "/alarms/" in m.topic,
+            timeout=RECONNECT_BUDGET,
+            why="An alarm (QoS 1) was published on the site while the cloud was away. The "
+            "site broker keeps the bridge's session with `cleansession false` and queues "
+            "its QoS 1 messages; once the bridge reconnects they must arrive. Nothing came "
+            f"within {RECONNECT_BUDGET:g}s of the cloud's return: with `cleansession true` "
+            "the session, and every alarm of the outage, is discarded. Set `cleansession "
+            "false` (and give the out topic line QoS 1: a bridge subscribed at QoS 0 queues "
+            "nothing).",
+        )
+    except MQTTTimeout as error:
+        missing = str(error)
+    if missing:  # failed outside the handler: the message once, without the timeout under it
+        pytest.fail(missing, pytrace=False)
+    # A reading published now is the witness: the outage's QoS 0 reading would be here
+    # before it.
+    witness = uuid.uuid4().hex[:8]
+    reading = marked_reading("press-01", witness)
+    site.publish("factory/telemetry/press-01/temperature", reading, 0)
+    back.wait_for_message(carrying(witness), timeout=5, why="The bridge is back: readings flow.")
+    return Outage(pair, marks, site, cloud, marker, back)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bridge_runs(request, broker_pool, pytestconfig) -> Iterator[AheadCases]:
+    """The module's runs, one per experiment case; on a serial run all start now, side by side."""
+    solution: list = []
+
+    def with_solution(run):
+        def start(stack, params):
+            if isinstance(solution[0], BaseException):
+                raise solution[0]  # no solution to run: each of its experiments says so
+            return run(stack, solution[0], broker_pool, pytestconfig)
+
+        return start
+
+    if users(request, "solution_echo") or users(request, "cloud_outage"):
+        try:
+            solution.append(request.getfixturevalue("solution"))
+        except pytest.fail.Exception as error:
+            solution.append(error)
+    cases = AheadCases(
+        request,
+        {
+            "loop_window": lambda stack, p: loop_window_run(stack, p, broker_pool, pytestconfig),
+            "solution_echo": with_solution(solution_echo_run),
+            "cloud_outage": with_solution(cloud_outage_run),
+        },
+    )
+    try:
+        cases.start_selected()
+        yield cases
+    finally:
+        cases.close()
+
+
+def _run_of(kind: str):
+    @pytest.fixture(name=kind)
+    def run_of_the_experiment(request, bridge_runs: AheadCases) -> Iterator[Ahead]:
+        key = bridge_runs.start(kind, params_of(request.node))
+        yield bridge_runs.run(key)
+        bridge_runs.finish(key)
+
+    run_of_the_experiment.__doc__ = f"The experiment's own {kind.replace('_', ' ')} run."
+    return run_of_the_experiment
+
+
+loop_window = _run_of("loop_window")
+solution_echo = _run_of("solution_echo")
+cloud_outage = _run_of("cloud_outage")
+
+
+def judged(request, ahead: Ahead) -> Run:
+    """The run's result, its pair remembered for the experiment's failure report."""
+    __tracebackhide__ = True
+    run = ahead.result()
+    remember_pair(request, run.pair, run.marks)
+    return run
 
 
 # -- the solution's bridge --------------------------------------------------------------
@@ -264,53 +465,12 @@ def test_bridge_keeps_each_message_qos(student_bridge, mqtt_client, kind, qos):
 @pytest.mark.broker_needs(RESTART)
 @pytest.mark.spec(mqtt311=["MQTT-3.1.2-4", "MQTT-3.1.2-5"])
 def test_qos1_messages_published_while_the_cloud_is_away_arrive_when_it_returns(
-    student_bridge, mqtt_client
+    cloud_outage, request
 ):
-    pair = student_bridge
-    marker = uuid.uuid4().hex[:8]
-    head_office = f"head-office-{marker}"
-    remote = "#"  # wherever the site's messages land (the prefix is another experiment's)
-    cloud = client_on(
-        mqtt_client, pair.cloud, client_id=head_office, clean_start=False, session_expiry=600
-    )
-    cloud.subscribe(remote, qos=1)
-    cloud.sync()
-    cloud.disconnect()
-    site = client_on(mqtt_client, pair.site)
-    # The site learns the cloud is gone when its bridge's connection closes: wait for the
-    # broker's own log line, not for a fixed time.
-    mark = pair.site.log_mark()
-    pair.cloud.stop()
-    pair.site.wait_for_log(
-        r"(closed its connection|Socket error|disconnect)", timeout=10, since=mark
-    )
-
-    site.publish("factory/alarms/press-01/temperature", marked_alarm("press-01", marker), qos=1)
-    site.publish("factory/telemetry/press-01/temperature", marked_reading("press-01", marker), 0)
-    pair.cloud.start()
-
-    back = client_on(
-        mqtt_client, pair.cloud, client_id=head_office, clean_start=False, session_expiry=600
-    )
-    try:
-        kept = back.wait_for_message(
-            lambda m: carrying(marker)(m) and "/alarms/" in m.topic,
-            timeout=RECONNECT_BUDGET,
-            why="An alarm (QoS 1) was published on the site while the cloud was away. The site "
-            "broker keeps the bridge's session with `cleansession false` and queues its QoS 1 "
-            "messages; once the bridge reconnects they must arrive. Nothing came within "
-            f"{RECONNECT_BUDGET:g}s of the cloud's return: with `cleansession true` the session, "
-            "and every alarm of the outage, is discarded. Set `cleansession false` (and give "
-            "the out topic line QoS 1: a bridge subscribed at QoS 0 queues nothing).",
-        )
-    except MQTTTimeout as error:
-        pytest.fail(str(error), pytrace=False)
-    assert kept.qos == 1
-    # A reading published now is the witness: the outage's QoS 0 reading would be here before it.
-    witness = uuid.uuid4().hex[:8]
-    site.publish("factory/telemetry/press-01/temperature", marked_reading("press-01", witness), 0)
-    back.wait_for_message(carrying(witness), timeout=5, why="The bridge is back: readings flow.")
-    lost = [m for m in back.received(carrying(marker)) if "/telemetry/" in m.topic]
+    run = judged(request, cloud_outage)
+    kept = run.back.received(lambda m: carrying(run.marker)(m) and "/alarms/" in m.topic)
+    assert kept[0].qos == 1
+    lost = [m for m in run.back.received(carrying(run.marker)) if "/telemetry/" in m.topic]
     assert not lost, (
         "The QoS 0 reading published during the outage arrived after it: a broker does not queue "
         "QoS 0 messages for a disconnected client (Mosquitto's queue_qos0_messages false), so "
@@ -353,24 +513,9 @@ def test_bridge_state_is_retained_on_its_notification_topic(student_bridge, mqtt
 
 
 @pytest.mark.solution
-def test_no_message_comes_back_across_the_bridge(student_bridge, mqtt_client):
-    pair = student_bridge
-    marker = uuid.uuid4().hex[:8]
-    site = client_on(mqtt_client, pair.site)
-    site.subscribe("factory/#", qos=1)
-    cloud = client_on(mqtt_client, pair.cloud)
-    cloud.subscribe("#", qos=1)
-    # A command published on the site matches the out pattern (factory/#) *and*, in the cloud,
-    # the bridge's own in subscription (factory/commands/cloud/#).
-    command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
-    site.publish("factory/commands/cloud/press-01", command, qos=1)
-    cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
-    witness = uuid.uuid4().hex[:8]
-    # Round trips on both brokers after a witness crossed: anything echoed would be here by now.
-    site.publish("factory/telemetry/press-01/temperature", marked_reading("press-01", witness), 1)
-    cloud.wait_for_message(carrying(witness), timeout=5, why="The bridge carries readings out.")
-    with contextlib.suppress(MQTTTimeout):
-        site.wait_for_messages(2, carrying(marker), timeout=1.0)
+def test_no_message_comes_back_across_the_bridge(solution_echo, request):
+    run = judged(request, solution_echo)
+    site, cloud, marker = run.site, run.cloud, run.marker
     copies = len(site.received(carrying(marker)))
     in_cloud = len(cloud.received(carrying(marker)))
     assert copies == 1 and in_cloud == 1, (
@@ -430,21 +575,10 @@ topic factory/commands/cloud/# in 1 "" sites/{{site}}/
     ],
 )
 def test_how_a_bridge_avoids_getting_its_own_messages_back(
-    bridged_brokers, mqtt_client, settings, copies, why
+    loop_window, request, settings, copies, why
 ):
-    pair = bridged_brokers(text=LOOP_BRIDGE.format(settings=settings))
-    marker = uuid.uuid4().hex[:8]
-    site = client_on(mqtt_client, pair.site)
-    site.subscribe("factory/commands/#", qos=1)
-    cloud = client_on(mqtt_client, pair.cloud)
-    cloud.subscribe("sites/#", qos=1)
-    command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
-    site.publish("factory/commands/cloud/press-01", command, qos=1)
-    cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
-    with contextlib.suppress(MQTTTimeout):  # the copies that should come, then one too many
-        site.wait_for_messages(copies, carrying(marker), timeout=5)
-        site.wait_for_messages(copies + 1, carrying(marker), timeout=QUIET)
-    site.sync()
+    run = judged(request, loop_window)
+    site, marker = run.site, run.marker
     seen = len(site.received(carrying(marker)))
     assert seen == copies, (
         f"With `{settings.replace(chr(10), '`, `')}` the site should see the command {copies} "

@@ -71,7 +71,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,10 +80,27 @@ from prometheus_client.parser import text_string_to_metric_families
 from mqtt_factory_lab.brokers import CONFIG, Broker
 from mqtt_factory_lab.brokers.base import free_port
 from mqtt_factory_lab.contract import validate
+from mqtt_factory_lab.core.bridge import close_brokers
+from mqtt_factory_lab.core.client import RecordingClient
 from mqtt_factory_lab.core.factory import FactoryLauncher
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.core.roles import RoleProcess
-from mqtt_factory_lab.fixtures.factory import or_fail
+from mqtt_factory_lab.core.solution import Solution
+from mqtt_factory_lab.experiment.ahead import (
+    Ahead,
+    AheadCases,
+    ModuleClients,
+    launchers,
+    params_of,
+    users,
+)
+from mqtt_factory_lab.fixtures.brokers import (
+    BROKERS_USED,
+    BrokerPool,
+    broker_or_fail,
+    skip_what_the_module_cannot_run,
+)
+from mqtt_factory_lab.fixtures.factory import LAUNCHERS, or_fail
 
 pytestmark = pytest.mark.lesson(11)
 
@@ -159,32 +177,189 @@ def scrape_until(
     pytest.fail(f"{why}\n  the exporter's metrics:\n{shown}", pytrace=False)
 
 
-@pytest.fixture
-def sys_broker(make_broker: Callable[..., Broker]) -> Broker:
-    """A broker that publishes its $SYS figures every second."""
-    return make_broker("sys")
+def start_sys_broker(
+    request: pytest.FixtureRequest, pool: BrokerPool, stack: contextlib.ExitStack
+) -> Broker:
+    """A broker that publishes its $SYS figures every second, closed with ``stack``.
+
+    Closed promptly (``close_brokers``): an idle Mosquitto acts on SIGTERM only when its
+    100 ms wait for sockets ends.
+    """
+    skip_what_the_module_cannot_run(request, pool, "sys")
+    broker = broker_or_fail(lambda: pool.start("sys"))
+    stack.callback(pool.release, broker)
+    stack.callback(close_brokers, [broker])
+    return broker
+
+
+# -- Runs started ahead --------------------------------------------------------------------
+# Mosquitto publishes $SYS when ``now - sys_interval > last_update`` in whole seconds
+# (sys_tree.c): with ``sys_interval 1`` a round every 2 s. Each $SYS experiment needs a round
+# after its clients connected, and each exporter experiment an exporter that is up. On a serial
+# run every experiment's run starts at the module's first experiment, on a broker of its own,
+# and they wait side by side (mqtt_factory_lab.experiment.ahead.AheadCases); the experiment
+# judges its own run.
+
+
+@dataclass
+class SysRun:
+    """What a $SYS run's clients received, for the experiment that judges it."""
+
+    broker: Broker
+    clients: dict[str, RecordingClient]
+
+
+def judged(request: pytest.FixtureRequest, ahead: Ahead[SysRun]) -> SysRun:
+    """The run's result; a failure report shows its broker's whole log."""
+    __tracebackhide__ = True
+    run = ahead.result()
+    remember(request, run.broker)
+    return run
+
+
+def remember(request: pytest.FixtureRequest, broker: Broker) -> None:
+    """A failure report of the experiment shows ``broker``'s whole log (a run's own broker)."""
+    used = request.node.stash.get(BROKERS_USED, [])
+    request.node.stash[BROKERS_USED] = [*used, (broker, 0)]
+
+
+def sys_figures_run(stack: contextlib.ExitStack, request, pool) -> SysRun:
+    """A watcher of $SYS/broker/# beside a publisher of one retained message."""
+    broker = start_sys_broker(request, pool, stack)
+    clients = ModuleClients(broker, "lesson11-sys")
+    stack.callback(clients.close)
+    watcher = clients()
+    publisher = clients()
+    publisher.publish(f"lab/{uuid.uuid4().hex[:8]}/state/press", b"running", 1, retain=True)
+    watcher.subscribe("$SYS/broker/#", qos=0)
+    for topic, meaning in SYS_FIGURES.items():
+        watcher.wait_for_message(
+            topic,
+            timeout=5,
+            why=f"Mosquitto publishes {topic} ({meaning}) every sys_interval seconds (1 s "
+            "on this broker); a client must subscribe to $SYS/# to get it.",
+        )
+    # The first values came from the broker's store; the next round counts these clients.
+    for topic, at_least, what in (
+        ("$SYS/broker/clients/connected", 2, "the watcher and the publisher are connected"),
+        ("$SYS/broker/retained messages/count", 1, "a retained message was published"),
+    ):
+        watcher.wait_for_message(
+            lambda m, t=topic, n=at_least: m.topic == t and int(m.text) >= n,
+            timeout=5,
+            why=f"{what}, so within a sys_interval (1 s) {topic} should say at least "
+            f"{at_least}; it said: {[m.text for m in watcher.received(topic)]}.",
+        )
+    return SysRun(broker, {"watcher": watcher})
+
+
+def wildcard_watchers_run(stack: contextlib.ExitStack, request, pool, protocol: str) -> SysRun:
+    """Subscribers to ``#``, ``+/broker/#`` and ``$SYS/#`` on one MQTT version, through a round."""
+    broker = start_sys_broker(request, pool, stack)
+    clients = ModuleClients(broker, f"lesson11-hash-{protocol}")
+    stack.callback(clients.close)
+    everything = clients(protocol=protocol)
+    everything.subscribe("#", qos=0)
+    plus = clients(protocol=protocol)
+    plus.subscribe("+/broker/#", qos=0)
+    explicit = clients(protocol=protocol)
+    explicit.subscribe("$SYS/#", qos=0)
+    explicit.wait_for_messages(
+        len(SYS_FIGURES), "$SYS/#", timeout=5, why="$SYS/# gets the broker's figures."
+    )
+    # A $SYS round has gone by too once the explicit subscriber sees more of them.
+    first = len(explicit.received())
+    explicit.wait_for_messages(first + len(SYS_FIGURES), "$SYS/#", timeout=5)
+    for client in (everything, plus):
+        client.sync()
+    return SysRun(broker, {"#": everything, "+/broker/#": plus})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sys_runs(request, broker_pool) -> Iterator[AheadCases]:
+    """The module's $SYS runs, one per experiment case; on a serial run all start now."""
+    solution: list = []
+    if users(request, "exporter"):
+        try:
+            solution.append(request.getfixturevalue("solution"))
+        except pytest.fail.Exception as error:
+            solution.append(error)
+
+    def exporter_of_the_solution(stack: contextlib.ExitStack, params: dict) -> ExporterRun:
+        if isinstance(solution[0], BaseException):
+            raise solution[0]  # no solution to run: each of its experiments says so
+        return exporter_run(stack, request, broker_pool, solution[0])
+
+    cases = AheadCases(
+        request,
+        {
+            "sys_figures": lambda stack, p: sys_figures_run(stack, request, broker_pool),
+            "wildcard_watchers": lambda stack, p: wildcard_watchers_run(
+                stack, request, broker_pool, p["protocol"]
+            ),
+            "exporter": exporter_of_the_solution,
+        },
+    )
+    try:
+        cases.start_selected()
+        yield cases
+    finally:
+        cases.close()
+
+
+def _run_of(kind: str):
+    @pytest.fixture(name=kind)
+    def run_of_the_experiment(request, sys_runs: AheadCases) -> Iterator[Ahead[SysRun]]:
+        key = sys_runs.start(kind, params_of(request.node))
+        yield sys_runs.run(key)
+        sys_runs.finish(key)
+
+    run_of_the_experiment.__doc__ = f"The experiment's own {kind.replace('_', ' ')} run."
+    return run_of_the_experiment
+
+
+sys_figures = _run_of("sys_figures")
+wildcard_watchers = _run_of("wildcard_watchers")
+
+
+@dataclass
+class ExporterRun:
+    """The solution's exporter, ready, on a $SYS broker of its own."""
+
+    launcher: FactoryLauncher
+    process: RoleProcess
+    port: int
+
+
+def exporter_run(stack: contextlib.ExitStack, request, pool, solution: Solution) -> ExporterRun:
+    """Start the solution's exporter on a $SYS broker. The broker comes first, so it stops
+    last: programs stop while it still answers."""
+    broker = start_sys_broker(request, pool, stack)
+    (launcher,) = launchers(request.config, solution, broker, ["5"]).values()
+    stack.enter_context(launcher)
+    port = free_port()
+    process = launcher.start_role("exporter", f"exporter-{uuid.uuid4().hex[:6]}", metrics_port=port)
+    return ExporterRun(launcher, process, port)
 
 
 @pytest.fixture
 def exporter(
-    sys_broker: Broker, factory_launcher: Callable[..., FactoryLauncher]
-) -> Callable[[], tuple[FactoryLauncher, RoleProcess, int]]:
-    """Start the solution's exporter on the $SYS broker: ``launcher, process, port = exporter()``.
-
-    The broker comes first, so it stops last: programs stop while it still answers.
-    """
+    request: pytest.FixtureRequest, sys_runs: AheadCases
+) -> Iterator[Callable[[], tuple[FactoryLauncher, RoleProcess, int]]]:
+    """The experiment's exporter, started ahead: ``launcher, process, port = exporter()``
+    (a program that would not start fails the experiment with its output)."""
+    key = sys_runs.start("exporter", params_of(request.node))
 
     def start() -> tuple[FactoryLauncher, RoleProcess, int]:
-        launcher = factory_launcher(sys_broker)
-        port = free_port()
-        process = or_fail(
-            lambda: launcher.start_role(
-                "exporter", f"exporter-{uuid.uuid4().hex[:6]}", metrics_port=port
-            )
-        )
-        return launcher, process, port
+        __tracebackhide__ = True
+        run = sys_runs.run(key).result()
+        # a failure report shows the exporter's output and its broker's whole log
+        request.node.stash[LAUNCHERS] = [run.launcher]
+        remember(request, run.launcher.broker)
+        return run.launcher, run.process, run.port
 
-    return start
+    yield start
+    sys_runs.finish(key)
 
 
 def alarm(device: str, ts: float, value: float = 231.5) -> dict:
@@ -210,51 +385,20 @@ def alarm(device: str, ts: float, value: float = 231.5) -> dict:
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.rule("may")  # $SYS is a convention of brokers, not of the specifications
-def test_sys_topics_report_clients_messages_retained_and_uptime(sys_broker, mqtt_client):
-    watcher = mqtt_client(broker=sys_broker)
-    publisher = mqtt_client(broker=sys_broker)
-    publisher.publish(f"lab/{uuid.uuid4().hex[:8]}/state/press", b"running", qos=1, retain=True)
-    watcher.subscribe("$SYS/broker/#", qos=0)
-    for topic, meaning in SYS_FIGURES.items():
-        message = watcher.wait_for_message(
-            topic,
-            timeout=5,
-            why=f"Mosquitto publishes {topic} ({meaning}) every sys_interval seconds (1 s on "
-            "this broker); a client must subscribe to $SYS/# to get it.",
-        )
+def test_sys_topics_report_clients_messages_retained_and_uptime(sys_figures, request):
+    watcher = judged(request, sys_figures).clients["watcher"]
+    for topic in SYS_FIGURES:
+        message = watcher.received(topic)[0]
         figure = message.text.split()[0]
         assert figure.isdigit(), f"{topic} should be a number, got {message.text!r}"
-    # The first values came from the broker's store; the next round counts these clients.
-    for topic, at_least, what in (
-        ("$SYS/broker/clients/connected", 2, "the watcher and the publisher are connected"),
-        ("$SYS/broker/retained messages/count", 1, "a retained message was published"),
-    ):
-        watcher.wait_for_message(
-            lambda m, t=topic, n=at_least: m.topic == t and int(m.text) >= n,
-            timeout=5,
-            why=f"{what}, so within a sys_interval (1 s) {topic} should say at least {at_least}; "
-            f"it said: {[m.text for m in watcher.received(topic)]}.",
-        )
 
 
 @pytest.mark.broker
 @pytest.mark.broker_needs(CONFIG)
 @pytest.mark.spec("MQTT-4.7.2-1")
-def test_hash_subscription_does_not_receive_sys_topics(sys_broker, mqtt_client, protocol):
-    everything = mqtt_client(broker=sys_broker, protocol=protocol)
-    everything.subscribe("#", qos=0)
-    plus = mqtt_client(broker=sys_broker, protocol=protocol)
-    plus.subscribe("+/broker/#", qos=0)
-    explicit = mqtt_client(broker=sys_broker, protocol=protocol)
-    explicit.subscribe("$SYS/#", qos=0)
-    explicit.wait_for_messages(
-        len(SYS_FIGURES), "$SYS/#", timeout=5, why="$SYS/# gets the broker's figures."
-    )
-    # Two more $SYS rounds (sys_interval 1) have gone by once the explicit subscriber sees them.
-    first = len(explicit.received())
-    explicit.wait_for_messages(first + len(SYS_FIGURES), "$SYS/#", timeout=5)
-    for client, pattern in ((everything, "#"), (plus, "+/broker/#")):
-        client.sync()
+def test_hash_subscription_does_not_receive_sys_topics(wildcard_watchers, request, protocol):
+    run = judged(request, wildcard_watchers)
+    for pattern, client in run.clients.items():
         leaked = [m for m in client.received() if m.topic.startswith("$")]
         assert not leaked, (
             f"A subscription to {pattern} received {leaked[0].topic}. A topic filter starting "

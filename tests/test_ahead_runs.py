@@ -22,6 +22,7 @@ from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_unt
 from mqtt_factory_lab.core.roles import RoleError, RoleProcess
 from mqtt_factory_lab.experiment.ahead import (
     Ahead,
+    AheadCases,
     ModuleClients,
     per_protocol,
     seconds_left,
@@ -239,3 +240,73 @@ def test_dropped_device_that_never_reconnects_fails_with_its_output() -> None:
             run.wait_reconnected(0.2)
     finally:
         program.close()
+
+
+# -- AheadCases --------------------------------------------------------------------------------
+
+
+def cases_request(items: list, *, worker: bool = False) -> SimpleNamespace:
+    config = SimpleNamespace(workerinput={}) if worker else SimpleNamespace()
+    return SimpleNamespace(session=SimpleNamespace(items=items), path=LESSON, config=config)
+
+
+def repetition(n: int, fixtures: tuple[str, ...] = ("outage",)) -> SimpleNamespace:
+    return SimpleNamespace(
+        path=LESSON, fixturenames=fixtures, callspec=SimpleNamespace(params={"lab_repetition": n})
+    )
+
+
+def test_ahead_cases_give_each_repetition_a_run_of_its_own() -> None:
+    started: list[dict] = []
+    closed: list[dict] = []
+
+    def start(stack: contextlib.ExitStack, params: dict) -> dict:
+        started.append(params)
+        stack.callback(closed.append, params)
+        return params
+
+    cases = AheadCases(cases_request([repetition(1), repetition(2)]), {"outage": start})
+    cases.start_selected()
+    first = cases.start("outage", {"lab_repetition": 1})
+    assert cases.start("outage", {"lab_repetition": 1}) == first, "a case starts once"
+    assert cases.run(first).result() == {"lab_repetition": 1}
+    second = cases.start("outage", {"lab_repetition": 2})
+    assert cases.run(second).result() == {"lab_repetition": 2}
+    assert sorted(p["lab_repetition"] for p in started) == [1, 2]
+
+    cases.finish(first).join()
+    assert closed == [{"lab_repetition": 1}], "finish closes that run alone"
+    cases.close()
+    assert len(closed) == 2, "close waits until every run is closed"
+
+
+def test_ahead_cases_start_nothing_ahead_on_an_xdist_worker() -> None:
+    started: list[dict] = []
+    request = cases_request([repetition(1)], worker=True)
+    cases = AheadCases(request, {"outage": lambda stack, p: started.append(p)})
+    cases.start_selected()
+    assert started == [] and not cases._runs, "another worker may judge the sibling cases"
+    cases.close()
+
+
+def test_ahead_cases_set_up_at_most_at_once_runs_together() -> None:
+    import threading
+
+    busy, most = [0], [0]
+    lock = threading.Lock()
+
+    def start(stack: contextlib.ExitStack, params: dict) -> None:
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.05)  # a run setting itself up: the slots are what is measured
+        with lock:
+            busy[0] -= 1
+
+    items = [repetition(n) for n in range(6)]
+    cases = AheadCases(cases_request(items), {"outage": start}, at_once=2)
+    cases.start_selected()
+    for n in range(6):
+        cases.run(cases.start("outage", {"lab_repetition": n})).result()
+    cases.close()
+    assert most[0] <= 2

@@ -164,3 +164,37 @@ def test_on_docker_host_networking_the_site_dials_the_clouds_loopback_port(docke
     conf = pair.cloud.rendered.files["mosquitto.conf"].read_text()
     assert f"listener {pair.cloud.port} 127.0.0.1" in conf.splitlines(), conf
     assert "connection cloud" in pair.site.rendered.files["conf.d/zz-extra.conf"].read_text()
+
+
+# -- closing a pair ---------------------------------------------------------------------------
+
+
+def test_close_brokers_stops_local_brokers_and_knocks_on_no_container(monkeypatch):
+    import socket
+
+    from mqtt_factory_lab.brokers import create_broker
+    from mqtt_factory_lab.core import bridge
+
+    knocked: list[tuple] = []
+    real = socket.create_connection
+
+    def recording(address, *args, **kwargs):
+        knocked.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(bridge.socket, "create_connection", recording)
+
+    class Container:  # a docker broker: no child process, closed by the engine
+        host, port, closed = "127.0.0.1", 9, False
+
+        def close(self) -> None:
+            self.closed = True
+
+    local = [create_broker("local", "open") for _ in range(2)]
+    for broker in local:
+        broker.start()
+    container = Container()
+    bridge.close_brokers([*local, container])
+
+    assert container.closed and not any(b.is_running() for b in local)
+    assert ("127.0.0.1", 9) not in knocked, "a container is not knocked on"

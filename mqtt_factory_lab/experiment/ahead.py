@@ -239,3 +239,86 @@ def launchers(
         )
         for protocol in protocols
     }
+
+
+def params_of(item: Any) -> dict[str, Any]:
+    """An experiment's parameters (``{}`` when it has none)."""
+    return dict(getattr(getattr(item, "callspec", None), "params", {}))
+
+
+class AheadCases:
+    """One :class:`Ahead` run per experiment *case*: its kind and every parameter of it, the
+    slow lane's repetitions (``lab_repetition``) included, so a repeated verdict is never one
+    run judged many times.
+
+    :param request: the module-scoped fixture's request.
+    :param starts: ``{kind: start(stack, params)}``; ``kind`` is the name of the function-scoped
+        fixture through which an experiment asks for its run (see :meth:`start_selected`).
+    :param at_once: how many runs set themselves up at a time (the others queue): twenty
+        repetitions of a two-broker run must not starve a two-core machine.
+
+    On a serial run :meth:`start_selected` starts every selected case at once; under xdist
+    another worker may run a sibling case, so each experiment starts only its own there.
+    Each experiment's fixture calls :meth:`start` (a no-op when its run is under way), judges
+    ``run(key).result()`` and :meth:`finish` es it, which closes it while the next experiment
+    runs; :meth:`close`, with the module, waits until every run is closed.
+    """
+
+    def __init__(
+        self,
+        request: pytest.FixtureRequest,
+        starts: dict[str, Callable[[contextlib.ExitStack, dict[str, Any]], Any]],
+        at_once: int = 6,
+    ) -> None:
+        self._request = request
+        self._starts = starts
+        self._runs: dict[tuple, Ahead[Any]] = {}
+        self._slots = threading.BoundedSemaphore(at_once)
+        self._lock = threading.Lock()
+        self._closing: list[threading.Thread] = []
+
+    @staticmethod
+    def key(kind: str, params: dict[str, Any]) -> tuple:
+        return (kind, tuple(sorted((n, repr(v)) for n, v in params.items())))
+
+    def start(self, kind: str, params: dict[str, Any]) -> tuple:
+        """Start the ``kind`` run for an experiment with ``params`` unless it is under way."""
+        key = self.key(kind, params)
+        with self._lock:
+            if key not in self._runs:
+                self._runs[key] = Ahead(lambda stack: self._start(stack, kind, params))
+        return key
+
+    def _start(self, stack: contextlib.ExitStack, kind: str, params: dict[str, Any]) -> Any:
+        with self._slots:
+            return self._starts[kind](stack, params)
+
+    def run(self, key: tuple) -> Ahead[Any]:
+        return self._runs[key]
+
+    def start_selected(self) -> None:
+        """On a serial run, start the run of every selected experiment of the module."""
+        if hasattr(self._request.config, "workerinput"):
+            return
+        for kind in self._starts:
+            for item in users(self._request, kind):
+                self.start(kind, params_of(item))
+
+    def finish(self, key: tuple) -> threading.Thread | None:
+        """Close the run of ``key`` (its brokers, programs and clients) in the background, while
+        the next experiment runs; :meth:`close` waits for it. Returns the closing thread."""
+        with self._lock:
+            run = self._runs.pop(key, None)
+        if run is None:
+            return None
+        closing = threading.Thread(target=run.close, name="mqtt-lab-ahead-close", daemon=True)
+        closing.start()
+        self._closing.append(closing)
+        return closing
+
+    def close(self) -> None:
+        """Close every run still open, and wait until every run is closed."""
+        for key in list(self._runs):
+            self.finish(key)
+        for closing in self._closing:
+            closing.join()

@@ -685,6 +685,9 @@ class SideBySide:
             gate = getattr(other, "under_way", None)
             if gate is not None:
                 gate.wait(AFTER_AT_MOST)
+        abandoned = getattr(case, "abandoned", None)
+        if isinstance(abandoned, threading.Event) and abandoned.is_set():
+            return case  # the module ended while it waited: nothing to start
         try:
             return case.run()
         finally:

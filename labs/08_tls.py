@@ -384,9 +384,13 @@ def test_solution_machines_connect_with_their_certificates_and_keep_to_their_top
     round_trip(dashboard)
     mark = broker.log_mark()
     launcher: FactoryLauncher = machine_launcher(broker, protocol=protocol)
+    # the three programs start together: each waits on its own TLS handshake, not the others'
     devices = [
         start_or_fail(
-            lambda kind=kind: launcher.start_device(kind, f"{kind}-01"), f"the {kind}", broker, mark
+            lambda kind=kind: launcher.start_device(kind, f"{kind}-01", wait_online=False),
+            f"the {kind}",
+            broker,
+            mark,
         )
         for kind in ("press", "oven")
     ]
@@ -396,6 +400,8 @@ def test_solution_machines_connect_with_their_certificates_and_keep_to_their_top
         broker,
         mark,
     )
+    for device in devices:
+        start_or_fail(lambda d=device: launcher.wait_online(d), f"the {device.kind}", broker, mark)
     press = devices[0]
     commands, state = f"factory/commands/dashboard/{press.device_id}", press.topic("state")
     dashboard.publish(commands, {"command": "stop", "reason": "lesson 08"}, qos=1)

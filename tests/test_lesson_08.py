@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from mqtt_factory_lab.brokers.config import BrokerConfigError, render
 from mqtt_factory_lab.brokers.tls import broker_tls
 from mqtt_factory_lab.core.certificates import LabCertificates, common_name, not_after
 from mqtt_factory_lab.core.paths import DOCKER_DIR
+from mqtt_factory_lab.fixtures.tls import StoppedLater
 
 LESSON = "labs/08_tls.py"
 BROKEN = Path(__file__).parent / "broken"
@@ -244,3 +246,18 @@ def test_an_unusable_certificate_file_is_one_sentence_in_the_reference_device(tm
     output = done.stdout + done.stderr
     assert done.returncode != 0 and says in output, output
     assert "Traceback" not in output and "_ssl.c" not in output, output
+
+
+def test_stopped_later_stops_a_broker_after_its_programs_and_waits_for_all_at_close():
+    stopper, program_stopping, order = StoppedLater(), threading.Event(), []
+
+    def program() -> None:
+        program_stopping.wait(10)
+        order.append("program")
+
+    stopper(program)
+    stopper(lambda: order.append("broker"), after_the_rest=True)
+    stopper(lambda: order.append("other program"))  # not held up by the broker
+    program_stopping.set()
+    stopper.close()
+    assert order.index("program") < order.index("broker") and len(order) == 3, order

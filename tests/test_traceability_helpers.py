@@ -103,6 +103,26 @@ def test_side_by_side_abandons_a_case_the_module_no_longer_waits_for() -> None:
     assert cases.case("slow").abandoned and cases.case("slow").closed
 
 
+def test_side_by_side_starts_a_short_case_once_the_long_ones_are_under_way() -> None:
+    cases = SideBySide()
+    long = FakeCase(threading.Event())
+    long.under_way = threading.Event()  # type: ignore[attr-defined]
+    short = FakeCase(threading.Barrier(1))
+    ran = threading.Event()
+    short.run = lambda: (ran.set(), short)[1]  # type: ignore[method-assign]
+    try:
+        cases.start("long", lambda: long)
+        cases.start("short", lambda: short, after=["long", "not started"])
+        assert cases.started() == ["long", "short"]
+        assert not ran.wait(0.3), "the short case began before the long one was under way"
+        long.under_way.set()  # type: ignore[attr-defined]
+        assert ran.wait(5) and cases.result("short", timeout=5) is short
+        assert not cases.result("short").abandoned
+    finally:
+        long.released.set()
+        cases.close()
+
+
 # -- core.traceability scenarios, with the reference solution -------------------------------
 
 

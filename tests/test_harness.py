@@ -447,6 +447,23 @@ def test_a_broker_killed_mid_test_is_reported_as_not_running_with_its_log(tmp_pa
     assert_nothing_left(child_tmp, [], "finished")
 
 
+@needs_mosquitto
+def test_a_stopped_broker_ends_on_its_sigterm_and_logs_nothing_else(local_mosquitto):
+    """The fast stop (SIGTERM, then SIGSTOP/SIGCONT to end the broker's blocked wait) is still
+    a clean stop: exit status 0, and the log's last line is Mosquitto's own farewell."""
+    broker = local_mosquitto("open")
+    process = broker.process
+    connections = broker.log().count("New connection")
+    broker.stop()
+
+    assert process.process.returncode == 0, (
+        f"the broker must exit on its SIGTERM (status 0), not be killed: {process.process.returncode}"
+    )
+    last = broker.log().strip().splitlines()[-1]
+    assert last.endswith("terminating"), f"nothing may follow the broker's farewell: {last!r}"
+    assert broker.log().count("New connection") == connections, "stopping must not connect to it"
+
+
 # -- restarting --------------------------------------------------------------------------
 
 

@@ -23,10 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
-import time
 import uuid
-from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +37,6 @@ BRIDGE_TEMPLATE = DOCKER_DIR / "variants" / "bridge.conf"
 PLACEHOLDERS = ("cloud_host", "cloud_port", "site")
 #: the cloud container's name on the pair's docker network
 CLOUD_ALIAS = "cloud"
-#: how long :func:`close_brokers` keeps waking brokers that were told to stop
-WAKE_FOR = 1.0
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -173,39 +169,15 @@ class BrokerPair:
 
 
 def close_brokers(brokers: tuple[Broker, ...] | list[Broker]) -> None:
-    """Close ``brokers`` at once, each woken so that it stops as soon as it is told to.
-
-    Mosquitto 2.0 blocks signals while it waits for its sockets (``epoll_wait`` with a 100 ms
-    timeout, ``mux_epoll.c``), so an idle broker acts on SIGTERM only up to 100 ms later. A
-    connection to its listener ends that wait: the lab knocks on the port of each local broker
-    still running until it is gone (a closed or refused connection costs nothing); a docker
-    broker is closed as before.
-    """
+    """Close ``brokers`` at once (a local broker stops in a few ms, see
+    :func:`~mqtt_factory_lab.brokers.local.wake_to_stop`; a container in the engine's time)."""
 
     def close(broker: Broker) -> None:
         with contextlib.suppress(Exception):
             broker.close()
 
     with ThreadPoolExecutor(max_workers=max(1, len(brokers))) as pool:
-        closing = {broker: pool.submit(close, broker) for broker in brokers}
-        deadline = time.monotonic() + WAKE_FOR
-        while time.monotonic() < deadline:
-            waiting = [b for b, f in closing.items() if not f.done()]
-            if not waiting:
-                break
-            for broker in waiting:
-                knock(broker)
-            wait(list(closing.values()), timeout=0.01, return_when=ALL_COMPLETED)
-
-
-def knock(broker: Broker) -> None:
-    """Open and close a TCP connection to a local broker's process that is still running (see
-    :func:`close_brokers`). A container is the engine's to stop (and asking it whether the
-    container runs is an API call), so only a broker with a child process is knocked on."""
-    process = getattr(broker, "process", None)
-    with contextlib.suppress(Exception):
-        if process is not None and process.is_running():
-            socket.create_connection((broker.host, broker.port), timeout=0.05).close()
+        list(pool.map(close, brokers))
 
 
 def docker_on_network(variant: str, *, pair: BrokerPair, alias: str, **options: Any) -> Broker:

@@ -154,7 +154,8 @@ class ClassGrader:
 
         One ``--collect-only`` child for the lessons and one for the hidden experiments (which
         run without the marker filter), at once: each is mostly interpreter and plugin
-        start-up.
+        start-up. They write the bytecode of the lessons and the plugin, which every
+        submission's child then reads instead of compiling and rewriting them again.
         """
         groups = [(files, extra) for files, extra in self._groups() if files]
         with ThreadPoolExecutor(max_workers=max(1, len(groups)), thread_name_prefix="plan") as pool:
@@ -171,10 +172,14 @@ class ClassGrader:
             files, _reference_manifest(), self._tmp / f"plan-{name}.jsonl", extra
         )
         command = [c for c in command if not c.startswith("--solution=")]
+        # The one child that writes bytecode: the lessons' (assertion-rewritten) and the
+        # plugin's, in the grader's copies; the children of every submission read it.
+        env = self.units.environment("plan", "")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         done = subprocess.run(
             [*command, "--collect-only", f"--points-plan={plan}"],
             cwd=self._tmp,
-            env=self.units.environment("plan", ""),
+            env=env,
             capture_output=True,
             text=True,
             timeout=120,

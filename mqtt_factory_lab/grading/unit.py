@@ -56,6 +56,14 @@ class UnitResult:
     killed_leftovers: int = 0
     log_tail: str = ""
     experiments: list[Experiment] = field(default_factory=list)
+    #: the child's start-up before this lesson's first experiment (interpreter, plugin,
+    #: collection), wall and CPU seconds: only the first lesson of a child has one
+    startup_seconds: float = 0.0
+    startup_cpu_seconds: float = 0.0
+    #: CPU seconds of the lesson (start to end): the child pytest's own, and its programs'
+    #: (brokers, student programs)
+    cpu_seconds: float = 0.0
+    programs_cpu_seconds: float = 0.0
 
 
 class Cancelled(Exception):
@@ -295,6 +303,8 @@ class _Watch:
         self.events_path = events
         self.jsonl = jsonl
         self.started = started
+        #: the same moment on the wall clock (the child's events carry wall-clock times)
+        self.started_wall = time.time() - (time.monotonic() - started)
         self.lesson_started = started
         self.events: list[dict[str, Any]] = []
         self._offset = 0
@@ -322,6 +332,24 @@ class _Watch:
             if size != self._jsonl_size:
                 self._jsonl_size = size
                 self.experiments = self.jsonl.read_bytes().count(b"\n")
+
+    def _costs(self, start: dict[str, Any], stop: dict[str, Any]) -> dict[str, float]:
+        """A finished lesson's CPU (and, for a child's first lesson, the child's start-up)."""
+
+        def cpu(event: dict[str, Any], key: str) -> float:
+            return float(event.get(key, 0.0))
+
+        costs = {
+            "cpu_seconds": round(cpu(stop, "cpu") - cpu(start, "cpu"), 3),
+            "programs_cpu_seconds": round(
+                cpu(stop, "cpu_programs") - cpu(start, "cpu_programs"), 3
+            ),
+        }
+        first = next((e for e in self.events if e.get("event") == "start"), None)
+        if first is start:
+            costs["startup_cpu_seconds"] = round(cpu(start, "cpu") + cpu(start, "cpu_programs"), 3)
+            costs["startup_seconds"] = round(max(0.0, float(start["t"]) - self.started_wall), 3)
+        return costs
 
     def experiments_changed(self) -> bool:
         changed = self.experiments != self._reported
@@ -381,6 +409,7 @@ class _Watch:
                     seconds=float(stop["t"]) - float(start["t"]),
                     killed_leftovers=int(stop.get("killed", 0)),
                     log_tail=_tail(part.decode(errors="replace"), 40), experiments=mine,
+                    **self._costs(start, stop),
                 ))  # fmt: skip
             elif name in errors or (name != last and name not in starts):
                 # not collected (its error is its last output), or nothing of it selected

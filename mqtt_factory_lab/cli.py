@@ -15,7 +15,6 @@ Another subcommand is one more ``add_parser`` in :func:`build_parser` and a func
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -44,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-j",
         "--jobs",
         type=int,
-        default=os.cpu_count() or 1,
-        help="submissions graded at once (default: the number of cores, %(default)s)",
+        default=None,
+        help="submissions graded at once (default: three per core, as memory allows: "
+        "the lessons wait more than they compute)",
     )
     grade.add_argument(
         "--lessons",

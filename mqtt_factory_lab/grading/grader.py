@@ -30,7 +30,12 @@ from mqtt_factory_lab.core.solution import ManifestError, load
 from mqtt_factory_lab.grading import sandbox
 from mqtt_factory_lab.grading.points import Experiment, lesson_key, read_plan
 from mqtt_factory_lab.grading.sandbox import ReadableRuntime
-from mqtt_factory_lab.grading.settings import GradingError, Settings, content_hash
+from mqtt_factory_lab.grading.settings import (
+    GradingError,
+    Settings,
+    content_hash,
+    default_jobs,
+)
 from mqtt_factory_lab.grading.submission import (
     SubmissionResult,
     SubmissionTooLarge,
@@ -57,7 +62,7 @@ class ClassGrader:
                 "running): pip install 'psutil>=7'"
             )
         self.out = out
-        self.jobs = max(1, jobs or os.cpu_count() or 1)
+        self.jobs = max(1, jobs or default_jobs())
         self.runs = out / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
         self.fingerprint = settings.fingerprint()

@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a lesson may take per submission before it is stopped (default 180)",
     )
     grade.add_argument(
+        "--submission-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds a whole submission may take before it is stopped, the lessons it did "
+        "not get to scored 0 (default 600; 0: only the lessons' limits)",
+    )
+    grade.add_argument(
         "--test-timeout",
         type=float,
         default=60.0,
@@ -209,6 +217,7 @@ def run_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         extra_tests=tuple(extra),
         marker=args.select,
         lesson_timeout=args.lesson_timeout,
+        submission_timeout=args.submission_timeout or None,
         test_timeout=args.test_timeout,
         limits=Limits(
             cpu_seconds=args.cpu_seconds,

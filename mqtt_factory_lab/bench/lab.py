@@ -12,8 +12,9 @@ Parts (``--only``, repeatable): ``broker`` (ready time), ``factory`` (device sta
 ``run_all`` throughput), ``lessons`` (each lesson module, then all of ``labs/`` serially),
 ``ingest`` (the data center ``python -m sim.datacenter`` and a bare paho subscriber on the
 same full-speed QoS 1 stream, side by side in one run: rates and their ratio, records lost
-and duplicated), ``grading`` (``mqtt-lab grade`` of a small class, every lesson: the
-grader's set-up, seconds per submission, a class of 30 projected, the load average).
+and duplicated), ``grading`` (``mqtt-lab grade`` of a small class, every lesson — or of
+``--grading-class-size N`` copies — the grader's set-up, grading time per submission in wall
+and CPU seconds and what it is made of, a class of 30 projected, the load average).
 
 Ready time is measured from starting the broker to its first accepted MQTT
 CONNECT. Lesson wall times are whole ``pytest`` runs in a subprocess, so they

@@ -229,6 +229,8 @@ class ClassGrader:
         experiments: list[Experiment] = []
         units: list[dict[str, Any]] = []
         finished = 0
+        limit = self.settings.submission_timeout
+        deadline = started + limit if limit else None
 
         def advanced(count: int) -> None:
             if progress is not None:
@@ -239,8 +241,9 @@ class ClassGrader:
                 if not files:
                     continue
                 ran = self.units.run_lessons(
-                    files, copy / "solution.toml", work, slot, extra, on_experiment=advanced
-                )
+                    files, copy / "solution.toml", work, slot, extra,
+                    on_experiment=advanced, deadline=deadline,
+                )  # fmt: skip
                 for unit in ran:
                     experiments += merge_with_plan(
                         self.plan[unit.file], unit.experiments, unit_reason(unit, self.settings)
@@ -255,7 +258,15 @@ class ClassGrader:
             exp.message = exp.message.replace(str(copy), student)
             exp.output = {k: v.replace(str(copy), student) for k, v in exp.output.items()}
         problems = []
+        stopped = next((u for u in units if u["out_of_time"]), None)
+        if stopped is not None:  # once: the lessons after it were not run
+            where = "during" if stopped["timed_out"] else "before"
+            problems.append(
+                f"stopped at the submission's time limit ({limit:g} s) {where} {stopped['file']}"
+            )
         for unit_record in units:
+            if unit_record["out_of_time"]:
+                continue
             if unit_record["timed_out"]:
                 problems.append(
                     f"{unit_record['file']}: stopped after {self.settings.lesson_timeout:g} s"

@@ -67,6 +67,10 @@ class Settings:
     extra_tests: tuple[Path, ...] = ()
     marker: str = "solution"
     lesson_timeout: float = 180.0
+    #: seconds a whole submission may take (every lesson and hidden experiment); ``None``:
+    #: no limit but the lessons'. A hanging submission otherwise holds its slot for up to
+    #: one ``lesson_timeout`` per lesson.
+    submission_timeout: float | None = 600.0
     test_timeout: float = 60.0
     limits: Limits = field(default_factory=Limits)
     backend: str = "local"
@@ -87,6 +91,7 @@ class Settings:
         settings = {
             "marker": self.marker,
             "lesson_timeout": self.lesson_timeout,
+            "submission_timeout": self.submission_timeout,
             "test_timeout": self.test_timeout,
             "limits": asdict(self.limits),
             "backend": self.backend,

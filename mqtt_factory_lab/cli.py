@@ -15,7 +15,6 @@ Another subcommand is one more ``add_parser`` in :func:`build_parser` and a func
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -44,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-j",
         "--jobs",
         type=int,
-        default=os.cpu_count() or 1,
-        help="submissions graded at once (default: the number of cores, %(default)s)",
+        default=None,
+        help="submissions graded at once (default: three per core, as memory allows: "
+        "the lessons wait more than they compute)",
     )
     grade.add_argument(
         "--lessons",
@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=180.0,
         metavar="S",
         help="seconds a lesson may take per submission before it is stopped (default 180)",
+    )
+    grade.add_argument(
+        "--submission-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds a whole submission may take before it is stopped, the lessons it did "
+        "not get to scored 0 (default 600; 0: only the lessons' limits)",
     )
     grade.add_argument(
         "--test-timeout",
@@ -209,6 +217,7 @@ def run_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         extra_tests=tuple(extra),
         marker=args.select,
         lesson_timeout=args.lesson_timeout,
+        submission_timeout=args.submission_timeout or None,
         test_timeout=args.test_timeout,
         limits=Limits(
             cpu_seconds=args.cpu_seconds,

@@ -519,3 +519,29 @@ def test_a_crashing_or_hanging_unit_costs_only_its_own_verdict(tmp_path: Path) -
     assert len(set(tokens)) == 4 and tokens[2] == tokens[3], tokens
     assert run["problem"] == "c_hangs.py: stopped after 15 s", run["problem"]
     assert not grading_processes(set(tokens))
+
+
+def test_a_hanging_submission_costs_its_own_time_limit_and_the_rest_go_on(tmp_path: Path) -> None:
+    """A submission that hangs in every lesson is stopped at its own limit (not one lesson
+    limit per lesson): the lessons it did not get to score 0 with that reason, and a
+    submission graded beside it keeps its points."""
+    submissions = tmp_path / "submissions"
+    shutil.copytree(CLASS / "hangs", submissions / "hangs")
+    shutil.copytree(CLASS / "reference", submissions / "reference", symlinks=True)
+    out = tmp_path / "out"
+    subprocess.run(
+        [sys.executable, "-m", "mqtt_factory_lab.grading", str(submissions), "--out", str(out),
+         "--lessons", "02,03", "-j", "2", "--quiet", "--lesson-timeout", "120",
+         "--submission-timeout", "20"],
+        check=True, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    hangs = json.loads((out / "runs" / "hangs.json").read_text())
+    assert hangs["problem"].startswith("stopped at the submission's time limit (20 s)"), hangs
+    assert hangs["seconds"] < 20 + 10 + 15, hangs["seconds"]  # its limit, the grace, no more
+    units = {unit["file"]: unit for unit in hangs["units"]}
+    assert units["03_retained.py"]["out_of_time"], units  # never a lesson limit of 120 s
+    not_run = [e for e in hangs["experiments"] if e["outcome"] == "not run"]
+    assert not_run and all("time limit of 20 s" in e["message"] for e in not_run), not_run
+    assert hangs["score"] == 0
+    reference = json.loads((out / "runs" / "reference.json").read_text())
+    assert reference["score"] == reference["max_score"] > 0, reference["problem"]

@@ -16,8 +16,15 @@ from mqtt_factory_lab.core.roles import RoleError, RoleProcess
 from mqtt_factory_lab.grading.points import Experiment
 from mqtt_factory_lab.grading.progress import Progress
 from mqtt_factory_lab.grading.report import html_report, markdown, write_gradebook, write_reports
-from mqtt_factory_lab.grading.settings import GradingError, content_hash, discover_lessons, shard
+from mqtt_factory_lab.grading.settings import (
+    GradingError,
+    content_hash,
+    default_jobs,
+    discover_lessons,
+    shard,
+)
 from mqtt_factory_lab.grading.submission import SubmissionResult, merge_with_plan
+from mqtt_factory_lab.grading.unit import _Watch
 
 SHOW_LIMITS = (
     "import resource\n"
@@ -249,3 +256,34 @@ def test_the_index_page_links_every_report(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
         "amy.html", "amy.md", "bob.html", "bob.md",
     ]  # fmt: skip
+
+
+def test_jobs_default_to_three_per_core_as_memory_allows() -> None:
+    gib = 2**30
+    assert default_jobs(cores=2, available=24 * gib) == 6
+    assert default_jobs(cores=2, available=int(2.5 * gib)) == 2  # a GiB per submission
+    assert default_jobs(cores=8, available=gib // 4) == 1  # never none
+    assert default_jobs() >= 1
+
+
+def test_a_lessons_cpu_and_the_childs_start_up_come_from_its_events(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    t = 1_000_000.0
+    lines = [
+        {"event": "start", "file": "01_a.py", "t": t + 1.5, "log": 0, "cpu": 1.2, "cpu_programs": 0.1},
+        {"event": "end", "file": "01_a.py", "t": t + 4, "log": 0, "cpu": 2.0, "cpu_programs": 3.1},
+        {"event": "start", "file": "02_b.py", "t": t + 4.2, "log": 0, "cpu": 2.1, "cpu_programs": 3.1},
+        {"event": "end", "file": "02_b.py", "t": t + 6, "log": 0, "cpu": 2.6, "cpu_programs": 4.1},
+    ]  # fmt: skip
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    watch = _Watch(events, tmp_path / "jsonl", started=0.0)
+    watch.started_wall = t  # the child was launched at t
+    watch.read()
+    first, second = watch.results(
+        [Path("01_a.py"), Path("02_b.py")], [], "", token="x", returncode=0,
+        timed_out=False, cancelled=False, killed=0, ended=0.0,
+    )  # fmt: skip
+    assert (first.startup_seconds, first.startup_cpu_seconds) == (1.5, 1.3)
+    assert (first.cpu_seconds, first.programs_cpu_seconds) == (0.8, 3.0)
+    assert (second.startup_seconds, second.startup_cpu_seconds) == (0.0, 0.0)
+    assert (second.cpu_seconds, second.programs_cpu_seconds) == (0.5, 1.0)

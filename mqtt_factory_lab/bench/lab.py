@@ -12,8 +12,9 @@ Parts (``--only``, repeatable): ``broker`` (ready time), ``factory`` (device sta
 ``run_all`` throughput), ``lessons`` (each lesson module, then all of ``labs/`` serially),
 ``ingest`` (the data center ``python -m sim.datacenter`` and a bare paho subscriber on the
 same full-speed QoS 1 stream, side by side in one run: rates and their ratio, records lost
-and duplicated), ``grading`` (``mqtt-lab grade`` of a small class, every lesson: the
-grader's set-up, seconds per submission, a class of 30 projected, the load average).
+and duplicated), ``grading`` (``mqtt-lab grade`` of a small class, every lesson — or of
+``--grading-class-size N`` copies — the grader's set-up, grading time per submission in wall
+and CPU seconds and what it is made of, a class of 30 projected, the load average).
 
 Ready time is measured from starting the broker to its first accepted MQTT
 CONNECT. Lesson wall times are whole ``pytest`` runs in a subprocess, so they
@@ -28,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -36,6 +39,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from mqtt_factory_lab.bench import chocolate
 from mqtt_factory_lab.brokers import Broker, BrokerError, create_broker, resolve_backend
@@ -135,49 +139,114 @@ def ingest_line(backend: str, batches: int) -> str:
     )
 
 
-def grading_time(
-    students: list[str], jobs: int, lesson_timeout: int
-) -> tuple[float, float, dict[str, float]]:
-    """Grade copies of the example class's ``students`` with every lesson, ``jobs`` at once.
+def class_copies(students: list[str], size: int | None) -> dict[str, str]:
+    """The class the grading figure grades: submission name → the example it copies.
 
-    :returns: the wall time, the grader's set-up (from its start to the first submission's:
-        the readable Python, the plan of experiments, the probes), and each submission's own
-        seconds (from its run record).
+    Without ``size``, one copy of each of ``students``; with it, ``size`` submissions that
+    take ``students`` in turn (``01-reference``, ``02-retains_telemetry``, ...).
+    """
+    if not size:
+        return {student: student for student in students}
+    return {f"{i + 1:02d}-{students[i % len(students)]}": students[i % len(students)]
+            for i in range(size)}  # fmt: skip
+
+
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def grading_time(
+    students: list[str], jobs: int | None, lesson_timeout: int, size: int | None = None
+) -> dict[str, Any]:
+    """Grade copies of the example class's ``students`` with every lesson, ``jobs`` at once
+    (``None``: the grader's default), ``size`` submissions in all (see :func:`class_copies`).
+
+    :returns: ``wall`` seconds, ``setup`` (from the grader's start to the first submission's:
+        the readable Python, the plan of experiments, the probes), ``cpu`` (every process of
+        the grading), ``jobs`` (as the grader chose), and ``runs`` (each submission's run
+        record: its seconds, its lessons' wall, start-up and CPU seconds).
     """
     with tempfile.TemporaryDirectory(prefix="bench-grade-") as tmp:
         submissions = Path(tmp) / "class"
-        for student in students:
-            shutil.copytree(GRADING_CLASS / student, submissions / student, symlinks=True)
+        for name, student in class_copies(students, size).items():
+            shutil.copytree(GRADING_CLASS / student, submissions / name, symlinks=True)
         out = Path(tmp) / "out"
         command = [sys.executable, "-m", "mqtt_factory_lab.grading", str(submissions)]
-        command += ["--out", str(out), "-j", str(jobs), "--quiet"]
+        command += ["--out", str(out), "--quiet"]
         command += ["--lesson-timeout", str(lesson_timeout)]
+        if jobs:
+            command += ["-j", str(jobs)]
         started_at = time.time()
         started = time.monotonic()
+        cpu_before = _cpu_of_children()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        cpu = _cpu_of_children() - cpu_before
         elapsed = time.monotonic() - started
         if done.returncode not in (0, 1):
             raise RuntimeError(f"mqtt-lab grade failed ({done.returncode}): {done.stderr[-2000:]}")
         runs = [json.loads(run.read_text()) for run in (out / "runs").glob("*.json")]
-    seconds = {run["student"]: run["seconds"] for run in runs}
+    chosen = re.search(r"with -j (\d+)", done.stdout)
     first = min((run["graded_at"] - run["seconds"] for run in runs), default=started_at)
-    return elapsed, max(0.0, first - started_at), seconds
+    return {
+        "wall": elapsed,
+        "setup": max(0.0, first - started_at),
+        "cpu": cpu,
+        "jobs": int(chosen.group(1)) if chosen else jobs,
+        "runs": runs,
+    }
 
 
-def grading_line(students: list[str], jobs: int, lesson_timeout: int = 60) -> str:
-    """The grading figure: wall time, set-up, per submission, and a class of 30 projected
-    (set-up + 30 × the mean submission / ``jobs``), with the load average it ran under."""
+def grading_line(
+    students: list[str], jobs: int | None, lesson_timeout: int = 60, size: int | None = None
+) -> str:
+    """The grading figure: wall time, set-up, grading time per submission (wall, and CPU
+    over the whole run), what a submission's time is made of, and a class of 30 projected
+    with the load average it ran under.
+
+    The projection: with at least ``jobs`` submissions, set-up + the measured time after
+    set-up scaled to 30 submissions (the rate the grader kept); with fewer, set-up + 30 ×
+    the mean submission / ``jobs``.
+    """
     load_before = os.getloadavg()[0]
-    elapsed, setup, seconds = grading_time(students, jobs, lesson_timeout)
+    got = grading_time(students, jobs, lesson_timeout, size)
     load_after = os.getloadavg()[0]
-    each = ", ".join(f"{name} {s:.0f} s" for name, s in sorted(seconds.items()))
-    mean = statistics.mean(seconds.values()) if seconds else 0.0
-    projected = setup + 30 * mean / jobs
+    runs, setup, elapsed, jobs = got["runs"], got["setup"], got["wall"], got["jobs"] or 1
+    count = max(1, len(runs))
+    seconds = [run["seconds"] for run in runs]
+    mean = statistics.mean(seconds) if seconds else 0.0
+    if len(runs) >= jobs:
+        projected = setup + (elapsed - setup) * 30 / count
+    else:
+        projected = setup + 30 * mean / jobs
+    units = [unit for run in runs for unit in run.get("units", [])]
+
+    def total(key: str) -> float:
+        return sum(float(unit.get(key, 0.0)) for unit in units) / count
+
+    startup, lessons = total("startup_seconds"), total("seconds")
+    copies = class_copies(students, size)
+    scores: dict[str, set[str]] = {}
+    for run in runs:  # copies of one example must score alike, whatever the load
+        scores.setdefault(copies[run["student"]], set()).add(f"{run['score']:g}")
+    marks = "; ".join(f"{name} {'/'.join(sorted(got))} of {runs[0]['max_score']:g}"
+                      for name, got in sorted(scores.items()))  # fmt: skip
+    if size:
+        each = f"mean {mean:.0f} s, min {min(seconds, default=0):.0f}, max {max(seconds, default=0):.0f}"
+    else:
+        each = ", ".join(f"{run['student']} {run['seconds']:.0f} s" for run in
+                         sorted(runs, key=lambda r: r["student"]))  # fmt: skip
     return (
-        f"grading ({len(students)} submissions, every lesson, -j {jobs}, --lesson-timeout "
-        f"{lesson_timeout}): {elapsed:.0f} s wall, {setup:.0f} s set-up; per submission: {each}; "
-        f"a class of 30 projected at -j {jobs}: {projected / 60:.1f} min; load average "
-        f"{load_before:.1f} before, {load_after:.1f} after"
+        f"grading ({len(runs)} submissions, every lesson, -j {jobs}, --lesson-timeout "
+        f"{lesson_timeout}): {elapsed:.0f} s wall, {setup:.0f} s set-up; grading time per "
+        f"submission: {(elapsed - setup) / count:.1f} s wall, {got['cpu'] / count:.1f} CPU-s "
+        f"(the whole run's CPU / submissions); each submission's own seconds: {each}, of "
+        f"which child start-up {startup:.1f} s ({total('startup_cpu_seconds'):.1f} CPU-s), "
+        f"lessons {lessons:.1f} s (pytest {total('cpu_seconds'):.1f} CPU-s, programs and "
+        f"brokers {total('programs_cpu_seconds'):.1f} CPU-s), the grader's own and between "
+        f"lessons {mean - startup - lessons:.1f} s; a class of 30 projected at -j {jobs}: "
+        f"{projected / 60:.1f} min; points: {marks}; load average {load_before:.1f} before, "
+        f"{load_after:.1f} after"
     )
 
 
@@ -216,7 +285,18 @@ def main(argv: list[str] | None = None) -> int:
         "messages)",
     )
     parser.add_argument(
-        "--grading-jobs", type=int, default=2, help="submissions graded at once (default 2)"
+        "--grading-jobs",
+        type=int,
+        default=None,
+        help="submissions graded at once (default: the grader's own default)",
+    )
+    parser.add_argument(
+        "--grading-class-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="grade N submissions, copies of --grading-students in turn (default: one copy "
+        "of each); the figure a class target is measured with",
     )
     parser.add_argument(
         "--grading-students",
@@ -286,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'sum of the modules':<28} {total:6.2f} s")
     if "grading" in parts:
         students = args.grading_students.split(",")
-        print(grading_line(students, args.grading_jobs), flush=True)
+        print(
+            grading_line(students, args.grading_jobs, size=args.grading_class_size),
+            flush=True,
+        )
     if args.dashboard:
         from mqtt_factory_lab.bench import dashboard as bench_dashboard
 

@@ -15,6 +15,12 @@ start-up and one collection serve them all:
                                                       running were killed
 ``{"event": "collect-error", "file": F, "text": S}``   lesson ``F`` could not be collected
 
+Every event also carries ``cpu`` and ``cpu_programs``: the CPU seconds (user + system) the
+child has used so far itself (interpreter, plugin, collection, the experiments' own clients)
+and those of the programs it started and waited for (brokers, student programs), so a
+lesson's cost is the difference between its ``start`` and ``end`` (and the first ``start``
+is the child's start-up).
+
 Between two lessons it does what the end of a child pytest used to do: it stops every broker
 of the session (the next lesson starts fresh ones, as before) and kills every process the
 lesson left behind — those of the slot's user, and those that carry the run's token but are
@@ -27,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -52,7 +59,8 @@ class _Events:
         self.pool: Any = None
 
     def write(self, event: str, file: str, **more: Any) -> None:
-        line = {"event": event, "file": file, "t": time.time(), "log": self._log_size(), **more}
+        line = {"event": event, "file": file, "t": time.time(), "log": self._log_size()}
+        line.update(_cpu(), **more)
         with self.path.open("a") as stream:
             stream.write(json.dumps(line) + "\n")
 
@@ -62,6 +70,15 @@ class _Events:
         with contextlib.suppress(OSError):
             return self.log.stat().st_size
         return 0
+
+
+def _cpu() -> dict[str, float]:
+    mine = resource.getrusage(resource.RUSAGE_SELF)
+    programs = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "cpu": round(mine.ru_utime + mine.ru_stime, 3),
+        "cpu_programs": round(programs.ru_utime + programs.ru_stime, 3),
+    }
 
 
 _EVENTS = pytest.StashKey[_Events]()

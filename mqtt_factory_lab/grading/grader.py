@@ -30,7 +30,12 @@ from mqtt_factory_lab.core.solution import ManifestError, load
 from mqtt_factory_lab.grading import sandbox
 from mqtt_factory_lab.grading.points import Experiment, lesson_key, read_plan
 from mqtt_factory_lab.grading.sandbox import ReadableRuntime
-from mqtt_factory_lab.grading.settings import GradingError, Settings, content_hash
+from mqtt_factory_lab.grading.settings import (
+    GradingError,
+    Settings,
+    content_hash,
+    default_jobs,
+)
 from mqtt_factory_lab.grading.submission import (
     SubmissionResult,
     SubmissionTooLarge,
@@ -57,7 +62,7 @@ class ClassGrader:
                 "running): pip install 'psutil>=7'"
             )
         self.out = out
-        self.jobs = max(1, jobs or os.cpu_count() or 1)
+        self.jobs = max(1, jobs or default_jobs())
         self.runs = out / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
         self.fingerprint = settings.fingerprint()
@@ -154,7 +159,8 @@ class ClassGrader:
 
         One ``--collect-only`` child for the lessons and one for the hidden experiments (which
         run without the marker filter), at once: each is mostly interpreter and plugin
-        start-up.
+        start-up. They write the bytecode of the lessons and the plugin, which every
+        submission's child then reads instead of compiling and rewriting them again.
         """
         groups = [(files, extra) for files, extra in self._groups() if files]
         with ThreadPoolExecutor(max_workers=max(1, len(groups)), thread_name_prefix="plan") as pool:
@@ -171,10 +177,14 @@ class ClassGrader:
             files, _reference_manifest(), self._tmp / f"plan-{name}.jsonl", extra
         )
         command = [c for c in command if not c.startswith("--solution=")]
+        # The one child that writes bytecode: the lessons' (assertion-rewritten) and the
+        # plugin's, in the grader's copies; the children of every submission read it.
+        env = self.units.environment("plan", "")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         done = subprocess.run(
             [*command, "--collect-only", f"--points-plan={plan}"],
             cwd=self._tmp,
-            env=self.units.environment("plan", ""),
+            env=env,
             capture_output=True,
             text=True,
             timeout=120,
@@ -219,6 +229,8 @@ class ClassGrader:
         experiments: list[Experiment] = []
         units: list[dict[str, Any]] = []
         finished = 0
+        limit = self.settings.submission_timeout
+        deadline = started + limit if limit else None
 
         def advanced(count: int) -> None:
             if progress is not None:
@@ -229,8 +241,9 @@ class ClassGrader:
                 if not files:
                     continue
                 ran = self.units.run_lessons(
-                    files, copy / "solution.toml", work, slot, extra, on_experiment=advanced
-                )
+                    files, copy / "solution.toml", work, slot, extra,
+                    on_experiment=advanced, deadline=deadline,
+                )  # fmt: skip
                 for unit in ran:
                     experiments += merge_with_plan(
                         self.plan[unit.file], unit.experiments, unit_reason(unit, self.settings)
@@ -245,7 +258,15 @@ class ClassGrader:
             exp.message = exp.message.replace(str(copy), student)
             exp.output = {k: v.replace(str(copy), student) for k, v in exp.output.items()}
         problems = []
+        stopped = next((u for u in units if u["out_of_time"]), None)
+        if stopped is not None:  # once: the lessons after it were not run
+            where = "during" if stopped["timed_out"] else "before"
+            problems.append(
+                f"stopped at the submission's time limit ({limit:g} s) {where} {stopped['file']}"
+            )
         for unit_record in units:
+            if unit_record["out_of_time"]:
+                continue
             if unit_record["timed_out"]:
                 problems.append(
                     f"{unit_record['file']}: stopped after {self.settings.lesson_timeout:g} s"

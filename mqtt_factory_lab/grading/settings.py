@@ -21,6 +21,36 @@ from mqtt_factory_lab.core.paths import LABS_DIR
 UID_BASE = 64200
 
 
+#: submissions graded at once per core by default: a submission waits on its lessons'
+#: deadlines for ~40 % of its wall time and computes the rest (brokers, student programs,
+#: the child pytest), so three per core keep two cores busy (docs/performance.md, Grading)
+JOBS_PER_CORE = 3
+#: the memory a submission being graded may take (child pytest, brokers, student programs,
+#: at most their --memory-mb each): ``-j`` by default leaves this much per job
+MEMORY_PER_JOB = 1024 * 2**20
+
+
+def default_jobs(cores: int | None = None, available: int | None = None) -> int:
+    """``-j`` by default: :data:`JOBS_PER_CORE` per core this process may run on, as many as
+    the available memory gives :data:`MEMORY_PER_JOB` each, at least one."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+    jobs = JOBS_PER_CORE * max(1, cores)
+    if available is None:
+        try:
+            import psutil
+
+            available = psutil.virtual_memory().available
+        except ImportError:  # pragma: no cover - the grader refuses to run without psutil
+            available = None
+    if available is not None:
+        jobs = min(jobs, available // MEMORY_PER_JOB)
+    return max(1, jobs)
+
+
 class GradingError(RuntimeError):
     """The grader cannot run at all (no lessons, a bad option); the message says what to do."""
 
@@ -37,6 +67,10 @@ class Settings:
     extra_tests: tuple[Path, ...] = ()
     marker: str = "solution"
     lesson_timeout: float = 180.0
+    #: seconds a whole submission may take (every lesson and hidden experiment); ``None``:
+    #: no limit but the lessons'. A hanging submission otherwise holds its slot for up to
+    #: one ``lesson_timeout`` per lesson.
+    submission_timeout: float | None = 600.0
     test_timeout: float = 60.0
     limits: Limits = field(default_factory=Limits)
     backend: str = "local"
@@ -57,6 +91,7 @@ class Settings:
         settings = {
             "marker": self.marker,
             "lesson_timeout": self.lesson_timeout,
+            "submission_timeout": self.submission_timeout,
             "test_timeout": self.test_timeout,
             "limits": asdict(self.limits),
             "backend": self.backend,

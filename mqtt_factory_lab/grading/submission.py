@@ -105,6 +105,18 @@ def unit_reason(unit: UnitResult, settings: Settings) -> str:
     """Why experiments of a unit have no result."""
     if unit.cancelled:
         return "grading was interrupted before this experiment ran"
+    if unit.out_of_time:
+        if not unit.timed_out:  # the limit ran out before this lesson could start
+            return (
+                f"the grader stopped this submission at its time limit of "
+                f"{settings.submission_timeout:g} s before {unit.file} ran: did a program "
+                "of yours hang, or ignore SIGTERM, in a lesson before?"
+            )
+        return (
+            f"the submission's grading did not finish within its time limit of "
+            f"{settings.submission_timeout:g} s, so the grader stopped it during {unit.file}: "
+            "this experiment had not finished. Does a program of yours hang, or ignore SIGTERM?"
+        )
     if unit.timed_out:
         return (
             f"the lesson run ({unit.file}) did not finish within {settings.lesson_timeout:g} s, "

@@ -52,10 +52,20 @@ class UnitResult:
     seconds: float
     token: str = ""
     timed_out: bool = False
+    #: the submission's own time limit ran out while (or before) this lesson ran
+    out_of_time: bool = False
     cancelled: bool = False
     killed_leftovers: int = 0
     log_tail: str = ""
     experiments: list[Experiment] = field(default_factory=list)
+    #: the child's start-up before this lesson's first experiment (interpreter, plugin,
+    #: collection), wall and CPU seconds: only the first lesson of a child has one
+    startup_seconds: float = 0.0
+    startup_cpu_seconds: float = 0.0
+    #: CPU seconds of the lesson (start to end): the child pytest's own, and its programs'
+    #: (brokers, student programs)
+    cpu_seconds: float = 0.0
+    programs_cpu_seconds: float = 0.0
 
 
 class Cancelled(Exception):
@@ -167,6 +177,7 @@ class UnitRunner:
         slot: int,
         extra: bool = False,
         on_experiment: Callable[[int], None] | None = None,
+        deadline: float | None = None,
     ) -> list[UnitResult]:
         """Run ``files`` against ``manifest`` in as few child pytests as their limits allow.
 
@@ -175,6 +186,8 @@ class UnitRunner:
         down with it keeps what it did and the child's last words; either way the lessons
         after it run in a new child. :returns: one result per file, in order.
         :param on_experiment: called with the number of experiments finished so far.
+        :param deadline: when the submission's own time limit runs out (monotonic): the
+            child is stopped then, and the lessons it did not get to are not run.
         """
         results: dict[str, UnitResult] = {}
         todo = list(files)
@@ -186,8 +199,12 @@ class UnitRunner:
                         results[file.name] = UnitResult(file.name, None, 0.0, cancelled=True)
                     break
                 raise Cancelled
+            if deadline is not None and time.monotonic() >= deadline:
+                for file in todo:
+                    results[file.name] = UnitResult(file.name, None, 0.0, out_of_time=True)
+                break
             child = self._run_child(
-                todo, manifest, workdir, slot, extra, on_experiment, finished_before
+                todo, manifest, workdir, slot, extra, on_experiment, finished_before, deadline
             )
             results.update((unit.file, unit) for unit in child)
             finished_before += sum(len(unit.experiments) for unit in child)
@@ -203,6 +220,7 @@ class UnitRunner:
         extra: bool,
         on_experiment: Callable[[int], None] | None,
         finished_before: int,
+        deadline: float | None = None,
     ) -> list[UnitResult]:
         """One child pytest for ``files``: the results of the lessons it got to (at least one)."""
         token = uuid.uuid4().hex
@@ -223,7 +241,7 @@ class UnitRunner:
         env.update({ENV_EVENTS: str(events_path), ENV_LOG: str(log)})
         prefix = network_prefix(self.python) if self.isolate_network else []
         started = time.monotonic()
-        timed_out = cancelled = False
+        timed_out = cancelled = out_of_time = False
         watch = _Watch(events_path, jsonl, started)
         with open(log, "wb") as out:
             os.chmod(log, 0o600)
@@ -254,6 +272,9 @@ class UnitRunner:
                 if time.monotonic() - watch.lesson_started >= self.settings.lesson_timeout:
                     timed_out = True
                     break
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = out_of_time = True
+                    break
         finally:
             end(process)
             killed = sweep(token, limits.uid)
@@ -266,6 +287,7 @@ class UnitRunner:
         return watch.results(
             files, experiments, text, token=token, returncode=process.returncode,
             timed_out=timed_out, cancelled=cancelled, killed=killed, ended=ended,
+            out_of_time=out_of_time,
         )  # fmt: skip
 
     def stop_all(self) -> None:
@@ -295,6 +317,8 @@ class _Watch:
         self.events_path = events
         self.jsonl = jsonl
         self.started = started
+        #: the same moment on the wall clock (the child's events carry wall-clock times)
+        self.started_wall = time.time() - (time.monotonic() - started)
         self.lesson_started = started
         self.events: list[dict[str, Any]] = []
         self._offset = 0
@@ -323,6 +347,24 @@ class _Watch:
                 self._jsonl_size = size
                 self.experiments = self.jsonl.read_bytes().count(b"\n")
 
+    def _costs(self, start: dict[str, Any], stop: dict[str, Any]) -> dict[str, float]:
+        """A finished lesson's CPU (and, for a child's first lesson, the child's start-up)."""
+
+        def cpu(event: dict[str, Any], key: str) -> float:
+            return float(event.get(key, 0.0))
+
+        costs = {
+            "cpu_seconds": round(cpu(stop, "cpu") - cpu(start, "cpu"), 3),
+            "programs_cpu_seconds": round(
+                cpu(stop, "cpu_programs") - cpu(start, "cpu_programs"), 3
+            ),
+        }
+        first = next((e for e in self.events if e.get("event") == "start"), None)
+        if first is start:
+            costs["startup_cpu_seconds"] = round(cpu(start, "cpu") + cpu(start, "cpu_programs"), 3)
+            costs["startup_seconds"] = round(max(0.0, float(start["t"]) - self.started_wall), 3)
+        return costs
+
     def experiments_changed(self) -> bool:
         changed = self.experiments != self._reported
         self._reported = self.experiments
@@ -340,6 +382,7 @@ class _Watch:
         cancelled: bool,
         killed: int,
         ended: float,
+        out_of_time: bool = False,
     ) -> list[UnitResult]:
         """One result per lesson the child got to; the one it was running when it ended
         (or, if it ran none, the first) carries the child's end: its status, its limit, its
@@ -381,6 +424,7 @@ class _Watch:
                     seconds=float(stop["t"]) - float(start["t"]),
                     killed_leftovers=int(stop.get("killed", 0)),
                     log_tail=_tail(part.decode(errors="replace"), 40), experiments=mine,
+                    **self._costs(start, stop),
                 ))  # fmt: skip
             elif name in errors or (name != last and name not in starts):
                 # not collected (its error is its last output), or nothing of it selected
@@ -395,6 +439,7 @@ class _Watch:
                 results.append(UnitResult(
                     file=name, token=token, returncode=returncode, seconds=ended - since,
                     timed_out=timed_out, cancelled=cancelled, killed_leftovers=killed,
+                    out_of_time=out_of_time,
                     log_tail=_tail(part.decode(errors="replace"), 40), experiments=mine,
                 ))  # fmt: skip
                 killed = 0

@@ -463,9 +463,18 @@ class RecordingClient:
         A ``dict`` or ``list`` payload is sent as JSON.
         """
         __tracebackhide__ = True
+        was_connected = self._connected
         info = self.paho.publish(
             topic, _encode(payload), qos=qos, retain=retain, properties=properties
         )
+        step = "PUBACK" if qos == 1 else "PUBREC/PUBCOMP"
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and qos and was_connected and not self._connected:
+            # paho wrote the PUBLISH and the broker's answer (a DISCONNECT) was read before
+            # publish() returned: the same refusal as below, seen a moment earlier
+            raise ConnectionError(
+                f"{self.client_id} published to {topic!r} at QoS {qos} and the broker closed "
+                f"the connection before the {step}: {self._lost()}"
+            )
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(
                 f"{self.client_id} could not publish to {topic!r}: {mqtt.error_string(info.rc)}. "
@@ -482,7 +491,6 @@ class RecordingClient:
             with self._cond:
                 self._cond.wait_for(lambda: info.is_published() or not self._connected, timeout)
             if not info.is_published() and not self._connected:
-                step = "PUBACK" if qos == 1 else "PUBREC/PUBCOMP"
                 raise ConnectionError(
                     f"{self.client_id} published to {topic!r} at QoS {qos} and the broker closed "
                     f"the connection before the {step}: {self._lost()}"

@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import dataclass
@@ -247,5 +246,7 @@ def _suggestion(word: str, choices: tuple[str, ...] | list[str]) -> str:
     lowered = word.strip().lower()
     if lowered in choices:
         return f" (did you mean {lowered!r}? names are lower case)"
+    import difflib  # only to suggest a spelling for an unknown name: not at start
+
     close = difflib.get_close_matches(lowered, choices, n=1, cutoff=0.7)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -14,7 +14,10 @@ Parts (``--only``, repeatable): ``broker`` (ready time), ``factory`` (device sta
 same full-speed QoS 1 stream, side by side in one run: rates and their ratio, records lost
 and duplicated), ``grading`` (``mqtt-lab grade`` of a small class, every lesson — or of
 ``--grading-class-size N`` copies — the grader's set-up, grading time per submission in wall
-and CPU seconds and what it is made of, a class of 30 projected, the load average).
+and CPU seconds and what it is made of, a class of 30 projected, the load average),
+``startup`` (CPU milliseconds to start each factory program, ``--help`` only, to import the
+lab's pytest plugin and to collect a lesson in a child pytest: what every experiment's
+programs and every graded lesson pay before doing anything).
 
 Ready time is measured from starting the broker to its first accepted MQTT
 CONNECT. Lesson wall times are whole ``pytest`` runs in a subprocess, so they
@@ -50,7 +53,27 @@ from mqtt_factory_lab.core.roles import RoleProcess
 from mqtt_factory_lab.core.solution import load as load_solution
 
 #: what ``--only`` chooses from, in the order they are measured
-PARTS = ("broker", "ingest", "factory", "lessons", "grading")
+PARTS = ("broker", "ingest", "factory", "lessons", "grading", "startup")
+
+#: what the ``startup`` part starts: (label, argv after the interpreter)
+STARTUPS = (
+    *(
+        (f"python -m {program} --help", ["-m", program, "--help"])
+        for program in (
+            "sim.device",
+            "sim.controller",
+            "sim.observer",
+            "sim.datacenter",
+            "sim.chocolate",
+            "sim.run_all",
+        )
+    ),
+    ("import mqtt_factory_lab.plugin", ["-c", "import mqtt_factory_lab.plugin"]),
+    (
+        "pytest --collect-only labs/01",
+        ["-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "labs/01_wildcards.py"],
+    ),
+)
 
 
 def broker_ready_times(backend: str, starts: int, variant: str = "open") -> list[float]:
@@ -250,6 +273,37 @@ def grading_line(
     )
 
 
+def startup_cpu(argv: list[str], starts: int) -> list[float]:
+    """CPU seconds (user + system, the process and its children) of ``starts`` runs of
+    ``python argv``: start-up cost, which a loaded machine stretches in wall time but not
+    in CPU time."""
+    spent: list[float] = []
+    for _ in range(starts):
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _, _, usage = os.wait4(process.pid, 0)
+        process.returncode = 0  # reaped here
+        spent.append(usage.ru_utime + usage.ru_stime)
+    return spent
+
+
+def startup_lines(starts: int) -> list[str]:
+    """One line per :data:`STARTUPS` entry: median and min CPU milliseconds."""
+    lines = [f"start-up CPU over {starts} starts (median, min; load {os.getloadavg()[0]:.1f}):"]
+    for label, argv in STARTUPS:
+        spent = startup_cpu(argv, starts)
+        lines.append(
+            f"  {label:<36} {statistics.median(spent) * 1000:5.0f} ms, "
+            f"min {min(spent) * 1000:4.0f} ms"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mqtt_factory_lab.bench", description=__doc__.split("\n")[0]
@@ -364,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             elapsed, summary = lesson_wall_time(["labs"], backend)
             print(f"  {'labs/ (all lessons, serial)':<28} {elapsed:6.2f} s   {summary}")
             print(f"  {'sum of the modules':<28} {total:6.2f} s")
+    if "startup" in parts:
+        for line in startup_lines(max(args.starts, 5)):
+            print(line, flush=True)
     if "grading" in parts:
         students = args.grading_students.split(",")
         print(

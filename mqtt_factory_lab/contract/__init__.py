@@ -14,7 +14,6 @@ Callers import from here: ``from mqtt_factory_lab.contract import validate, Payl
 from mqtt_factory_lab.contract.catalog import (
     SHARED,
     SUFFIX,
-    FactoryValidator,
     check_all,
     chocolate_steps,
     device_kinds,
@@ -39,6 +38,17 @@ from mqtt_factory_lab.contract.topics import (
 
 # A failed check reads "mqtt_factory_lab.contract.PayloadError: ...", the name callers import.
 PayloadError.__module__ = __name__
+
+
+def __getattr__(name: str) -> object:
+    # FactoryValidator is made on first use: it imports jsonschema, which only explains
+    # rejections (see catalog.py), so importing the contract does not import it.
+    if name == "FactoryValidator":
+        from mqtt_factory_lab.contract import catalog
+
+        return catalog.FactoryValidator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CHOCOLATE_BATCH_VERSIONS",

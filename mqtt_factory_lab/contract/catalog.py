@@ -29,13 +29,9 @@ import numbers
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema_rs
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import relevance
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from mqtt_factory_lab.contract.explanations import MAX_PROBLEMS, PayloadError, explain
 from mqtt_factory_lab.core.paths import SCHEMA_DIR
@@ -43,6 +39,13 @@ from mqtt_factory_lab.core.paths import SCHEMA_DIR
 SUFFIX = ".schema.json"
 SHARED = "common"
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+# jsonschema and referencing (with attrs and rpds, ~50 ms of every process that imports the
+# contract: each child pytest, each lesson run) explain a rejection; jsonschema-rs decides.
+# So they are imported on the slow path only: the first explanation, registry() or
+# FactoryValidator (a module attribute made on first use, see __getattr__ below).
+if TYPE_CHECKING:
+    from referencing import Registry
 
 
 def _is_finite_number(checker: Any, instance: Any) -> bool:
@@ -57,11 +60,24 @@ def _is_finite_number(checker: Any, instance: Any) -> bool:
         return False
 
 
-FactoryValidator = validators.extend(
-    Draft202012Validator,
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_finite_number),
-)
-"""Draft 2020-12, except that ``"type": "number"`` also rejects NaN and ±Infinity."""
+@functools.cache
+def _factory_validator() -> Any:
+    """:data:`FactoryValidator`, made (and jsonschema imported) on first use."""
+    from jsonschema import Draft202012Validator, validators
+
+    return validators.extend(
+        Draft202012Validator,
+        type_checker=Draft202012Validator.TYPE_CHECKER.redefine("number", _is_finite_number),
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # FactoryValidator: Draft 2020-12, except that ``"type": "number"`` also rejects NaN and
+    # ±Infinity. A lazy module attribute (PEP 562), so that importing the contract does not
+    # import jsonschema.
+    if name == "FactoryValidator":
+        return _factory_validator()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _without_dialect(contents: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +93,6 @@ def _without_dialect(contents: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Catalog:
-    registry: Registry
     by_name: dict[str, dict[str, Any]]
     checked_by_name: dict[str, dict[str, Any]]
     name_by_id: dict[str, str]
@@ -89,7 +104,6 @@ def _catalog(directory: Path = SCHEMA_DIR) -> _Catalog:
     by_name: dict[str, dict[str, Any]] = {}
     checked_by_name: dict[str, dict[str, Any]] = {}
     name_by_id: dict[str, str] = {}
-    resources: list[tuple[str, Resource[Any]]] = []
     for path in sorted(directory.glob(f"*{SUFFIX}")):
         name = path.name.removesuffix(SUFFIX)
         try:
@@ -104,15 +118,22 @@ def _catalog(directory: Path = SCHEMA_DIR) -> _Catalog:
         by_name[name] = contents
         name_by_id[uri] = name
         checked_by_name[name] = _without_dialect(contents)
-        resources.append((uri, DRAFT202012.create_resource(checked_by_name[name])))
     if not by_name:
         raise ValueError(f"no *{SUFFIX} files in {directory}")
-    return _Catalog(Registry().with_resources(resources), by_name, checked_by_name, name_by_id)
+    return _Catalog(by_name, checked_by_name, name_by_id)
 
 
+@functools.cache
 def registry() -> Registry:
     """The :class:`referencing.Registry` holding every schema under its ``$id``."""
-    return _catalog().registry
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT202012
+
+    catalog = _catalog()
+    return Registry().with_resources(
+        (catalog.by_name[name]["$id"], DRAFT202012.create_resource(contents))
+        for name, contents in catalog.checked_by_name.items()
+    )
 
 
 def names() -> list[str]:
@@ -146,6 +167,16 @@ def schema(name: str) -> dict[str, Any]:
         ) from None
 
 
+def _check_payload_name(name: str) -> None:
+    """:raises ValueError: for ``common``; :raises KeyError: naming the schemas, for no schema."""
+    if name == SHARED:
+        raise ValueError(
+            f"{SHARED!r} only holds definitions shared by the other schemas; it is not a "
+            f"payload. Validate against one of: {', '.join(payload_names())}"
+        )
+    schema(name)  # a KeyError naming the schemas if there is no such schema
+
+
 @functools.cache
 def validator(name: str) -> Any:
     """A validator for schema ``name``: draft 2020-12, every ``$ref`` resolved through the
@@ -154,16 +185,12 @@ def validator(name: str) -> Any:
     The returned object is a :class:`FactoryValidator` (Draft202012Validator extended with
     the finite-number rule); it is cached and safe to share between threads.
     """
-    if name == SHARED:
-        raise ValueError(
-            f"{SHARED!r} only holds definitions shared by the other schemas; it is not a "
-            f"payload. Validate against one of: {', '.join(payload_names())}"
-        )
-    schema(name)  # a KeyError naming the schemas if there is no such schema
-    return FactoryValidator(
+    _check_payload_name(name)
+    factory_validator = _factory_validator()
+    return factory_validator(
         _catalog().checked_by_name[name],
         registry=registry(),
-        format_checker=Draft202012Validator.FORMAT_CHECKER,
+        format_checker=factory_validator.FORMAT_CHECKER,
     )
 
 
@@ -185,7 +212,7 @@ def fast_validator(name: str) -> Any:
     decides exactly what :func:`validator` decides; it cannot explain, so a payload it
     rejects is explained by :func:`validator` (jsonschema). Cached and thread-safe.
     """
-    validator(name)  # the same errors for a wrong or non-payload name
+    _check_payload_name(name)  # the same errors for a wrong or non-payload name as validator()
     return jsonschema_rs.Draft202012Validator(
         _catalog().checked_by_name[name], registry=_fast_registry(), validate_formats=True
     )
@@ -198,11 +225,13 @@ def check_all() -> list[str]:
     :raises jsonschema.SchemaError: a schema is not valid draft 2020-12.
     :raises ValueError: a ``$ref`` points at nothing.
     """
+    from jsonschema import Draft202012Validator
+
     catalog = _catalog()
     for name in names():
         contents = catalog.by_name[name]
         Draft202012Validator.check_schema(contents)
-        resolver = catalog.registry.resolver(base_uri=contents["$id"])
+        resolver = registry().resolver(base_uri=contents["$id"])
         for ref in _refs(contents):
             try:
                 resolver.lookup(ref)
@@ -310,7 +339,7 @@ def validate(name: str, payload: Mapping[str, Any] | bytes | bytearray | str) ->
         assert reading["unit"] == "C"
     """
     __tracebackhide__ = True
-    check = validator(name)
+    fast = fast_validator(name)  # the KeyError or ValueError of a wrong name, before parsing
     if isinstance(payload, (bytes, bytearray, memoryview, str)):
         try:
             instance = parse(payload, label=f"the {name}")
@@ -320,12 +349,14 @@ def validate(name: str, payload: Mapping[str, Any] | bytes | bytearray | str) ->
     else:
         instance = payload
     try:
-        if fast_validator(name).is_valid(instance):
+        if fast.is_valid(instance):
             return instance  # the hot path: no explanation needed
-        fast_error = next(iter(fast_validator(name).iter_errors(instance)), None)
+        fast_error = next(iter(fast.iter_errors(instance)), None)
     except ValueError:  # not JSON-shaped (a key that is no string, an object): explain it
         fast_error = None
-    errors = sorted(check.iter_errors(instance), key=relevance, reverse=True)
+    from jsonschema.exceptions import relevance
+
+    errors = sorted(validator(name).iter_errors(instance), key=relevance, reverse=True)
     if not errors and fast_error is None:
         return instance
     if not errors:

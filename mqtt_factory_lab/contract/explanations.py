@@ -13,9 +13,12 @@ import json
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema.exceptions import ValidationError, best_match, relevance
+# jsonschema is imported by whoever made the error being explained; not at import time
+# (it is ~50 ms of every start, and the hot path never needs it).
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 MAX_PROBLEMS = 3
 
@@ -206,6 +209,8 @@ def _explain(error: ValidationError, root: Mapping[str, Any], title_of: TitleOf)
         if len(types) == len(error.context):
             wanted = [_TYPE_WORDS.get(e.validator_value, e.validator_value) for e in types]
             return [f"{where} must be {' or '.join(wanted)}, but it is {_show(instance)}"]
+        from jsonschema.exceptions import best_match
+
         deepest = best_match(error.context)
         return (
             _explain(deepest, root, title_of)
@@ -233,6 +238,8 @@ def _explain_one_of(
 
     def misses_discriminator(errors: list[ValidationError]) -> bool:
         return any(e.validator == "const" and len(e.relative_path) == 1 for e in errors)
+
+    from jsonschema.exceptions import relevance
 
     close = {i: errs for i, errs in branches.items() if not misses_discriminator(errs)}
     if not close:

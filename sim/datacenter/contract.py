@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
+
+# jsonschema (with referencing, attrs and rpds: ~50 ms of every start) explains a rejection
+# only, so it is imported when the first payload is rejected, not when the program starts.
 
 #: the schemas/ folder of the project (this package lives in <project>/sim/datacenter)
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -54,12 +54,29 @@ class Accepted:
     schema_version: int
 
 
-@dataclass(frozen=True)
 class _Schema:
-    """One payload schema, compiled twice: once to decide fast, once to explain slowly."""
+    """One payload schema, compiled twice: once to decide fast, once (on first need) to explain."""
 
-    fast: Any  # jsonschema_rs.Draft202012Validator: is_valid on every message
-    slow: Any  # jsonschema.Draft202012Validator: only for a message the fast one rejects
+    def __init__(
+        self, document: dict[str, Any], fast_registry: Any, slow_registry: Callable[[], Any]
+    ) -> None:
+        self.document = document
+        #: jsonschema_rs.Draft202012Validator: is_valid on every message
+        self.fast: Any = jsonschema_rs.Draft202012Validator(
+            document, registry=fast_registry, validate_formats=True
+        )
+        self._slow_registry = slow_registry
+
+    @functools.cached_property
+    def slow(self) -> Any:
+        """jsonschema.Draft202012Validator: only for a message the fast one rejects."""
+        from jsonschema import Draft202012Validator
+
+        return Draft202012Validator(
+            self.document,
+            registry=self._slow_registry(),
+            format_checker=Draft202012Validator.FORMAT_CHECKER,
+        )
 
 
 @functools.cache
@@ -70,7 +87,7 @@ def _validators() -> dict[str, _Schema]:
     ``$ref`` resolved once when the schema is compiled, through a
     :class:`jsonschema_rs.Registry` of every file in ``schemas/``). jsonschema, through a
     :class:`referencing.Registry` of the same files, only runs when a payload is rejected,
-    to say which field broke which rule (the dead-letter reason).
+    to say which field broke which rule (the dead-letter reason): it is compiled then.
     """
     documents: dict[str, dict[str, Any]] = {}
     for path in sorted(SCHEMA_DIR.glob("*.schema.json")):
@@ -82,28 +99,25 @@ def _validators() -> dict[str, _Schema]:
     if missing:
         raise FileNotFoundError(f"schemas {missing} are missing from {SCHEMA_DIR}")
     fast_registry = jsonschema_rs.Registry([(d["$id"], d) for d in documents.values()])
-    slow_registry: Registry[Any] = Registry().with_resources(
-        (d["$id"], DRAFT202012.create_resource(d)) for d in documents.values()
-    )
-    return {
-        name: _Schema(
-            fast=jsonschema_rs.Draft202012Validator(
-                documents[name], registry=fast_registry, validate_formats=True
-            ),
-            slow=Draft202012Validator(
-                documents[name],
-                registry=slow_registry,
-                format_checker=Draft202012Validator.FORMAT_CHECKER,
-            ),
+
+    @functools.cache
+    def slow_registry() -> Any:
+        from referencing import Registry
+        from referencing.jsonschema import DRAFT202012
+
+        return Registry().with_resources(
+            (d["$id"], DRAFT202012.create_resource(d)) for d in documents.values()
         )
-        for name in wanted
-    }
+
+    return {name: _Schema(documents[name], fast_registry, slow_registry) for name in wanted}
 
 
 def _schema_problem(schema: _Schema, document: dict[str, Any]) -> str | None:
     """None if ``document`` fits; else where and how it breaks the schema, in one line."""
     if schema.fast.is_valid(document):
         return None
+    from jsonschema.exceptions import best_match
+
     error = best_match(schema.slow.iter_errors(document))
     if error is None:
         # The two validators disagree (a bug in one of them): the fast one decided, so

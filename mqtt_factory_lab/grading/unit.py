@@ -115,7 +115,9 @@ class UnitRunner:
             "[pytest]\n"
             "python_files = [0-9][0-9]_*.py test_*.py *.py\n"
             f"pythonpath = {self.lab_root}\n"
-            "addopts = -p mqtt_factory_lab.plugin --strict-markers\n"
+            # -p no:hypothesispytest: Hypothesis's plugin imports all of Hypothesis at a run's
+            # end (the lab's own pyproject.toml says the same for the suite)
+            "addopts = -p mqtt_factory_lab.plugin --strict-markers -p no:hypothesispytest\n"
             "timeout_method = signal\n"
             "junit_family = xunit2\n"
         )
@@ -137,6 +139,8 @@ class UnitRunner:
             "no:cacheprovider",
             "-p",
             "no:xdist",
+            "-p",
+            "no:xdist.looponfail",  # xdist's second entry point imports xdist and execnet
             "-p",
             "mqtt_factory_lab.grading.child",
             "-q",

@@ -94,7 +94,13 @@ from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.bridge import BrokerPair
 from mqtt_factory_lab.core.client import MQTTTimeout, ReceivedMessage, RecordingClient
 from mqtt_factory_lab.core.solution import Solution
-from mqtt_factory_lab.experiment.ahead import Ahead, AheadCases, ModuleClients, params_of, users
+from mqtt_factory_lab.experiment.ahead import (
+    Ahead,
+    AheadCases,
+    ModuleClients,
+    case_run,
+    users,
+)
 from mqtt_factory_lab.fixtures.bridge import pair_for_run, remember_pair
 from mqtt_factory_lab.fixtures.factory import or_fail
 
@@ -338,20 +344,9 @@ def bridge_runs(request, broker_pool, pytestconfig) -> Iterator[AheadCases]:
         cases.close()
 
 
-def _run_of(kind: str):
-    @pytest.fixture(name=kind)
-    def run_of_the_experiment(request, bridge_runs: AheadCases) -> Iterator[Ahead]:
-        key = bridge_runs.start(kind, params_of(request.node))
-        yield bridge_runs.run(key)
-        bridge_runs.finish(key)
-
-    run_of_the_experiment.__doc__ = f"The experiment's own {kind.replace('_', ' ')} run."
-    return run_of_the_experiment
-
-
-loop_window = _run_of("loop_window")
-solution_echo = _run_of("solution_echo")
-cloud_outage = _run_of("cloud_outage")
+loop_window = case_run("loop_window", "bridge_runs")
+solution_echo = case_run("solution_echo", "bridge_runs")
+cloud_outage = case_run("cloud_outage", "bridge_runs")
 
 
 def judged(request, ahead: Ahead) -> Run:

@@ -90,6 +90,7 @@ from mqtt_factory_lab.experiment.ahead import (
     Ahead,
     AheadCases,
     ModuleClients,
+    case_run,
     launchers,
     params_of,
     users,
@@ -307,19 +308,8 @@ def sys_runs(request, broker_pool) -> Iterator[AheadCases]:
         cases.close()
 
 
-def _run_of(kind: str):
-    @pytest.fixture(name=kind)
-    def run_of_the_experiment(request, sys_runs: AheadCases) -> Iterator[Ahead[SysRun]]:
-        key = sys_runs.start(kind, params_of(request.node))
-        yield sys_runs.run(key)
-        sys_runs.finish(key)
-
-    run_of_the_experiment.__doc__ = f"The experiment's own {kind.replace('_', ' ')} run."
-    return run_of_the_experiment
-
-
-sys_figures = _run_of("sys_figures")
-wildcard_watchers = _run_of("wildcard_watchers")
+sys_figures = case_run("sys_figures", "sys_runs")
+wildcard_watchers = case_run("wildcard_watchers", "sys_runs")
 
 
 @dataclass

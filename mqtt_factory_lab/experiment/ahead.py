@@ -46,7 +46,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import pytest
@@ -322,3 +322,20 @@ class AheadCases:
             self.finish(key)
         for closing in self._closing:
             closing.join()
+
+
+def case_run(kind: str, cases: str) -> Any:
+    """The function-scoped fixture ``kind``: the experiment's own run of that kind, from the
+    module's :class:`AheadCases` fixture named ``cases`` (under way since the module's first
+    experiment on a serial run, started now otherwise), closed in the background once the
+    experiment is over. ``loop_window = case_run("loop_window", "bridge_runs")`` in a lesson."""
+
+    @pytest.fixture(name=kind)
+    def run_of_the_experiment(request: pytest.FixtureRequest) -> Iterator[Ahead[Any]]:
+        runs: AheadCases = request.getfixturevalue(cases)
+        key = runs.start(kind, params_of(request.node))
+        yield runs.run(key)
+        runs.finish(key)
+
+    run_of_the_experiment.__doc__ = f"The experiment's own {kind.replace('_', ' ')} run."
+    return run_of_the_experiment

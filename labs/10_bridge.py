@@ -104,6 +104,7 @@ from mqtt_factory_lab.experiment.bridge import (
     carrying,
     client_on,
     clients_on,
+    command_goes_out,
     marked_alarm,
     marked_reading,
     watch_a_command_go_out,
@@ -142,16 +143,13 @@ def solution_echo_run(stack, solution: Solution, pool, config) -> Run:
     """The solution's bridge carries a command out that its way in also matches."""
     pair, marks = pair_for_run(stack, pool, config, bridge_file(solution))
     site_clients, cloud_clients = clients_on(stack, pair, "lesson10-echo")
-    marker = uuid.uuid4().hex[:8]
     site = site_clients()
     site.subscribe("factory/#", qos=1)
     cloud = cloud_clients()
     cloud.subscribe("#", qos=1)
     # A command published on the site matches the out pattern (factory/#) *and*, in the
     # cloud, the bridge's own in subscription (factory/commands/cloud/#).
-    command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
-    site.publish("factory/commands/cloud/press-01", command, qos=1)
-    cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
+    marker = command_goes_out(site, cloud)
     witness = uuid.uuid4().hex[:8]
     # Round trips on both brokers after a witness crossed: anything echoed would be here.
     reading = marked_reading("press-01", witness)
@@ -247,11 +245,8 @@ def bridge_runs(request, broker_pool, pytestconfig) -> Iterator[AheadCases]:
             "cloud_outage": with_solution(cloud_outage_run),
         },
     )
-    try:
-        cases.start_selected()
+    with cases:
         yield cases
-    finally:
-        cases.close()
 
 
 loop_window = case_run("loop_window", "bridge_runs")

@@ -301,11 +301,8 @@ def sys_runs(request, broker_pool) -> Iterator[AheadCases]:
             "exporter": exporter_of_the_solution,
         },
     )
-    try:
-        cases.start_selected()
+    with cases:
         yield cases
-    finally:
-        cases.close()
 
 
 sys_figures = case_run("sys_figures", "sys_runs")

@@ -316,6 +316,19 @@ class AheadCases:
         self._closing.append(closing)
         return closing
 
+    def __enter__(self) -> AheadCases:
+        """Start the selected runs (:meth:`start_selected`); :meth:`close` on the way out,
+        and also when starting them fails part way (the runs already started close)."""
+        try:
+            self.start_selected()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close every run still open, and wait until every run is closed."""
         for key in list(self._runs):

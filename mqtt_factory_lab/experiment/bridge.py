@@ -84,18 +84,26 @@ def clients_on(stack: contextlib.ExitStack, pair: BrokerPair, name: str):
     return site, cloud
 
 
+def command_goes_out(site: RecordingClient, cloud: RecordingClient) -> str:
+    """Publish a marked stop command on the site (``factory/commands/cloud/press-01``, which
+    the bridge's way out and its way in both match) and wait until the cloud has it; return
+    the marker. ``site`` and ``cloud`` are subscribed already."""
+    marker = uuid.uuid4().hex[:8]
+    command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
+    site.publish("factory/commands/cloud/press-01", command, qos=1)
+    cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
+    return marker
+
+
 def watch_a_command_go_out(stack, pair, marks, copies: int, name: str) -> Run:
     """Publish a command on the site that also matches the bridge's way in; listen for
     ``copies`` of it there, then QUIET seconds more for one too many."""
     site_clients, cloud_clients = clients_on(stack, pair, name)
-    marker = uuid.uuid4().hex[:8]
     site = site_clients()
     site.subscribe("factory/commands/#", qos=1)
     cloud = cloud_clients()
     cloud.subscribe("sites/#", qos=1)
-    command = validate("command", {"command": "stop", "reason": f"lesson 10 {marker}"})
-    site.publish("factory/commands/cloud/press-01", command, qos=1)
-    cloud.wait_for_message(carrying(marker), timeout=5, why="The command should go out.")
+    marker = command_goes_out(site, cloud)
     with contextlib.suppress(MQTTTimeout):  # the copies that should come, then one too many
         site.wait_for_messages(copies, carrying(marker), timeout=5)
         site.wait_for_messages(copies + 1, carrying(marker), timeout=QUIET)

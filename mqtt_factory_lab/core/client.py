@@ -42,8 +42,12 @@ SYNC_PREFIX = "lab/sync"
 #: how long a wait for queued messages goes on after the round trip that should follow them
 QUEUED_GRACE = 0.5
 #: the broker's answer to the latest QoS 1/2 publish on each topic by any client of this
-#: process (None: accepted): a wait for a topic whose every publish was refused ends at once
+#: process (None: accepted): a wait for a topic whose every publish was refused ends at once.
+#: Clients publish from several threads at once (lessons start runs ahead in threads), so the
+#: table is written and read under its lock only (a wait that iterated it while another thread
+#: added a topic failed with "dictionary changed size during iteration").
 _LAST_PUBLISH: dict[str, ReasonCode | None] = {}
+_LAST_PUBLISH_LOCK = threading.Lock()
 
 Matcher = str | Callable[["ReceivedMessage"], bool] | None
 
@@ -497,7 +501,8 @@ class RecordingClient:
                 )
         if info.is_published():  # QoS 0 counts as accepted: nothing says otherwise
             answer = self.puback_reason(info) if qos else None
-            _LAST_PUBLISH[topic] = answer if answer is not None and answer.is_failure else None
+            with _LAST_PUBLISH_LOCK:
+                _LAST_PUBLISH[topic] = answer if answer is not None and answer.is_failure else None
         if not info.is_published():
             raise MQTTTimeout(
                 f"{self.client_id} published to {topic!r} at QoS {qos} but it was not "
@@ -546,7 +551,9 @@ class RecordingClient:
         def refused_publishes() -> list[str]:
             if not isinstance(what, str):
                 return []
-            matching = {t: a for t, a in _LAST_PUBLISH.items() if mqtt.topic_matches_sub(what, t)}
+            with _LAST_PUBLISH_LOCK:
+                latest = list(_LAST_PUBLISH.items())
+            matching = {t: a for t, a in latest if mqtt.topic_matches_sub(what, t)}
             if not matching or any(a is None for a in matching.values()):
                 return []
             return [

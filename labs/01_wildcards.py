@@ -405,7 +405,10 @@ def test_a_stop_for_the_conveyor_does_not_stop_the_press(seed_factory):
     press_states = [
         validate("state", m.payload)["state"] for m in run.from_devices() if m.topic == press
     ]
-    assert "stopped" not in press_states and json_field(run.press_answer, "state") == "running", (
+    # "stopped" is the one state a stop puts a press in; "fault" is its own trip (anomalies
+    # are on, and a loaded machine may take long enough for one), not the conveyor's stop.
+    answer = json_field(run.press_answer, "state")
+    assert "stopped" not in press_states and answer != "stopped", (
         f"The press stopped (its states: {' → '.join(press_states)}) when a stop was sent to "
         f"the conveyor on {run.root}/commands/dashboard/conveyor. A device must subscribe "
         f"only to its own commands — {{root}}/commands/+/<its id>, any publisher, one device — "

@@ -89,7 +89,7 @@ from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.client import PROTOCOLS
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
-from mqtt_factory_lab.experiment.ahead import Ahead, launchers, start_ahead
+from mqtt_factory_lab.experiment.ahead import Ahead, ahead_scope, judged_by, launchers, start_ahead
 from mqtt_factory_lab.experiment.wills import (
     Hiccup,
     Silence,
@@ -127,24 +127,25 @@ CLOCK = 1.0
 # -- Runs that wait on the broker's clock -------------------------------------------------
 # A will by keepalive comes at the broker's next look for silent clients (Mosquitto 2.0: every
 # 6 s), a delayed will after its delay. These runs start at the module's first experiment
-# (mqtt_factory_lab.experiment.ahead); the last section judges them, each against its own run.
+# (mqtt_factory_lab.experiment.ahead); the last section judges them, each against its own run
+# (in a serial session of several lessons, after the other lessons: labs/README.md).
 # The payloads, wills, dashboards and runs live in mqtt_factory_lab.experiment.wills.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=ahead_scope)
 def shared_broker(broker_pool) -> Broker:
     """The shared broker, for the module's runs."""
     return broker_or_fail(lambda: broker_pool.shared("open"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=ahead_scope)
 def silent_clients(shared_broker) -> Iterator[Ahead[Silence]]:
     """A bare client per MQTT version, keepalive 1 s and a will, then paused together (SIGSTOP)."""
     with Ahead(lambda stack: silence_clients(stack, shared_broker, KEEPALIVE)) as run:
         yield run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=ahead_scope)
 def paused_ovens(shared_broker, solution, pytestconfig) -> Iterator[Ahead[Silence]]:
     """The solution's oven per MQTT version, started with keepalive 1 s, then paused together."""
     ovens = launchers(pytestconfig, solution, shared_broker, list(PROTOCOLS))
@@ -152,13 +153,16 @@ def paused_ovens(shared_broker, solution, pytestconfig) -> Iterator[Ahead[Silenc
         yield run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=ahead_scope)
 def wifi_hiccup(shared_broker) -> Iterator[Ahead[Hiccup]]:
     """MQTT 5 conveyor and packer with a will delay lose their connection; the conveyor returns."""
     with Ahead(
         lambda stack: lose_connections(stack, shared_broker, "conveyor-01", "packer-01", WILL_DELAY)
     ) as run:
         yield run
+
+
+judged_by("silent_clients", "paused_ovens", "wifi_hiccup")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -84,6 +84,8 @@ from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.experiment import unique, wait_broker_saw_disconnect
 from mqtt_factory_lab.experiment.ahead import (
     Ahead,
+    ahead_scope,
+    judged_by,
     launchers,
     own_broker,
     per_protocol,
@@ -128,7 +130,7 @@ SESSIONS = [
 # module's first experiment (experiment.ahead, .sessions); the last experiments judge them.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=ahead_scope)
 def runs_broker(broker_pool) -> Iterator[Ahead[Broker]]:
     """The runs' own broker: the controller experiments read the shared broker's log to tell
     whose connection is whose, and the runs' connections must not mix into it."""
@@ -136,14 +138,14 @@ def runs_broker(broker_pool) -> Iterator[Ahead[Broker]]:
         yield run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=ahead_scope)
 def expired_session(runs_broker) -> Iterator[Ahead[ExpiredSession]]:
     """An MQTT 5 controller that subscribed with a session expiry of 1 s and left."""
     with Ahead(lambda stack: leave_with_expiry(stack, runs_broker.result(), expiry=1)) as run:
         yield run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=ahead_scope)
 def dropped_presses(
     request, runs_broker, solution, pytestconfig
 ) -> Iterator[dict[str, Ahead[DroppedDevice]]]:
@@ -156,6 +158,9 @@ def dropped_presses(
 
     with contextlib.ExitStack() as stack:
         yield {p: stack.enter_context(run) for p, run in per_protocol(request, drop).items()}
+
+
+judged_by("expired_session", "dropped_presses")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -87,7 +87,11 @@ from mqtt_factory_lab.experiment import mqtt5, unique
 from mqtt_factory_lab.experiment.acl import publish_for_ack, refused_login
 from mqtt_factory_lab.experiment.mqtt5 import PROMPT, alarm, props, reason, wire
 
-pytestmark = [pytest.mark.lesson(9), pytest.mark.needs("mqtt5")]
+pytestmark = [
+    pytest.mark.lesson(9),
+    pytest.mark.needs("mqtt5"),
+    pytest.mark.usefixtures("expiry_clocks_started_ahead"),  # started ahead: fixtures/mqtt5.py
+]
 
 #: the logins a hardened broker refuses, and the CONNACK reason codes that may say why
 REFUSED_LOGINS = [

@@ -96,6 +96,7 @@ from mqtt_factory_lab.core.solution import Solution
 from mqtt_factory_lab.experiment.ahead import (
     Ahead,
     AheadCases,
+    ahead_scope,
     case_run,
     users,
 )
@@ -219,7 +220,7 @@ def cloud_outage_run(stack, solution: Solution, pool, config) -> Outage:
     return Outage(pair, marks, site, cloud, marker, back)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope=ahead_scope, autouse=True)
 def bridge_runs(request, broker_pool, pytestconfig) -> Iterator[AheadCases]:
     """The module's runs, one per experiment case; on a serial run all start now, side by side."""
     solution: list = []

@@ -90,7 +90,9 @@ from mqtt_factory_lab.experiment.ahead import (
     Ahead,
     AheadCases,
     ModuleClients,
+    ahead_scope,
     case_run,
+    judged_by,
     launchers,
     params_of,
     users,
@@ -276,7 +278,7 @@ def wildcard_watchers_run(stack: contextlib.ExitStack, request, pool, protocol: 
     return SysRun(broker, {"#": everything, "+/broker/#": plus})
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope=ahead_scope, autouse=True)
 def sys_runs(request, broker_pool) -> Iterator[AheadCases]:
     """The module's $SYS runs, one per experiment case; on a serial run all start now."""
     solution: list = []
@@ -307,6 +309,7 @@ def sys_runs(request, broker_pool) -> Iterator[AheadCases]:
 
 sys_figures = case_run("sys_figures", "sys_runs")
 wildcard_watchers = case_run("wildcard_watchers", "sys_runs")
+judged_by("exporter")
 
 
 @dataclass

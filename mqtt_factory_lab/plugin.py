@@ -11,6 +11,8 @@ fixtures live next door, one module per subject, like pytest's own plugins:
     ``solution``, ``device``, ``factory``, ``factory_launcher``, ``observer_capture``
 :mod:`mqtt_factory_lab.fixtures.shared_programs`
     ``module_programs``, ``module_device``
+:mod:`mqtt_factory_lab.fixtures.overlap`
+    several lessons in a serial session: verdicts on runs started ahead come last
 
 ``pytest --help`` lists the options under "mqtt-factory-lab", ``pytest --markers``
 the markers.
@@ -65,6 +67,7 @@ pytest_plugins = [
     "mqtt_factory_lab.fixtures.tls",
     "mqtt_factory_lab.fixtures.mqtt5",
     "mqtt_factory_lab.fixtures.shared_programs",
+    "mqtt_factory_lab.fixtures.overlap",
 ]
 
 ENV_BACKEND = "MQTT_LAB_BROKER_BACKEND"

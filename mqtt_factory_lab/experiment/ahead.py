@@ -10,6 +10,9 @@ for what is left.
 
 * :class:`Ahead` — a run started at once, closed with the module; a failure to start it is
   kept for the experiment that judges it, not raised at whichever experiment came first;
+* :func:`ahead_scope`, :func:`judged_by` — a run that outlives its module in a serial session
+  of several lessons, and the fixtures through which experiments judge runs (their
+  experiments run at the end of such a session: ``mqtt_factory_lab.fixtures.overlap``);
 * :func:`start_ahead`, :func:`users` — set up the module's ahead fixtures that an experiment
   selected to run in this process uses;
 * :func:`per_protocol` — one run per MQTT version that those experiments are selected with;
@@ -24,9 +27,14 @@ Each judging experiment still owns its outcome: its run has its own topic root, 
 deadlines counted from the run's own start, so it passes or fails alike in any order, alone, or
 on an xdist worker (where it is simply not ahead of anything, and waits the whole wait).
 
+In a serial session of several lessons the runs' fixtures (``scope=ahead_scope``) live for the
+session, and the experiments that judge them (those using a fixture named in :func:`judged_by`)
+run after every other experiment of the session: a module's wait then hides behind the
+following modules instead of only behind its own.
+
 Example::
 
-    @pytest.fixture(scope="module")
+    @pytest.fixture(scope=ahead_scope)
     def silent_clients(broker_pool):
         with Ahead(lambda stack: pause_clients(stack, broker_pool)) as run:
             yield run
@@ -34,6 +42,8 @@ Example::
     @pytest.fixture(scope="module", autouse=True)
     def _start_ahead(request):
         start_ahead(request, "silent_clients")
+
+    judged_by("silent_clients")
 
     def test_will_of_a_silent_client(silent_clients):
         run = silent_clients.result()
@@ -47,7 +57,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
 
 import pytest
 
@@ -62,6 +73,58 @@ T = TypeVar("T")
 #: what a run may fail with and still be reported by the experiment that judges it: a harness
 #: error, a solution's program that would not start, or pytest's own fail and skip
 KEPT = (Exception, pytest.fail.Exception, pytest.skip.Exception)
+
+
+#: names of the fixtures through which an experiment judges a run started ahead (all lessons)
+JUDGING: set[str] = set()
+
+
+def judged_by(*fixtures: str) -> None:
+    """Name the fixtures through which experiments judge runs started ahead: in a serial
+    session of several lessons their experiments run last (``fixtures/overlap.py``)."""
+    JUDGING.update(fixtures)
+
+
+def overlapping(config: pytest.Config) -> bool:
+    """Whether this process runs the experiments itself, one after the other: not an xdist
+    worker (whose sibling workers may judge what it starts) and not xdist's controller."""
+    if hasattr(config, "workerinput"):
+        return False
+    return not (
+        getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no"
+    )
+
+
+def ahead_scope(fixture_name: str, config: pytest.Config) -> Literal["session", "module"]:
+    """``@pytest.fixture(scope=ahead_scope)``: the scope of a module's run started ahead and
+    of what it stands on. ``session`` in a serial run, so that in a session of several lessons
+    the run is still open when its judging experiments come at the end; ``module`` under
+    xdist, where each worker closes what it started with the module, as before. In a run of
+    one lesson both end at the same moment."""
+    return "session" if overlapping(config) else "module"
+
+
+def module_path(request: pytest.FixtureRequest) -> Path:
+    """The path of the lesson module whose experiments ``request``'s fixture serves.
+
+    pytest withholds ``request.path`` from a session-scoped fixture; a run's fixture
+    (:func:`ahead_scope`) is defined in its lesson (or serves one lesson), so the experiment
+    that set it up tells the module.
+    """
+    if getattr(request, "scope", "module") == "session":
+        return request._pyfuncitem.path
+    return request.path
+
+
+def module_node(request: pytest.FixtureRequest) -> pytest.Module | None:
+    """The lesson module's collection node, for its marks (``needs``), in any scope."""
+    if getattr(request, "scope", "module") == "session":
+        return request._pyfuncitem.getparent(pytest.Module)
+    return (
+        request.node
+        if isinstance(request.node, pytest.Module)
+        else request.node.getparent(pytest.Module)
+    )
 
 
 class Ahead(Generic[T]):
@@ -130,10 +193,11 @@ def users(request: pytest.FixtureRequest, fixture: str) -> list[pytest.Item]:
     Under xdist every worker holds the whole selection, so a worker may start a run that
     another worker judges: it costs a run, never an outcome.
     """
+    path = module_path(request)
     return [
         item
         for item in request.session.items
-        if item.path == request.path and fixture in getattr(item, "fixturenames", ())
+        if item.path == path and fixture in getattr(item, "fixturenames", ())
     ]
 
 
@@ -141,11 +205,14 @@ def start_ahead(request: pytest.FixtureRequest, *fixtures: str) -> None:
     """Set up each module-scoped fixture in ``fixtures`` now if a selected experiment uses it.
 
     Call it from the module's autouse, module-scoped fixture: its runs then start at the
-    module's first experiment, whichever that is.
+    module's first experiment, whichever that is. A fixture that fails or skips here is not
+    that experiment's business: pytest keeps the outcome and gives it to each experiment that
+    uses the fixture.
     """
     for name in fixtures:
         if users(request, name):
-            request.getfixturevalue(name)
+            with contextlib.suppress(*KEPT):
+                request.getfixturevalue(name)
 
 
 def own_broker(stack: contextlib.ExitStack, pool: Any, variant: str = "open") -> Broker:
@@ -351,4 +418,5 @@ def case_run(kind: str, cases: str) -> Any:
         runs.finish(key)
 
     run_of_the_experiment.__doc__ = f"The experiment's own {kind.replace('_', ' ')} run."
+    judged_by(kind)
     return run_of_the_experiment

@@ -8,11 +8,9 @@ process module's ``atexit`` registry closes any broker a crashed caller forgot.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +28,14 @@ from mqtt_factory_lab.brokers.base import (
 )
 from mqtt_factory_lab.brokers.tls import broker_tls
 from mqtt_factory_lab.core.certificates import KeyPair, LabCertificates
-from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, track, untrack, wait_until
+from mqtt_factory_lab.core.process import (
+    ChildProcess,
+    ProcessTimeout,
+    track,
+    untrack,
+    wait_reaped,
+    wait_until,
+)
 
 INSTALL_HINT = (
     "install it with your package manager (Debian/Ubuntu: `sudo apt-get install -y mosquitto`, "
@@ -272,5 +277,4 @@ def wake_to_stop(process: ChildProcess) -> None:
             return
         process.signal(signal.SIGSTOP)
         process.signal(signal.SIGCONT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.process.wait(0.005)  # type: ignore[union-attr]
+        wait_reaped(process.process, 0.005)  # type: ignore[arg-type]

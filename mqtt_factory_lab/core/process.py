@@ -12,7 +12,8 @@ One home for what every child process of the lab needs:
   process group: a wrapper (``sh run.sh``) and the program it started stop together.
 
 :func:`wait_until` is the one deadline loop the harness uses for conditions that
-have no event to wait on (a line in a file, a process that has exited).
+have no event to wait on (a line in a file, a broker that answers); :func:`wait_reaped` waits
+for a program's exit itself (a pidfd), waking the moment it happens.
 
 Example::
 
@@ -26,6 +27,7 @@ import atexit
 import contextlib
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -62,6 +64,10 @@ def tracked_pids() -> set[int]:
     return {pid for pid in pids if isinstance(pid, int)}
 
 
+#: the first pause of :func:`wait_until`; each next one doubles, up to its ``interval``
+FIRST_PAUSE = 0.001
+
+
 class ProcessTimeout(TimeoutError):
     """A condition did not come true before its deadline."""
 
@@ -75,21 +81,55 @@ def wait_until(
 ) -> T:
     """Poll ``condition`` until it returns something other than ``None``/``False``.
 
+    :param interval: the longest pause between two checks; the first ones come sooner
+        (:data:`FIRST_PAUSE`, doubling), so that a condition that comes true at once is seen
+        at once, and one that takes long is not checked more often than every ``interval``.
     :param stop_early: checked after each miss; when it returns True the wait ends
         at once with :class:`ProcessTimeout` (a program that exited will never print
         the line we are waiting for).
     :raises ProcessTimeout: when the deadline passes, or ``stop_early`` says so.
     """
     deadline = time.monotonic() + timeout
+    pause = min(FIRST_PAUSE, interval)
     while True:
         result = condition()
         if result is not None and result is not False:
             return result
         if stop_early is not None and stop_early():
             raise ProcessTimeout("stopped waiting: the awaited event can no longer happen")
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             raise ProcessTimeout(f"not within {timeout}s")
-        time.sleep(interval)
+        time.sleep(min(pause, deadline - now))
+        pause = min(2 * pause, interval)
+
+
+def wait_reaped(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``process`` to exit, and reap it: True if it did.
+
+    The wait ends the moment the process exits: a pidfd (Linux 5.3+) becomes readable then,
+    where :meth:`subprocess.Popen.wait` would notice only at its next poll (it sleeps up to
+    50 ms between them). Popen still reaps it, so its ``returncode`` is right. Without pidfds
+    (another OS, an old kernel) it is Popen's own wait.
+    """
+    if process.poll() is not None:
+        return True
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfd here, or the process is already gone
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+        return process.poll() is not None
+    try:
+        # Not reaped after the pidfd was opened: the pidfd is this process's (a pid is
+        # reused only once reaped), and it is readable once the process has exited.
+        if process.poll() is None:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.poll(max(0.0, timeout) * 1000)
+    finally:
+        os.close(pidfd)
+    return process.poll() is not None
 
 
 def die_with_parent() -> list[str]:
@@ -209,13 +249,11 @@ class ChildProcess:
             self._signal_group(signal.SIGTERM)
             self._signal_group(signal.SIGCONT)
             deadline = time.monotonic() + timeout
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout)
+            wait_reaped(process, timeout)
             with contextlib.suppress(ProcessTimeout):  # the wrapper's children, after it
                 wait_until(self._group_gone, max(0.0, deadline - time.monotonic()), interval=0.05)
             self._signal_group(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
+            wait_reaped(process, 5)
         untrack(self)
         return process.returncode
 
@@ -223,8 +261,7 @@ class ChildProcess:
         """End the program's process group at once (SIGKILL): no goodbye, as in a crash."""
         if self.process is not None:
             self._signal_group(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(5)
+            wait_reaped(self.process, 5)
         untrack(self)
 
     def close(self) -> None:
@@ -284,12 +321,10 @@ class ChildProcess:
         """Wait for the program to end by itself. :raises ProcessTimeout: if it does not."""
         if self.process is None:
             raise ProcessTimeout(f"{self.name} was never started")
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired as error:
-            raise ProcessTimeout(f"{self.name} did not exit within {timeout}s") from error
+        if not wait_reaped(self.process, timeout):
+            raise ProcessTimeout(f"{self.name} did not exit within {timeout}s")
         untrack(self)
-        return code
+        return self.process.returncode
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} pid={self.pid}>"

@@ -24,7 +24,7 @@ from mqtt_factory_lab.fixtures.overlap import verdicts_last
 
 REPO = Path(__file__).resolve().parents[1]
 
-LESSON = '''
+LESSON = """
 import os, sys
 import pytest
 from mqtt_factory_lab.core.process import ChildProcess
@@ -70,7 +70,7 @@ def test_last():
         import time
 
         time.sleep(60)  # the session sits here until the test interrupts it
-'''
+"""
 
 
 @pytest.fixture
@@ -103,7 +103,9 @@ def run(project: Path, *args: str, **env: str) -> tuple[int, str]:
 
 def order(output: str) -> list[str]:
     """The experiments in the order they ran (``-v`` lines), without their outcome."""
-    return [line.split()[0] for line in output.splitlines() if " PASSED" in line or " FAILED" in line]
+    return [
+        line.split()[0] for line in output.splitlines() if " PASSED" in line or " FAILED" in line
+    ]
 
 
 def started(project: Path) -> list[int]:
@@ -171,7 +173,9 @@ def test_a_verdict_selected_alone_or_in_another_order_still_finds_its_run(lesson
 
 
 def test_runs_start_only_for_selected_verdicts(lessons) -> None:
-    code, output = run(lessons, "-p", "no:xdist", "test_lesson1.py", "test_lesson2.py", "-k", "last")
+    code, output = run(
+        lessons, "-p", "no:xdist", "test_lesson1.py", "test_lesson2.py", "-k", "last"
+    )
 
     assert code == 0, output
     assert started(lessons) == [], "no verdict selected: nothing started ahead"

@@ -8,7 +8,7 @@ experiment (:func:`start_ahead`, from an autouse fixture), the other experiments
 broker's clock ticks, and the experiment that judges the run finds it finished, or waits only
 for what is left.
 
-* :class:`Ahead` — a run started at once, closed with the module; a failure to start it is
+* :class:`Ahead` — a run started at once, closed with its fixture; a failure to start it is
   kept for the experiment that judges it, not raised at whichever experiment came first;
 * :func:`ahead_scope`, :func:`judged_by` — a run that outlives its module in a serial session
   of several lessons, and the fixtures through which experiments judge runs (their
@@ -114,17 +114,6 @@ def module_path(request: pytest.FixtureRequest) -> Path:
     if getattr(request, "scope", "module") == "session":
         return request._pyfuncitem.path
     return request.path
-
-
-def module_node(request: pytest.FixtureRequest) -> pytest.Module | None:
-    """The lesson module's collection node, for its marks (``needs``), in any scope."""
-    if getattr(request, "scope", "module") == "session":
-        return request._pyfuncitem.getparent(pytest.Module)
-    return (
-        request.node
-        if isinstance(request.node, pytest.Module)
-        else request.node.getparent(pytest.Module)
-    )
 
 
 class Ahead(Generic[T]):

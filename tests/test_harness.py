@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ from mqtt_factory_lab.brokers.config import BrokerConfigError
 from mqtt_factory_lab.brokers.external import ExternalBroker, parse_url
 from mqtt_factory_lab.brokers.local import LocalMosquitto, find_mosquitto
 from mqtt_factory_lab.core.client import MQTTTimeout
-from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
+from mqtt_factory_lab.core.process import ChildProcess, ProcessTimeout, wait_reaped, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "harness_support"
@@ -779,3 +780,38 @@ def test_a_free_port_lies_below_the_range_client_sockets_take() -> None:
     assert all(LISTEN_PORTS.start <= p < min(low, LISTEN_PORTS.stop) for p in ports), ports
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports.pop()))
+
+
+# -- waits that end on the event ------------------------------------------------------------
+
+
+def test_wait_reaped_wakes_at_the_exit_and_keeps_its_status() -> None:
+    program = ChildProcess([sys.executable, "-c", "import sys; sys.exit(3)"], name="exits")
+    with program:
+        assert wait_reaped(program.process, 30), "the program exits by itself"
+        assert program.process.returncode == 3, "Popen reaped it: its status is the program's"
+        assert wait_reaped(program.process, 0), "a reaped program: at once"
+
+
+def test_wait_reaped_gives_up_at_its_deadline_and_stop_still_ends_the_program() -> None:
+    sleeper = ChildProcess([sys.executable, "-c", "import time; time.sleep(60)"], name="sleeper")
+    with sleeper:
+        assert not wait_reaped(sleeper.process, 0.05)
+        assert sleeper.is_running()
+        assert sleeper.stop() == -signal.SIGTERM
+    assert not sleeper.is_running()
+
+
+def test_wait_until_checks_soon_first_then_every_interval() -> None:
+    checks: list[float] = []
+    start = time.monotonic()
+
+    def condition() -> bool:
+        checks.append(time.monotonic() - start)
+        return len(checks) == 4
+
+    wait_until(condition, timeout=5, interval=0.5)
+
+    assert checks[-1] < 0.25, f"the first checks come within ms, not at the interval: {checks}"
+    with pytest.raises(ProcessTimeout):
+        wait_until(lambda: False, timeout=0.05, interval=1.0)

@@ -235,3 +235,7 @@ def test_verdicts_last_is_a_stable_partition_only_across_lessons() -> None:
     assert verdicts_last([a1, a2, b1, b2, b3]) == [a1, b2, b3, a2, b1]
     assert verdicts_last([a1, a2, helper]) == [a1, a2, helper], "one lesson: as written"
     assert verdicts_last([a2, helper, b2]) == [helper, b2, a2], "only lessons' verdicts move"
+    c1, c2 = item("labs/c.py"), item("labs/c.py")
+    assert verdicts_last([c1, c2, a1, a2]) == [a1, c1, c2, a2], (
+        "a lesson that starts runs ahead goes before one that starts none"
+    )

@@ -47,6 +47,9 @@ QUEUED_GRACE = 0.5
 #: table is written and read under its lock only (a wait that iterated it while another thread
 #: added a topic failed with "dictionary changed size during iteration").
 _LAST_PUBLISH: dict[str, ReasonCode | None] = {}
+#: the refused entries of ``_LAST_PUBLISH`` alone: a session publishes to thousands of topics
+#: and refusals are rare, so a wait looks here first and reads the whole table only on a match
+_REFUSED_PUBLISH: dict[str, ReasonCode] = {}
 _LAST_PUBLISH_LOCK = threading.Lock()
 
 Matcher = str | Callable[["ReceivedMessage"], bool] | None
@@ -501,8 +504,13 @@ class RecordingClient:
                 )
         if info.is_published():  # QoS 0 counts as accepted: nothing says otherwise
             answer = self.puback_reason(info) if qos else None
+            refused = answer if answer is not None and answer.is_failure else None
             with _LAST_PUBLISH_LOCK:
-                _LAST_PUBLISH[topic] = answer if answer is not None and answer.is_failure else None
+                _LAST_PUBLISH[topic] = refused
+                if refused is None:
+                    _REFUSED_PUBLISH.pop(topic, None)
+                else:
+                    _REFUSED_PUBLISH[topic] = refused
         if not info.is_published():
             raise MQTTTimeout(
                 f"{self.client_id} published to {topic!r} at QoS {qos} but it was not "
@@ -552,13 +560,14 @@ class RecordingClient:
             if not isinstance(what, str):
                 return []
             with _LAST_PUBLISH_LOCK:
-                latest = list(_LAST_PUBLISH.items())
-            matching = {t: a for t, a in latest if mqtt.topic_matches_sub(what, t)}
-            if not matching or any(a is None for a in matching.values()):
-                return []
-            return [
-                f"PUBACK {a} (0x{a.value:02X}) to the publish on {t!r}" for t, a in matching.items()
-            ]
+                refused = [
+                    (t, a) for t, a in _REFUSED_PUBLISH.items() if mqtt.topic_matches_sub(what, t)
+                ]
+                if not refused or any(
+                    a is None and mqtt.topic_matches_sub(what, t) for t, a in _LAST_PUBLISH.items()
+                ):
+                    return []
+            return [f"PUBACK {a} (0x{a.value:02X}) to the publish on {t!r}" for t, a in refused]
 
         def hopeless() -> bool:
             # Evidence that nothing more will come: the connection is gone, the broker

@@ -21,6 +21,7 @@ to us?": it waits for the CONNACK on an event (no spinning), and its
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -203,7 +204,7 @@ class ConnectionSettings:
         if self.username:
             client.username_pw_set(self.username, self.password)
         if self.tls:
-            client.tls_set(ca_certs=self.ca, certfile=self.cert, keyfile=self.key)
+            client.tls_set_context(client_tls_context(self.ca, self.cert, self.key))
         if self.transport == "websockets":
             client.ws_set_options(path=self.path)
 
@@ -232,6 +233,41 @@ class ConnectionSettings:
             if settings is not None and settings.password:
                 text = text.replace(settings.password, MASK)
         return text
+
+
+def client_tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """The verifying client context paho's ``tls_set(ca, cert, key)`` would build, made once.
+
+    Loading the system's trust store (no ``ca``) costs about 50 ms, and a lesson makes dozens
+    of TLS clients with the same files; one context serves them all (an ``SSLContext`` is
+    shared safely between sockets). The files' size and modification time are part of the
+    key, so a certificate rewritten in place gets a fresh context.
+    """
+    return _tls_context(ca, cert, key, tuple(_file_stamp(path) for path in (ca, cert, key)))
+
+
+def _file_stamp(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None  # let ssl say which file is missing, as paho's tls_set would
+    return status.st_mtime_ns, status.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _tls_context(
+    ca: str | None, cert: str | None, key: str | None, _stamps: tuple[object, ...]
+) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
+    if cert:
+        context.load_cert_chain(cert, key)
+    if ca is not None:
+        context.load_verify_locations(ca)
+    else:
+        context.load_default_certs()
+    return context
 
 
 #: the ``VF_*`` connection variables, so a caller can clear stale ones before setting new ones

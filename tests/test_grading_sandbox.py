@@ -111,8 +111,9 @@ def world_readable_dir() -> Iterator[Path]:
 def test_the_readable_runtime_runs_the_lab_as_an_unprivileged_user(
     world_readable_dir: Path,
 ) -> None:
-    """Here the lab's Python is a pyenv under /root (0700); the copy works for any user, and
-    leaves out the hidden experiments' folder and the lab's .git and .venv."""
+    """The lab's venv may lie where only root reads it (a checkout under /root or a 0700
+    temporary folder, a pyenv under /root); the copy works for any user, and leaves out the
+    hidden experiments' folder and the lab's .git and .venv."""
     hidden = Path(__file__).parent / "grading_hidden"
     runtime = ReadableRuntime.build(world_readable_dir / "rt", (hidden,))
     assert unprivileged_python_problem(NOBODY, runtime.python, runtime.env) == ""

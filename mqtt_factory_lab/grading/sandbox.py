@@ -5,8 +5,9 @@ read, a network of their own, and the sweep that ends whatever they leave runnin
   root: one uid per parallel slot), but the lab's interpreter often lives where only root
   can read it (a pyenv or a checkout under ``/root``, mode 0700). :class:`ReadableRuntime`
   then builds, for the length of the grading, a world-readable copy of what the programs
-  need — the interpreter without its own site-packages, the lab's venv packages and the
-  lab's public files (``sim/``, the package, ``docker/``, ``schemas/``; never the hidden
+  need — the interpreter without its own site-packages (or, when every user can already
+  run it, as Debian's ``/usr/bin/python3``, a virtual environment of it), the lab's venv
+  packages and the lab's public files (``sim/``, the package, ``docker/``, ``schemas/``; never the hidden
   experiments) — out of hard links where it can (seconds, no disk), with the bytecode of
   the lab's packages written once, and the child pytests run with it: ``{python}`` in a
   manifest is that copy.
@@ -130,8 +131,17 @@ class ReadableRuntime:
         prefix = root / "python"
         root.mkdir(parents=True, exist_ok=True)
         root.chmod(0o755)
-        _link_tree(base, prefix, skip={base / "lib" / version / "site-packages",
-                                       base / "lib" / version / "test"})  # fmt: skip
+        interpreter = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+        if _everyone_can_read(interpreter) and _everyone_can_read(base / "lib" / version / "os.py"):
+            # a distribution's interpreter (/usr/bin/python3): every user can already run it
+            # and read its standard library, so the copy is a virtual environment of it, not
+            # a copy of /usr
+            _venv_of(interpreter, prefix, version)
+            env = {}
+        else:
+            _link_tree(base, prefix, skip={base / "lib" / version / "site-packages",
+                                           base / "lib" / version / "test"})  # fmt: skip
+            env = {"LD_LIBRARY_PATH": str(prefix / "lib")}
         site_dir = prefix / "lib" / version / "site-packages"
         site_dir.mkdir(parents=True, exist_ok=True)
         for packages in _site_packages():
@@ -147,8 +157,36 @@ class ReadableRuntime:
             root=root,
             python=str(prefix / "bin" / executable),
             lab_root=lab,
-            env={"LD_LIBRARY_PATH": str(prefix / "lib")},
+            env=env,
         )
+
+
+def _everyone_can_read(path: Path) -> bool:
+    """Whether any user reaches and reads ``path``: o+x on every folder above it, o+r on it."""
+    try:
+        return all(folder.stat().st_mode & 0o001 for folder in path.parents) and bool(
+            path.stat().st_mode & 0o004
+        )
+    except OSError:
+        return False
+
+
+def _venv_of(interpreter: Path, prefix: Path, version: str) -> None:
+    """A virtual environment at ``prefix`` of ``interpreter`` (what ``python -m venv`` makes,
+    without pip): its ``bin/`` links to the interpreter, its ``pyvenv.cfg`` names it."""
+    (prefix / "bin").mkdir(parents=True, exist_ok=True)
+    (prefix / "lib" / version / "site-packages").mkdir(parents=True, exist_ok=True)
+    for folder in (prefix, prefix / "bin", prefix / "lib", prefix / "lib" / version):
+        folder.chmod(0o755)
+    link = prefix / "bin" / interpreter.name
+    if not link.is_symlink():
+        link.symlink_to(interpreter)
+    config = prefix / "pyvenv.cfg"
+    config.write_text(
+        f"home = {interpreter.parent}\ninclude-system-site-packages = false\n"
+        f"version = {'.'.join(map(str, sys.version_info[:3]))}\n"
+    )
+    config.chmod(0o644)
 
 
 #: the copy's packages whose bytecode is written once per class (see :func:`_compile`)

@@ -338,6 +338,20 @@ def test_a_second_run_regrades_only_what_changed(graded: Graded) -> None:
     assert graded.run("reference")["score"] == 8
 
 
+def test_lessons_graded_in_one_child_keep_their_runs_to_themselves(tmp_path: Path) -> None:
+    """One child pytest grades a submission's lessons one after the other, each with its own
+    brokers and a sweep of what it left. Lesson 05 judges, at its end, a press whose connection
+    it dropped at its start: that run must not be moved past lesson 03, whose end would stop
+    its broker and its press (the reference lost both of lesson 05's reconnection points so)."""
+    submissions = copy_class(tmp_path / "submissions", ("reference",))
+    out = tmp_path / "graded"
+    grade(submissions, out, "--lessons", "03,05", "-j", "1", "--lesson-timeout", "60")
+    run = json.loads((out / "runs" / "reference.json").read_text())
+    lost = {e["name"]: e.get("message", "") for e in run["experiments"] if e["outcome"] != "passed"}
+    assert not lost, lost
+    assert run["score"] == run["max_score"] > 0, (run["score"], run["max_score"])
+
+
 def test_hidden_experiments_shards_and_merge(tmp_path: Path) -> None:
     submissions = tmp_path / "submissions"
     for student in ("reference", "starter"):

@@ -85,10 +85,17 @@ def judged_by(*fixtures: str) -> None:
     JUDGING.update(fixtures)
 
 
+#: the grader's child plugin (by name: the grader is not this package's to import). Its child
+#: runs a submission's lessons one after the other, each with its own brokers, time limit and
+#: sweep of the programs it left: no run may outlive its lesson there.
+GRADING_CHILD = "mqtt_factory_lab.grading.child"
+
+
 def overlapping(config: pytest.Config) -> bool:
-    """Whether this process runs the experiments itself, one after the other: not an xdist
-    worker (whose sibling workers may judge what it starts) and not xdist's controller."""
-    if hasattr(config, "workerinput"):
+    """Whether this process runs the experiments itself, one after the other, and its lessons
+    may overlap: not an xdist worker (whose sibling workers may judge what it starts), not
+    xdist's controller, and not the grader's child (each lesson alone, swept when it ends)."""
+    if hasattr(config, "workerinput") or config.pluginmanager.has_plugin(GRADING_CHILD):
         return False
     return not (
         getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no"

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from mqtt_factory_lab.core.process import wait_until
-from mqtt_factory_lab.experiment.ahead import JUDGING, ahead_scope
+from mqtt_factory_lab.experiment.ahead import GRADING_CHILD, JUDGING, ahead_scope
 from mqtt_factory_lab.fixtures.overlap import verdicts_last
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,12 +211,19 @@ def test_under_xdist_each_worker_keeps_module_scope_and_the_written_order(lesson
 
     assert code == 0, output
     assert left_running(started(lessons)) == []
-    worker = SimpleNamespace(workerinput={}, option=SimpleNamespace())
+
+    def config(plugins: tuple[str, ...] = (), **option: object) -> SimpleNamespace:
+        manager = SimpleNamespace(has_plugin=lambda name: name in plugins)
+        return SimpleNamespace(option=SimpleNamespace(**option), pluginmanager=manager)
+
+    worker = config()
+    worker.workerinput = {}
     assert ahead_scope("slow_run", worker) == "module"
-    serial = SimpleNamespace(option=SimpleNamespace(numprocesses=None, dist="no"))
-    assert ahead_scope("slow_run", serial) == "session"
-    controller = SimpleNamespace(option=SimpleNamespace(numprocesses=2, dist="load"))
-    assert ahead_scope("slow_run", controller) == "module"
+    assert ahead_scope("slow_run", config(numprocesses=None, dist="no")) == "session"
+    assert ahead_scope("slow_run", config(numprocesses=2, dist="load")) == "module"
+    # the grader's child runs a submission's lessons one at a time, each swept when it ends
+    grading_child = config((GRADING_CHILD,), numprocesses=None, dist="no")
+    assert ahead_scope("slow_run", grading_child) == "module"
 
 
 def item(path: str, *fixtures: str, lesson: bool = True) -> SimpleNamespace:

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,8 +66,9 @@ def test_judges_the_run(slow_run):
 
 def test_last():
     if os.environ.get("HANG") and {number} == 2:
-        import time
+        import pathlib, time
 
+        pathlib.Path(os.environ["PIDS"] + ".hanging").touch()  # for the test to wait on
         time.sleep(60)  # the session sits here until the test interrupts it
 """
 
@@ -194,7 +194,7 @@ def test_ctrl_c_in_a_later_lesson_stops_the_earlier_lessons_runs(lessons) -> Non
     child = start(lessons, "-p", "no:xdist", "test_lesson1.py", "test_lesson2.py", HANG="1")
     try:
         wait_until(lambda: len(started(lessons)) == 2, timeout=60, interval=0.05)
-        time.sleep(0.5)  # into lesson 2's hanging experiment
+        wait_until((lessons / "pids.hanging").exists, timeout=60, interval=0.05)
         assert left_running(started(lessons)) == started(lessons), "both runs under way"
         child.send_signal(signal.SIGINT)
         output, _ = child.communicate(timeout=60)

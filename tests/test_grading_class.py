@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,8 @@ class Graded:
     output: str
     seconds: float
     tokens: set[str]
+    #: the grader's temporary folder (its ``TMPDIR``)
+    tmp: Path
 
     def run(self, student: str) -> dict[str, Any]:
         return json.loads((self.out / "runs" / f"{student}.json").read_text())
@@ -81,12 +84,16 @@ class Graded:
         return (self.out / "reports" / f"{student}.{suffix}").read_text()
 
 
-def grade(submissions: Path, out: Path, *options: str, timeout: float = 300) -> tuple[str, float]:
+def grade(
+    submissions: Path, out: Path, *options: str, timeout: float = 300, tmp: Path | None = None
+) -> tuple[str, float]:
+    """Run ``mqtt-lab grade``; ``tmp``: its temporary folder (``TMPDIR``)."""
     started = time.monotonic()
+    env = {**os.environ, "TMPDIR": str(tmp)} if tmp is not None else None
     done = subprocess.run(
         [sys.executable, "-m", "mqtt_factory_lab.grading", str(submissions), "--out", str(out),
          "--quiet", *options],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False, env=env,
     )  # fmt: skip
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
@@ -134,11 +141,18 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Graded]:
     """The example class, copied (symlinks as links; the starter through its link), graded once."""
     submissions = copy_class(tmp_path_factory.mktemp("class") / "submissions")
     out = tmp_path_factory.mktemp("graded")
-    output, seconds = grade(submissions, out, *OPTIONS)
-    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
-    tokens = {u["token"] for r in runs for u in r["units"]}
-    print(f"\nthe example class graded in {seconds:.1f} s on {os.cpu_count()} cores")
-    yield Graded(out, submissions, output, seconds, tokens)
+    # a TMPDIR of its own, which the slots' users can pass through as they can /tmp (the
+    # grader runs their programs as themselves only when they can reach their copies)
+    tmp = Path(tempfile.mkdtemp(prefix="mqtt-lab-test-tmpdir-"))
+    tmp.chmod(0o711)
+    try:
+        output, seconds = grade(submissions, out, *OPTIONS, tmp=tmp)
+        runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+        tokens = {u["token"] for r in runs for u in r["units"]}
+        print(f"\nthe example class graded in {seconds:.1f} s on {os.cpu_count()} cores")
+        yield Graded(out, submissions, output, seconds, tokens, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_the_reference_like_submissions_follow_solution_toml() -> None:
@@ -321,6 +335,12 @@ def test_nothing_is_left_running(graded: Graded) -> None:
     ours = tracked_pids()
     children = [c for c in psutil.Process().children(recursive=False) if c.pid not in ours]
     assert not children, [c.cmdline() for c in children]
+
+
+def test_nothing_is_left_in_the_temporary_folder(graded: Graded) -> None:
+    # "hangs" is stopped at its limit with its brokers and programs: what they wrote went too
+    left = sorted(p.name for p in graded.tmp.iterdir())
+    assert left == [], f"the grader left {left} in its temporary folder"
 
 
 def test_a_second_run_regrades_only_what_changed(graded: Graded) -> None:

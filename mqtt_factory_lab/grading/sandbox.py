@@ -30,7 +30,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,8 +255,9 @@ def _link_tree(source: Path, target: Path, skip: set[Path] | None = None, skip_n
                 shutil.copy2(real, destination)
 
 
-#: where graders on one machine claim their slots' user ids (one lock file per uid)
-UID_LOCKS = Path(tempfile.gettempdir()) / "mqtt-lab-uids"
+#: where graders on one machine claim their slots' user ids (one lock file per uid): one
+#: place for the whole machine, whatever ``TMPDIR`` each grader runs with
+UID_LOCKS = Path("/tmp/mqtt-lab-uids")
 
 
 def claim_uids(first: int, count: int, tries: int = 200) -> tuple[int, list[IO[bytes]]]:

@@ -237,12 +237,18 @@ class UnitRunner:
             path.touch(mode=0o600)  # the child appends; the student's user cannot read it
         cwd = workdir / "cwd"
         cwd.mkdir(mode=0o700, exist_ok=True)
+        # The child's temporary files (brokers' folders, programs' logs) go in the submission's
+        # work folder, which goes when the submission is graded: a child stopped at its limit
+        # cleans up nothing itself. Writable by the student's programs as /tmp is, not listable.
+        scratch = workdir / "tempdir"  # not pytest's --basetemp, which pytest makes 0700 anew
+        scratch.mkdir(exist_ok=True)
+        scratch.chmod(0o1733)
         limits = self.settings.limits
         uid = self.settings.uid_for(slot)
         if uid is not None:
             limits = replace(limits, uid=uid, gid=uid)
         env = self.environment(token, limits.to_env())
-        env.update({ENV_EVENTS: str(events_path), ENV_LOG: str(log)})
+        env.update({ENV_EVENTS: str(events_path), ENV_LOG: str(log), "TMPDIR": str(scratch)})
         prefix = network_prefix(self.python) if self.isolate_network else []
         started = time.monotonic()
         timed_out = cancelled = out_of_time = False

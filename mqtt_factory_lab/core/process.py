@@ -60,7 +60,9 @@ def untrack(thing: Closeable) -> None:
 
 def tracked_pids() -> set[int]:
     """The process ids of every running child this process is tracking (brokers included)."""
-    pids = {getattr(thing, "pid", None) for thing in _LIVE}
+    # a copy (one step under the GIL): brokers and programs of runs started ahead are tracked
+    # from other threads, and a set that grows while it is iterated raises
+    pids = {getattr(thing, "pid", None) for thing in _LIVE.copy()}
     return {pid for pid in pids if isinstance(pid, int)}
 
 
@@ -350,6 +352,6 @@ def _live_group_members(pgid: int) -> list[int]:
 @atexit.register
 def close_forgotten() -> None:
     """Close everything still tracked (at exit; safe to call more than once)."""
-    for thing in list(_LIVE):
+    for thing in _LIVE.copy():
         untrack(thing)
         thing.close()

@@ -286,6 +286,7 @@ def test_a_snoop_reads_none_of_the_graders_files_and_no_other_broker(graded: Gra
         e["message"] for e in graded.run("snoops")["experiments"] if "controller" not in e["name"]
     ]
     assert len(messages) == 6 and all("snoop: read 0 of " in m for m in messages), messages
+    assert not any("its grader's folder is None" in m for m in messages), "it found no grader"
     assert any(" denied 0" not in m for m in messages), "the snoop found no file to try"
     for message in messages:
         own, ports = _snoop_ports(message)

@@ -1,7 +1,9 @@
-"""A hostile device: finds its grader's files through /proc and glob, tries to read them,
-and looks for every port listening on the machine (/proc/*/net/tcp) to connect to it on
-127.0.0.1: another student's broker, the grader's, anyone's. It prints one line per file it
-read (``snoop: READ path: first bytes``) and a summary; then exits without working."""
+"""A hostile device: finds its grader's files through /proc and glob, tries to read them and
+to list its temporary folders (its own TMPDIR, the grader's), and looks for every port
+listening on the machine (/proc/*/net/tcp) to connect to it on 127.0.0.1: another student's
+broker, the grader's, anyone's. It prints one line per file it read or folder it listed
+(``snoop: READ path: first bytes``, ``snoop: LISTED``) and a summary; then exits without
+working."""
 
 import glob
 import os
@@ -9,7 +11,8 @@ import socket
 import sys
 from pathlib import Path
 
-GRADE = "/tmp/mqtt-lab-grade-"
+#: what the grader's folder and the brokers' folders are called, wherever TMPDIR puts them
+GRADE, BROKER = "mqtt-lab-grade-", "mqtt-lab-broker-"
 
 processes = {}
 for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
@@ -27,8 +30,9 @@ while folder is None and pid in processes:
     ppid, argv = processes[pid]
     for arg in argv:
         path = arg.partition("=")[2] if arg.startswith("--") else arg
-        if path.startswith(GRADE) and path.count("/") > 2:
-            folder = path[: path.index("/", len(GRADE))]
+        at = path.find(GRADE)
+        if path.startswith("/") and at > 0 and "/" in path[at:]:
+            folder = path[: path.index("/", at)]
             break
     pid = ppid
 print(f"snoop: its grader's folder is {folder}", flush=True)
@@ -42,7 +46,7 @@ for pid, (ppid, argv) in processes.items():
         continue
     for arg in argv:
         text = arg.partition("=")[2] if arg.startswith("--") else arg
-        if text.startswith((GRADE, "/tmp/mqtt-lab-broker-")):
+        if text.startswith("/") and (GRADE in text or BROKER in text):
             candidates.add(text)
             if text.endswith("/mosquitto.conf"):
                 candidates.update(str(Path(text).parent / n) for n in ("acl", "passwd"))
@@ -50,6 +54,16 @@ for pattern in ("*", "lab/*/*", "s*/*"):
     candidates.update(glob.glob(f"{folder}/{pattern}") if folder else [])
 
 read, denied = [], []
+# The temporary folders: its own (TMPDIR, where its child pytest keeps brokers' folders and
+# programs' logs) and the grader's, which it may write in as in /tmp but must not list.
+for name in {os.environ.get("TMPDIR", ""), folder or ""} - {""}:
+    try:
+        listed = os.listdir(name)
+    except OSError:
+        denied.append(name + "/")
+        continue
+    read.append(name + "/")
+    print(f"snoop: LISTED {name}: {listed[:5]}", flush=True)
 for name in sorted(candidates):
     path = Path(name)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mqtt_factory_lab.brokers.mosquitto_log import pubacks_from, qos1_sent_to
+from mqtt_factory_lab.brokers.mosquitto_log import pubacks_from, qos1_sent_to, routed_to
 from mqtt_factory_lab.core.acl import MatrixClient
 from mqtt_factory_lab.core.client import ReceivedMessage
 from mqtt_factory_lab.core.packets import (
@@ -31,7 +31,7 @@ from mqtt_factory_lab.core.packets import (
     string,
     varint,
 )
-from mqtt_factory_lab.core.process import ProcessTimeout
+from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.core.traceability import (
     MACHINE,
     Database,
@@ -316,6 +316,41 @@ def test_log_parsers_read_qos1_publishes_and_pubacks_of_one_client() -> None:
     assert qos1_sent_to(LOG_LINES, "dc-1", "r/other") == set()
     assert pubacks_from(LOG_LINES, "dc-1") == {7}
     assert pubacks_from(LOG_LINES, "dc-10") == {9}
+
+
+def test_routed_to_reads_where_the_broker_sent_a_publish_before_it_acknowledged_it() -> None:
+    lines = [
+        "1: Received PUBLISH from dash (d0, q1, r0, m3, 'r/commands/press-01', ... (5 bytes))",
+        "1: Sending PUBLISH to press-01 (d0, q1, r0, m1, 'r/commands/press-01', ... (5 bytes))",
+        "1: Sending PUBLISH to spy (d0, q0, r0, m0, 'r/commands/press-01', ... (5 bytes))",
+        "1: Sending PUBACK to dash (m3, rc0)",
+        "1: Received PUBLISH from dash (d0, q1, r0, m4, 'r/commands/press-01', ... (5 bytes))",
+    ]
+    assert routed_to(lines, "dash", "r/commands/press-01") == ["press-01", "spy"]
+    assert routed_to(lines[3:], "dash", "r/commands/press-01") is None  # not acknowledged yet
+    assert routed_to(lines[:1] + lines[3:4], "dash", "r/commands/press-01") == []
+    assert routed_to(lines, "other", "r/commands/press-01") is None
+
+
+@pytest.mark.broker_needs("log")
+def test_mosquitto_routes_a_qos1_publish_before_it_acknowledges_it(
+    broker, mqtt_client, topic_root
+) -> None:
+    """What lesson 05 relies on to see at once that a command reached no subscriber."""
+    subscriber = mqtt_client()
+    subscriber.subscribe(f"{topic_root}/heard", qos=1)
+    publisher = mqtt_client()
+    mark = broker.log_mark()
+    publisher.publish(f"{topic_root}/heard", b"1", qos=1)
+    publisher.publish(f"{topic_root}/unheard", b"2", qos=1)
+
+    def routes() -> tuple[list[str], list[str]] | None:
+        lines = broker.log_lines()[mark:]
+        heard = routed_to(lines, publisher.client_id, f"{topic_root}/heard")
+        unheard = routed_to(lines, publisher.client_id, f"{topic_root}/unheard")
+        return None if heard is None or unheard is None else (heard, unheard)
+
+    assert wait_until(routes, timeout=5) == ([subscriber.client_id], [])
 
 
 def test_denials_quote_the_brokers_denied_publish_lines() -> None:

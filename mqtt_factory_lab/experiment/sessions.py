@@ -31,13 +31,18 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_factory_lab.brokers import LOG, Broker
-from mqtt_factory_lab.brokers.mosquitto_log import Connection, connections, subscriptions
+from mqtt_factory_lab.brokers.mosquitto_log import (
+    Connection,
+    connections,
+    routed_to,
+    subscriptions,
+)
 from mqtt_factory_lab.contract import validate
 from mqtt_factory_lab.core.client import ReceivedMessage, RecordingClient
 from mqtt_factory_lab.core.factory import DeviceHandle, FactoryLauncher
 from mqtt_factory_lab.core.process import ProcessTimeout, wait_until
 from mqtt_factory_lab.experiment import unique
-from mqtt_factory_lab.experiment.ahead import ModuleClients
+from mqtt_factory_lab.experiment.ahead import ModuleClients, seconds_left
 
 #: how long an MQTT 5 session outlives its connection in these experiments, unless a test
 #: is about expiry itself
@@ -191,6 +196,7 @@ class DroppedDevice:
     :ivar watcher: subscribed to the press's state, where it shows the setpoints it obeys.
     :ivar dashboard: a client of the press's MQTT version that sends it commands.
     :ivar mark: the broker's log position just before the takeover.
+    :ivar reconnected_mark: the log position just after the press's own reconnection.
     """
 
     press: DeviceHandle
@@ -201,24 +207,38 @@ class DroppedDevice:
     state: str
     mark: int
     dropped_at: float
+    reconnected_mark: int = 0
 
     def set_temperature(self, value: float, reason: str) -> None:
         """Send the press a ``set`` of its temperature setpoint (QoS 1)."""
         command = {"command": "set", "setpoint": "temperature", "value": value, "reason": reason}
         self.dashboard.publish(self.commands, validate("command", command), qos=1)
 
-    def obeyed(self, value: float, timeout: float = 5) -> bool:
-        """Whether the press published a state with its temperature setpoint at ``value``."""
-        with contextlib.suppress(AssertionError):
-            self.watcher.wait_for_message(
-                lambda m: (
-                    m.topic == self.state
-                    and m.json().get("setpoints", {}).get("temperature") == value
-                ),
-                timeout=timeout,
+    def obeyed(self, value: float, timeout: float = 5, *, since: int | None = None) -> bool:
+        """Whether the press published a state with its temperature setpoint at ``value``.
+
+        :param since: a log position before the ``set`` was sent, when the press has sent no
+            SUBSCRIBE on its current session: the wait also ends, with False, as soon as the
+            broker's log shows it acknowledged the command without sending it to the press
+            (no subscription of the press matched it: no state can follow).
+        """
+
+        def answered() -> bool:
+            return any(
+                m.json().get("setpoints", {}).get("temperature") == value
+                for m in self.watcher.received(self.state)
             )
-            return True
-        return False
+
+        def dropped_by_the_broker() -> bool:
+            if since is None:
+                return False
+            lines = self.broker.log_lines()[since:]
+            sent = routed_to(lines, self.dashboard.client_id, self.commands)
+            return sent is not None and self.press.client_id not in sent
+
+        with contextlib.suppress(ProcessTimeout):
+            wait_until(lambda: answered() or dropped_by_the_broker(), timeout, interval=0.05)
+        return answered()
 
     def reconnected(self) -> int | None:
         """The log position just after the press's own reconnection (the takeover is the first
@@ -275,9 +295,11 @@ def drop_session(
     stack: contextlib.ExitStack, launcher: FactoryLauncher, protocol: str
 ) -> DroppedDevice:
     """Start ``launcher``'s press-01, make sure it obeys a command, then take its connection
-    over with a clean session. The launcher and clients close with ``stack``.
+    over with a clean session and wait for the press to reconnect (and, up to
+    :data:`PROMPT` seconds, to subscribe again). The launcher and clients close with ``stack``.
 
-    :raises pytest.fail.Exception: the press never obeyed, even before the drop.
+    :raises pytest.fail.Exception: the press never obeyed, even before the drop, or never
+        reconnected.
     """
     stack.enter_context(launcher)
     broker, root = launcher.broker, launcher.topic_root
@@ -311,4 +333,8 @@ def drop_session(
     run.mark = broker.log_mark()
     clients(press.client_id, protocol=protocol, clean_start=True).disconnect()
     run.dropped_at = time.monotonic()
+    # the press's own reconnect delay and its SUBSCRIBE (if any) pass here, ahead
+    run.reconnected_mark = run.wait_reconnected(seconds_left(run.dropped_at, 15))
+    with contextlib.suppress(ProcessTimeout):  # a session it kept would need no SUBSCRIBE
+        wait_until(lambda: run.subscribed_since(run.reconnected_mark), timeout=PROMPT)
     return run
